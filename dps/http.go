@@ -1,0 +1,64 @@
+package dps
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// ContentTypeJSON is the content type of every JSON answer. The Node SDKs
+// parse a body only when the content type says JSON, and crash on an
+// unparsed device-API answer, so it is never left out.
+const ContentTypeJSON = "application/json; charset=utf-8"
+
+// WriteJSON writes v as a JSON answer with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", ContentTypeJSON)
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(status)
+	w.Write(data)
+}
+
+// WriteError writes err in Azure's error shape with the status its code
+// implies, an x-ms-error-code header, and Retry-After when set.
+func WriteError(w http.ResponseWriter, err error) {
+	e := *AsError(err)
+	if e.TrackingID == "" {
+		e.TrackingID = NewTrackingID()
+	}
+	if e.TimestampUTC.IsZero() {
+		e.TimestampUTC = time.Now().UTC()
+	}
+	w.Header().Set(HeaderErrorCode, strconv.Itoa(e.ErrorCode))
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", RetryAfterSeconds(e.RetryAfter))
+	}
+	data, _ := json.Marshal(&e)
+	w.Header().Set("Content-Type", ContentTypeJSON)
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(e.Status())
+	w.Write(data)
+}
+
+// RetryAfterSeconds renders d as whole seconds, rounded up, for a
+// Retry-After header or an MQTT retry-after parameter.
+func RetryAfterSeconds(d time.Duration) string {
+	return strconv.Itoa(int(math.Ceil(d.Seconds())))
+}
+
+// NewTrackingID returns a random id that ties an error to its log line.
+func NewTrackingID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}

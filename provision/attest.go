@@ -1,0 +1,291 @@
+package provision
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/enroll"
+	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/store"
+)
+
+// vouched is the enrollment that vouched for a device, and the keys the
+// device proved it holds.
+type vouched struct {
+	enrollment *dps.IndividualEnrollment
+	group      *dps.EnrollmentGroup
+	disabled   bool
+	// The device's own keys: the individual enrollment's, or the group's
+	// keys derived for this registration id.
+	primaryKey, secondaryKey string
+}
+
+// errUnauthorized is the one answer to every failed proof, so a caller
+// cannot tell an unknown registration id from a wrong key.
+func errUnauthorized() error {
+	return dps.Errorf(dps.CodeUnauthorized, "Unauthorized.")
+}
+
+// attest finds the enrollment that applies to the device and verifies the
+// device's proof against it. Individual enrollments come first: when one
+// exists, it alone decides, even if a group would accept the device.
+func (e *Engine) attest(ctx context.Context, req *Request) (*vouched, error) {
+	if req.SASToken == "" {
+		// Certificate attestation arrives with the X.509 work; a device
+		// with neither proof is simply unauthorized.
+		return nil, errUnauthorized()
+	}
+	tok, err := sas.Parse(req.SASToken)
+	if err != nil {
+		return nil, errUnauthorized()
+	}
+	aud, err := tok.DecodedResource()
+	if err != nil || !strings.EqualFold(aud, req.IDScope+"/registrations/"+req.RegistrationID) {
+		return nil, errUnauthorized()
+	}
+	if tok.ExpiredAt(e.opt.Now()) {
+		return nil, dps.Errorf(dps.CodeUnauthorized, "Unauthorized: the SAS token has expired.")
+	}
+
+	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
+	switch {
+	case err == nil:
+		v, verr := verifyIndividual(tok, ie)
+		if verr != nil && strings.EqualFold(ie.ProvisioningStatus, dps.ProvisioningDisabled) {
+			// A disabled individual enrollment is how Azure blocks one
+			// device of a group; the device still proves itself with the
+			// group's derived key, and learns it is disabled.
+			if _, gerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID); gerr == nil {
+				return &vouched{enrollment: ie, disabled: true}, nil
+			}
+		}
+		return v, verr
+	case !isNotFound(err):
+		return nil, unavailable(err)
+	}
+	return e.vouch.attestGroup(ctx, tok, req.RegistrationID)
+}
+
+func isNotFound(err error) bool {
+	var de *dps.Error
+	return errors.Is(err, store.ErrNotFound) || (errors.As(err, &de) && de.Status() == 404)
+}
+
+func verifyIndividual(tok *sas.Token, ie *dps.IndividualEnrollment) (*vouched, error) {
+	a := ie.Attestation
+	if a == nil || !strings.EqualFold(a.Type, dps.AttestationSymmetricKey) || a.SymmetricKey == nil {
+		return nil, errUnauthorized()
+	}
+	p, s := decodeKey(a.SymmetricKey.PrimaryKey), decodeKey(a.SymmetricKey.SecondaryKey)
+	if tok.VerifyAny(p, s) < 0 {
+		return nil, errUnauthorized()
+	}
+	return &vouched{
+		enrollment:   ie,
+		disabled:     strings.EqualFold(ie.ProvisioningStatus, dps.ProvisioningDisabled),
+		primaryKey:   a.SymmetricKey.PrimaryKey,
+		secondaryKey: a.SymmetricKey.SecondaryKey,
+	}, nil
+}
+
+func decodeKey(k string) []byte {
+	if k == "" {
+		return nil
+	}
+	b, err := base64.StdEncoding.DecodeString(k)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// vouchCache remembers which symmetric-key group vouched for each
+// registration id, and keeps the list of groups, so that a registration
+// costs one or two HMACs rather than one per group.
+type vouchCache struct {
+	st  store.Store
+	max int
+
+	mu       sync.Mutex
+	byID     map[string]string // lower-case registration id → group id
+	groups   []*dps.EnrollmentGroup
+	loadedAt time.Time
+}
+
+func newVouchCache(st store.Store, max int) *vouchCache {
+	return &vouchCache{st: st, max: max, byID: make(map[string]string)}
+}
+
+func (c *vouchCache) invalidate() {
+	c.mu.Lock()
+	c.groups, c.loadedAt = nil, time.Time{}
+	c.mu.Unlock()
+}
+
+// groupListTTL bounds how long a group list is trusted before a device that
+// no cached group vouches for makes it reload. New groups are seen at once
+// regardless, because a miss always reloads when the list is not fresh.
+const groupListTTL = 200 * time.Millisecond
+
+func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID string) (*vouched, error) {
+	key := strings.ToLower(regID)
+	c.mu.Lock()
+	remembered := c.byID[key]
+	c.mu.Unlock()
+
+	// 1. The group that vouched last time, read fresh so a disabled or
+	// re-keyed group is noticed at once.
+	if remembered == "" {
+		if r, err := enroll.GetRegistration(ctx, c.st, regID); err == nil {
+			remembered = r.EnrollmentGroupID
+		}
+	}
+	if remembered != "" {
+		g, err := enroll.GetGroup(ctx, c.st, remembered)
+		if err == nil {
+			if v := verifyGroup(tok, g, regID); v != nil {
+				c.remember(key, g.EnrollmentGroupID)
+				return v, nil
+			}
+		} else if !isNotFound(err) {
+			return nil, unavailable(err)
+		}
+	}
+
+	// 2. Every symmetric-key group, most recently successful first.
+	for attempt := 0; attempt < 2; attempt++ {
+		groups, fresh, err := c.groupList(ctx, attempt > 0)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		for i, g := range groups {
+			if strings.EqualFold(g.EnrollmentGroupID, remembered) {
+				continue
+			}
+			if v := verifyGroup(tok, g, regID); v != nil {
+				// Confirm against the stored group: the list may be a
+				// moment old.
+				cur, err := enroll.GetGroup(ctx, c.st, g.EnrollmentGroupID)
+				if err != nil {
+					if isNotFound(err) {
+						break
+					}
+					return nil, unavailable(err)
+				}
+				if v = verifyGroup(tok, cur, regID); v == nil {
+					break
+				}
+				c.remember(key, cur.EnrollmentGroupID)
+				c.promote(i)
+				return v, nil
+			}
+		}
+		if fresh {
+			break
+		}
+	}
+	return nil, errUnauthorized()
+}
+
+func verifyGroup(tok *sas.Token, g *dps.EnrollmentGroup, regID string) *vouched {
+	a := g.Attestation
+	if a == nil || !strings.EqualFold(a.Type, dps.AttestationSymmetricKey) || a.SymmetricKey == nil {
+		return nil
+	}
+	var p, s []byte
+	if k := decodeKey(a.SymmetricKey.PrimaryKey); k != nil {
+		p = sas.DeriveKeyBytes(k, regID)
+	}
+	if k := decodeKey(a.SymmetricKey.SecondaryKey); k != nil {
+		s = sas.DeriveKeyBytes(k, regID)
+	}
+	if tok.VerifyAny(p, s) < 0 {
+		return nil
+	}
+	return &vouched{
+		group:        g,
+		disabled:     strings.EqualFold(g.ProvisioningStatus, dps.ProvisioningDisabled),
+		primaryKey:   encodeKey(p),
+		secondaryKey: encodeKey(s),
+	}
+}
+
+func encodeKey(b []byte) string {
+	if b == nil {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// groupList returns the cached groups, reloading them when asked or when
+// they are older than groupListTTL; fresh reports whether they were just
+// loaded.
+func (c *vouchCache) groupList(ctx context.Context, reload bool) (groups []*dps.EnrollmentGroup, fresh bool, err error) {
+	c.mu.Lock()
+	if !reload && c.groups != nil && time.Since(c.loadedAt) < groupListTTL {
+		groups = c.groups
+		c.mu.Unlock()
+		return groups, false, nil
+	}
+	c.mu.Unlock()
+
+	var all []*dps.EnrollmentGroup
+	opt := store.ListOptions{Limit: 1000}
+	for range 1000 { // bounded: 1,000 pages of 1,000 groups
+		page, more, err := enroll.ListGroups(ctx, c.st, opt)
+		if err != nil {
+			return nil, false, fmt.Errorf("list enrollment groups: %w", err)
+		}
+		for _, g := range page {
+			if g.Attestation != nil && strings.EqualFold(g.Attestation.Type, dps.AttestationSymmetricKey) {
+				all = append(all, g)
+			}
+		}
+		if !more || len(page) == 0 {
+			break
+		}
+		opt.After = page[len(page)-1].EnrollmentGroupID
+	}
+	c.mu.Lock()
+	c.groups, c.loadedAt = all, time.Now()
+	c.mu.Unlock()
+	return all, true, nil
+}
+
+// promote moves the group at index i of the current list to the front, so
+// fleets dominated by one group find it with the first HMAC.
+func (c *vouchCache) promote(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i <= 0 || i >= len(c.groups) {
+		return
+	}
+	g := make([]*dps.EnrollmentGroup, 0, len(c.groups))
+	g = append(g, c.groups[i])
+	g = append(g, c.groups[:i]...)
+	g = append(g, c.groups[i+1:]...)
+	c.groups = g
+}
+
+func (c *vouchCache) remember(regKey, groupID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byID) >= c.max {
+		// Forget a random tenth; the registration record still remembers.
+		n := c.max / 10
+		for k := range c.byID {
+			if n == 0 {
+				break
+			}
+			delete(c.byID, k)
+			n--
+		}
+	}
+	c.byID[regKey] = groupID
+}

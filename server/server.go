@@ -1,0 +1,304 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dpsd/dpsd/deviceapi"
+	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/instance"
+	"github.com/dpsd/dpsd/localca"
+	"github.com/dpsd/dpsd/mqttdps"
+	"github.com/dpsd/dpsd/provision"
+	"github.com/dpsd/dpsd/serviceapi"
+	"github.com/dpsd/dpsd/store"
+	"github.com/dpsd/dpsd/store/sqlite"
+)
+
+// Config is how a dpsd node is run.
+type Config struct {
+	DataDir   string
+	HostName  string // the name clients use; goes into certificates and connection strings
+	HTTPSAddr string // device API, service API and MQTT over WebSockets
+	MQTTAddr  string // MQTT over TLS
+	// TLSCertFile and TLSKeyFile, when both set, replace the local CA's
+	// server certificate.
+	TLSCertFile, TLSKeyFile string
+	Logger                  *slog.Logger
+	// Banner receives the human-readable start-up summary; nil for none.
+	Banner io.Writer
+}
+
+// Server is a running dpsd node.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	st     store.Store
+	inst   *instance.Instance
+	engine *provision.Engine
+	svc    http.Handler
+	dev    *deviceapi.Handler
+	mqtt   *mqttdps.Server
+	https  *http.Server
+	httpsL net.Listener
+	mqttL  net.Listener
+	info   *Info
+}
+
+// Start opens the store, prepares TLS and binds the listeners; Serve then
+// serves until its context ends. Splitting the two lets callers report bind
+// errors before anything else happens.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HostName == "" {
+		cfg.HostName = "localhost"
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+
+	st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "dpsd.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.st = st
+	if s.inst, err = instance.LoadOrCreate(ctx, st); err != nil {
+		return nil, err
+	}
+
+	tlsCfg, caFile, err := s.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if s.httpsL, err = listen(cfg.HTTPSAddr, "--https-addr", "127.0.0.1:8443"); err != nil {
+		return nil, err
+	}
+	if s.mqttL, err = listen(cfg.MQTTAddr, "--mqtt-addr", "127.0.0.1:8883"); err != nil {
+		return nil, err
+	}
+
+	s.engine = provision.New(st, provision.Options{IDScope: s.inst.IDScope, Logger: s.log})
+	s.dev = deviceapi.New(s.engine, s.log)
+	s.svc = serviceapi.New(st, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
+	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
+	}
+	s.https = &http.Server{
+		Handler:           http.HandlerFunc(s.route),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+
+	s.info = &Info{
+		IDScope:                 s.inst.IDScope,
+		ServiceConnectionString: s.inst.ServiceConnectionString(hostPort(cfg.HostName, s.httpsL.Addr(), "443")),
+		CACertFile:              caFile,
+		HTTPSEndpoint:           "https://" + hostPort(cfg.HostName, s.httpsL.Addr(), "443"),
+		MQTTEndpoint:            "mqtts://" + hostPort(cfg.HostName, s.mqttL.Addr(), ""),
+		HostName:                cfg.HostName,
+		HTTPSAddr:               s.httpsL.Addr().String(),
+		MQTTAddr:                s.mqttL.Addr().String(),
+	}
+	if err := WriteInfo(cfg.DataDir, s.info); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// Info returns what clients need to reach this node.
+func (s *Server) Info() *Info { return s.info }
+
+// Serve serves until ctx ends, then shuts down gracefully: listeners close,
+// requests and registrations in flight finish (bounded), the store closes.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.https.Serve(tls.NewListener(s.httpsL, s.https.TLSConfig)) }()
+	go func() { errc <- s.mqtt.Serve(s.mqttL) }()
+	if s.cfg.Banner != nil {
+		s.printBanner(s.cfg.Banner)
+	}
+	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.log.Info("dpsd shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.https.Shutdown(sctx); err != nil {
+		s.log.Warn("https shutdown", "err", err)
+	}
+	if err := s.mqtt.Close(sctx); err != nil {
+		s.log.Warn("mqtt shutdown", "err", err)
+	}
+	if err := s.engine.Wait(sctx); err != nil {
+		s.log.Warn("registrations still running at shutdown", "err", err)
+	}
+	s.closeAll()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, net.ErrClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+func (s *Server) closeAll() {
+	if s.httpsL != nil {
+		s.httpsL.Close()
+	}
+	if s.mqttL != nil {
+		s.mqttL.Close()
+	}
+	if s.st != nil {
+		if err := s.st.Close(); err != nil {
+			s.log.Warn("closing store", "err", err)
+		}
+		s.st = nil
+	}
+}
+
+// route sends a request to the API it belongs to. Azure serves the device
+// and service APIs on different host names; dpsd serves both on one
+// listener and tells them apart by path, which never overlap.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
+		return
+	}
+	path := r.URL.EscapedPath()
+	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	switch strings.ToLower(first) {
+	case "enrollments", "enrollmentgroups", "registrations":
+		s.svc.ServeHTTP(w, r)
+		return
+	case "healthz":
+		dps.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return
+	}
+	if deviceapi.Match(path) {
+		s.dev.ServeHTTP(w, r)
+		return
+	}
+	dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
+}
+
+func (s *Server) tlsConfig() (*tls.Config, string, error) {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12, // the Python SDK pins TLS 1.2
+		// Devices that attest with certificates present them; others
+		// present none, so ask but do not require, and verify per
+		// enrollment in the engine.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"http/1.1"},
+	}
+	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("TLS certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		return cfg, "", nil
+	}
+	ca, err := localca.LoadOrCreate(filepath.Join(s.cfg.DataDir, "tls"))
+	if err != nil {
+		return nil, "", err
+	}
+	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
+	for _, a := range []string{s.cfg.HTTPSAddr, s.cfg.MQTTAddr} {
+		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
+			names = append(names, h)
+		}
+	}
+	cert, err := ca.ServerCertificate("server", names)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.Certificates = []tls.Certificate{cert}
+	abs, err := filepath.Abs(ca.CertFile())
+	if err != nil {
+		abs = ca.CertFile()
+	}
+	return cfg, abs, nil
+}
+
+// serviceHostNames are the SAS audiences the service API accepts: the
+// configured host name, with and without the port, and the loopback names.
+func (s *Server) serviceHostNames() []string {
+	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
+	_, port, _ := net.SplitHostPort(s.httpsL.Addr().String())
+	for _, n := range names[:3] {
+		names = append(names, net.JoinHostPort(n, port))
+	}
+	if h, _, err := net.SplitHostPort(s.cfg.HTTPSAddr); err == nil && h != "" {
+		names = append(names, h, net.JoinHostPort(h, port))
+	}
+	return names
+}
+
+// hostPort joins the public host name with the port a listener got,
+// leaving the port out when it is the protocol's default.
+func hostPort(host string, addr net.Addr, defaultPort string) string {
+	_, port, _ := net.SplitHostPort(addr.String())
+	if port == defaultPort {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func listen(addr, flag, suggestion string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		return l, nil
+	}
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("cannot listen on %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE); try %s %s", addr, flag, suggestion)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("cannot listen on %s: the address is already in use; try another, e.g. %s %s", addr, flag, suggestion)
+	}
+	return nil, fmt.Errorf("cannot listen on %s: %w (set %s)", addr, err, flag)
+}
+
+func (s *Server) printBanner(w io.Writer) {
+	i := s.info
+	fmt.Fprintf(w, `dpsd is ready
+  ID scope:                    %s
+  Service connection string:   %s
+  CA certificate:              %s
+  Device + service API:        %s   (HTTPS, MQTT over WebSockets)
+  Device API over MQTT:        %s
+Clients must trust the CA certificate, e.g. NODE_EXTRA_CA_CERTS=%s
+`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, orNone(i.CACertFile))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(configured certificate)"
+	}
+	return s
+}
