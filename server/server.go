@@ -23,7 +23,6 @@ import (
 	"github.com/dpsd/dpsd/provision"
 	"github.com/dpsd/dpsd/serviceapi"
 	"github.com/dpsd/dpsd/store"
-	"github.com/dpsd/dpsd/store/sqlite"
 )
 
 // Config is how a dpsd node is run.
@@ -32,6 +31,9 @@ type Config struct {
 	HostName  string // the name clients use; goes into certificates and connection strings
 	HTTPSAddr string // device API, service API and MQTT over WebSockets
 	MQTTAddr  string // MQTT over TLS
+	// Store is "sqlite" (or empty) for the embedded database in DataDir,
+	// or a postgres:// URL shared by several nodes.
+	Store string
 	// TLSCertFile and TLSKeyFile, when both set, replace the local CA's
 	// server certificate.
 	TLSCertFile, TLSKeyFile string
@@ -77,7 +79,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}()
 
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "dpsd.db"))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -186,7 +188,7 @@ func (s *Server) closeAll() {
 // and service APIs on different host names; dpsd serves both on one
 // listener and tells them apart by path, which never overlap.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
-	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+	if mqttdps.IsWebSocketUpgrade(r) {
 		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
 		return
 	}

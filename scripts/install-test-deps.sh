@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the SDK conformance tests (test/e2e driving test/sdk) need:
+#   - Node.js and npm, from Debian's packages, when `node` is not on PATH;
+#   - the pinned npm packages of test/sdk (`npm ci`), when test/sdk/node_modules
+#     is missing or older than test/sdk/package-lock.json.
+# Idempotent, and a fast no-op when everything is already in place.
+# Needs root (or sudo) only for the apt-get step.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+sdk="$root/test/sdk"
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		log "need root to run: $*"
+		return 1
+	fi
+}
+
+if ! command -v node >/dev/null 2>&1; then
+	log "node not found: installing nodejs and npm from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates >/dev/null
+elif ! command -v npm >/dev/null 2>&1; then
+	log "npm not found: installing it from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
+# node --test with custom reporters needs Node 18.15 or newer.
+major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$major" -lt 18 ]; then
+	log "node $(node --version) is too old (need >= 18)"
+	exit 1
+fi
+
+stamp="$sdk/node_modules/.package-lock.json"
+if [ -f "$stamp" ] && [ ! "$sdk/package-lock.json" -nt "$stamp" ]; then
+	exit 0
+fi
+
+log "installing test/sdk packages (npm ci)"
+cd "$sdk"
+npm ci --no-audit --no-fund --loglevel=error
+# npm ci rewrites node_modules/.package-lock.json; make sure its time is after
+# the lockfile's so the check above holds next time.
+touch "$stamp"

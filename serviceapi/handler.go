@@ -1,0 +1,169 @@
+// Package serviceapi serves the Azure DPS service (management) API:
+// individual enrollments, enrollment groups and device registration states,
+// with the URL shapes, SAS authentication, etags, paging headers and error
+// bodies that the official Azure service SDKs and the Azure CLI expect.
+//
+// The handler is thin: every rule about enrollments lives in package enroll,
+// so the provisioning engine and this API see one stored representation.
+package serviceapi
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/dpsd/dpsd/instance"
+	"github.com/dpsd/dpsd/store"
+)
+
+// MaxBodyBytes is the largest request body accepted; larger bodies get 413.
+// Azure's documented message limit is 96 KB; a bulk request of ten
+// enrollments with certificates and twins stays well under 1 MiB.
+const MaxBodyBytes = 1 << 20
+
+// Options configures the service API handler.
+type Options struct {
+	// Logger receives one debug record per request and error records for
+	// failures on the server's side. nil means slog.Default().
+	Logger *slog.Logger
+	// HostNames are the host names clients may name as the audience (sr) of
+	// their SAS tokens, compared case-insensitively: the service host name
+	// from the connection string and any alias such as "localhost" or
+	// "127.0.0.1". A token for any other audience is refused, so an empty
+	// list refuses every request.
+	HostNames []string
+	// Now returns the current time, for token expiry and error timestamps.
+	// nil means time.Now.
+	Now func() time.Time
+}
+
+// handler serves the service API.
+type handler struct {
+	st    store.Store
+	in    *instance.Instance
+	log   *slog.Logger
+	hosts map[string]bool
+	now   func() time.Time
+}
+
+// New returns the service API handler. It expects the full request path
+// (for example /enrollments/dev1), so mount it at the root of the service
+// listener or route every path whose first segment is enrollments,
+// enrollmentGroups or registrations (any case) to it unchanged. in supplies
+// the shared access policies and must not be nil; it is read on every
+// request.
+func New(st store.Store, in *instance.Instance, opts Options) http.Handler {
+	if st == nil || in == nil {
+		panic("serviceapi.New: store and instance are required")
+	}
+	h := &handler{st: st, in: in, log: opts.Logger, now: opts.Now, hosts: map[string]bool{}}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	for _, n := range opts.HostNames {
+		if n = normalizeHost(n); n != "" {
+			h.hosts[n] = true
+		}
+	}
+	if len(h.hosts) == 0 {
+		h.log.Warn("service API has no accepted host names; every request will be refused")
+	}
+	return h
+}
+
+func normalizeHost(n string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n)), ".")
+}
+
+// statusWriter remembers the status for the request log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// request carries what one request's handling needs.
+type request struct {
+	w          http.ResponseWriter
+	r          *http.Request
+	id         string // the id from the path, percent-decoded
+	trackingID string
+	policy     string
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	sw := &statusWriter{ResponseWriter: w}
+	req := &request{w: sw, r: r, trackingID: newTrackingID()}
+	h.serve(req)
+	h.log.LogAttrs(r.Context(), slog.LevelDebug, "service API request",
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.EscapedPath()),
+		slog.Int("status", sw.status),
+		slog.String("policy", req.policy),
+		slog.String("trackingId", req.trackingID),
+		slog.String("remote", r.RemoteAddr),
+		slog.Duration("elapsed", h.now().Sub(start)),
+	)
+}
+
+func (h *handler) serve(req *request) {
+	rt, id, routeErr := resolve(req.r)
+	req.id = id
+	if err := checkAPIVersion(req.r); err != nil {
+		h.writeError(req, err)
+		return
+	}
+	p, err := h.authenticate(req.r)
+	if err != nil {
+		h.writeError(req, err)
+		return
+	}
+	req.policy = p.KeyName
+	if routeErr != nil {
+		if len(routeErr.allow) > 0 {
+			req.w.Header().Set("Allow", strings.Join(routeErr.allow, ", "))
+		}
+		h.writeError(req, routeErr.err)
+		return
+	}
+	if err := authorize(p, rt.right); err != nil {
+		h.writeError(req, err)
+		return
+	}
+	if err := rt.handle(h, req); err != nil {
+		h.writeError(req, err)
+	}
+}
+
+// newTrackingID returns a random UUID-shaped id that ties an error body to
+// the server's log line.
+func newTrackingID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic("serviceapi: crypto/rand failed: " + err.Error())
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	s := hex.EncodeToString(b)
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+}
