@@ -1,6 +1,7 @@
 package allocate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -101,6 +102,7 @@ func newWebhookServer(t *testing.T, answer func(n int, r *http.Request) (int, st
 
 func (ws *webhookServer) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body)) // for answer to read again
 	ws.mu.Lock()
 	n := len(ws.requests)
 	ws.requests = append(ws.requests, seenRequest{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Content-Type"), body})

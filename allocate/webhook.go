@@ -419,11 +419,17 @@ func MaskURL(raw string) string {
 	if u.RawQuery != "" || u.ForceQuery {
 		u.RawQuery, u.ForceQuery = "****", false
 	}
-	if u.User != nil {
-		u.User = url.User("****")
-	}
 	u.Fragment, u.RawFragment = "", ""
-	return u.String()
+	if u.User == nil {
+		return u.String()
+	}
+	// url.URL would escape the asterisks of a "****" user; splice it in.
+	u.User = nil
+	s := u.String()
+	if i := strings.Index(s, "//"); i >= 0 {
+		return s[:i+2] + "****@" + s[i+2:]
+	}
+	return s
 }
 
 // custom builds the AllocationRequest for in and calls the webhook.

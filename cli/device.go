@@ -71,7 +71,9 @@ func (df *deviceFlags) resolve() (*deviceTarget, error) {
 	if dir != "" {
 		info, err := server.ReadInfo(dir)
 		switch {
-		case err != nil && (df.dataDir != "" || t.idScope == ""):
+		case err != nil && df.dataDir != "":
+			return nil, err
+		case err != nil && t.idScope == "":
 			return nil, fmt.Errorf("no ID scope: give --id-scope, or --data-dir of a running dpsd: %w", err)
 		case err == nil:
 			t.info = info

@@ -155,7 +155,9 @@ func (h *Handler) writeResult(w http.ResponseWriter, res provision.Result, err e
 		h.writeErr(w, nil, err)
 		return
 	}
-	if res.RetryAfter > 0 {
+	if res.Operation.Status == dps.StatusAssigning {
+		// Always present while assigning, even when zero: the device may
+		// poll at once.
 		w.Header().Set("Retry-After", dps.RetryAfterSeconds(res.RetryAfter))
 	}
 	dps.WriteJSON(w, status, res.Operation)

@@ -94,7 +94,7 @@ type Twin struct {
 	X509Thumbprint            *X509Thumbprint `json:"x509Thumbprint,omitempty"`
 	ModelID                   *string         `json:"modelId,omitempty"`
 	Version                   int64           `json:"version,omitempty"`
-	Tags                      map[string]any  `json:"tags,omitempty"`
+	Tags                      map[string]any  `json:"tags"`
 	Properties                *TwinProperties `json:"properties,omitempty"`
 	Capabilities              *Capabilities   `json:"capabilities,omitempty"`
 }

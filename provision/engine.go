@@ -107,6 +107,12 @@ type Options struct {
 	SyncWait time.Duration
 	// WorkTimeout bounds one registration's allocation and hub registration.
 	WorkTimeout time.Duration
+	// PollFirst makes Register answer "assigning" even when the result is
+	// ready, with a Retry-After of zero, for clients that insist on the
+	// classic register-then-poll exchange. By default a result that is
+	// ready is returned in the register answer itself, which saves the
+	// device a round trip and the poll delay its SDK would otherwise wait.
+	PollFirst bool
 }
 
 // Engine provisions devices. It is safe for concurrent use.
@@ -228,7 +234,7 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		return e.result(stored), nil
+		return e.registerAnswer(stored), nil
 	}
 
 	// Allocation may take long (a webhook with retries): record that the
@@ -253,7 +259,22 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return e.result(stored), nil
 	}
-	return e.result(latest), nil
+	return e.registerAnswer(latest), nil
+}
+
+// registerAnswer is the answer to a register request: the result, or with
+// PollFirst "assigning" with a Retry-After of zero when the result is ready.
+func (e *Engine) registerAnswer(r *enroll.Registration) Result {
+	res := e.result(r)
+	if e.opt.PollFirst && res.Operation.Status != dps.StatusAssigning {
+		res.Operation = &dps.RegistrationOperationStatus{
+			OperationID:       r.OperationID,
+			Status:            dps.StatusAssigning,
+			RegistrationState: &dps.DeviceRegistrationState{RegistrationID: r.State.RegistrationID, Status: dps.StatusAssigning},
+		}
+		res.RetryAfter = 0
+	}
+	return res
 }
 
 // OperationStatus answers a device polling its register operation.

@@ -421,3 +421,21 @@ func TestPollLimit(t *testing.T) {
 		t.Errorf("tight polling loop was not throttled: %v", throttled)
 	}
 }
+
+func TestPollFirstAnswersAssigningWithZeroRetry(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, Options{PollFirst: true})
+	key := f.individual("dev", "hub.example", "")
+	req := f.request("dev", key)
+	res, err := f.eng.Register(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Operation.Status != dps.StatusAssigning || res.RetryAfter != 0 || res.Operation.RegistrationState.RegistrationID != "dev" {
+		t.Fatalf("register = %+v (retry %v), want assigning with Retry-After 0", res.Operation, res.RetryAfter)
+	}
+	poll, err := f.eng.OperationStatus(ctx, req, res.Operation.OperationID)
+	if err != nil || poll.Operation.Status != dps.StatusAssigned || poll.Operation.RegistrationState.AssignedHub != "hub.example" {
+		t.Fatalf("poll = %+v, %v", poll.Operation, err)
+	}
+}

@@ -38,6 +38,9 @@ type Config struct {
 	// server certificate.
 	TLSCertFile, TLSKeyFile string
 	Logger                  *slog.Logger
+	// PollFirst answers every register with "assigning" and lets the device
+	// poll for the result (see provision.Options.PollFirst).
+	PollFirst bool
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
 }
@@ -99,7 +102,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.engine = provision.New(st, provision.Options{IDScope: s.inst.IDScope, Logger: s.log})
+	s.engine = provision.New(st, provision.Options{IDScope: s.inst.IDScope, Logger: s.log, PollFirst: cfg.PollFirst})
 	s.dev = deviceapi.New(s.engine, s.log)
 	s.svc = serviceapi.New(st, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
 	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})

@@ -56,10 +56,6 @@ type writer struct {
 	exited chan struct{}
 
 	sel, ins, upd, del *sql.Stmt
-	// lastUpdated is the latest Updated the writer has given any record;
-	// new times are kept after it so Updated strictly increases even if
-	// the wall clock stands still or steps back.
-	lastUpdated int64
 }
 
 func startWriter(ctx context.Context, conn *sql.Conn) (*writer, error) {
@@ -78,11 +74,6 @@ func startWriter(ctx context.Context, conn *sql.Conn) (*writer, error) {
 			return nil, fmt.Errorf("prepare: %w", mapErr(err))
 		}
 	}
-	var last sql.NullInt64
-	if err := conn.QueryRowContext(ctx, "SELECT MAX(updated) FROM records").Scan(&last); err != nil {
-		return nil, fmt.Errorf("read last update time: %w", mapErr(err))
-	}
-	w.lastUpdated = last.Int64
 	go w.run()
 	return w, nil
 }
@@ -264,7 +255,12 @@ func (w *writer) apply(ctx context.Context, o *op) (result, error) {
 
 	rec := o.rec
 	rec.ETag = newETag()
-	now := w.now()
+	now := time.Now().UnixNano()
+	if exists && now <= cur.updated {
+		// Updated must move forward even if the clock has not (coarse
+		// clocks, two writes in one batch) or has stepped back.
+		now = cur.updated + 1
+	}
 	rec.Updated = fromNanos(now)
 	if exists {
 		rec.ID = cur.id
@@ -293,17 +289,6 @@ func check(o *op, exists bool, etag string) error {
 		return store.ErrNotFound
 	}
 	return nil
-}
-
-// now returns the time for a write in UTC nanoseconds, after every time
-// given before (see writer.lastUpdated).
-func (w *writer) now() int64 {
-	n := time.Now().UnixNano()
-	if n <= w.lastUpdated {
-		n = w.lastUpdated + 1
-	}
-	w.lastUpdated = n
-	return n
 }
 
 // newETag returns a random etag. Its 130 random bits make a repeat, which
