@@ -53,6 +53,7 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", envOr("DPSD_TLS_CERT", ""), "server certificate (PEM) instead of one from the local CA (DPSD_TLS_CERT)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", envOr("DPSD_TLS_KEY", ""), "private key of --tls-cert (DPSD_TLS_KEY)")
 	f.BoolVar(&cfg.PollFirst, "poll-first", envOr("DPSD_POLL_FIRST", "") == "true", "answer every register with \"assigning\" and let the device poll for the result, as Azure does, instead of returning a ready result at once (DPSD_POLL_FIRST=true)")
+	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd

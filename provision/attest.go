@@ -35,7 +35,10 @@ func errUnauthorized() error {
 // attest finds the enrollment that applies to the device and verifies the
 // device's proof against it. Individual enrollments come first: when one
 // exists, it alone decides, even if a group would accept the device.
-func (e *Engine) attest(ctx context.Context, req *Request) (*vouched, error) {
+//
+// prev is the device's registration record, if any: the group that vouched
+// for it before is tried first.
+func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registration) (*vouched, error) {
 	if req.SASToken == "" {
 		// Certificate attestation arrives with the X.509 work; a device
 		// with neither proof is simply unauthorized.
@@ -53,6 +56,10 @@ func (e *Engine) attest(ctx context.Context, req *Request) (*vouched, error) {
 		return nil, dps.Errorf(dps.CodeUnauthorized, "Unauthorized: the SAS token has expired.")
 	}
 
+	var remembered string
+	if prev != nil {
+		remembered = prev.EnrollmentGroupID
+	}
 	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
 	switch {
 	case err == nil:
@@ -61,7 +68,7 @@ func (e *Engine) attest(ctx context.Context, req *Request) (*vouched, error) {
 			// A disabled individual enrollment is how Azure blocks one
 			// device of a group; the device still proves itself with the
 			// group's derived key, and learns it is disabled.
-			if _, gerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID); gerr == nil {
+			if _, gerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID, remembered); gerr == nil {
 				return &vouched{enrollment: ie, disabled: true}, nil
 			}
 		}
@@ -69,7 +76,7 @@ func (e *Engine) attest(ctx context.Context, req *Request) (*vouched, error) {
 	case !isNotFound(err):
 		return nil, unavailable(err)
 	}
-	return e.vouch.attestGroup(ctx, tok, req.RegistrationID)
+	return e.vouch.attestGroup(ctx, tok, req.RegistrationID, remembered)
 }
 
 func isNotFound(err error) bool {
@@ -128,39 +135,42 @@ func (c *vouchCache) invalidate() {
 	c.mu.Unlock()
 }
 
-// groupListTTL bounds how long a group list is trusted before a device that
-// no cached group vouches for makes it reload. New groups are seen at once
-// regardless, because a miss always reloads when the list is not fresh.
+// groupListTTL bounds how old the group list used to verify a device may
+// be. Changes made through this process invalidate it at once (see
+// Engine.InvalidateEnrollments); changes made by another node are seen
+// within this time.
 const groupListTTL = 200 * time.Millisecond
 
-func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID string) (*vouched, error) {
-	key := strings.ToLower(regID)
-	c.mu.Lock()
-	remembered := c.byID[key]
-	c.mu.Unlock()
+// minReload spaces out the reloads that a device no group vouches for asks.
+const minReload = 10 * time.Millisecond
 
-	// 1. The group that vouched last time, read fresh so a disabled or
-	// re-keyed group is noticed at once.
+func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, remembered string) (*vouched, error) {
+	key := strings.ToLower(regID)
 	if remembered == "" {
-		if r, err := enroll.GetRegistration(ctx, c.st, regID); err == nil {
-			remembered = r.EnrollmentGroupID
-		}
+		c.mu.Lock()
+		remembered = c.byID[key]
+		c.mu.Unlock()
 	}
+
+	// 1. The group that vouched last time.
 	if remembered != "" {
-		g, err := enroll.GetGroup(ctx, c.st, remembered)
-		if err == nil {
+		g, err := c.group(ctx, remembered)
+		if err != nil && !isNotFound(err) {
+			return nil, unavailable(err)
+		}
+		if g != nil {
 			if v := verifyGroup(tok, g, regID); v != nil {
 				c.remember(key, g.EnrollmentGroupID)
 				return v, nil
 			}
-		} else if !isNotFound(err) {
-			return nil, unavailable(err)
 		}
 	}
 
-	// 2. Every symmetric-key group, most recently successful first.
+	// 2. Every symmetric-key group, most recently successful first. When
+	// none vouches, the list is read again once, so a group created a moment
+	// ago is found.
 	for attempt := 0; attempt < 2; attempt++ {
-		groups, fresh, err := c.groupList(ctx, attempt > 0)
+		groups, err := c.groupList(ctx, attempt > 0)
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -169,28 +179,27 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID stri
 				continue
 			}
 			if v := verifyGroup(tok, g, regID); v != nil {
-				// Confirm against the stored group: the list may be a
-				// moment old.
-				cur, err := enroll.GetGroup(ctx, c.st, g.EnrollmentGroupID)
-				if err != nil {
-					if isNotFound(err) {
-						break
-					}
-					return nil, unavailable(err)
-				}
-				if v = verifyGroup(tok, cur, regID); v == nil {
-					break
-				}
-				c.remember(key, cur.EnrollmentGroupID)
+				c.remember(key, g.EnrollmentGroupID)
 				c.promote(i)
 				return v, nil
 			}
 		}
-		if fresh {
-			break
-		}
 	}
 	return nil, errUnauthorized()
+}
+
+// group returns one group from the list, nil when it does not exist.
+func (c *vouchCache) group(ctx context.Context, id string) (*dps.EnrollmentGroup, error) {
+	groups, err := c.groupList(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
+		if strings.EqualFold(g.EnrollmentGroupID, id) {
+			return g, nil
+		}
+	}
+	return nil, nil
 }
 
 func verifyGroup(tok *sas.Token, g *dps.EnrollmentGroup, regID string) *vouched {
@@ -223,15 +232,17 @@ func encodeKey(b []byte) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// groupList returns the cached groups, reloading them when asked or when
-// they are older than groupListTTL; fresh reports whether they were just
-// loaded.
-func (c *vouchCache) groupList(ctx context.Context, reload bool) (groups []*dps.EnrollmentGroup, fresh bool, err error) {
+// groupList returns the symmetric-key groups as they were at most
+// groupListTTL ago, reading them again when older or when reload is set
+// (at most once per minReload, so devices with wrong keys cannot turn
+// every request into a scan of the groups).
+func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.EnrollmentGroup, error) {
 	c.mu.Lock()
-	if !reload && c.groups != nil && time.Since(c.loadedAt) < groupListTTL {
-		groups = c.groups
+	age := time.Since(c.loadedAt)
+	if c.groups != nil && age < groupListTTL && (!reload || age < minReload) {
+		groups := c.groups
 		c.mu.Unlock()
-		return groups, false, nil
+		return groups, nil
 	}
 	c.mu.Unlock()
 
@@ -240,7 +251,7 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) (groups []*dps.
 	for range 1000 { // bounded: 1,000 pages of 1,000 groups
 		page, more, err := enroll.ListGroups(ctx, c.st, opt)
 		if err != nil {
-			return nil, false, fmt.Errorf("list enrollment groups: %w", err)
+			return nil, fmt.Errorf("list enrollment groups: %w", err)
 		}
 		for _, g := range page {
 			if g.Attestation != nil && strings.EqualFold(g.Attestation.Type, dps.AttestationSymmetricKey) {
@@ -255,7 +266,7 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) (groups []*dps.
 	c.mu.Lock()
 	c.groups, c.loadedAt = all, time.Now()
 	c.mu.Unlock()
-	return all, true, nil
+	return all, nil
 }
 
 // promote moves the group at index i of the current list to the front, so

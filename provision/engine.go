@@ -183,16 +183,13 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	if err := e.checkRequest(&req); err != nil {
 		return Result{}, err
 	}
-	who, err := e.attest(ctx, &req)
+	prev, err := e.loadRegistration(ctx, req.RegistrationID)
 	if err != nil {
 		return Result{}, err
 	}
-	prev, err := enroll.GetRegistration(ctx, e.st, req.RegistrationID)
-	if err != nil && !errors.Is(err, enroll.ErrRegistrationNotFound) {
-		return Result{}, unavailable(err)
-	}
-	if errors.Is(err, enroll.ErrRegistrationNotFound) {
-		prev = nil
+	who, err := e.attest(ctx, &req, prev)
+	if err != nil {
+		return Result{}, err
 	}
 
 	// A registration already under way (a device retrying, or the same
@@ -282,17 +279,14 @@ func (e *Engine) OperationStatus(ctx context.Context, req Request, operationID s
 	if err := e.checkRequest(&req); err != nil {
 		return Result{}, err
 	}
-	if _, err := e.attest(ctx, &req); err != nil {
+	r, err := e.loadRegistration(ctx, req.RegistrationID)
+	if err != nil {
 		return Result{}, err
 	}
-	r, err := enroll.GetRegistration(ctx, e.st, req.RegistrationID)
-	if err != nil {
-		if errors.Is(err, enroll.ErrRegistrationNotFound) {
-			return Result{}, dps.Errorf(dps.CodeOperationNotFound, "Operation %q not found.", operationID)
-		}
-		return Result{}, unavailable(err)
+	if _, err := e.attest(ctx, &req, r); err != nil {
+		return Result{}, err
 	}
-	if r.OperationID != operationID {
+	if r == nil || r.OperationID != operationID {
 		return Result{}, dps.Errorf(dps.CodeOperationNotFound, "Operation %q not found.", operationID)
 	}
 	if r.State.Status == dps.StatusAssigning {
@@ -313,17 +307,30 @@ func (e *Engine) Status(ctx context.Context, req Request) (*dps.DeviceRegistrati
 	if err := e.checkRequest(&req); err != nil {
 		return nil, err
 	}
-	if _, err := e.attest(ctx, &req); err != nil {
+	r, err := e.loadRegistration(ctx, req.RegistrationID)
+	if err != nil {
 		return nil, err
 	}
-	r, err := enroll.GetRegistration(ctx, e.st, req.RegistrationID)
-	if err != nil {
-		if errors.Is(err, enroll.ErrRegistrationNotFound) {
-			return nil, err
-		}
-		return nil, unavailable(err)
+	if _, err := e.attest(ctx, &req, r); err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return nil, enroll.ErrRegistrationNotFound
 	}
 	return &r.State, nil
+}
+
+// loadRegistration returns the device's registration record, or nil when it
+// has none.
+func (e *Engine) loadRegistration(ctx context.Context, regID string) (*enroll.Registration, error) {
+	r, err := enroll.GetRegistration(ctx, e.st, regID)
+	switch {
+	case errors.Is(err, enroll.ErrRegistrationNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(err)
+	}
+	return r, nil
 }
 
 func (e *Engine) checkRequest(req *Request) error {

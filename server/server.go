@@ -38,6 +38,9 @@ type Config struct {
 	// server certificate.
 	TLSCertFile, TLSKeyFile string
 	Logger                  *slog.Logger
+	// DebugAddr, when set, serves /debug/pprof on a plain-HTTP listener
+	// for profiling; keep it on a loopback address.
+	DebugAddr string
 	// PollFirst answers every register with "assigning" and lets the device
 	// poll for the result (see provision.Options.PollFirst).
 	PollFirst bool
@@ -104,7 +107,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	s.engine = provision.New(st, provision.Options{IDScope: s.inst.IDScope, Logger: s.log, PollFirst: cfg.PollFirst})
 	s.dev = deviceapi.New(s.engine, s.log)
-	s.svc = serviceapi.New(st, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
+	svcStore := &notifyingStore{Store: st, kinds: map[store.Kind]bool{store.KindEnrollmentGroup: true},
+		onChange: func(store.Kind) { s.engine.InvalidateEnrollments() }}
+	s.svc = serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
 	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
@@ -143,6 +148,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.https.Serve(tls.NewListener(s.httpsL, s.https.TLSConfig)) }()
 	go func() { errc <- s.mqtt.Serve(s.mqttL) }()
+	if s.cfg.DebugAddr != "" {
+		dbg := &http.Server{Addr: s.cfg.DebugAddr, Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("debug listener", "addr", s.cfg.DebugAddr, "err", err)
+			}
+		}()
+		defer dbg.Close()
+	}
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
