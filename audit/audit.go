@@ -7,11 +7,13 @@
 //
 // The trail is kept per registration id, bounded to the last MaxEntries
 // allocations and MaxRecordBytes, in the store under Kind. An entry is
-// written when the allocation starts and rewritten after each attempt, so a
-// registration still retrying its webhook shows its progress.
+// written when the allocation starts, again before each wait to retry (so a
+// registration still retrying its webhook shows its progress) and when it
+// ends: two durable writes for an allocation answered at once.
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -175,18 +177,19 @@ func (r *Recorder) ID() string {
 	return r.e.ID
 }
 
-// Attempt records one call of the webhook.
-func (r *Recorder) Attempt(ctx context.Context, a Attempt) {
+// Attempt records one call of the webhook. It is written with the next
+// Waiting or Finish, to spare the store a write per attempt.
+func (r *Recorder) Attempt(_ context.Context, a Attempt) {
 	if r == nil {
 		return
 	}
 	a.Started = a.Started.UTC()
 	r.e.Attempts = append(r.e.Attempts, a)
 	r.e.Retries = len(r.e.Attempts) - 1
-	r.save(ctx)
 }
 
-// Waiting records the wait before the next attempt on the latest attempt.
+// Waiting records the wait before the next attempt on the latest attempt,
+// and writes the entry so far.
 func (r *Recorder) Waiting(ctx context.Context, d time.Duration) {
 	if r == nil || len(r.e.Attempts) == 0 {
 		return
@@ -269,18 +272,39 @@ func (l *Log) upsert(ctx context.Context, e Entry) error {
 }
 
 // encodeBounded drops the oldest entries until the record fits
-// MaxRecordBytes, always keeping the newest.
+// MaxRecordBytes, always keeping the newest. Each entry is encoded once.
 func encodeBounded(r *record) ([]byte, error) {
-	for {
-		data, err := json.Marshal(r)
-		if err != nil {
+	id, err := json.Marshal(r.RegistrationID)
+	if err != nil {
+		return nil, fmt.Errorf("encode allocation log: %w", err)
+	}
+	enc := make([][]byte, len(r.Entries))
+	size := len(`{"registrationId":,"entries":[]}`) + len(id)
+	for i := range r.Entries {
+		if enc[i], err = json.Marshal(&r.Entries[i]); err != nil {
 			return nil, fmt.Errorf("encode allocation log: %w", err)
 		}
-		if len(data) <= MaxRecordBytes || len(r.Entries) <= 1 {
-			return data, nil
-		}
-		r.Entries = r.Entries[1:]
+		size += len(enc[i]) + 1 // and a comma
 	}
+	first := 0
+	for size > MaxRecordBytes && first < len(enc)-1 {
+		size -= len(enc[first]) + 1
+		first++
+	}
+	r.Entries = r.Entries[first:]
+	var b bytes.Buffer
+	b.Grow(size)
+	b.WriteString(`{"registrationId":`)
+	b.Write(id)
+	b.WriteString(`,"entries":[`)
+	for i, e := range enc[first:] {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(e)
+	}
+	b.WriteString(`]}`)
+	return b.Bytes(), nil
 }
 
 func (l *Log) get(ctx context.Context, registrationID string) (*record, string, error) {

@@ -35,10 +35,15 @@ func TestRecorderLifecycle(t *testing.T) {
 	l, _ := newLog(t)
 	rec := l.Begin(ctx, "Dev-1", "https://hook.example/a?****", []byte(`{"linkedHubs":["h"]}`))
 
-	// In progress after the first attempt: visible to readers already.
+	// In progress from the start, and with its attempts while it waits to
+	// retry: visible to readers already.
+	list, err := l.List(ctx, "dev-1")
+	if err != nil || len(list) != 1 || list[0].Outcome != OutcomeInProgress || len(list[0].Attempts) != 0 {
+		t.Fatalf("begun: %+v, %v", list, err)
+	}
 	rec.Attempt(ctx, Attempt{Started: time.Now(), Status: 503, Body: json.RawMessage(`{"e":1}`), DurationMs: 12})
 	rec.Waiting(ctx, time.Second)
-	list, err := l.List(ctx, "dev-1")
+	list, err = l.List(ctx, "dev-1")
 	if err != nil || len(list) != 1 || list[0].Outcome != OutcomeInProgress || len(list[0].Attempts) != 1 || list[0].Attempts[0].RetryAfterMs != 1000 {
 		t.Fatalf("in progress: %+v, %v", list, err)
 	}
@@ -82,10 +87,12 @@ func TestBounds(t *testing.T) {
 		name       string
 		allocs     int
 		requestLen int
+		bodyLen    int
 		wantMax    int
 	}{
-		{name: "entry count", allocs: MaxEntries + 7, requestLen: 10, wantMax: MaxEntries},
-		{name: "record size", allocs: 25, requestLen: 60 << 10, wantMax: MaxRecordBytes / MaxRequestBytes},
+		{name: "entry count", allocs: MaxEntries + 7, requestLen: 10, bodyLen: 10, wantMax: MaxEntries},
+		// Each entry holds about 8 KiB of request and 11 × 2 KiB of bodies.
+		{name: "record size", allocs: 15, requestLen: 60 << 10, bodyLen: 10 << 10, wantMax: MaxRecordBytes / (30 << 10)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,8 +101,9 @@ func TestBounds(t *testing.T) {
 				big := fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", tt.requestLen))
 				rec := l.Begin(ctx, "dev", "u", []byte(big))
 				for range 11 {
-					rec.Attempt(ctx, Attempt{Status: 500, Body: mustClip(strings.Repeat("y", 10<<10))})
+					rec.Attempt(ctx, Attempt{Status: 500, Body: mustClip(strings.Repeat("y", tt.bodyLen))})
 				}
+				rec.Waiting(ctx, time.Second)
 				rec.Finish(ctx, "", 400207, "failed")
 			}
 			list, err := l.List(ctx, "dev")

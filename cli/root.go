@@ -53,6 +53,8 @@ func NewRootCommand() *cobra.Command {
 		newComputeDeviceKeyCmd(),
 		newDeviceCmd(),
 		newBenchCmd(),
+		newHubCmd(),
+		newLinkedHubCmd(),
 	)
 	return root
 }

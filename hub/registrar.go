@@ -84,6 +84,9 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 	moving := dev.PreviousHub != "" && !strings.EqualFold(dev.PreviousHub, dev.Hub)
 	var from Registry
 	var carried *Twin
+	// movedBefore: an earlier attempt of this move got as far as removing
+	// the old identity, so the device's data already is in the new hub.
+	movedBefore := false
 	if moving {
 		from, err = r.registry(ctx, dev.PreviousHub)
 		if err != nil {
@@ -92,12 +95,15 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 			r.log.Warn("previous hub unreachable; not migrating or removing the device there",
 				"deviceId", dev.DeviceID, "previousHub", dev.PreviousHub, "err", err)
 			from = nil
-		} else if dev.MigrateDeviceData {
+		} else {
 			t, err := from.GetTwin(ctx, dev.DeviceID)
 			switch {
 			case err == nil:
-				carried = t
+				if dev.MigrateDeviceData {
+					carried = t
+				}
 			case errors.Is(err, ErrNotFound):
+				movedBefore = true
 			default:
 				return fmt.Errorf("read the twin in the previous hub %s: %w", dev.PreviousHub, err)
 			}
@@ -108,13 +114,16 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 	if err != nil {
 		return fmt.Errorf("device identity in hub %s: %w", dev.Hub, err)
 	}
+	if created {
+		movedBefore = false
+	}
 
 	switch {
 	case carried != nil:
 		if err := migrateTwin(ctx, to, dev.DeviceID, carried); err != nil {
 			return fmt.Errorf("migrate twin to hub %s: %w", dev.Hub, err)
 		}
-	case created || dev.ResetTwin || moving:
+	case created || (dev.ResetTwin || moving) && !movedBefore:
 		// A fresh identity, a factory reset or a move without migration:
 		// the twin becomes the initial twin (or empty).
 		if initial != nil || !created {
@@ -140,7 +149,7 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 		}
 	}
 
-	if moving && from != nil {
+	if moving && from != nil && !movedBefore {
 		err := from.DeleteDevice(ctx, dev.DeviceID, "*")
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("remove the device from the previous hub %s: %w", dev.PreviousHub, err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -159,7 +158,7 @@ func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, boo
 	}
 	dc := &deviceClient{msgs: make(chan paho.Message, 64)}
 	opts := paho.NewClientOptions().
-		AddBroker(o.scheme+"://"+o.addr).
+		AddBroker(o.scheme + "://" + o.addr).
 		SetClientID(id).
 		SetUsername(user).
 		SetPassword(tok).
@@ -167,7 +166,7 @@ func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, boo
 		SetProtocolVersion(4).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
-		SetConnectTimeout(10*time.Second).
+		SetConnectTimeout(10 * time.Second).
 		SetTLSConfig(e.tlsConfig(o.tlsName)).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { dc.msgs <- m })
 	if o.scheme == "wss" {
@@ -220,8 +219,3 @@ func (dc *deviceClient) next(t *testing.T, prefix string) paho.Message {
 
 func mqttAddr(h *iothub.Hub) string  { return h.MQTTAddr() }
 func httpsAddr(h *iothub.Hub) string { return h.HTTPSAddr() }
-
-func hostOf(addr string) string {
-	h, _, _ := net.SplitHostPort(addr)
-	return h
-}

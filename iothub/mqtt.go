@@ -181,6 +181,7 @@ func (k *deviceHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
+		mqtt.OnSessionEstablish,
 		mqtt.OnSessionEstablished,
 		mqtt.OnACLCheck,
 		mqtt.OnSubscribe,
@@ -324,9 +325,15 @@ func thumbprintMatches(cert *x509.Certificate, t *hub.X509Thumbprint) bool {
 	return false
 }
 
-// OnSessionEstablished records the connection and persists the session.
-func (k *deviceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+// OnSessionEstablish records the connection before the CONNACK goes out,
+// so the registry shows the device connected as soon as it is.
+func (k *deviceHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	k.h.setConnected(cl.ID, cl, true)
+}
+
+// OnSessionEstablished persists the session, now holding the
+// subscriptions it inherited.
+func (k *deviceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	k.h.saveSession(cl)
 }
 
@@ -392,6 +399,11 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		return pk, packets.ErrRejectPacket
 	}
 	k.h.touch(cl.ID)
+	if strings.HasPrefix(pk.TopicName, "devices/") {
+		// Kept before the PUBACK goes out: an acknowledged message is
+		// enqueued, as the SDKs' "MessageEnqueued" says.
+		k.h.recordTelemetry(cl.ID, pk.TopicName, bytes.Clone(pk.Payload))
+	}
 	return pk, packets.CodeSuccessIgnore
 }
 
@@ -415,8 +427,6 @@ func (k *deviceHook) StoredSubscriptions() ([]storageSubscription, error) {
 func (h *Hub) handleDevicePublish(cl *mqtt.Client, topic string, payload []byte) {
 	id := cl.ID
 	switch {
-	case strings.HasPrefix(topic, "devices/"):
-		h.recordTelemetry(id, topic, payload)
 	case strings.HasPrefix(topic, topicTwinPrefix):
 		h.handleTwinRequest(cl, topic, payload)
 	case strings.HasPrefix(topic, topicMethodsRes):
@@ -673,10 +683,18 @@ func (c *wsConn) Close() error {
 func (c *wsConn) LocalAddr() net.Addr  { return c.ws.LocalAddr() }
 func (c *wsConn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
 func (c *wsConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.ws.SetReadDeadline(t), c.ws.SetWriteDeadline(t))
+	return errors.Join(c.ws.SetReadDeadline(t), c.SetWriteDeadline(t))
 }
-func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
-func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
+func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
+
+// SetWriteDeadline holds the write lock: gorilla's write deadline is not
+// safe to set while another goroutine writes, and the broker refreshes
+// deadlines from the read loop while replies are written from others.
+func (c *wsConn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.ws.SetWriteDeadline(t)
+}
 
 // quietHandler lowers the broker's info logs to debug: a hub logs device
 // connections itself.

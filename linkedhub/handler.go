@@ -131,10 +131,11 @@ func (h *handler) update(req *http.Request, name string, def Definition) (any, i
 		if cs, err := sas.ParseConnectionString(def.ConnectionString); err == nil && !strings.EqualFold(cs.HostName, name) {
 			return nil, 0, dps.Errorf(dps.CodeInvalidArgument, "The connection string names host %s, not %s.", cs.HostName, name)
 		}
-		hub, err := h.reg.Get(ctx, name)
+		_, err := h.reg.Get(ctx, name)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			if hub, err = h.reg.Create(ctx, def); err != nil {
+			hub, err := h.reg.Create(ctx, def)
+			if err != nil {
 				return nil, 0, err
 			}
 			h.opt.Logger.Info("linked hub created", "hub", hub.Name)

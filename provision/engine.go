@@ -149,7 +149,9 @@ func New(st store.Store, opt Options) *Engine {
 		opt.SyncWait = 2 * time.Second
 	}
 	if opt.WorkTimeout == 0 {
-		opt.WorkTimeout = 10 * time.Minute
+		// Azure's webhook retry schedule waits 415 s in all; with eleven
+		// attempts of up to 30 s each, a registration may take 12.5 min.
+		opt.WorkTimeout = 15 * time.Minute
 	}
 	return &Engine{
 		st:       st,
@@ -382,15 +384,17 @@ func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration
 // outcome (assigned or failed).
 func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *AllocationInput, who *vouched) {
 	policy, _, _, twin, rp := in.Policy()
-	_ = policy
 	deviceID := r.State.RegistrationID
 	if in.Enrollment != nil && in.Enrollment.DeviceID != "" {
 		deviceID = in.Enrollment.DeviceID
 	}
 	var hub string
 	var payload json.RawMessage
-	if in.Previous != nil && !rp.UpdateHubAssignment {
-		// "Never reprovision": the device stays where it is.
+	var allocatedTwin *dps.InitialTwin
+	if in.Previous != nil && !rp.UpdateHubAssignment && !strings.EqualFold(policy, dps.AllocationCustom) {
+		// "Never reprovision": the device stays where it is. A custom
+		// webhook is still asked (Azure offers it only the current hub),
+		// because its payload goes back to the device every time.
 		hub = in.Previous.AssignedHub
 	} else {
 		a, err := e.opt.Allocator.Allocate(ctx, in)
@@ -398,10 +402,7 @@ func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *Alloc
 			e.fail(r, err)
 			return
 		}
-		hub, payload = a.Hub, a.Payload
-		if a.InitialTwin != nil {
-			twin = a.InitialTwin
-		}
+		hub, payload, allocatedTwin = a.Hub, a.Payload, a.InitialTwin
 	}
 
 	substatus := dps.SubstatusInitialAssignment
@@ -428,6 +429,13 @@ func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *Alloc
 		default:
 			substatus = dps.SubstatusReprovisionedToInitialAssignment
 		}
+	}
+	// A webhook's initial twin replaces the enrollment's on the first
+	// assignment, and on a move to another hub that resets the device's
+	// data; otherwise the device keeps its twin and the webhook's is
+	// ignored, as in Azure.
+	if allocatedTwin != nil && (in.Previous == nil || (dev.ResetTwin && dev.PreviousHub != "")) {
+		dev.InitialTwin = allocatedTwin
 	}
 	if err := e.opt.Registrar.RegisterDevice(ctx, dev); err != nil {
 		e.log.Warn("hub registration failed", "registrationId", r.State.RegistrationID, "hub", hub, "err", err)

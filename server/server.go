@@ -15,9 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dpsd/dpsd/audit"
 	"github.com/dpsd/dpsd/deviceapi"
 	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/hub"
 	"github.com/dpsd/dpsd/instance"
+	"github.com/dpsd/dpsd/iothub"
+	"github.com/dpsd/dpsd/linkedhub"
 	"github.com/dpsd/dpsd/localca"
 	"github.com/dpsd/dpsd/mqttdps"
 	"github.com/dpsd/dpsd/provision"
@@ -38,6 +42,15 @@ type Config struct {
 	// server certificate.
 	TLSCertFile, TLSKeyFile string
 	Logger                  *slog.Logger
+	// AllocationPolicy is the instance's default policy for enrollments
+	// that set none: hashed (default), geoLatency or static.
+	AllocationPolicy string
+	// GeoNetworks maps device networks to hub locations for geoLatency
+	// (see allocate.ParseNetworkMap).
+	GeoNetworks string
+	// WebhookCAFiles are PEM files of CAs trusted, beside the system
+	// roots, for HTTPS custom allocation webhooks.
+	WebhookCAFiles []string
 	// DebugAddr, when set, serves /debug/pprof on a plain-HTTP listener
 	// for profiling; keep it on a loopback address.
 	DebugAddr string
@@ -58,6 +71,11 @@ type Server struct {
 	svc    http.Handler
 	dev    *deviceapi.Handler
 	mqtt   *mqttdps.Server
+	hubs   *iothub.Manager
+	linked *linkedhub.Registry
+	alog   *audit.Log
+	auth   *serviceapi.Authorizer
+	ca     *localca.CA
 	https  *http.Server
 	httpsL net.Listener
 	mqttL  net.Listener
@@ -105,10 +123,43 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.engine = provision.New(st, provision.Options{IDScope: s.inst.IDScope, Logger: s.log, PollFirst: cfg.PollFirst})
+	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
+	s.hubs, err = iothub.NewManager(st, iothub.Options{
+		Logger:      s.log,
+		Certificate: s.ca.ServerCertificate,
+		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("built-in hubs: %w", err)
+	}
+	if err := s.hubs.Start(ctx); err != nil {
+		return nil, fmt.Errorf("built-in hubs: %w", err)
+	}
+	s.linked = linkedhub.New(st)
+	s.alog = audit.New(st, audit.Options{Logger: s.log})
+	alloc, err := newAllocator(cfg, s.linked, s.alog, s.log)
+	if err != nil {
+		return nil, err
+	}
+	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: s.linked, Local: s.hubs, Logger: s.log})
+	s.engine = provision.New(st, provision.Options{
+		IDScope:   s.inst.IDScope,
+		Logger:    s.log,
+		PollFirst: cfg.PollFirst,
+		Allocator: alloc,
+		Registrar: registrar,
+	})
 	s.dev = deviceapi.New(s.engine, s.log)
-	svcStore := &notifyingStore{Store: st, kinds: map[store.Kind]bool{store.KindEnrollmentGroup: true},
-		onChange: func(store.Kind) { s.engine.InvalidateEnrollments() }}
+	svcStore := &notifyingStore{Store: st, onChange: func(kind store.Kind, id string, deleted bool) {
+		switch {
+		case kind == store.KindEnrollmentGroup:
+			s.engine.InvalidateEnrollments()
+		case kind == store.KindRegistration && deleted:
+			if err := s.alog.Delete(context.WithoutCancel(ctx), id); err != nil {
+				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
+			}
+		}
+	}}
 	s.svc = serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
 	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
 	if err != nil {
@@ -176,6 +227,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.mqtt.Close(sctx); err != nil {
 		s.log.Warn("mqtt shutdown", "err", err)
 	}
+	if err := s.hubs.Close(sctx); err != nil {
+		s.log.Warn("built-in hubs shutdown", "err", err)
+	}
 	if err := s.engine.Wait(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
@@ -215,6 +269,11 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	case "enrollments", "enrollmentgroups", "registrations":
 		s.svc.ServeHTTP(w, r)
 		return
+	case "dpsd":
+		if h := s.extension(path); h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
 	case "healthz":
 		dps.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		return
@@ -226,6 +285,28 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
 }
 
+// extension returns the handler of a dpsd extension endpoint (built-in
+// hubs, linked hubs, allocation logs), all under /dpsd/ and authorized with
+// the service API's tokens; nil when path is none of them.
+func (s *Server) extension(path string) http.Handler {
+	segs := strings.Split(strings.ToLower(strings.Trim(path, "/")), "/")
+	if len(segs) < 2 {
+		return nil
+	}
+	authorize := func(right instance.Right) func(*http.Request) error {
+		return func(r *http.Request) error { return s.auth.Authorize(r, right) }
+	}
+	switch {
+	case segs[1] == "hubs":
+		return s.hubs.Handler()
+	case segs[1] == "linkedhubs":
+		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
+		return s.alog.Handler(audit.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
+	}
+	return nil
+}
+
 func (s *Server) tlsConfig() (*tls.Config, string, error) {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12, // the Python SDK pins TLS 1.2
@@ -235,6 +316,13 @@ func (s *Server) tlsConfig() (*tls.Config, string, error) {
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"http/1.1"},
 	}
+	// The local CA also issues the built-in hubs' certificates, so it
+	// exists even when the service itself uses a configured certificate.
+	ca, err := localca.LoadOrCreate(filepath.Join(s.cfg.DataDir, "tls"))
+	if err != nil {
+		return nil, "", err
+	}
+	s.ca = ca
 	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 		if err != nil {
@@ -242,10 +330,6 @@ func (s *Server) tlsConfig() (*tls.Config, string, error) {
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 		return cfg, "", nil
-	}
-	ca, err := localca.LoadOrCreate(filepath.Join(s.cfg.DataDir, "tls"))
-	if err != nil {
-		return nil, "", err
 	}
 	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
 	for _, a := range []string{s.cfg.HTTPSAddr, s.cfg.MQTTAddr} {

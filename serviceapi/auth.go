@@ -12,10 +12,44 @@ import (
 	"github.com/dpsd/dpsd/sas"
 )
 
+// Authorizer checks service SAS tokens against the instance's shared access
+// policies. The service API uses it, and so do dpsd's extension endpoints
+// (built-in hubs, linked hubs) so that one token works for all of them.
+type Authorizer struct {
+	in    *instance.Instance
+	hosts map[string]bool
+	now   func() time.Time
+}
+
+// NewAuthorizer accepts tokens whose audience (sr) is one of hostNames,
+// compared case-insensitively. now may be nil.
+func NewAuthorizer(in *instance.Instance, hostNames []string, now func() time.Time) *Authorizer {
+	a := &Authorizer{in: in, hosts: map[string]bool{}, now: now}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	for _, n := range hostNames {
+		if n = normalizeHost(n); n != "" {
+			a.hosts[n] = true
+		}
+	}
+	return a
+}
+
+// Authorize checks the request's token and that its policy grants right; the
+// error is a *dps.Error (401000) that says what is wrong.
+func (a *Authorizer) Authorize(r *http.Request, right instance.Right) error {
+	p, err := a.authenticate(r)
+	if err != nil {
+		return err
+	}
+	return authorize(p, right)
+}
+
 // authenticate checks the request's SAS token and returns the policy that
 // signed it. Every failure is a 401 with error code 401000; the message says
 // what to fix without telling a caller which policy names exist.
-func (h *handler) authenticate(r *http.Request) (*instance.Policy, error) {
+func (a *Authorizer) authenticate(r *http.Request) (*instance.Policy, error) {
 	header := r.Header.Get("Authorization")
 	if header == "" {
 		return nil, unauthorized("The request has no Authorization header; send a SharedAccessSignature token.")
@@ -24,7 +58,7 @@ func (h *handler) authenticate(r *http.Request) (*instance.Policy, error) {
 	if err != nil {
 		return nil, unauthorized("The Authorization header is not a valid SharedAccessSignature token.")
 	}
-	if tok.ExpiredAt(h.now()) {
+	if tok.ExpiredAt(a.now()) {
 		return nil, unauthorized("The SharedAccessSignature token expired at " + time.Unix(tok.Expiry, 0).UTC().Format(time.RFC3339) + ".")
 	}
 	audience, err := tok.DecodedResource()
@@ -34,13 +68,13 @@ func (h *handler) authenticate(r *http.Request) (*instance.Policy, error) {
 	// sr may be a resource URI under the host ("host/enrollments"); its
 	// first segment is the audience.
 	host, _, _ := strings.Cut(audience, "/")
-	if !h.hosts[normalizeHost(host)] {
+	if !a.hosts[normalizeHost(host)] {
 		return nil, unauthorized("The token's resource (sr) " + audience + " is not this service's host name.")
 	}
 	if tok.KeyName == "" {
 		return nil, unauthorized("The token names no shared access policy (skn).")
 	}
-	p, ok := h.in.Policy(tok.KeyName)
+	p, ok := a.in.Policy(tok.KeyName)
 	if !ok || !verify(tok, audience, p) {
 		return nil, unauthorized("The token's signature does not match policy " + tok.KeyName + ".")
 	}

@@ -42,11 +42,11 @@ type Options struct {
 
 // handler serves the service API.
 type handler struct {
-	st    store.Store
-	in    *instance.Instance
-	log   *slog.Logger
-	hosts map[string]bool
-	now   func() time.Time
+	st   store.Store
+	in   *instance.Instance
+	log  *slog.Logger
+	auth *Authorizer
+	now  func() time.Time
 }
 
 // New returns the service API handler. It expects the full request path
@@ -59,19 +59,15 @@ func New(st store.Store, in *instance.Instance, opts Options) http.Handler {
 	if st == nil || in == nil {
 		panic("serviceapi.New: store and instance are required")
 	}
-	h := &handler{st: st, in: in, log: opts.Logger, now: opts.Now, hosts: map[string]bool{}}
+	h := &handler{st: st, in: in, log: opts.Logger, now: opts.Now}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
 	if h.now == nil {
 		h.now = time.Now
 	}
-	for _, n := range opts.HostNames {
-		if n = normalizeHost(n); n != "" {
-			h.hosts[n] = true
-		}
-	}
-	if len(h.hosts) == 0 {
+	h.auth = NewAuthorizer(in, opts.HostNames, h.now)
+	if len(h.auth.hosts) == 0 {
 		h.log.Warn("service API has no accepted host names; every request will be refused")
 	}
 	return h
@@ -133,7 +129,7 @@ func (h *handler) serve(req *request) {
 		h.writeError(req, err)
 		return
 	}
-	p, err := h.authenticate(req.r)
+	p, err := h.auth.authenticate(req.r)
 	if err != nil {
 		h.writeError(req, err)
 		return

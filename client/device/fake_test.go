@@ -46,6 +46,7 @@ type fakeDPS struct {
 	payloads []string
 	problems []string // protocol violations seen
 	conns    int      // TLS connections accepted by the HTTPS server
+	refuse   bool     // refuse MQTT CONNECTs, as DPS does for a bad certificate
 
 	https    *httptest.Server
 	mqttAddr string
@@ -219,7 +220,9 @@ func (h *dpsHook) OnConnectAuthenticate(cl *mqttserver.Client, pk packets.Packet
 		f.problem("MQTT client id %q", pk.Connect.ClientIdentifier)
 	}
 	f.checkToken(string(pk.Connect.Password))
-	return true
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.refuse
 }
 
 func (h *dpsHook) OnACLCheck(*mqttserver.Client, string, bool) bool { return true }

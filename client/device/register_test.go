@@ -374,3 +374,19 @@ func TestHostPort(t *testing.T) {
 		}
 	}
 }
+
+func TestMQTTConnectRefused(t *testing.T) {
+	f := newFakeDPS(t)
+	f.mu.Lock()
+	f.refuse = true
+	f.mu.Unlock()
+	for _, tr := range []Transport{TransportMQTT, TransportMQTTWS} {
+		t.Run(string(tr), func(t *testing.T) {
+			_, err := Register(context.Background(), f.config(tr))
+			e := mustDeviceError(t, err)
+			if e.Op != "connect" || e.StatusCode != 401 || e.Code() != dps.CodeUnauthorized {
+				t.Errorf("error = %+v detail %+v", e, e.Detail)
+			}
+		})
+	}
+}

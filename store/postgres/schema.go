@@ -138,7 +138,7 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("postgres: read schema version: %w", s.mapErr(err))
+		return 0, fmt.Errorf("postgres: read schema version: %w", s.mapErr(ctx, err))
 	}
 	return v, nil
 }

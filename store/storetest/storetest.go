@@ -557,7 +557,7 @@ func writeConcurrently(t *testing.T, s store.Store, k store.Kind, n, workers int
 			for i := w; i < n; i += workers {
 				id := fmt.Sprintf("w-%04d", i)
 				if _, err := s.Put(t.Context(), store.Record{Kind: k, ID: id, Data: doc(id)}, store.Condition{MustNotExist: true}); err != nil {
-					errs <- fmt.Errorf("Put %s: %w", id, err)
+					errs <- fmt.Errorf("put %s: %w", id, err)
 				}
 			}
 		})
@@ -755,7 +755,10 @@ func testClosed(t *testing.T, s store.Store) {
 		fn   func() error
 	}{
 		{"Get", func() error { _, err := s.Get(ctx, k, "x"); return err }},
-		{"Put", func() error { _, err := s.Put(ctx, store.Record{Kind: k, ID: "y", Data: doc("y")}, store.Condition{}); return err }},
+		{"Put", func() error {
+			_, err := s.Put(ctx, store.Record{Kind: k, ID: "y", Data: doc("y")}, store.Condition{})
+			return err
+		}},
 		{"Delete", func() error { return s.Delete(ctx, k, "x", store.Condition{}) }},
 		{"List", func() error { _, _, err := s.List(ctx, k, store.ListOptions{}); return err }},
 	}

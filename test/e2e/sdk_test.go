@@ -98,6 +98,7 @@ func runNodeTests(t *testing.T, srv *dpsdServer, file string) {
 	cmd.Env = append(os.Environ(),
 		"DPSD_INFO="+srv.InfoPath,
 		"NODE_EXTRA_CA_CERTS="+srv.Info.CACertFile,
+		"DPSD_TEST_HUB="+srv.Hub,
 	)
 	cmd.WaitDelay = 10 * time.Second
 	stdout, err := cmd.StdoutPipe()

@@ -129,6 +129,8 @@ type dpsdInfo struct {
 }
 
 type dpsdServer struct {
+	// Hub is the host name of the built-in hub linked to the server.
+	Hub      string
 	IP       string
 	DataDir  string
 	InfoPath string
@@ -237,6 +239,10 @@ func tryStart(t *testing.T, bin, ip string) (*dpsdServer, error) {
 		srv.stop(t)
 		return nil, fmt.Errorf("%v\n--- dpsd log (%s) ---\n%s", err, srv.LogPath, tail(srv.LogPath, logTailOnError))
 	}
+	if err := srv.linkHub(t, bin); err != nil {
+		srv.stop(t)
+		return nil, fmt.Errorf("creating and linking the test hub: %v\n--- dpsd log (%s) ---\n%s", err, srv.LogPath, tail(srv.LogPath, logTailOnError))
+	}
 	t.Cleanup(func() {
 		srv.stop(t)
 		if t.Failed() {
@@ -245,6 +251,38 @@ func tryStart(t *testing.T, bin, ip string) (*dpsdServer, error) {
 	})
 	t.Logf("dpsd serving on %s: idScope=%s https=%s mqtt=%s ca=%s", ip, srv.Info.IDScope, srv.Info.HTTPSAddr, srv.Info.MQTTAddr, srv.Info.CACertFile)
 	return srv, nil
+}
+
+// linkHub creates a built-in hub on a loopback address of its own and links
+// it to the server, as a user would with the CLI, so that registrations land
+// in a real hub. Its host name goes to the Node tests as DPSD_TEST_HUB.
+func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
+	t.Helper()
+	run := func(args ...string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, append(args, "--data-dir", s.DataDir)...).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("dpsd %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out, nil
+	}
+	out, err := run("hub", "create", "e2e-hub", "--address", pickAddress(t), "-o", "json")
+	if err != nil {
+		return err
+	}
+	var h struct {
+		HostName         string `json:"hostName"`
+		ConnectionString string `json:"connectionString"`
+	}
+	if err := json.Unmarshal(out, &h); err != nil || h.HostName == "" || h.ConnectionString == "" {
+		return fmt.Errorf("dpsd hub create answered %s (%v)", out, err)
+	}
+	if _, err := run("linked-hub", "create", "--connection-string", h.ConnectionString); err != nil {
+		return err
+	}
+	s.Hub = h.HostName
+	return nil
 }
 
 // waitReady polls (bounded) until info.json is complete and both listeners

@@ -1,0 +1,333 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dpsd/dpsd/hub"
+	"github.com/dpsd/dpsd/iothub"
+)
+
+// newHubCmd builds "dpsd hub": the IoT hubs built into a running dpsd.
+func newHubCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "hub",
+		Short: "Manage the IoT hubs built into dpsd (devices, twins, telemetry)",
+		Long: `Manage the IoT hubs that run inside dpsd, so provisioned devices can connect
+to a hub on this machine. Each hub has its own host name and loopback address
+and serves the Azure IoT hub service REST API and device MQTT on the standard
+ports 443 and 8883. Add the printed hosts-file line so the host name resolves.`,
+		Args: cobra.NoArgs,
+	}
+	cc := newClientCmd(cmd)
+	device := &cobra.Command{Use: "device", Short: "Show the device identities of a built-in hub", Args: cobra.NoArgs}
+	device.AddCommand(hubDeviceListCmd(cc), hubDeviceShowCmd(cc))
+	twin := &cobra.Command{Use: "twin", Short: "Show device twins of a built-in hub", Args: cobra.NoArgs}
+	twin.AddCommand(hubTwinShowCmd(cc))
+	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), device, twin, hubMessagesCmd(cc))
+	return cmd
+}
+
+// adminClient connects to the hub management API of the dpsd that the
+// connection flags name.
+func (cc *clientCmd) adminClient() (*iothub.AdminClient, bool, error) {
+	asJSON, err := cc.out.json()
+	if err != nil {
+		return nil, false, err
+	}
+	t, err := cc.conn.resolve()
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := iothub.NewAdminClient(t.connectionString, iothub.AdminClientOptions{CAFiles: t.caFiles, DialAddr: t.dialAddr})
+	if err != nil {
+		return nil, false, err
+	}
+	return c, asJSON, nil
+}
+
+func hubCreateCmd(cc *clientCmd) *cobra.Command {
+	var req iothub.CreateRequest
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a built-in hub and start it",
+		Args:  cobra.ExactArgs(1),
+	}
+	cmd.Flags().StringVar(&req.Address, "address", "", "IP address to listen on (default: the next free loopback address from 127.0.0.10)")
+	cmd.Flags().StringVar(&req.HostName, "host-name", "", "host name of the hub (default NAME."+iothub.DefaultDomain+")")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, asJSON, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		in, err := c.Create(cmd.Context(), args[0], req)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), in)
+		}
+		w := cmd.OutOrStdout()
+		if err := printHub(w, in, true); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "\nMake the host name resolve by adding this line to /etc/hosts (Windows: C:\\Windows\\System32\\drivers\\etc\\hosts):\n  %s\n", in.HostsLine)
+		return err
+	}
+	return cmd
+}
+
+func hubListCmd(cc *clientCmd) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the built-in hubs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, asJSON, err := cc.adminClient()
+			if err != nil {
+				return err
+			}
+			list, err := c.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), nonNil(list))
+			}
+			rows := make([][]string, 0, len(list))
+			for _, in := range list {
+				state := "running"
+				if !in.Running {
+					state = "stopped: " + in.Error
+				}
+				rows = append(rows, []string{in.Name, in.HostName, in.Address, state})
+			}
+			return table(cmd.OutOrStdout(), []string{"NAME", "HOST NAME", "ADDRESS", "STATE"}, rows)
+		},
+	}
+}
+
+func hubShowCmd(cc *clientCmd) *cobra.Command {
+	var withCS bool
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a built-in hub",
+		Args:  cobra.ExactArgs(1),
+	}
+	cmd.Flags().BoolVar(&withCS, "connection-string", false, "print only the hub's iothubowner connection string")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, asJSON, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		in, err := c.Show(cmd.Context(), args[0])
+		if err != nil {
+			return err
+		}
+		w := cmd.OutOrStdout()
+		switch {
+		case withCS && asJSON:
+			return writeJSON(w, map[string]string{"connectionString": in.ConnectionString})
+		case withCS:
+			_, err := fmt.Fprintln(w, in.ConnectionString)
+			return err
+		case asJSON:
+			return writeJSON(w, in)
+		}
+		return printHub(w, in, false)
+	}
+	return cmd
+}
+
+func printHub(w io.Writer, in *iothub.Info, withCS bool) error {
+	state := "running"
+	if !in.Running {
+		state = "stopped: " + in.Error
+	}
+	fields := []field{
+		{"Name", in.Name},
+		{"Host name", in.HostName},
+		{"Address", in.Address},
+		{"State", state},
+		{"Service REST + MQTT/WebSockets", in.HTTPSAddr},
+		{"Device MQTT", in.MQTTAddr},
+		{"Hosts-file line", in.HostsLine},
+	}
+	if withCS {
+		fields = append(fields, field{"Connection string", in.ConnectionString})
+	}
+	return details(w, fields)
+}
+
+func hubDeleteCmd(cc *clientCmd) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Stop a built-in hub and delete it with its devices",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, err := cc.adminClient()
+			if err != nil {
+				return err
+			}
+			return c.Delete(cmd.Context(), args[0])
+		},
+	}
+}
+
+func hubDeviceListCmd(cc *clientCmd) *cobra.Command {
+	var name string
+	var top int
+	cmd := &cobra.Command{Use: "list", Short: "List a hub's device identities", Args: cobra.NoArgs}
+	hubNameFlag(cmd, &name)
+	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c, asJSON, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		var all []*hub.Device
+		after := ""
+		for range 100_000 { // bounded: each round reads a page
+			page, err := c.Devices(cmd.Context(), name, after, 0)
+			if err != nil {
+				return err
+			}
+			all = append(all, page.Devices...)
+			if page.ContinuationToken == "" || (top > 0 && len(all) >= top) {
+				break
+			}
+			after = page.ContinuationToken
+		}
+		if top > 0 && len(all) > top {
+			all = all[:top]
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), nonNil(all))
+		}
+		rows := make([][]string, 0, len(all))
+		for _, d := range all {
+			auth := ""
+			if d.Authentication != nil {
+				auth = d.Authentication.Type
+			}
+			rows = append(rows, []string{d.DeviceID, d.Status, d.ConnectionState, auth, d.LastActivityTime})
+		}
+		return table(cmd.OutOrStdout(), []string{"DEVICE ID", "STATUS", "CONNECTION", "AUTH", "LAST ACTIVITY"}, rows)
+	}
+	return cmd
+}
+
+func hubDeviceShowCmd(cc *clientCmd) *cobra.Command {
+	var name, id string
+	cmd := &cobra.Command{Use: "show", Short: "Show a device identity (with its keys)", Args: cobra.NoArgs}
+	hubNameFlag(cmd, &name)
+	hubDeviceIDFlag(cmd, &id)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c, asJSON, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		d, err := c.Device(cmd.Context(), name, id)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), d)
+		}
+		fields := []field{
+			{"Device ID", d.DeviceID},
+			{"Status", d.Status},
+			{"Connection state", d.ConnectionState},
+			{"Last activity", d.LastActivityTime},
+			{"Generation ID", d.GenerationID},
+			{"ETag", d.ETag},
+		}
+		if a := d.Authentication; a != nil {
+			fields = append(fields, field{"Authentication", a.Type})
+			if k := a.SymmetricKey; k != nil {
+				fields = append(fields, field{"Primary key", k.PrimaryKey}, field{"Secondary key", k.SecondaryKey})
+			}
+		}
+		if d.Capabilities != nil {
+			fields = append(fields, field{"IoT Edge", strconv.FormatBool(d.Capabilities.IoTEdge)})
+		}
+		return details(cmd.OutOrStdout(), fields)
+	}
+	return cmd
+}
+
+func hubTwinShowCmd(cc *clientCmd) *cobra.Command {
+	var name, id string
+	cmd := &cobra.Command{Use: "show", Short: "Show a device twin (always JSON)", Args: cobra.NoArgs}
+	hubNameFlag(cmd, &name)
+	hubDeviceIDFlag(cmd, &id)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c, _, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		t, err := c.Twin(cmd.Context(), name, id)
+		if err != nil {
+			return err
+		}
+		return writeJSON(cmd.OutOrStdout(), t)
+	}
+	return cmd
+}
+
+func hubMessagesCmd(cc *clientCmd) *cobra.Command {
+	var name, id string
+	var after int64
+	var top int
+	cmd := &cobra.Command{
+		Use:   "messages",
+		Short: "List the telemetry a built-in hub received (the most recent messages are kept in memory)",
+		Args:  cobra.NoArgs,
+	}
+	hubNameFlag(cmd, &name)
+	cmd.Flags().StringVar(&id, "device-id", "", "only this device's messages")
+	cmd.Flags().Int64Var(&after, "after", 0, "only messages with a sequence number above this")
+	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all kept)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		c, asJSON, err := cc.adminClient()
+		if err != nil {
+			return err
+		}
+		msgs, err := c.Messages(cmd.Context(), name, id, after, top)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), nonNil(msgs))
+		}
+		rows := make([][]string, 0, len(msgs))
+		for _, m := range msgs {
+			props := make([]string, 0, len(m.Properties))
+			for k, v := range m.Properties {
+				props = append(props, k+"="+v)
+			}
+			body := m.Body
+			if m.BodyEncoding != "" {
+				body = m.BodyEncoding + ":" + body
+			}
+			rows = append(rows, []string{strconv.FormatInt(m.SequenceNumber, 10), m.EnqueuedTime.Format("2006-01-02T15:04:05.000Z"),
+				m.DeviceID, strings.Join(props, "&"), body})
+		}
+		return table(cmd.OutOrStdout(), []string{"SEQ", "ENQUEUED", "DEVICE ID", "PROPERTIES", "BODY"}, rows)
+	}
+	return cmd
+}
+
+func hubNameFlag(cmd *cobra.Command, name *string) {
+	cmd.Flags().StringVar(name, "hub-name", "", "name of the built-in hub")
+	_ = cmd.MarkFlagRequired("hub-name")
+}
+
+func hubDeviceIDFlag(cmd *cobra.Command, id *string) {
+	cmd.Flags().StringVar(id, "device-id", "", "device ID")
+	_ = cmd.MarkFlagRequired("device-id")
+}

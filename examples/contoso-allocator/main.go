@@ -1,0 +1,94 @@
+// Command contoso-allocator is the custom allocation webhook of the Azure
+// "custom allocation policy" tutorial, written in Go so dpsd's walk-through
+// needs nothing else:
+//
+//   - a registration id containing "-contoso-tstrsd-007" goes to the linked
+//     hub whose name contains "-toasters-", with initial twin tags
+//     {"deviceType":"toaster"} and desired properties
+//     {"state":"ready","darknessSetting":"medium"};
+//   - one containing "-contoso-hpsd-088" goes to the hub containing
+//     "-heatpumps-", with tags {"deviceType":"heatpump"} and desired
+//     {"state":"on","temperatureSetting":"65"};
+//   - anything else is answered 400 "Unrecognized device registration.", as
+//     are requests without a registration id, without linked hubs, or with
+//     no matching hub.
+//
+// Every request and answer is logged. Run it with
+//
+//	go run ./examples/contoso-allocator --addr 127.0.0.1:8090
+//
+// and give the enrollment group the webhook URL http://127.0.0.1:8090/api/allocate
+// (any path works). With --code KEY the webhook also demands ?code=KEY, like
+// an Azure Function with function-level authorization, and answers 401
+// without it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "contoso-allocator:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("contoso-allocator", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8090", "address to listen on")
+	code := fs.String("code", "", "require this function key as the ?code= query parameter (answer 401 otherwise)")
+	certFile := fs.String("tls-cert", "", "serve HTTPS with this PEM certificate (with --tls-key)")
+	keyFile := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if (*certFile == "") != (*keyFile == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	l, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           &allocator{log: log, code: *code},
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	scheme := "http"
+	if *certFile != "" {
+		scheme = "https"
+	}
+	log.Info("contoso allocation webhook listening", "url", scheme+"://"+l.Addr().String()+"/api/allocate")
+
+	errc := make(chan error, 1)
+	go func() {
+		if *certFile != "" {
+			errc <- srv.ServeTLS(l, *certFile, *keyFile)
+		} else {
+			errc <- srv.Serve(l)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
