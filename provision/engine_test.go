@@ -22,7 +22,7 @@ const scope = "0ne0000ABCD"
 
 // fixture is an engine over a real embedded store with a counting registrar.
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	st  store.Store
 	eng *Engine
 	reg *countingRegistrar
@@ -48,7 +48,7 @@ func (r *countingRegistrar) count() int {
 	return len(r.calls)
 }
 
-func newFixture(t *testing.T, opt Options) *fixture {
+func newFixture(t testing.TB, opt Options) *fixture {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "dpsd.db"))
 	if err != nil {
@@ -95,7 +95,7 @@ func (f *fixture) group(id, hub, status string) string {
 	return g.Attestation.SymmetricKey.PrimaryKey
 }
 
-func token(t *testing.T, regID, key string, expiry time.Time) string {
+func token(t testing.TB, regID, key string, expiry time.Time) string {
 	t.Helper()
 	tok, err := sas.New(scope+"/registrations/"+regID, "registration", key, expiry)
 	if err != nil {
@@ -108,7 +108,7 @@ func (f *fixture) request(regID, key string) Request {
 	return Request{IDScope: scope, RegistrationID: regID, SASToken: token(f.t, regID, key, f.now.Add(time.Hour)), Transport: "test"}
 }
 
-func derived(t *testing.T, groupKey, regID string) string {
+func derived(t testing.TB, groupKey, regID string) string {
 	k, err := sas.DeriveDeviceKey(groupKey, regID)
 	if err != nil {
 		t.Fatal(err)

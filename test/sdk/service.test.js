@@ -2,7 +2,7 @@
 // The official provisioning service SDK (azure-iot-provisioning-service)
 // against a running dpsd: enrollments, enrollment groups, attestation
 // lookups, queries with paging, bulk operations, registration states, auth.
-// Wire facts: /work/shared/spec/service-api.md (§ numbers below).
+// Wire facts: the service API notes (service-api.md) (§ numbers below).
 
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');

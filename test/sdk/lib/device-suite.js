@@ -1,7 +1,7 @@
 'use strict';
 // The device-side conformance suite, run once per transport by
 // device-http.test.js, device-mqtt.test.js and device-mqttws.test.js.
-// Wire facts: /work/shared/spec/device-protocol.md and service-api.md
+// Wire facts: the device protocol notes (device-protocol.md) and service-api.md
 // (§5 webhook, §6.4 precedence).
 
 const { test, after } = require('node:test');
