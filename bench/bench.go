@@ -205,6 +205,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	tmpl := o.Device
 	tmpl.Transport = tr
 	tmpl.Progress = nil
+	if tmpl.TLSConfig == nil {
+		// Offer the key exchanges the Azure device SDKs offer (their TLS
+		// stacks, OpenSSL and mbedTLS, have no post-quantum hybrid), so
+		// the server does the work real devices cause, not the heavier
+		// X25519MLKEM768 that a Go client would pick.
+		tmpl.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
+	}
 	if tr == device.TransportHTTPS {
 		hc, err := device.NewHTTPClient(tmpl)
 		if err != nil {

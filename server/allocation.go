@@ -8,12 +8,11 @@ import (
 	"github.com/dpsd/dpsd/allocate"
 	"github.com/dpsd/dpsd/audit"
 	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/linkedhub"
 )
 
 // newAllocator builds the allocation policies over the linked hubs, with
 // the custom allocation webhook client recording into the audit log.
-func newAllocator(cfg Config, linked *linkedhub.Registry, alog *audit.Log, log *slog.Logger) (*allocate.Allocator, error) {
+func newAllocator(cfg Config, linked allocate.HubLister, alog *audit.Log, log *slog.Logger) (*allocate.Allocator, error) {
 	policy := dps.AllocationHashed
 	switch strings.ToLower(cfg.AllocationPolicy) {
 	case "", "hashed":

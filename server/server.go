@@ -124,6 +124,21 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
+	// The service API and the linked-hub endpoints write through svcStore,
+	// which tells the engine's caches about changes made on this node.
+	hubList := &hubListCache{}
+	svcStore := &notifyingStore{Store: st, onChange: func(kind store.Kind, id string, deleted bool) {
+		switch {
+		case kind == store.KindEnrollmentGroup:
+			s.engine.InvalidateEnrollments()
+		case kind == linkedhub.Kind:
+			hubList.invalidate()
+		case kind == store.KindRegistration && deleted:
+			if err := s.alog.Delete(context.WithoutCancel(ctx), id); err != nil {
+				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
+			}
+		}
+	}}
 	s.hubs, err = iothub.NewManager(st, iothub.Options{
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
@@ -135,9 +150,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.hubs.Start(ctx); err != nil {
 		return nil, fmt.Errorf("built-in hubs: %w", err)
 	}
-	s.linked = linkedhub.New(st)
+	s.linked = linkedhub.New(svcStore)
+	hubList.reg = s.linked
 	s.alog = audit.New(st, audit.Options{Logger: s.log})
-	alloc, err := newAllocator(cfg, s.linked, s.alog, s.log)
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -150,16 +166,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Registrar: registrar,
 	})
 	s.dev = deviceapi.New(s.engine, s.log)
-	svcStore := &notifyingStore{Store: st, onChange: func(kind store.Kind, id string, deleted bool) {
-		switch {
-		case kind == store.KindEnrollmentGroup:
-			s.engine.InvalidateEnrollments()
-		case kind == store.KindRegistration && deleted:
-			if err := s.alog.Delete(context.WithoutCancel(ctx), id); err != nil {
-				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
-			}
-		}
-	}}
 	s.svc = serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
 	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
 	if err != nil {
