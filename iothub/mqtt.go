@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/dpsd/dpsd/mqttws"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -142,18 +141,7 @@ func (h *Hub) connInfo(cl *mqtt.Client) *connInfo {
 
 // serveWebSocket serves MQTT over WebSockets (Node: wss://{host}/$iothub/websocket).
 func (h *Hub) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	var proto string
-	for _, p := range websocket.Subprotocols(r) {
-		if strings.EqualFold(p, "mqtt") {
-			proto = p
-		}
-	}
-	if proto == "" {
-		http.Error(w, `WebSocket subprotocol "mqtt" required`, http.StatusBadRequest)
-		return
-	}
-	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
-	ws, err := up.Upgrade(w, r, http.Header{"Sec-WebSocket-Protocol": {proto}})
+	c, err := mqttws.Upgrade(w, r)
 	if err != nil {
 		return // Upgrade has answered
 	}
@@ -163,7 +151,7 @@ func (h *Hub) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	h.wg.Add(1)
 	defer h.wg.Done()
-	h.serveMQTT(&wsConn{ws: ws}, listenerWebSocket, peers)
+	h.serveMQTT(c, listenerWebSocket, peers)
 }
 
 // deviceHook bends the broker into a hub's device endpoint: it
@@ -256,7 +244,12 @@ func (h *Hub) authenticateDevice(ctx context.Context, id, username, password str
 		if !thumbprintMatches(peers[0], d.Auth.X509Thumbprint) {
 			return errors.New("client certificate thumbprint does not match the device's")
 		}
+		if now := h.now(); now.After(peers[0].NotAfter) || now.Before(peers[0].NotBefore) {
+			return errors.New("client certificate is expired or not yet valid")
+		}
 		return nil
+	case hub.AuthCertificateAuthority:
+		return h.checkCADevice(ctx, id, peers)
 	}
 	return fmt.Errorf("authentication type %q is not supported by built-in hubs", d.Auth.Type)
 }
@@ -625,76 +618,6 @@ func (h *Hub) handleMethodResponse(id, topic string, payload []byte) {
 	}
 }
 
-// wsConn presents a WebSocket as the byte stream the broker reads; MQTT
-// packets may span frames and frames may hold several packets.
-type wsConn struct {
-	ws   *websocket.Conn
-	r    io.Reader
-	wmu  sync.Mutex
-	once sync.Once
-}
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			typ, r, err := c.ws.NextReader()
-			if err != nil {
-				if websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
-					return 0, io.EOF
-				}
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				return 0, errors.New("text frame on an MQTT WebSocket")
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error {
-	var err error
-	c.once.Do(func() {
-		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-		err = c.ws.Close()
-	})
-	return err
-}
-
-func (c *wsConn) LocalAddr() net.Addr  { return c.ws.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
-func (c *wsConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.ws.SetReadDeadline(t), c.SetWriteDeadline(t))
-}
-func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
-
-// SetWriteDeadline holds the write lock: gorilla's write deadline is not
-// safe to set while another goroutine writes, and the broker refreshes
-// deadlines from the read loop while replies are written from others.
-func (c *wsConn) SetWriteDeadline(t time.Time) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.ws.SetWriteDeadline(t)
-}
 
 // quietHandler lowers the broker's info logs to debug: a hub logs device
 // connections itself.

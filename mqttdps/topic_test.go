@@ -118,24 +118,6 @@ func TestParseUsername(t *testing.T) {
 	}
 }
 
-func TestMQTTSubprotocol(t *testing.T) {
-	tests := []struct {
-		offered []string
-		want    string
-	}{
-		{[]string{"mqtt"}, "mqtt"},
-		{[]string{"MQTT"}, "MQTT"},
-		{[]string{"mqttv3.1", "Mqtt"}, "Mqtt"},
-		{[]string{"AMQPWSB10"}, ""},
-		{nil, ""},
-	}
-	for _, tt := range tests {
-		if got := mqttSubprotocol(tt.offered); got != tt.want {
-			t.Errorf("mqttSubprotocol(%q) = %q, want %q", tt.offered, got, tt.want)
-		}
-	}
-}
-
 func FuzzParseTopic(f *testing.F) {
 	for _, s := range []string{
 		"$dps/registrations/PUT/iotdps-register/?$rid=50c76282-0fdc-4bf7-a505-7fe5600ecb0d",

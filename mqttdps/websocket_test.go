@@ -1,6 +1,8 @@
 package mqttdps
 
 import (
+	"github.com/dpsd/dpsd/mqttws"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -93,7 +95,7 @@ func TestWebSocket(t *testing.T) {
 			if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != tt.protocol {
 				t.Fatalf("negotiated subprotocol %q, want %q", got, tt.protocol)
 			}
-			rc := newRawClient(t, newWSConn(c))
+			rc := newRawClient(t, mqttws.NewConn(c))
 			rc.connectDevice("dev-ws")
 			op := decodeOp(t, rc.request(1, registerTopic("w1"), ""))
 			res := rc.request(2, statusTopic("w2", op.OperationID), " ")

@@ -1,6 +1,8 @@
 package device
 
 import (
+	"github.com/dpsd/dpsd/mqttws"
+
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -113,7 +115,7 @@ func newFakeDPS(t *testing.T) *fakeDPS {
 		if ws.Subprotocol() != "mqtt" {
 			f.problem("websocket subprotocol %q", ws.Subprotocol())
 		}
-		_ = broker.EstablishConnection("ws", newWSConn(ws))
+		_ = broker.EstablishConnection("ws", mqttws.NewConn(ws))
 	})
 	return f
 }

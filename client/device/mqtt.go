@@ -1,6 +1,8 @@
 package device
 
 import (
+	"github.com/dpsd/dpsd/mqttws"
+
 	"context"
 	"crypto/tls"
 	"errors"
@@ -111,7 +113,7 @@ func (m *mqttSession) dial(ctx context.Context) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("websocket upgrade %s: %w", u, err)
 	}
-	return newWSConn(ws), nil
+	return mqttws.NewConn(ws), nil
 }
 
 // receive is paho's handler for the response subscription. It must not
