@@ -11,6 +11,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-test-deps.sh
+# The PostgreSQL store and multi-node tests need a server: use the one on
+# 127.0.0.1:5432, or install and start one (Debian's packages).
+DPSD_TEST_POSTGRES="$(bash scripts/ensure-postgres.sh)"
+export DPSD_TEST_POSTGRES
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './test/sdk/node_modules/*'))

@@ -226,28 +226,7 @@ func TestOpenUnreachable(t *testing.T) {
 // get 503 and Retry-After), that nothing was written meanwhile, and that
 // the store recovers once the database is reachable again.
 func TestConnectionLoss(t *testing.T) {
-	dsn := pgtest.Schema(t)
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.HasPrefix(cfg.Host, "/") {
-		t.Skip("the test database is on a Unix socket; this test needs TCP")
-	}
-	p := startProxy(t, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
-	host, port, _ := net.SplitHostPort(p.addr)
-	pdsn, err := pgtest.WithParam(dsn, "host", host)
-	if err == nil {
-		pdsn, err = pgtest.WithParam(pdsn, "port", port)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(t.Context(), pdsn)
-	if err != nil {
-		t.Fatalf("Open through proxy: %v", err)
-	}
-	defer s.Close()
+	s, p := openThroughProxy(t)
 	ctx := t.Context()
 	k := store.KindRegistration
 	before, err := s.Put(ctx, store.Record{Kind: k, ID: "before", Data: []byte("{}")}, store.Condition{})
@@ -307,6 +286,73 @@ func TestConnectionLoss(t *testing.T) {
 	}
 }
 
+// TestLostReply checks the writes whose answer is lost after the database
+// committed them: Put finds out by reading its etag back and reports
+// success; Delete cannot tell and reports store.ErrUnavailable.
+func TestLostReply(t *testing.T) {
+	s, p := openThroughProxy(t, "pool_max_conns", "1")
+	ctx := t.Context()
+	k := store.KindRegistration
+	// Warm up: the one connection has both statements prepared, so each
+	// write below is a single round trip whose answer follows the commit.
+	if _, err := s.Put(ctx, store.Record{Kind: k, ID: "warm", Data: []byte("{}")}, store.Condition{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, k, "warm", store.Condition{}); err != nil {
+		t.Fatal(err)
+	}
+
+	p.loseNextReplies()
+	got, err := s.Put(ctx, store.Record{Kind: k, ID: "lost-reply", Data: []byte(`{"a":1}`)}, store.Condition{})
+	if err != nil {
+		t.Fatalf("Put whose answer was lost after it committed: %v", err)
+	}
+	if p.droppedReplies() != 1 {
+		t.Fatalf("%d answers dropped, want 1: the test did not exercise a lost answer", p.droppedReplies())
+	}
+	back, err := s.Get(ctx, k, "lost-reply")
+	if err != nil || back.ETag != got.ETag || !back.Updated.Equal(got.Updated) {
+		t.Errorf("Get = %+v, %v; want what Put returned, %+v", back, err, got)
+	}
+
+	p.loseNextReplies()
+	err = s.Delete(ctx, k, "lost-reply", store.Condition{IfMatch: got.ETag})
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Delete whose answer was lost: err = %v, want store.ErrUnavailable (outcome unknown)", err)
+	}
+	if p.droppedReplies() != 2 {
+		t.Fatalf("%d answers dropped, want 2", p.droppedReplies())
+	}
+}
+
+// openThroughProxy opens a store on a fresh schema through a proxy the
+// test controls, with extra DSN parameters (name, value, ...).
+func openThroughProxy(t *testing.T, params ...string) (*Store, *proxy) {
+	t.Helper()
+	dsn := pgtest.Schema(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(cfg.Host, "/") {
+		t.Skip("the test database is on a Unix socket; this test needs TCP")
+	}
+	p := startProxy(t, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
+	host, port, _ := net.SplitHostPort(p.addr)
+	params = append([]string{"host", host, "port", port}, params...)
+	for i := 0; i+1 < len(params); i += 2 {
+		if dsn, err = pgtest.WithParam(dsn, params[i], params[i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatalf("Open through proxy: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, p
+}
+
 // proxy forwards TCP connections to a database and can cut them all, as a
 // network failure or a database restart would.
 type proxy struct {
@@ -316,7 +362,11 @@ type proxy struct {
 	mu    sync.Mutex
 	l     net.Listener
 	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	// doomed connections (from the database) lose the next answer the
+	// database sends: the proxy closes both sides instead of passing it on.
+	doomed  map[net.Conn]bool
+	dropped int
+	wg      sync.WaitGroup
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -325,7 +375,7 @@ func startProxy(t *testing.T, target string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{target: target, addr: l.Addr().String(), conns: map[net.Conn]bool{}}
+	p := &proxy{target: target, addr: l.Addr().String(), conns: map[net.Conn]bool{}, doomed: map[net.Conn]bool{}}
 	p.serve(l)
 	t.Cleanup(func() {
 		p.cut()
@@ -352,13 +402,16 @@ func (p *proxy) serve(l net.Listener) {
 			if !p.track(c, up) {
 				return
 			}
-			for _, pair := range [][2]net.Conn{{c, up}, {up, c}} {
-				p.wg.Go(func() {
-					_, _ = io.Copy(pair[0], pair[1])
-					pair[0].Close()
-					pair[1].Close()
-				})
-			}
+			p.wg.Go(func() {
+				_, _ = io.Copy(up, c)
+				up.Close()
+				c.Close()
+			})
+			p.wg.Go(func() {
+				p.copyReplies(c, up)
+				up.Close()
+				c.Close()
+			})
 		}
 	})
 }
@@ -377,6 +430,50 @@ func (p *proxy) track(cs ...net.Conn) bool {
 		p.conns[c] = true
 	}
 	return true
+}
+
+// copyReplies passes the database's answers on to the client, unless the
+// connection is doomed.
+func (p *proxy) copyReplies(client, db net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := db.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			doomed := p.doomed[db]
+			if doomed {
+				delete(p.doomed, db)
+				p.dropped++
+			}
+			p.mu.Unlock()
+			if doomed {
+				return
+			}
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// loseNextReplies dooms every open connection: the next answer the
+// database sends on each is dropped and the connection closed, as when
+// the network fails after a statement reached the server.
+func (p *proxy) loseNextReplies() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.doomed[c] = true // only the database side ever reads from p.doomed
+	}
+}
+
+func (p *proxy) droppedReplies() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropped
 }
 
 // cut closes the listener and every forwarded connection.

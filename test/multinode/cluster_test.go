@@ -42,13 +42,10 @@ const (
 	stopTimeout    = 15 * time.Second
 	requestTimeout = 30 * time.Second
 	logTailOnError = 60
-	// Nodes listen on 127.0.0.50, .51, ... (at most maxNodes of them).
+	// Nodes listen on 127.0.0.50, .51, ... and the fake hub on the last
+	// address of the ten.
 	firstHost = 50
 	maxNodes  = 10
-	// hubName is the hub every test enrollment allocates to (static
-	// policy). No hub is contacted: without a registrar the engine only
-	// records the assignment.
-	hubName = "hub.example"
 )
 
 var (
@@ -117,6 +114,7 @@ func dpsdBinary(t *testing.T) string {
 // in its data directory, and a client would need to trust each.
 type tlsFiles struct {
 	certFile, keyFile string
+	caFile            string // the CA alone, for SSL_CERT_FILE
 	pool              *x509.CertPool
 }
 
@@ -182,12 +180,16 @@ func makeCerts(dir string) (*tlsFiles, error) {
 	f := &tlsFiles{
 		certFile: filepath.Join(dir, "server.pem"),
 		keyFile:  filepath.Join(dir, "server.key"),
+		caFile:   filepath.Join(dir, "ca.pem"),
 		pool:     x509.NewCertPool(),
 	}
 	f.pool.AddCert(ca)
 	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
 	if err := os.WriteFile(f.certFile, chain, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(f.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(f.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
@@ -231,6 +233,7 @@ type cluster struct {
 	certs *tlsFiles
 	nodes []*node
 	scope string
+	hub   *fakeHub // linked; every test enrollment allocates to it
 }
 
 // options of a cluster.
@@ -246,8 +249,8 @@ type clusterOptions struct {
 // when the test ends.
 func startCluster(t *testing.T, o clusterOptions) *cluster {
 	t.Helper()
-	if o.nodes < 1 || o.nodes > maxNodes {
-		t.Fatalf("cluster of %d nodes: want 1..%d", o.nodes, maxNodes)
+	if o.nodes < 1 || o.nodes > maxNodes-1 {
+		t.Fatalf("cluster of %d nodes: want 1..%d", o.nodes, maxNodes-1)
 	}
 	c := &cluster{store: "sqlite", certs: testCerts(t)}
 	if !o.sqlite {
@@ -307,6 +310,9 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 			t.Fatalf("%s: device HTTP client: %v", n.name, err)
 		}
 	}
+	c.hub = startFakeHub(t, c.certs)
+	t.Cleanup(func() { c.hub.check(t) })
+	c.linkHub(t, c.nodes[0], c.hub)
 	return c
 }
 
@@ -341,6 +347,9 @@ func (c *cluster) startNode(t *testing.T, bin string, i int, logLevel string) (*
 		"--log-level", logLevel,
 	}
 	n.cmd = exec.Command(bin, args...)
+	// The nodes reach the test's hub over HTTPS with its certificate from
+	// the test CA; Go's certificate pool on Unix reads SSL_CERT_FILE.
+	n.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+c.certs.caFile)
 	n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
 	setChildAttrs(n.cmd)
 	if err := n.cmd.Start(); err != nil {
@@ -451,7 +460,7 @@ func tail(path string, n int) string {
 }
 
 // createGroup creates a symmetric-key enrollment group that assigns every
-// member to hubName, through the given node's service API, and returns
+// member to the cluster's hub, through the given node's service API, and returns
 // the group key members derive their keys from.
 func (c *cluster) createGroup(t *testing.T, n *node, id string) string {
 	t.Helper()
@@ -468,7 +477,7 @@ func (c *cluster) createGroup(t *testing.T, n *node, id string) string {
 		},
 		ProvisioningStatus: dps.ProvisioningEnabled,
 		AllocationPolicy:   dps.AllocationStatic,
-		IoTHubs:            []string{hubName},
+		IoTHubs:            []string{c.hub.name},
 	}
 	created, err := n.svc.CreateEnrollmentGroup(ctx, g)
 	if err != nil {

@@ -62,8 +62,8 @@ func TestRegisterOnOneNodePollOnAnother(t *testing.T) {
 		t.Fatalf("poll on %s: %+v, want assigned with a registration state", b.name, polled)
 	}
 	st := polled.RegistrationState
-	if st.AssignedHub != hubName || st.DeviceID != id || polled.OperationID != op.OperationID {
-		t.Errorf("poll on %s: hub %q device %q operation %q; want %q, %q, %q", b.name, st.AssignedHub, st.DeviceID, polled.OperationID, hubName, id, op.OperationID)
+	if st.AssignedHub != c.hub.name || st.DeviceID != id || polled.OperationID != op.OperationID {
+		t.Errorf("poll on %s: hub %q device %q operation %q; want %q, %q, %q", b.name, st.AssignedHub, st.DeviceID, polled.OperationID, c.hub.name, id, op.OperationID)
 	}
 	if op.RegistrationState != nil && op.RegistrationState.ETag != "" && op.RegistrationState.ETag != st.ETag {
 		t.Errorf("register on %s answered etag %q, poll on %s %q", a.name, op.RegistrationState.ETag, b.name, st.ETag)
@@ -81,8 +81,8 @@ func TestRegisterOnOneNodePollOnAnother(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s: get registration: %v", b.name, err)
 	}
-	if reg.Status != dps.StatusAssigned || reg.AssignedHub != hubName {
-		t.Errorf("%s: registration %+v, want assigned to %s", b.name, reg, hubName)
+	if reg.Status != dps.StatusAssigned || reg.AssignedHub != c.hub.name {
+		t.Errorf("%s: registration %+v, want assigned to %s", b.name, reg, c.hub.name)
 	}
 
 	// A device registered through the client on B is listed on A.
@@ -140,8 +140,8 @@ func TestSameDeviceOnTwoNodesAtOnce(t *testing.T) {
 		}
 		s0, s1 := states[0], states[1]
 		for i, s := range states {
-			if s.Status != dps.StatusAssigned || s.AssignedHub != hubName || s.DeviceID != id {
-				t.Errorf("round %d: %s answered %+v, want %s assigned to %s", round, c.nodes[i].name, s, id, hubName)
+			if s.Status != dps.StatusAssigned || s.AssignedHub != c.hub.name || s.DeviceID != id {
+				t.Errorf("round %d: %s answered %+v, want %s assigned to %s", round, c.nodes[i].name, s, id, c.hub.name)
 			}
 		}
 
@@ -175,11 +175,20 @@ func TestSameDeviceOnTwoNodesAtOnce(t *testing.T) {
 				t.Errorf("round %d: nodes answered etags %q and %q; the record has %q, want the later write's", round, s0.ETag, s1.ETag, stored.ETag)
 			}
 		}
-		if stored.Status != dps.StatusAssigned || stored.AssignedHub != hubName {
-			t.Errorf("round %d: stored registration %+v, want assigned to %s", round, stored, hubName)
+		if stored.Status != dps.StatusAssigned || stored.AssignedHub != c.hub.name {
+			t.Errorf("round %d: stored registration %+v, want assigned to %s", round, stored, c.hub.name)
 		}
 	}
 	t.Logf("%d of %d rounds: both nodes answered the same record (one lost the compare-and-swap); the others registered one after the other", agreed, rounds)
+	// However the two registrations interleaved, the hub got one identity
+	// per device: the second registration found it and left it.
+	created := c.hub.creations()
+	for round := range rounds {
+		id := fmt.Sprintf("race-%02d", round)
+		if n := created[id]; n != 1 {
+			t.Errorf("%s: device identity created %d times in the hub, want 1", id, n)
+		}
+	}
 }
 
 func TestNodeKilledDuringBurst(t *testing.T) {
@@ -247,11 +256,10 @@ func TestNodeKilledDuringBurst(t *testing.T) {
 	}
 	close(jobs)
 	wg.Wait()
-	select {
-	case <-killed:
-	case <-time.After(stopTimeout + 5*time.Second):
-		t.Fatal("the node was not killed during the burst")
+	if done.Load() < killAfter {
+		t.Fatalf("only %d registrations succeeded, too few to kill a node during the burst", done.Load())
 	}
+	<-killed // kill() bounds its own wait
 
 	retried := 0
 	for i, r := range results {
@@ -263,8 +271,8 @@ func TestNodeKilledDuringBurst(t *testing.T) {
 		if r.attempts > 1 {
 			retried++
 		}
-		if r.state.Status != dps.StatusAssigned || r.state.AssignedHub != hubName || r.state.DeviceID != id {
-			t.Errorf("%s: answered %+v, want assigned to %s", id, r.state, hubName)
+		if r.state.Status != dps.StatusAssigned || r.state.AssignedHub != c.hub.name || r.state.DeviceID != id {
+			t.Errorf("%s: answered %+v, want assigned to %s", id, r.state, c.hub.name)
 		}
 	}
 	t.Logf("%d devices assigned, %d of them after a failed attempt", devices, retried)
@@ -294,8 +302,8 @@ func TestNodeKilledDuringBurst(t *testing.T) {
 				t.Errorf("unexpected registration %q", st.RegistrationID)
 				continue
 			}
-			if st.Status != dps.StatusAssigned || st.AssignedHub != hubName {
-				t.Errorf("%s: stored %+v, want assigned to %s", st.RegistrationID, st, hubName)
+			if st.Status != dps.StatusAssigned || st.AssignedHub != c.hub.name {
+				t.Errorf("%s: stored %+v, want assigned to %s", st.RegistrationID, st, c.hub.name)
 			}
 			if told := results[i].state; told != nil && told.ETag != st.ETag {
 				t.Errorf("%s: stored etag %q, but the device was last told %q", st.RegistrationID, st.ETag, told.ETag)
@@ -307,5 +315,18 @@ func TestNodeKilledDuringBurst(t *testing.T) {
 	}
 	if seen != devices {
 		t.Errorf("%s lists %d registrations of the group, want %d", live.name, seen, devices)
+	}
+	// Provisioned exactly once: one identity per device in the hub, also
+	// for devices whose first attempt died with the node (the retry found
+	// the identity, or the record, already made).
+	created := c.hub.creations()
+	for i := range devices {
+		id := fmt.Sprintf("burst-%03d", i)
+		if n := created[id]; n != 1 {
+			t.Errorf("%s: device identity created %d times in the hub, want 1", id, n)
+		}
+	}
+	if len(created) != devices {
+		t.Errorf("the hub has %d device identities, want %d", len(created), devices)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,6 +42,14 @@ const DefaultDSN = "postgres://postgres@127.0.0.1:5432/dpsd_test?sslmode=disable
 
 // setupTimeout bounds connecting, creating and dropping schemas.
 const setupTimeout = 30 * time.Second
+
+// unreachable remembers why the server could not be reached, so that the
+// tests after the first skip (or fail) at once instead of each waiting
+// for a connection attempt to time out.
+var unreachable struct {
+	sync.Mutex
+	why string
+}
 
 // BaseDSN returns the DSN of the test server's database.
 func BaseDSN() string {
@@ -113,6 +122,12 @@ func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
 		t.Fatalf("pgtest: %s: %v", EnvDSN, err)
 	}
 	checkLoopback(t, cfg.Host)
+	unreachable.Lock()
+	why := unreachable.why
+	unreachable.Unlock()
+	if why != "" {
+		Unavailable(t, "%s", why)
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name
@@ -120,7 +135,16 @@ func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
 		conn, err = pgx.ConnectConfig(ctx, cfg)
 	}
 	if err != nil {
-		Unavailable(t, "connect to %s:%d/%s: %v", cfg.Host, cfg.Port, cfg.Database, err)
+		why := fmt.Sprintf("connect to %s:%d/%s: %v", cfg.Host, cfg.Port, cfg.Database, err)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			// Not an answer from the server (refused, timed out): later
+			// tests would fare no better.
+			unreachable.Lock()
+			unreachable.why = why
+			unreachable.Unlock()
+		}
+		Unavailable(t, "%s", why)
 	}
 	return conn
 }
