@@ -618,7 +618,6 @@ func (h *Hub) handleMethodResponse(id, topic string, payload []byte) {
 	}
 }
 
-
 // quietHandler lowers the broker's info logs to debug: a hub logs device
 // connections itself.
 type quietHandler struct{ slog.Handler }
