@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/audit"
 	"github.com/dpsd/dpsd/dps"
@@ -323,15 +324,46 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 	case s == http.StatusUnauthorized:
 		return nil, dps.Errorf(dps.CodeCustomAllocationUnauthorizedAccess, "Custom allocation failed with status code: 401. The webhook refused the request as unauthorized."), false
 	case s >= http.StatusTooManyRequests:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), true
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), true
 	default:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), false
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), false
 	}
 	if ans.tooLarge {
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's answer is larger than %d bytes.", len(ans.body)), false
 	}
 	alloc, derr := parseResponse(ans.body, candidates)
 	return alloc, derr, false
+}
+
+// maxAnswerText bounds how much of a webhook's refusal goes into the
+// registration's error message.
+const maxAnswerText = 200
+
+// answerText quotes what a webhook said when it refused a device, so the
+// reason reaches the registration state and not only the allocation log
+// (". The webhook answered: Unrecognized device registration."). It keeps
+// Azure's "status code: N" prefix intact and adds nothing for an empty or
+// unprintable answer.
+func answerText(body []byte) string {
+	text := string(body)
+	var msg struct {
+		Message string `json:"message"`
+	}
+	var str string
+	switch {
+	case json.Unmarshal(body, &msg) == nil && msg.Message != "":
+		text = msg.Message
+	case json.Unmarshal(body, &str) == nil:
+		text = str
+	}
+	text = strings.Join(strings.Fields(text), " ")
+	if text == "" || !utf8.ValidString(text) {
+		return ""
+	}
+	if r := []rune(text); len(r) > maxAnswerText {
+		text = string(r[:maxAnswerText]) + "…"
+	}
+	return ". The webhook answered: " + strings.TrimSuffix(text, ".") + "."
 }
 
 func isTimeout(err error) bool {

@@ -499,3 +499,21 @@ func TestMaskURL(t *testing.T) {
 		}
 	}
 }
+
+func TestAnswerText(t *testing.T) {
+	tests := []struct{ body, want string }{
+		{`Unrecognized device registration.`, ". The webhook answered: Unrecognized device registration."},
+		{`{"message":"No linked hubs"}`, ". The webhook answered: No linked hubs."},
+		{`"quoted text"`, ". The webhook answered: quoted text."},
+		{"  multi\nline\tanswer  ", ". The webhook answered: multi line answer."},
+		{``, ""},
+		{"   ", ""},
+		{"\xff\xfe", ""},
+		{strings.Repeat("é", 300), ". The webhook answered: " + strings.Repeat("é", 200) + "…."},
+	}
+	for _, tc := range tests {
+		if got := answerText([]byte(tc.body)); got != tc.want {
+			t.Errorf("answerText(%q) = %q, want %q", tc.body, got, tc.want)
+		}
+	}
+}

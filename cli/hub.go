@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/dpsd/dpsd/hub"
 	"github.com/dpsd/dpsd/iothub"
+	"github.com/dpsd/dpsd/linkedhub"
 )
 
 // newHubCmd builds "dpsd hub": the IoT hubs built into a running dpsd.
@@ -50,30 +52,116 @@ func (cc *clientCmd) adminClient() (*iothub.AdminClient, bool, error) {
 	return c, asJSON, nil
 }
 
+// hubLinkFlags are "dpsd hub create"'s flags for linking the new hub at
+// once. They cannot reuse addHubFlags: "hub" already has a
+// --connection-string flag, the service's.
+type hubLinkFlags struct {
+	link     bool
+	weight   int
+	apply    bool
+	location string
+}
+
+// definition is the linked hub to create for a new built-in hub; only the
+// settings given on the command line are sent, so the service's defaults
+// apply to the others.
+func (lf *hubLinkFlags) definition(cmd *cobra.Command, connectionString string) linkedhub.Definition {
+	d := linkedhub.Definition{ConnectionString: connectionString}
+	f := cmd.Flags()
+	if f.Changed("allocation-weight") {
+		d.AllocationWeight = &lf.weight
+	}
+	if f.Changed("apply-allocation-policy") {
+		d.ApplyAllocationPolicy = &lf.apply
+	}
+	if f.Changed("location") {
+		d.Location = &lf.location
+	}
+	return d
+}
+
+// createdHub is what "dpsd hub create -o json" prints: the hub, and with
+// --link the linked hub as well (the hub's members stay at the top level,
+// so scripts written for the plain command keep working).
+type createdHub struct {
+	*iothub.Info
+	LinkedHub *linkedhub.Hub `json:"linkedHub,omitempty"`
+}
+
 func hubCreateCmd(cc *clientCmd) *cobra.Command {
 	var req iothub.CreateRequest
+	var lf hubLinkFlags
 	cmd := &cobra.Command{
 		Use:   "create NAME",
-		Short: "Create a built-in hub and start it",
-		Args:  cobra.ExactArgs(1),
+		Short: "Create a built-in hub and start it (with --link, also link it to the provisioning service)",
+		Long: `Create a built-in IoT hub and start it. It listens on its own address with the
+standard ports, 443 (service REST API, MQTT over WebSockets) and 8883 (device
+MQTT), as the Azure SDKs expect; its host name is NAME.` + iothub.DefaultDomain + `
+unless --host-name says otherwise. Add the printed hosts-file line so the
+host name resolves, or give devices GatewayHostName=<address> in their
+connection string.
+
+With --link the hub is also linked to the provisioning service, as
+"dpsd linked-hub create --connection-string <the hub's connection string>"
+would do, so devices can be allocated to it at once.`,
+		Example: `  dpsd hub create contoso-toasters-hub-1098 --link
+  dpsd hub create contoso-heatpumps-hub-1098 --address 127.0.0.11 --link --allocation-weight 2`,
+		Args: cobra.ExactArgs(1),
 	}
-	cmd.Flags().StringVar(&req.Address, "address", "", "IP address to listen on (default: the next free loopback address from 127.0.0.10)")
-	cmd.Flags().StringVar(&req.HostName, "host-name", "", "host name of the hub (default NAME."+iothub.DefaultDomain+")")
+	f := cmd.Flags()
+	f.StringVar(&req.Address, "address", "", "IP address to listen on (default: the next free loopback address from 127.0.0.10)")
+	f.StringVar(&req.HostName, "host-name", "", "host name of the hub (default NAME."+iothub.DefaultDomain+")")
+	f.BoolVar(&lf.link, "link", false, "also link the hub to the provisioning service")
+	f.IntVar(&lf.weight, "allocation-weight", linkedhub.DefaultWeight,
+		fmt.Sprintf("with --link: allocation weight, %d–%d", linkedhub.MinWeight, linkedhub.MaxWeight))
+	f.BoolVar(&lf.apply, "apply-allocation-policy", true, "with --link: whether allocation assigns devices to the hub when enrollments name no hubs")
+	f.StringVar(&lf.location, "location", "", "with --link: the hub's location (used by geoLatency allocation)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if !lf.link {
+			for _, name := range []string{"allocation-weight", "apply-allocation-policy", "location"} {
+				if cmd.Flags().Changed(name) {
+					return fmt.Errorf("--%s only applies with --link", name)
+				}
+			}
+		}
 		c, asJSON, err := cc.adminClient()
 		if err != nil {
 			return err
+		}
+		// Resolve the linked-hub client before creating the hub, so a
+		// connection problem does not leave a hub behind half done.
+		var ext *extClient
+		if lf.link {
+			if ext, err = cc.conn.extClient(); err != nil {
+				return err
+			}
 		}
 		in, err := c.Create(cmd.Context(), args[0], req)
 		if err != nil {
 			return err
 		}
+		out := createdHub{Info: in}
+		if lf.link {
+			var h linkedhub.Hub
+			if err := ext.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, lf.definition(cmd, in.ConnectionString), &h, nil); err != nil {
+				// The hub itself is fine; say how to finish by hand.
+				return fmt.Errorf("hub %s was created, but linking it failed (link it with \"dpsd linked-hub create --connection-string '%s'\"): %w",
+					in.Name, in.ConnectionString, err)
+			}
+			out.LinkedHub = &h
+		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), in)
+			return writeJSON(cmd.OutOrStdout(), out)
 		}
 		w := cmd.OutOrStdout()
 		if err := printHub(w, in, true); err != nil {
 			return err
+		}
+		if h := out.LinkedHub; h != nil {
+			if _, err := fmt.Fprintf(w, "\nLinked to the provisioning service as %s (allocation weight %d, apply allocation policy %s).\n",
+				h.Name, h.AllocationWeight, boolString(h.ApplyAllocationPolicy)); err != nil {
+				return err
+			}
 		}
 		_, err = fmt.Fprintf(w, "\nMake the host name resolve by adding this line to /etc/hosts (Windows: C:\\Windows\\System32\\drivers\\etc\\hosts):\n  %s\n", in.HostsLine)
 		return err

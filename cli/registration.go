@@ -2,8 +2,11 @@ package cli
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dpsd/dpsd/audit"
 
 	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/dps"
@@ -22,12 +25,20 @@ func newRegistrationCmd() *cobra.Command {
 
 func registrationShowCmd(cc *clientCmd) *cobra.Command {
 	var id string
+	var withLog bool
 	cmd := &cobra.Command{
 		Use:   "show",
 		Short: "Show the registration record of a device",
-		Args:  cobra.NoArgs,
+		Long: `Show the registration record of a device. With --allocation-log, also show
+what every custom allocation of the device did: the request sent to the
+webhook (enrollment without keys, webhook URL with its query string masked,
+device runtime context, linked hubs), each attempt's status and answer, and
+the outcome. With -o json the answer is then
+{"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}}.`,
+		Args: cobra.NoArgs,
 	}
 	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
+	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the custom allocation log (webhook requests and answers)")
 	_ = cmd.MarkFlagRequired("registration-id")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
@@ -38,9 +49,41 @@ func registrationShowCmd(cc *clientCmd) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printRegistration(cmd.OutOrStdout(), asJSON, r)
+		if !withLog {
+			return printRegistration(cmd.OutOrStdout(), asJSON, r)
+		}
+		// The log lives in dpsd's extension API, which the Azure-shaped
+		// client does not cover.
+		ext, err := cc.conn.extClient()
+		if err != nil {
+			return err
+		}
+		lg, err := fetchAllocationLog(cmd.Context(), ext, r.RegistrationID)
+		if err != nil {
+			return err
+		}
+		return printRegistrationWithLog(cmd, asJSON, r, lg)
 	}
 	return cmd
+}
+
+// printRegistrationWithLog prints a registration record followed by its
+// allocation log; as JSON, both in one object so scripts parse one value.
+func printRegistrationWithLog(cmd *cobra.Command, asJSON bool, r *dps.DeviceRegistrationState, lg *audit.Response) error {
+	w := cmd.OutOrStdout()
+	if asJSON {
+		return writeJSON(w, struct {
+			Registration  *dps.DeviceRegistrationState `json:"registration"`
+			AllocationLog *audit.Response              `json:"allocationLog"`
+		}{r, lg})
+	}
+	if err := printRegistration(w, false, r); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(w, "\nAllocation log:"); err != nil {
+		return err
+	}
+	return printAllocationLog(w, false, lg)
 }
 
 func registrationListCmd(cc *clientCmd) *cobra.Command {

@@ -31,6 +31,9 @@ type AllocationInput struct {
 	Group      *dps.EnrollmentGroup
 	// AttestationType is how the device attested (dps.Attestation*).
 	AttestationType string
+	// X509 describes the certificates of a device that attested with
+	// X.509 (the webhook's deviceRuntimeContext.x509); nil otherwise.
+	X509 *dps.X509RegistrationResult
 	// DevicePayload is the payload the device sent, or nil.
 	DevicePayload json.RawMessage
 	// Previous is the device's registration before this one; nil on the
@@ -80,8 +83,12 @@ type HubDevice struct {
 	// PrimaryKey and SecondaryKey are the keys the device attests with (the
 	// derived keys for a group member), so it can use the same key on the hub.
 	PrimaryKey, SecondaryKey string
-	IoTEdge                  bool
-	InitialTwin              *dps.InitialTwin
+	// X509 is set for a device that attested with a certificate: the hub
+	// authenticates it by certificate, and PrimaryKey and SecondaryKey are
+	// empty.
+	X509        *HubX509
+	IoTEdge     bool
+	InitialTwin *dps.InitialTwin
 	// ResetTwin asks the hub to replace the twin with InitialTwin rather
 	// than keep the data of an existing device (reprovision with reset).
 	ResetTwin bool
@@ -89,6 +96,19 @@ type HubDevice struct {
 	// migrates or drops the old identity as the reprovision policy says.
 	PreviousHub       string
 	MigrateDeviceData bool
+}
+
+// HubX509 is how a hub authenticates a device that attested with X.509.
+type HubX509 struct {
+	// PrimaryThumbprint and SecondaryThumbprint (SHA-256, upper-case hex)
+	// are the certificates of an individual enrollment's
+	// clientCertificates: the hub accepts exactly these ("selfSigned").
+	PrimaryThumbprint, SecondaryThumbprint string
+	// CACertificates (PEM) are the certificates that vouched for a group
+	// member or an individual enrollment with caReferences: the hub accepts
+	// a device certificate, with the device id as subject CN, that chains to
+	// one of them ("certificateAuthority").
+	CACertificates []string
 }
 
 // Options configure an Engine.
@@ -121,11 +141,15 @@ type Engine struct {
 	opt   Options
 	log   *slog.Logger
 	vouch *vouchCache
-	polls *pollLimiter
+	// x509Groups caches the X.509 enrollment groups (attest_x509.go).
+	x509Groups *x509Cache
+	polls      *pollLimiter
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // operation id → closed when done
 	wg       sync.WaitGroup
+	bg       context.Context // parent of background work; cancelled by Close
+	stopBG   context.CancelFunc
 }
 
 // New returns an engine over st.
@@ -153,18 +177,28 @@ func New(st store.Store, opt Options) *Engine {
 		// attempts of up to 30 s each, a registration may take 12.5 min.
 		opt.WorkTimeout = 15 * time.Minute
 	}
-	return &Engine{
-		st:       st,
-		opt:      opt,
-		log:      opt.Logger,
-		vouch:    newVouchCache(st, 100_000),
-		polls:    newPollLimiter(opt.Now, 10, 2),
-		inflight: make(map[string]chan struct{}),
+	e := &Engine{
+		st:         st,
+		opt:        opt,
+		log:        opt.Logger,
+		vouch:      newVouchCache(st, 100_000),
+		x509Groups: &x509Cache{st: st},
+		polls:      newPollLimiter(opt.Now, 10, 2),
+		inflight:   make(map[string]chan struct{}),
 	}
+	e.bg, e.stopBG = context.WithCancel(context.Background())
+	return e
 }
 
-// Wait blocks until background registrations finish or ctx ends, for a
-// graceful shutdown.
+// Close stops background registrations (custom allocations waiting on a
+// webhook), undoes their "assigning" records so devices retry afresh, and
+// waits for that until ctx ends.
+func (e *Engine) Close(ctx context.Context) error {
+	e.stopBG()
+	return e.Wait(ctx)
+}
+
+// Wait blocks until background registrations finish or ctx ends.
 func (e *Engine) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
@@ -178,7 +212,10 @@ func (e *Engine) Wait(ctx context.Context) error {
 
 // InvalidateEnrollments drops cached enrollment group data, for callers
 // that change groups in this process.
-func (e *Engine) InvalidateEnrollments() { e.vouch.invalidate() }
+func (e *Engine) InvalidateEnrollments() {
+	e.vouch.invalidate()
+	e.x509Groups.invalidate()
+}
 
 // Register handles a device's register request.
 func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
@@ -215,7 +252,8 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 		RegistrationID:  req.RegistrationID,
 		Enrollment:      who.enrollment,
 		Group:           who.group,
-		AttestationType: dps.AttestationSymmetricKey,
+		AttestationType: who.attestationType(),
+		X509:            who.x509,
 		DevicePayload:   req.Payload,
 		RemoteAddr:      req.RemoteAddr,
 	}
@@ -248,7 +286,7 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	if stored.OperationID != opID { // lost a race; the winner is working on it
 		return e.result(stored), nil
 	}
-	done := e.startBackground(stored, in, who)
+	done := e.startBackground(stored, prev, in, who)
 	select {
 	case <-done:
 	case <-time.After(e.opt.SyncWait):
@@ -365,7 +403,7 @@ func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration
 		State:           dps.DeviceRegistrationState{RegistrationID: req.RegistrationID},
 		OperationID:     opID,
 		DevicePayload:   req.Payload,
-		AttestationType: dps.AttestationSymmetricKey,
+		AttestationType: who.attestationType(),
 	}
 	if prev != nil {
 		// Keep the stored spelling of the id and the current assignment
@@ -375,6 +413,12 @@ func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration
 	}
 	if who.group != nil {
 		r.EnrollmentGroupID = who.group.EnrollmentGroupID
+	}
+	switch {
+	case who.x509 != nil:
+		x := *who.x509
+		r.State.X509 = &x
+	case who.group != nil:
 		r.State.SymmetricKey = &dps.SymmetricKeyRegistrationResult{EnrollmentGroupID: who.group.EnrollmentGroupID}
 	}
 	return r
@@ -409,6 +453,7 @@ func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *Alloc
 	dev := &HubDevice{
 		Hub: hub, DeviceID: deviceID,
 		PrimaryKey: who.primaryKey, SecondaryKey: who.secondaryKey,
+		X509:        who.hubX509,
 		InitialTwin: twin,
 	}
 	if c := capabilities(in); c != nil {
@@ -494,8 +539,9 @@ func (e *Engine) commit(ctx context.Context, r *enroll.Registration, prev *enrol
 }
 
 // startBackground finishes a slow registration outside the request and
-// returns a channel closed when it is recorded.
-func (e *Engine) startBackground(r *enroll.Registration, in *AllocationInput, who *vouched) <-chan struct{} {
+// returns a channel closed when it is recorded. prev is the record the
+// registration replaced, restored if shutdown interrupts the work.
+func (e *Engine) startBackground(r, prev *enroll.Registration, in *AllocationInput, who *vouched) <-chan struct{} {
 	done := make(chan struct{})
 	e.mu.Lock()
 	e.inflight[r.OperationID] = done
@@ -509,15 +555,37 @@ func (e *Engine) startBackground(r *enroll.Registration, in *AllocationInput, wh
 			e.mu.Unlock()
 			close(done)
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), e.opt.WorkTimeout)
+		ctx, cancel := context.WithTimeout(e.bg, e.opt.WorkTimeout)
 		defer cancel()
 		final := *r
 		e.complete(ctx, &final, in, who)
+		if e.bg.Err() != nil {
+			e.rollback(r, prev)
+			return
+		}
 		if _, err := e.commit(ctx, &final, r); err != nil {
 			e.log.Error("recording registration result failed", "registrationId", r.State.RegistrationID, "err", err)
 		}
 	}()
 	return done
+}
+
+// rollback undoes the "assigning" record of a registration that shutdown
+// interrupted, so that the device's next register starts afresh on any node
+// instead of waiting for an operation nobody is working on.
+func (e *Engine) rollback(r, prev *enroll.Registration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var err error
+	if prev != nil {
+		_, err = enroll.PutRegistration(ctx, e.st, prev, store.Condition{IfMatch: r.ETag()})
+	} else {
+		err = e.st.Delete(ctx, store.KindRegistration, r.State.RegistrationID, store.Condition{IfMatch: r.ETag()})
+	}
+	if err != nil {
+		e.log.Warn("undoing an interrupted registration failed; it ends when its operation times out",
+			"registrationId", r.State.RegistrationID, "err", err)
+	}
 }
 
 // stale reports whether an assigning record was left by work that is no

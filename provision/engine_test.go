@@ -439,3 +439,39 @@ func TestPollFirstAnswersAssigningWithZeroRetry(t *testing.T) {
 		t.Fatalf("poll = %+v, %v", poll.Operation, err)
 	}
 }
+
+func TestCloseUndoesInterruptedRegistrations(t *testing.T) {
+	ctx := context.Background()
+	alloc := &slowAllocator{release: make(chan struct{})}
+	f := newFixture(t, Options{Allocator: alloc, SyncWait: time.Millisecond})
+	e, err := enroll.PutEnrollment(ctx, f.st, "dev", &dps.IndividualEnrollment{
+		RegistrationID: "dev", Attestation: &dps.AttestationMechanism{Type: dps.AttestationSymmetricKey},
+		AllocationPolicy:           dps.AllocationCustom,
+		CustomAllocationDefinition: &dps.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2021-10-01"},
+	}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := f.request("dev", e.Attestation.SymmetricKey.PrimaryKey)
+	res, err := f.eng.Register(ctx, req)
+	if err != nil || res.Operation.Status != dps.StatusAssigning {
+		t.Fatalf("register = %+v, %v", res.Operation, err)
+	}
+	// Shutdown while the webhook hangs: the engine gives up and removes the
+	// record it had started, so the device's retry starts over.
+	if err := f.eng.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enroll.GetRegistration(ctx, f.st, "dev"); !errors.Is(err, enroll.ErrRegistrationNotFound) {
+		t.Fatalf("registration after an interrupted first registration: %v", err)
+	}
+
+	// A new engine (the restarted node) registers the device afresh.
+	close(alloc.release)
+	eng2 := New(f.st, Options{IDScope: scope, Allocator: alloc, Registrar: f.reg, SyncWait: time.Minute})
+	defer eng2.Close(ctx)
+	res, err = eng2.Register(ctx, req)
+	if err != nil || res.Operation.Status != dps.StatusAssigned {
+		t.Fatalf("register after restart = %+v, %v", res.Operation, err)
+	}
+}

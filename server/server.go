@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/audit"
+	"github.com/dpsd/dpsd/certs"
 	"github.com/dpsd/dpsd/deviceapi"
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/hub"
@@ -23,6 +24,7 @@ import (
 	"github.com/dpsd/dpsd/iothub"
 	"github.com/dpsd/dpsd/linkedhub"
 	"github.com/dpsd/dpsd/localca"
+	"github.com/dpsd/dpsd/metrics"
 	"github.com/dpsd/dpsd/mqttdps"
 	"github.com/dpsd/dpsd/provision"
 	"github.com/dpsd/dpsd/serviceapi"
@@ -51,8 +53,8 @@ type Config struct {
 	// WebhookCAFiles are PEM files of CAs trusted, beside the system
 	// roots, for HTTPS custom allocation webhooks.
 	WebhookCAFiles []string
-	// DebugAddr, when set, serves /debug/pprof on a plain-HTTP listener
-	// for profiling; keep it on a loopback address.
+	// DebugAddr, when set, serves /debug/pprof and the Prometheus
+	// /metrics on a plain-HTTP listener; keep it on a loopback address.
 	DebugAddr string
 	// PollFirst answers every register with "assigning" and lets the device
 	// poll for the result (see provision.Options.PollFirst).
@@ -68,6 +70,7 @@ type Server struct {
 	st     store.Store
 	inst   *instance.Instance
 	engine *provision.Engine
+	prom   *metrics.Metrics
 	svc    http.Handler
 	dev    *deviceapi.Handler
 	mqtt   *mqttdps.Server
@@ -165,9 +168,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Allocator: alloc,
 		Registrar: registrar,
 	})
-	s.dev = deviceapi.New(s.engine, s.log)
-	s.svc = serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()})
-	s.mqtt, err = mqttdps.New(s.engine, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
+	// Both device transports see the engine through the metrics
+	// decorator, so every device request is counted the same way.
+	s.prom = metrics.New()
+	prov := s.prom.Provisioner(s.engine)
+	s.dev = deviceapi.New(prov, s.log)
+	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
+	s.mqtt, err = mqttdps.New(prov, mqttdps.Options{Logger: s.log, TLSConfig: tlsCfg})
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
@@ -206,7 +213,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.https.Serve(tls.NewListener(s.httpsL, s.https.TLSConfig)) }()
 	go func() { errc <- s.mqtt.Serve(s.mqttL) }()
 	if s.cfg.DebugAddr != "" {
-		dbg := &http.Server{Addr: s.cfg.DebugAddr, Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		dbg := &http.Server{Addr: s.cfg.DebugAddr, Handler: debugHandler(s.prom.Handler()), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("debug listener", "addr", s.cfg.DebugAddr, "err", err)
@@ -236,7 +243,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.hubs.Close(sctx); err != nil {
 		s.log.Warn("built-in hubs shutdown", "err", err)
 	}
-	if err := s.engine.Wait(sctx); err != nil {
+	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
 	s.closeAll()
@@ -281,7 +288,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case "healthz":
-		dps.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		s.healthz(w, r)
 		return
 	}
 	if deviceapi.Match(path) {
@@ -292,7 +299,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 }
 
 // extension returns the handler of a dpsd extension endpoint (built-in
-// hubs, linked hubs, allocation logs), all under /dpsd/ and authorized with
+// hubs, linked hubs, CA certificates, allocation logs), all under /dpsd/ and authorized with
 // the service API's tokens; nil when path is none of them.
 func (s *Server) extension(path string) http.Handler {
 	segs := strings.Split(strings.ToLower(strings.Trim(path, "/")), "/")
@@ -305,6 +312,8 @@ func (s *Server) extension(path string) http.Handler {
 	switch {
 	case segs[1] == "hubs":
 		return s.hubs.Handler()
+	case segs[1] == "certificates":
+		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
