@@ -55,6 +55,8 @@ func NewRootCommand() *cobra.Command {
 		newBenchCmd(),
 		newHubCmd(),
 		newLinkedHubCmd(),
+		newCertificateCmd(),
+		newCertCmd(),
 	)
 	return root
 }

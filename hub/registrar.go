@@ -110,6 +110,9 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 		}
 	}
 
+	if err := trustCAs(ctx, to, dev); err != nil {
+		return fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
+	}
 	created, err := ensureIdentity(ctx, to, dev)
 	if err != nil {
 		return fmt.Errorf("device identity in hub %s: %w", dev.Hub, err)
@@ -236,13 +239,42 @@ func ensureIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice)
 }
 
 // authentication is the identity's authentication: the device's own SAS
-// keys, or, for a device that attested with X.509 (no keys), authentication
-// by a certificate the hub's CA chain vouches for.
+// keys; for a device that attested with an individual enrollment's
+// certificates, those certificates' thumbprints ("selfSigned"); for one a
+// CA vouched for (a group, or caReferences), any certificate with its
+// device id that the hub's CA certificates vouch for.
 func authentication(dev *provision.HubDevice) *Authentication {
-	if dev.PrimaryKey == "" && dev.SecondaryKey == "" {
+	if x := dev.X509; x != nil && x.PrimaryThumbprint != "" {
+		t := &X509Thumbprint{PrimaryThumbprint: &x.PrimaryThumbprint}
+		if x.SecondaryThumbprint != "" {
+			t.SecondaryThumbprint = &x.SecondaryThumbprint
+		}
+		return &Authentication{Type: AuthSelfSigned, X509Thumbprint: t}
+	}
+	if dev.X509 != nil || (dev.PrimaryKey == "" && dev.SecondaryKey == "") {
 		return &Authentication{Type: AuthCertificateAuthority}
 	}
 	return &Authentication{Type: AuthSAS, SymmetricKey: &SymmetricKey{PrimaryKey: dev.PrimaryKey, SecondaryKey: dev.SecondaryKey}}
+}
+
+// trustCAs gives a hub that can take them (a built-in hub) the CA
+// certificates that vouched for a certificateAuthority device, so the
+// device can connect with its certificate. On an Azure hub the operator
+// uploads and verifies the CA certificate instead, as with Azure DPS.
+func trustCAs(ctx context.Context, reg Registry, dev *provision.HubDevice) error {
+	if dev.X509 == nil || len(dev.X509.CACertificates) == 0 {
+		return nil
+	}
+	ct, ok := reg.(CertificateAuthorities)
+	if !ok {
+		return nil
+	}
+	for _, pem := range dev.X509.CACertificates {
+		if err := ct.AddCertificateAuthority(ctx, pem); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func sameIdentity(cur, want *Device) bool {
@@ -252,6 +284,12 @@ func sameIdentity(cur, want *Device) bool {
 	}
 	if b.SymmetricKey != nil {
 		if a.SymmetricKey == nil || *a.SymmetricKey != *b.SymmetricKey {
+			return false
+		}
+	}
+	if t := b.X509Thumbprint; t != nil {
+		if a.X509Thumbprint == nil || !sameThumbprint(a.X509Thumbprint.PrimaryThumbprint, t.PrimaryThumbprint) ||
+			!sameThumbprint(a.X509Thumbprint.SecondaryThumbprint, t.SecondaryThumbprint) {
 			return false
 		}
 	}
@@ -327,4 +365,17 @@ func decodeObject(raw json.RawMessage, out *map[string]any) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	return dec.Decode(out)
+}
+
+// sameThumbprint compares two optional thumbprints; absent and empty are
+// the same, and hubs may change the case.
+func sameThumbprint(a, b *string) bool {
+	var x, y string
+	if a != nil {
+		x = *a
+	}
+	if b != nil {
+		y = *b
+	}
+	return strings.EqualFold(x, y)
 }

@@ -140,3 +140,13 @@ type Registry interface {
 type ReportedImporter interface {
 	ImportReported(ctx context.Context, id string, reported map[string]any) error
 }
+
+// CertificateAuthorities is implemented by registries that can be told
+// which CA certificates vouch for their certificateAuthority devices.
+// Built-in hubs implement it; on an Azure hub the CA certificate is
+// uploaded and verified by its operator.
+type CertificateAuthorities interface {
+	// AddCertificateAuthority trusts certPEM for certificateAuthority
+	// devices. Adding a certificate that is already trusted does nothing.
+	AddCertificateAuthority(ctx context.Context, certPEM string) error
+}

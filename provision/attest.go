@@ -24,6 +24,18 @@ type vouched struct {
 	// The device's own keys: the individual enrollment's, or the group's
 	// keys derived for this registration id.
 	primaryKey, secondaryKey string
+	// For a device that attested with a certificate: what the registration
+	// result says about it, and how its hub authenticates it.
+	x509    *dps.X509RegistrationResult
+	hubX509 *HubX509
+}
+
+// attestationType is how the device attested (dps.Attestation*).
+func (v *vouched) attestationType() string {
+	if v.x509 != nil {
+		return dps.AttestationX509
+	}
+	return dps.AttestationSymmetricKey
 }
 
 // errUnauthorized is the one answer to every failed proof, so a caller
@@ -40,8 +52,11 @@ func errUnauthorized() error {
 // for it before is tried first.
 func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registration) (*vouched, error) {
 	if req.SASToken == "" {
-		// Certificate attestation arrives with the X.509 work; a device
-		// with neither proof is simply unauthorized.
+		// Without a token the proof is the TLS client certificate; a
+		// device with neither proof is simply unauthorized.
+		if len(req.PeerCertificates) > 0 {
+			return e.attestX509(ctx, req)
+		}
 		return nil, errUnauthorized()
 	}
 	tok, err := sas.Parse(req.SASToken)
