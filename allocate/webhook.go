@@ -504,7 +504,12 @@ func BuildRequest(in *provision.AllocationInput, candidates []*linkedhub.Hub) (*
 	}
 	switch in.AttestationType {
 	case dps.AttestationX509:
-		req.DeviceRuntimeContext.X509 = &dps.X509RegistrationResult{EnrollmentGroupID: groupID}
+		if in.X509 != nil {
+			x := *in.X509
+			req.DeviceRuntimeContext.X509 = &x
+		} else {
+			req.DeviceRuntimeContext.X509 = &dps.X509RegistrationResult{EnrollmentGroupID: groupID}
+		}
 	case dps.AttestationTPM:
 		if e := in.Enrollment; e != nil && e.Attestation != nil && e.Attestation.TPM != nil {
 			t := *e.Attestation.TPM
