@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -137,19 +138,23 @@ func newDeviceProvisionCmd() *cobra.Command {
 	var (
 		df                                deviceFlags
 		regID, key, groupKey, payload, tr string
+		certFile, keyFile                 string
 		apiVersion                        string
 		timeout                           time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "provision",
-		Short: "Register a device with symmetric-key attestation and print its assigned hub",
+		Short: "Register a device (symmetric key or X.509) and print its assigned hub",
 		Long: `Register one device the way the Azure device SDKs do: send the register
 request, poll the operation until it ends and print the assigned hub and
 device ID, with progress lines like the Azure IoT C SDK sample.
 
-The device key is --symmetric-key (an individual enrollment's key, or an
-already derived group member key) or derived from --group-key and the
-registration ID.
+The device proves itself with --symmetric-key (an individual enrollment's
+key, or an already derived group member key), with a key derived from
+--group-key and the registration ID, or with an X.509 certificate:
+--certificate (the device certificate followed by its intermediates, e.g.
+the -full-chain file of "dpsd cert device") and --key. With a certificate,
+the registration ID defaults to its subject CN.
 
 Exit status: 0 when assigned, 1 on any failure (the Azure error code is
 printed).`,
@@ -162,8 +167,35 @@ printed).`,
 			if err != nil {
 				return err
 			}
-			if (key == "") == (groupKey == "") {
-				return errors.New("give exactly one of --symmetric-key and --group-key")
+			proofs := 0
+			for _, v := range []string{key, groupKey, certFile} {
+				if v != "" {
+					proofs++
+				}
+			}
+			if proofs != 1 {
+				return errors.New("give exactly one of --symmetric-key, --group-key and --certificate")
+			}
+			var cert *tls.Certificate
+			if certFile != "" {
+				if keyFile == "" {
+					return errors.New("--certificate needs --key, the certificate's private key")
+				}
+				c, err := tls.LoadX509KeyPair(certFile, keyFile)
+				if err != nil {
+					return fmt.Errorf("--certificate/--key: %w", err)
+				}
+				if regID == "" {
+					leaf, err := x509.ParseCertificate(c.Certificate[0])
+					if err != nil {
+						return fmt.Errorf("--certificate: %w", err)
+					}
+					regID = leaf.Subject.CommonName
+				}
+				cert = &c
+			}
+			if regID == "" {
+				return errors.New("--registration-id is required")
 			}
 			var raw json.RawMessage
 			if payload != "" {
@@ -180,6 +212,7 @@ printed).`,
 			cfg.RegistrationID = regID
 			cfg.SymmetricKey = key
 			cfg.GroupKey = groupKey
+			cfg.Certificate = cert
 			cfg.Payload = raw
 			cfg.APIVersion = apiVersion
 			cfg.Timeout = timeout
@@ -207,15 +240,16 @@ printed).`,
 	}
 	f := cmd.Flags()
 	df.register(f)
-	f.StringVar(&regID, "registration-id", "", "the device's registration ID (required)")
+	f.StringVar(&regID, "registration-id", "", "the device's registration ID (with --certificate: its subject CN by default)")
 	f.StringVar(&key, "symmetric-key", "", "the device's own base64 symmetric key")
 	f.StringVar(&groupKey, "group-key", "", "base64 key of the device's enrollment group; the device key is derived from it")
+	f.StringVar(&certFile, "certificate", "", "PEM file of the device certificate and its intermediates, for X.509 attestation")
+	f.StringVar(&keyFile, "key", "", "PEM file of the --certificate's private key")
 	f.StringVar(&tr, "transport", string(device.TransportHTTPS), "https, mqtt or mqtt-ws")
 	f.StringVar(&payload, "payload", "", "custom JSON payload sent with the registration (for custom allocation)")
 	f.StringVar(&apiVersion, "api-version", device.DefaultAPIVersion, "api-version sent to the service")
 	f.DurationVar(&timeout, "timeout", device.DefaultTimeout, "give up after this long")
 	f.StringP("output", "o", formatTable, "output format: table (progress lines) or json (the registration state)")
-	_ = cmd.MarkFlagRequired("registration-id")
 	return cmd
 }
 

@@ -120,7 +120,9 @@ func (h *httpsSession) do(ctx context.Context, method, u string, body []byte) (*
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
-	req.Header.Set("Authorization", h.token)
+	if h.token != "" {
+		req.Header.Set("Authorization", h.token)
+	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", h.s.userAgent)
 	if body != nil {

@@ -56,7 +56,9 @@ func openMQTT(ctx context.Context, s *settings) (*mqttSession, error) {
 	o.SetClientID(s.RegistrationID)
 	o.SetUsername(s.IDScope + "/registrations/" + s.RegistrationID +
 		"/api-version=" + url.QueryEscape(s.APIVersion) + "&ClientVersion=" + url.QueryEscape(s.ClientVersion))
-	o.SetPassword(tok)
+	if tok != "" {
+		o.SetPassword(tok) // X.509 devices send no password at all
+	}
 	o.SetProtocolVersion(4) // MQTT 3.1.1, the only version DPS speaks
 	o.SetCleanSession(true)
 	o.SetKeepAlive(mqttKeepAlive)
