@@ -83,6 +83,7 @@ type Server struct {
 	httpsL net.Listener
 	mqttL  net.Listener
 	info   *Info
+	lock   *os.File // flock on the data directory
 }
 
 // Start opens the store, prepares TLS and binds the listeners; Serve then
@@ -105,6 +106,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			s.closeAll()
 		}
 	}()
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
 
 	st, err := openStore(ctx, cfg)
 	if err != nil {
@@ -254,6 +260,12 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) closeAll() {
+	defer func() {
+		if s.lock != nil {
+			s.lock.Close() // releases the flock
+			s.lock = nil
+		}
+	}()
 	if s.httpsL != nil {
 		s.httpsL.Close()
 	}

@@ -149,3 +149,16 @@ func TestBindErrorsSuggestAnotherAddress(t *testing.T) {
 		t.Fatalf("err = %v; want a message naming the flag and the cause", err)
 	}
 }
+
+func TestDataDirIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	_, cancel, done := startServer(t, dir)
+	defer func() { cancel(); <-done }()
+	_, err := Start(context.Background(), Config{
+		DataDir: dir, HTTPSAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err == nil || !strings.Contains(err.Error(), "in use by another dpsd") {
+		t.Fatalf("second server on one data dir: %v", err)
+	}
+}
