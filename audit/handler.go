@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -34,15 +33,8 @@ func (l *Log) Handler(opt HandlerOptions) http.Handler {
 		opt.Logger = slog.Default()
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if opt.Authorize != nil {
-			if err := opt.Authorize(r); err != nil {
-				var de *dps.Error
-				if !errors.As(err, &de) {
-					de = dps.Errorf(dps.CodeUnauthorized, "Unauthorized.")
-				}
-				dps.WriteError(w, de)
-				return
-			}
+		if !dps.Authorized(w, r, opt.Authorize) {
+			return
 		}
 		id, ok := registrationID(r.URL)
 		if !ok {

@@ -33,27 +33,13 @@ func newCertificateCmd() *cobra.Command {
 		Short: "Manage the CA certificates of the provisioning service (X.509 caReferences)",
 		Args:  cobra.NoArgs,
 	}
-	cc := &certificateCmd{conn: addConnectFlags(cmd), out: addOutputFlag(cmd)}
+	cc := &certificateCmd{newClientCmd(cmd)}
 	cmd.AddCommand(cc.create(), cc.list(), cc.show(), cc.delete(), cc.generateCode(), cc.verify())
 	return cmd
 }
 
-type certificateCmd struct {
-	conn *connectFlags
-	out  *outputFlags
-}
-
-func (cc *certificateCmd) setup() (*extClient, bool, error) {
-	asJSON, err := cc.out.json()
-	if err != nil {
-		return nil, false, err
-	}
-	c, err := cc.conn.extClient()
-	if err != nil {
-		return nil, false, err
-	}
-	return c, asJSON, nil
-}
+// certificateCmd builds the "dpsd certificate" subcommands.
+type certificateCmd struct{ *clientCmd }
 
 func certificatePath(name string, action ...string) string {
 	p := certificatesPath + "/" + url.PathEscape(name)
@@ -85,13 +71,13 @@ func (cc *certificateCmd) create() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		c, asJSON, err := cc.setup()
+		c, asJSON, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
 		var out certs.Certificate
 		body := certs.Body{Certificate: string(text), IsVerified: verified}
-		if err := c.do(cmd.Context(), fmt.Sprintf("upload certificate %q", name), http.MethodPut, certificatePath(name), body, &out, nil); err != nil {
+		if err := c.do(cmd.Context(), fmt.Sprintf("upload certificate %q", name), http.MethodPut, certificatePath(name), body, &out, ""); err != nil {
 			return err
 		}
 		return printCertificate(cmd.OutOrStdout(), asJSON, &out)
@@ -102,12 +88,12 @@ func (cc *certificateCmd) create() *cobra.Command {
 func (cc *certificateCmd) list() *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "List the CA certificates", Args: cobra.NoArgs}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := cc.setup()
+		c, asJSON, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
 		var out certs.List
-		if err := c.do(cmd.Context(), "list certificates", http.MethodGet, certificatesPath, nil, &out, nil); err != nil {
+		if err := c.do(cmd.Context(), "list certificates", http.MethodGet, certificatesPath, nil, &out, ""); err != nil {
 			return err
 		}
 		if asJSON {
@@ -127,7 +113,7 @@ func (cc *certificateCmd) show() *cobra.Command {
 	cmd := &cobra.Command{Use: "show --certificate-name NAME", Short: "Show a CA certificate", Args: cobra.NoArgs}
 	addNameFlag(cmd, &name)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := cc.setup()
+		c, asJSON, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
@@ -140,9 +126,9 @@ func (cc *certificateCmd) show() *cobra.Command {
 	return cmd
 }
 
-func getCertificate(ctx context.Context, c *extClient, name string) (*certs.Certificate, error) {
+func getCertificate(ctx context.Context, c extClient, name string) (*certs.Certificate, error) {
 	var out certs.Certificate
-	if err := c.do(ctx, fmt.Sprintf("show certificate %q", name), http.MethodGet, certificatePath(name), nil, &out, nil); err != nil {
+	if err := c.do(ctx, fmt.Sprintf("show certificate %q", name), http.MethodGet, certificatePath(name), nil, &out, ""); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -154,11 +140,11 @@ func (cc *certificateCmd) delete() *cobra.Command {
 	addNameFlag(cmd, &name)
 	cmd.Flags().StringVar(&etag, "etag", "", "delete only if the certificate still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, _, err := cc.setup()
+		c, _, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
-		return c.do(cmd.Context(), fmt.Sprintf("delete certificate %q", name), http.MethodDelete, certificatePath(name), nil, nil, ifMatchHeader(etag))
+		return c.do(cmd.Context(), fmt.Sprintf("delete certificate %q", name), http.MethodDelete, certificatePath(name), nil, nil, etag)
 	}
 	return cmd
 }
@@ -173,12 +159,12 @@ func (cc *certificateCmd) generateCode() *cobra.Command {
 	addNameFlag(cmd, &name)
 	cmd.Flags().StringVar(&etag, "etag", "", "only if the certificate still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := cc.setup()
+		c, asJSON, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
 		var out certs.Certificate
-		if err := c.do(cmd.Context(), fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &out, ifMatchHeader(etag)); err != nil {
+		if err := c.do(cmd.Context(), fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &out, etag); err != nil {
 			return err
 		}
 		return printCertificate(cmd.OutOrStdout(), asJSON, &out)
@@ -206,7 +192,7 @@ sign the verification certificate with the key and send it.`,
 	cmd.MarkFlagsOneRequired("path", "ca-key")
 	cmd.MarkFlagsMutuallyExclusive("path", "ca-key")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := cc.setup()
+		c, asJSON, err := cc.extSetup()
 		if err != nil {
 			return err
 		}
@@ -226,7 +212,7 @@ sign the verification certificate with the key and send it.`,
 				return err
 			}
 			var gen certs.Certificate
-			if err := c.do(ctx, fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &gen, ifMatchHeader(etag)); err != nil {
+			if err := c.do(ctx, fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &gen, etag); err != nil {
 				return err
 			}
 			ca, err := enroll.ParseCertificate(gen.Properties.Certificate)
@@ -244,7 +230,7 @@ sign the verification certificate with the key and send it.`,
 		}
 		var out certs.Certificate
 		body := certs.Body{Certificate: string(proof)}
-		if err := c.do(ctx, fmt.Sprintf("verify certificate %q", name), http.MethodPost, certificatePath(name, "verify"), body, &out, ifMatchHeader(etag)); err != nil {
+		if err := c.do(ctx, fmt.Sprintf("verify certificate %q", name), http.MethodPost, certificatePath(name, "verify"), body, &out, etag); err != nil {
 			return err
 		}
 		return printCertificate(cmd.OutOrStdout(), asJSON, &out)

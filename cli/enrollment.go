@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -522,86 +523,146 @@ func (cc *clientCmd) setup() (*service.Client, bool, error) {
 	return c, asJSON, nil
 }
 
+// enrollmentKind is what tells individual enrollments (T
+// dps.IndividualEnrollment) and enrollment groups (T dps.EnrollmentGroup)
+// apart to the commands they share: create, show, list, update and delete
+// are written once, below, and each kind names itself, its ID flag, and the
+// service calls and printers of its type.
+type enrollmentKind[T any] struct {
+	use        string // the command: "enrollment"
+	one, many  string // in help: "individual enrollment", "individual enrollments"
+	short      string // in flag help: "only if the enrollment still has this etag"
+	deleteNote string // appended to the delete command's help
+	group      bool   // addEnrollmentFlags' group variant
+	idFlag     func(cmd *cobra.Command, id *string)
+
+	newItem func(id string) *T
+	view    func(*T) shared
+	apply   func(*enrollmentFlags, *T) error
+	// forUpdate readies a stored T to be sent back guarded by etag.
+	forUpdate func(item *T, etag string)
+
+	get            func(*service.Client, context.Context, string) (*T, error)
+	getAttestation func(*service.Client, context.Context, string) (*dps.AttestationMechanism, error)
+	create, update func(*service.Client, context.Context, *T) (*T, error)
+	delete         func(c *service.Client, ctx context.Context, id, etag string) error
+	query          func(*service.Client, context.Context, service.QueryOptions) (*service.Page[T], error)
+	print          func(w io.Writer, asJSON bool, item *T) error
+	printList      func(w io.Writer, asJSON bool, list []T) error
+}
+
 func newEnrollmentCmd() *cobra.Command {
+	k := &enrollmentKind[dps.IndividualEnrollment]{
+		use: "enrollment", one: "individual enrollment", many: "individual enrollments", short: "enrollment",
+		idFlag:  registrationIDFlag,
+		newItem: func(id string) *dps.IndividualEnrollment { return &dps.IndividualEnrollment{RegistrationID: id} },
+		view:    enrollmentShared,
+		apply:   (*enrollmentFlags).applyEnrollment,
+		forUpdate: func(e *dps.IndividualEnrollment, etag string) {
+			e.ETag = etag
+			e.RegistrationState = nil // read-only
+		},
+		get:            (*service.Client).GetEnrollment,
+		getAttestation: (*service.Client).GetEnrollmentAttestation,
+		create:         (*service.Client).CreateEnrollment,
+		update:         (*service.Client).UpdateEnrollment,
+		delete:         (*service.Client).DeleteEnrollment,
+		query:          (*service.Client).QueryEnrollments,
+		print:          printEnrollment,
+		printList:      printEnrollments,
+	}
+	return k.command()
+}
+
+// registrationIDFlag adds the required --registration-id flag.
+func registrationIDFlag(cmd *cobra.Command, id *string) {
+	cmd.Flags().StringVar(id, "registration-id", "", "registration ID of the device")
+	_ = cmd.MarkFlagRequired("registration-id")
+}
+
+// command builds "dpsd <use>" with its subcommands.
+func (k *enrollmentKind[T]) command() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "enrollment",
-		Short: "Manage individual enrollments",
+		Use:   k.use,
+		Short: "Manage " + k.many,
 		Args:  cobra.NoArgs,
 	}
 	cc := newClientCmd(cmd)
-	cmd.AddCommand(
-		enrollmentCreateCmd(cc),
-		enrollmentShowCmd(cc),
-		enrollmentListCmd(cc),
-		enrollmentUpdateCmd(cc),
-		enrollmentDeleteCmd(cc),
-	)
+	cmd.AddCommand(k.createCmd(cc), k.showCmd(cc), k.listCmd(cc), k.updateCmd(cc), k.deleteCmd(cc))
 	return cmd
 }
 
-func enrollmentCreateCmd(cc *clientCmd) *cobra.Command {
+// fetch reads one item; with keys, also its attestation with the keys,
+// which GET leaves out.
+func (k *enrollmentKind[T]) fetch(ctx context.Context, c *service.Client, id string, keys bool) (*T, error) {
+	item, err := k.get(c, ctx, id)
+	if err != nil || !keys {
+		return item, err
+	}
+	att, err := k.getAttestation(c, ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	*k.view(item).attestation = att
+	return item, nil
+}
+
+func (k *enrollmentKind[T]) createCmd(cc *clientCmd) *cobra.Command {
 	var id string
 	cmd := &cobra.Command{
 		Use:   "create",
-		Short: "Create an individual enrollment",
+		Short: "Create an " + k.one,
 		Args:  cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
-	_ = cmd.MarkFlagRequired("registration-id")
-	ef := addEnrollmentFlags(cmd, false)
+	k.idFlag(cmd, &id)
+	ef := addEnrollmentFlags(cmd, k.group)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		e := &dps.IndividualEnrollment{RegistrationID: id}
-		if err := ef.applyEnrollment(e); err != nil {
+		item := k.newItem(id)
+		if err := k.apply(ef, item); err != nil {
 			return err
 		}
 		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
-		out, err := c.CreateEnrollment(cmd.Context(), e)
+		out, err := k.create(c, cmd.Context(), item)
 		if err != nil {
 			return err
 		}
-		return printEnrollment(cmd.OutOrStdout(), asJSON, out)
+		return k.print(cmd.OutOrStdout(), asJSON, out)
 	}
 	return cmd
 }
 
-func enrollmentShowCmd(cc *clientCmd) *cobra.Command {
+func (k *enrollmentKind[T]) showCmd(cc *clientCmd) *cobra.Command {
 	var id string
 	var showKeys bool
 	cmd := &cobra.Command{
 		Use:   "show",
-		Short: "Show an individual enrollment",
+		Short: "Show an " + k.one,
 		Args:  cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
+	k.idFlag(cmd, &id)
 	cmd.Flags().BoolVar(&showKeys, "show-keys", false, "include the symmetric keys")
-	_ = cmd.MarkFlagRequired("registration-id")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
-		e, err := c.GetEnrollment(cmd.Context(), id)
+		item, err := k.fetch(cmd.Context(), c, id, showKeys)
 		if err != nil {
 			return err
 		}
-		if showKeys {
-			if e.Attestation, err = c.GetEnrollmentAttestation(cmd.Context(), id); err != nil {
-				return err
-			}
-		}
-		return printEnrollment(cmd.OutOrStdout(), asJSON, e)
+		return k.print(cmd.OutOrStdout(), asJSON, item)
 	}
 	return cmd
 }
 
-func enrollmentListCmd(cc *clientCmd) *cobra.Command {
+func (k *enrollmentKind[T]) listCmd(cc *clientCmd) *cobra.Command {
 	var top int
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List individual enrollments",
+		Short: "List " + k.many,
 		Args:  cobra.NoArgs,
 	}
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all)")
@@ -610,70 +671,66 @@ func enrollmentListCmd(cc *clientCmd) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		list, err := collect(cmd.Context(), top, c.QueryEnrollments)
+		list, err := collect(cmd.Context(), top, func(ctx context.Context, o service.QueryOptions) (*service.Page[T], error) {
+			return k.query(c, ctx, o)
+		})
 		if err != nil {
 			return err
 		}
-		return printEnrollments(cmd.OutOrStdout(), asJSON, list)
+		return k.printList(cmd.OutOrStdout(), asJSON, list)
 	}
 	return cmd
 }
 
-func enrollmentUpdateCmd(cc *clientCmd) *cobra.Command {
+func (k *enrollmentKind[T]) updateCmd(cc *clientCmd) *cobra.Command {
 	var id, etag string
 	cmd := &cobra.Command{
 		Use:   "update",
-		Short: "Update an individual enrollment (only the given settings change)",
+		Short: "Update an " + k.one + " (only the given settings change)",
 		Args:  cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
-	cmd.Flags().StringVar(&etag, "etag", "", "update only if the enrollment still has this etag (default: overwrite)")
-	_ = cmd.MarkFlagRequired("registration-id")
-	ef := addEnrollmentFlags(cmd, false)
+	k.idFlag(cmd, &id)
+	cmd.Flags().StringVar(&etag, "etag", "", "update only if the "+k.short+" still has this etag (default: overwrite)")
+	ef := addEnrollmentFlags(cmd, k.group)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
 		ctx := cmd.Context()
-		e, err := c.GetEnrollment(ctx, id)
+		// With the keys, so the update keeps them.
+		item, err := k.fetch(ctx, c, id, true)
 		if err != nil {
 			return err
 		}
-		// GET leaves the keys out; put them back so the update keeps them.
-		if e.Attestation, err = c.GetEnrollmentAttestation(ctx, id); err != nil {
+		if err := k.apply(ef, item); err != nil {
 			return err
 		}
-		if err := ef.applyEnrollment(e); err != nil {
-			return err
-		}
-		e.ETag = etag
-		e.RegistrationState = nil // read-only
-		out, err := c.UpdateEnrollment(ctx, e)
+		k.forUpdate(item, etag)
+		out, err := k.update(c, ctx, item)
 		if err != nil {
 			return err
 		}
-		return printEnrollment(cmd.OutOrStdout(), asJSON, out)
+		return k.print(cmd.OutOrStdout(), asJSON, out)
 	}
 	return cmd
 }
 
-func enrollmentDeleteCmd(cc *clientCmd) *cobra.Command {
+func (k *enrollmentKind[T]) deleteCmd(cc *clientCmd) *cobra.Command {
 	var id, etag string
 	cmd := &cobra.Command{
 		Use:   "delete",
-		Short: "Delete an individual enrollment",
+		Short: "Delete an " + k.one + k.deleteNote,
 		Args:  cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
-	cmd.Flags().StringVar(&etag, "etag", "", "delete only if the enrollment still has this etag")
-	_ = cmd.MarkFlagRequired("registration-id")
+	k.idFlag(cmd, &id)
+	cmd.Flags().StringVar(&etag, "etag", "", "delete only if the "+k.short+" still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, _, err := cc.setup()
 		if err != nil {
 			return err
 		}
-		return c.DeleteEnrollment(cmd.Context(), id, etag)
+		return k.delete(c, cmd.Context(), id, etag)
 	}
 	return cmd
 }

@@ -35,21 +35,13 @@ ports 443 and 8883. Add the printed hosts-file line so the host name resolves.`,
 }
 
 // adminClient connects to the hub management API of the dpsd that the
-// connection flags name.
+// connection flags name, through the service client the other commands use.
 func (cc *clientCmd) adminClient() (*iothub.AdminClient, bool, error) {
-	asJSON, err := cc.out.json()
+	c, asJSON, err := cc.setup()
 	if err != nil {
 		return nil, false, err
 	}
-	t, err := cc.conn.resolve()
-	if err != nil {
-		return nil, false, err
-	}
-	c, err := iothub.NewAdminClient(t.connectionString, iothub.AdminClientOptions{CAFiles: t.caFiles, DialAddr: t.dialAddr})
-	if err != nil {
-		return nil, false, err
-	}
-	return c, asJSON, nil
+	return iothub.AdminClientFor(c), asJSON, nil
 }
 
 // hubLinkFlags are "dpsd hub create"'s flags for linking the new hub at
@@ -124,26 +116,20 @@ would do, so devices can be allocated to it at once.`,
 				}
 			}
 		}
-		c, asJSON, err := cc.adminClient()
+		// One client serves both the hub and the link, so nothing is left
+		// to resolve once the hub exists that could leave it half done.
+		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
-		// Resolve the linked-hub client before creating the hub, so a
-		// connection problem does not leave a hub behind half done.
-		var ext *extClient
-		if lf.link {
-			if ext, err = cc.conn.extClient(); err != nil {
-				return err
-			}
-		}
-		in, err := c.Create(cmd.Context(), args[0], req)
+		in, err := iothub.AdminClientFor(c).Create(cmd.Context(), args[0], req)
 		if err != nil {
 			return err
 		}
 		out := createdHub{Info: in}
 		if lf.link {
 			var h linkedhub.Hub
-			if err := ext.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, lf.definition(cmd, in.ConnectionString), &h, nil); err != nil {
+			if err := (extClient{c}).do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, lf.definition(cmd, in.ConnectionString), &h, ""); err != nil {
 				// The hub itself is fine; say how to finish by hand.
 				return fmt.Errorf("hub %s was created, but linking it failed (link it with \"dpsd linked-hub create --connection-string '%s'\"): %w",
 					in.Name, in.ConnectionString, err)

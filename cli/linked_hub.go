@@ -1,28 +1,20 @@
 package cli
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/dpsd/dpsd/audit"
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/linkedhub"
-	"github.com/dpsd/dpsd/sas"
 )
 
 // Paths of dpsd's extension API (not part of Azure's service API).
@@ -51,27 +43,13 @@ func newLinkedHubCmd() *cobra.Command {
 		"data directory of a local dpsd, whose info.json names the service, its CA and address; env "+envDataDir+" (default "+defaultDataDir+")")
 	fs.StringVar(&cf.caFile, "ca-file", "", "PEM file of a CA certificate to trust for the service's TLS")
 	out := addOutputFlag(cmd)
-	lc := &linkedHubCmd{conn: cf, out: out}
+	lc := &linkedHubCmd{&clientCmd{conn: cf, out: out}}
 	cmd.AddCommand(lc.create(), lc.list(), lc.show(), lc.update(), lc.delete())
 	return cmd
 }
 
-type linkedHubCmd struct {
-	conn *connectFlags
-	out  *outputFlags
-}
-
-func (lc *linkedHubCmd) setup() (*extClient, bool, error) {
-	asJSON, err := lc.out.json()
-	if err != nil {
-		return nil, false, err
-	}
-	c, err := lc.conn.extClient()
-	if err != nil {
-		return nil, false, err
-	}
-	return c, asJSON, nil
-}
+// linkedHubCmd builds the "dpsd linked-hub" subcommands.
+type linkedHubCmd struct{ *clientCmd }
 
 // hubFlags are the settable members of a linked hub.
 type hubFlags struct {
@@ -120,12 +98,12 @@ func (lc *linkedHubCmd) create() *cobra.Command {
 	addHubFlags(cmd, &hf, "the IoT hub's connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...)")
 	_ = cmd.MarkFlagRequired("connection-string")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := lc.setup()
+		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
 		var h linkedhub.Hub
-		if err := c.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, hf.definition(cmd), &h, nil); err != nil {
+		if err := c.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, hf.definition(cmd), &h, ""); err != nil {
 			return err
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
@@ -140,12 +118,12 @@ func (lc *linkedHubCmd) list() *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		c, asJSON, err := lc.setup()
+		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
 		var hubs []linkedhub.Hub
-		if err := c.do(cmd.Context(), "list linked hubs", http.MethodGet, linkedHubsPath, nil, &hubs, nil); err != nil {
+		if err := c.do(cmd.Context(), "list linked hubs", http.MethodGet, linkedHubsPath, nil, &hubs, ""); err != nil {
 			return err
 		}
 		return printLinkedHubs(cmd.OutOrStdout(), asJSON, hubs)
@@ -160,12 +138,12 @@ func (lc *linkedHubCmd) show() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, asJSON, err := lc.setup()
+		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
 		var h linkedhub.Hub
-		if err := c.do(cmd.Context(), fmt.Sprintf("show linked hub %q", args[0]), http.MethodGet, hubPath(args[0]), nil, &h, nil); err != nil {
+		if err := c.do(cmd.Context(), fmt.Sprintf("show linked hub %q", args[0]), http.MethodGet, hubPath(args[0]), nil, &h, ""); err != nil {
 			return err
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
@@ -188,12 +166,12 @@ func (lc *linkedHubCmd) update() *cobra.Command {
 		if def == (linkedhub.Definition{}) {
 			return errors.New("nothing to update: give --connection-string, --allocation-weight, --apply-allocation-policy or --location")
 		}
-		c, asJSON, err := lc.setup()
+		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
 		var h linkedhub.Hub
-		if err := c.do(cmd.Context(), fmt.Sprintf("update linked hub %q", args[0]), http.MethodPatch, hubPath(args[0]), def, &h, ifMatchHeader(etag)); err != nil {
+		if err := c.do(cmd.Context(), fmt.Sprintf("update linked hub %q", args[0]), http.MethodPatch, hubPath(args[0]), def, &h, etag); err != nil {
 			return err
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
@@ -210,23 +188,16 @@ func (lc *linkedHubCmd) delete() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&etag, "etag", "", "delete only if the hub still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, _, err := lc.setup()
+		c, _, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
-		return c.do(cmd.Context(), fmt.Sprintf("delete linked hub %q", args[0]), http.MethodDelete, hubPath(args[0]), nil, nil, ifMatchHeader(etag))
+		return c.do(cmd.Context(), fmt.Sprintf("delete linked hub %q", args[0]), http.MethodDelete, hubPath(args[0]), nil, nil, etag)
 	}
 	return cmd
 }
 
 func hubPath(name string) string { return linkedHubsPath + "/" + url.PathEscape(name) }
-
-func ifMatchHeader(etag string) map[string]string {
-	if etag == "" {
-		return nil
-	}
-	return map[string]string{"If-Match": etag}
-}
 
 // printLinkedHub prints one linked hub; the service already redacted its key.
 func printLinkedHub(w io.Writer, asJSON bool, h *linkedhub.Hub) error {
@@ -258,10 +229,10 @@ func printLinkedHubs(w io.Writer, asJSON bool, hubs []linkedhub.Hub) error {
 
 // fetchAllocationLog reads a registration's custom allocation audit trail,
 // for "dpsd registration show --allocation-log".
-func fetchAllocationLog(ctx context.Context, c *extClient, registrationID string) (*audit.Response, error) {
+func fetchAllocationLog(ctx context.Context, c extClient, registrationID string) (*audit.Response, error) {
 	var r audit.Response
 	err := c.do(ctx, fmt.Sprintf("get allocation log of %q", registrationID), http.MethodGet,
-		registrations+url.PathEscape(registrationID)+"/allocationLog", nil, &r, nil)
+		registrations+url.PathEscape(registrationID)+"/allocationLog", nil, &r, "")
 	if err != nil {
 		return nil, err
 	}
@@ -326,123 +297,34 @@ func printAllocationLog(w io.Writer, asJSON bool, r *audit.Response) error {
 }
 
 // extClient calls dpsd's extension API (paths under /dpsd/), which the
-// Azure-shaped service client does not cover, with the same SAS
-// authentication and the same ways of finding the service.
-type extClient struct {
-	baseURL  string
-	resource string // SAS sr: the host name without a port
-	keyName  string
-	key      string
-	hc       *http.Client
+// Azure-shaped methods of service.Client do not cover, through the same
+// client and so with the same authentication and ways of finding the service.
+type extClient struct{ svc *service.Client }
+
+// extSetup validates the output format and connects for the extension API.
+func (cc *clientCmd) extSetup() (extClient, bool, error) {
+	c, asJSON, err := cc.setup()
+	return extClient{c}, asJSON, err
 }
 
-// extClient resolves the service as the other client commands do.
-func (cf *connectFlags) extClient() (*extClient, error) {
-	t, err := cf.resolve()
-	if err != nil {
-		return nil, err
-	}
-	cs, err := sas.ParseConnectionString(t.connectionString)
-	if err != nil {
-		return nil, fmt.Errorf("service connection string: %w", err)
-	}
-	if cs.SharedAccessKeyName == "" || cs.DeviceID != "" {
-		return nil, errors.New("not a service connection string (needs SharedAccessKeyName, not DeviceId)")
-	}
-	host := strings.TrimSpace(cs.HostName)
-	resource := host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		resource = h
-	}
-	hc, err := extHTTPClient(t.caFiles, t.dialAddr)
-	if err != nil {
-		return nil, err
-	}
-	return &extClient{baseURL: "https://" + host, resource: resource, keyName: cs.SharedAccessKeyName, key: cs.SharedAccessKey, hc: hc}, nil
+// extClient connects as the other client commands do.
+func (cf *connectFlags) extClient() (extClient, error) {
+	c, err := cf.client()
+	return extClient{c}, err
 }
 
-func extHTTPClient(caFiles []string, dialAddr string) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if len(caFiles) > 0 {
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		for _, f := range caFiles {
-			pem, err := os.ReadFile(f)
-			if err != nil {
-				return nil, fmt.Errorf("read CA file: %w", err)
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
-			}
-		}
-		tc.RootCAs = pool
-	}
-	tr.TLSClientConfig = tc
-	if dialAddr != "" {
-		d := &net.Dialer{Timeout: 30 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, dialAddr)
-		}
-		tr.Proxy = nil
-	}
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
-}
+// extTimeout bounds one extension call, so a service that accepts the
+// connection but never answers does not hang the command.
+const extTimeout = 2 * time.Minute
 
-// do sends one request; body is JSON-encoded when not nil and out is
-// decoded from a 2xx answer when not nil. Service errors come back as
-// *dps.Error wrapped with op.
-func (c *extClient) do(ctx context.Context, op, method, path string, body, out any, header map[string]string) error {
-	var rd io.Reader = http.NoBody
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("%s: encode request: %w", op, err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, rd)
-	if err != nil {
+// do sends one request; body is JSON-encoded when not nil, out is decoded
+// from the answer when not nil, and etag, when not empty, is sent as
+// If-Match. Service errors come back as *dps.Error wrapped with op.
+func (c extClient) do(ctx context.Context, op, method, path string, body, out any, etag string) error {
+	ctx, cancel := context.WithTimeout(ctx, extTimeout)
+	defer cancel()
+	if err := c.svc.Do(ctx, method, path, nil, body, out, etag); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
-	}
-	token, err := sas.New(c.resource, c.keyName, c.key, time.Now().Add(time.Hour))
-	if err != nil {
-		return fmt.Errorf("%s: sign request: %w", op, err)
-	}
-	req.Header.Set("Authorization", token)
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "dpsd-cli/1.0")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s: read answer: %w", op, err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		var de dps.Error
-		if json.Unmarshal(data, &de) == nil && de.ErrorCode != 0 {
-			return fmt.Errorf("%s: %w", op, &de)
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("%s: the service answered 404; does this dpsd serve the /dpsd/ extension API?", op)
-		}
-		return fmt.Errorf("%s: the service answered %s", op, resp.Status)
-	}
-	if out != nil && len(bytes.TrimSpace(data)) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s: decode answer: %w", op, err)
-		}
 	}
 	return nil
 }

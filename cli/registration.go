@@ -37,9 +37,8 @@ the outcome. With -o json the answer is then
 {"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}}.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
+	registrationIDFlag(cmd, &id)
 	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the custom allocation log (webhook requests and answers)")
-	_ = cmd.MarkFlagRequired("registration-id")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
@@ -53,12 +52,8 @@ the outcome. With -o json the answer is then
 			return printRegistration(cmd.OutOrStdout(), asJSON, r)
 		}
 		// The log lives in dpsd's extension API, which the Azure-shaped
-		// client does not cover.
-		ext, err := cc.conn.extClient()
-		if err != nil {
-			return err
-		}
-		lg, err := fetchAllocationLog(cmd.Context(), ext, r.RegistrationID)
+		// methods do not cover.
+		lg, err := fetchAllocationLog(cmd.Context(), extClient{c}, r.RegistrationID)
 		if err != nil {
 			return err
 		}
@@ -120,9 +115,8 @@ func registrationDeleteCmd(cc *clientCmd) *cobra.Command {
 		Short: "Delete the registration record of a device (the device stays in its hub)",
 		Args:  cobra.NoArgs,
 	}
-	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
+	registrationIDFlag(cmd, &id)
 	cmd.Flags().StringVar(&etag, "etag", "", "delete only if the record still has this etag")
-	_ = cmd.MarkFlagRequired("registration-id")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, _, err := cc.setup()
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -47,6 +48,26 @@ func WriteError(w http.ResponseWriter, err error) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(e.Status())
 	w.Write(data)
+}
+
+// Authorized runs authorize on r, when authorize is not nil, and reports
+// whether r may go on. When it may not, the refusal is already written:
+// authorize's *Error as it is, any other error as 401000 without its text,
+// which is not meant for the caller.
+func Authorized(w http.ResponseWriter, r *http.Request, authorize func(*http.Request) error) bool {
+	if authorize == nil {
+		return true
+	}
+	err := authorize(r)
+	if err == nil {
+		return true
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		e = Errorf(CodeUnauthorized, "Unauthorized.")
+	}
+	WriteError(w, e)
+	return false
 }
 
 // RetryAfterSeconds renders d as whole seconds, rounded up, for a

@@ -45,15 +45,8 @@ type DeviceList struct {
 func (m *Manager) Handler() http.Handler { return http.HandlerFunc(m.serveAdmin) }
 
 func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
-	if m.opt.Authorize != nil {
-		if err := m.opt.Authorize(r); err != nil {
-			var de *dps.Error
-			if !errors.As(err, &de) {
-				de = dps.Errorf(dps.CodeUnauthorized, "Unauthorized: %v", err)
-			}
-			dps.WriteError(w, de)
-			return
-		}
+	if !dps.Authorized(w, r, m.opt.Authorize) {
+		return
 	}
 	p := strings.TrimPrefix(r.URL.EscapedPath(), AdminPathPrefix)
 	segs, err := pathSegments(p)

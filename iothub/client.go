@@ -2,33 +2,26 @@ package iothub
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/hub"
-	"github.com/dpsd/dpsd/sas"
 )
 
-// AdminClient talks to the built-in hub management API of a running dpsd
-// with its service connection string. The CLI uses it.
+// adminTimeout bounds one management call, so a dpsd that accepts the
+// connection but never answers does not hang the caller.
+const adminTimeout = time.Minute
+
+// AdminClient talks to the built-in hub management API of a running dpsd:
+// a typed wrapper over a service client, which signs, sends and decodes
+// errors for it. The CLI uses it.
 type AdminClient struct {
-	base     string
-	resource string
-	keyName  string
-	key      string
-	hc       *http.Client
+	svc *service.Client
 }
 
 // AdminClientOptions configure an AdminClient.
@@ -43,69 +36,47 @@ type AdminClientOptions struct {
 // NewAdminClient returns a client for the dpsd named by a service
 // connection string ("HostName=...;SharedAccessKeyName=...;SharedAccessKey=...").
 func NewAdminClient(connectionString string, o AdminClientOptions) (*AdminClient, error) {
-	cs, err := sas.ParseConnectionString(connectionString)
+	var opts []service.Option
+	for _, f := range o.CAFiles {
+		opts = append(opts, service.WithCAFile(f))
+	}
+	if o.DialAddr != "" {
+		opts = append(opts, service.WithDialAddr(o.DialAddr))
+	}
+	svc, err := service.New(connectionString, opts...)
 	if err != nil {
 		return nil, err
 	}
-	if cs.SharedAccessKeyName == "" {
-		return nil, errors.New("service connection string needs SharedAccessKeyName")
-	}
-	roots, err := x509.SystemCertPool()
-	if err != nil || roots == nil {
-		roots = x509.NewCertPool()
-	}
-	for _, f := range o.CAFiles {
-		pem, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("CA file: %w", err)
-		}
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
-		}
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
-	if o.DialAddr != "" {
-		d := &net.Dialer{Timeout: 10 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, o.DialAddr)
-		}
-	}
-	// The service checks sr against its host name without the port.
-	resource := cs.HostName
-	if h, _, err := net.SplitHostPort(cs.HostName); err == nil {
-		resource = h
-	}
-	return &AdminClient{
-		base:     "https://" + cs.HostName + AdminPathPrefix,
-		resource: resource,
-		keyName:  cs.SharedAccessKeyName,
-		key:      cs.SharedAccessKey,
-		hc:       &http.Client{Transport: tr, Timeout: 60 * time.Second},
-	}, nil
+	return AdminClientFor(svc), nil
+}
+
+// AdminClientFor returns a client that reaches the management API through
+// svc, a client of the dpsd that runs the hubs.
+func AdminClientFor(svc *service.Client) *AdminClient {
+	return &AdminClient{svc: svc}
 }
 
 // List lists the hubs.
 func (c *AdminClient) List(ctx context.Context) ([]*Info, error) {
 	var out []*Info
-	return out, c.do(ctx, http.MethodGet, "", nil, &out)
+	return out, c.do(ctx, http.MethodGet, "", nil, nil, &out)
 }
 
 // Create creates a hub.
 func (c *AdminClient) Create(ctx context.Context, name string, req CreateRequest) (*Info, error) {
 	var out Info
-	return &out, c.do(ctx, http.MethodPut, "/"+url.PathEscape(name), req, &out)
+	return &out, c.do(ctx, http.MethodPut, "/"+url.PathEscape(name), nil, req, &out)
 }
 
 // Show describes a hub.
 func (c *AdminClient) Show(ctx context.Context, name string) (*Info, error) {
 	var out Info
-	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name), nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name), nil, nil, &out)
 }
 
 // Delete deletes a hub and its devices.
 func (c *AdminClient) Delete(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/"+url.PathEscape(name), nil, nil)
+	return c.do(ctx, http.MethodDelete, "/"+url.PathEscape(name), nil, nil, nil)
 }
 
 // Devices lists a page of a hub's devices.
@@ -118,19 +89,19 @@ func (c *AdminClient) Devices(ctx context.Context, name, after string, top int) 
 		q.Set("top", strconv.Itoa(top))
 	}
 	var out DeviceList
-	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices?"+q.Encode(), nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices", q, nil, &out)
 }
 
 // Device shows one device identity.
 func (c *AdminClient) Device(ctx context.Context, name, id string) (*hub.Device, error) {
 	var out hub.Device
-	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id), nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id), nil, nil, &out)
 }
 
 // Twin shows one device twin.
 func (c *AdminClient) Twin(ctx context.Context, name, id string) (*hub.Twin, error) {
 	var out hub.Twin
-	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id)+"/twin", nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id)+"/twin", nil, nil, &out)
 }
 
 // Messages lists telemetry a hub received.
@@ -146,49 +117,20 @@ func (c *AdminClient) Messages(ctx context.Context, name, deviceID string, after
 		q.Set("top", strconv.Itoa(top))
 	}
 	var out []Message
-	return out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/messages?"+q.Encode(), nil, &out)
+	return out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/messages", q, nil, &out)
 }
 
-func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = strings.NewReader(string(b))
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
+// do sends one request below AdminPathPrefix. The answer is decoded here
+// rather than by the service client, with numbers kept exact, as twins need.
+func (c *AdminClient) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	var raw json.RawMessage
+	if err := c.svc.Do(ctx, method, AdminPathPrefix+path, query, in, &raw, ""); err != nil {
 		return err
 	}
-	tok, err := sas.New(c.resource, c.keyName, c.key, time.Now().Add(time.Hour))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", tok)
-	req.Header.Set("Accept", "application/json")
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var de dps.Error
-		if json.Unmarshal(data, &de) == nil && de.Message != "" {
-			return &de
-		}
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(data)))
-	}
-	if out != nil && len(data) > 0 {
-		if err := decodeJSON(data, out); err != nil {
+	if out != nil && len(raw) > 0 {
+		if err := decodeJSON(raw, out); err != nil {
 			return fmt.Errorf("decode response: %w", err)
 		}
 	}

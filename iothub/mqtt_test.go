@@ -158,7 +158,11 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dc.subscribe(t, "$iothub/twin/PATCH/properties/desired/#", 0)
+	dc.subscribe(t, "$iothub/twin/res/#", 0)
 	dc.publish(t, "$iothub/twin/PATCH/properties/reported/?$rid=1", 0, `{"before":"restart"}`)
+	// The patch is QoS 0: wait for the hub's answer before disconnecting, or
+	// the disconnect may overtake it.
+	dc.next(t, "$iothub/twin/res/204/")
 	dc.Disconnect(100)
 
 	// Reconnect without restart: session present, push arrives.

@@ -53,15 +53,8 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if h.opt.Authorize != nil {
-		if err := h.opt.Authorize(req); err != nil {
-			var de *dps.Error
-			if !errors.As(err, &de) {
-				de = dps.Errorf(dps.CodeUnauthorized, "Unauthorized.")
-			}
-			dps.WriteError(w, de)
-			return
-		}
+	if !dps.Authorized(w, req, h.opt.Authorize) {
+		return
 	}
 	name, hasName, ok := hubName(req.URL)
 	if !ok {

@@ -23,6 +23,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -32,7 +33,8 @@ import (
 	"github.com/dpsd/dpsd/sas"
 )
 
-// APIVersion is the api-version every request carries.
+// APIVersion is the api-version every request of Azure's service API
+// carries.
 const APIVersion = "2021-10-01"
 
 // DefaultUserAgent is sent when no WithUserAgent option is given.
@@ -197,20 +199,38 @@ func newHTTPClient(o *options) (*http.Client, error) {
 type request struct {
 	op      string // for error messages: `get enrollment "x"`
 	method  string
-	path    string // already escaped, starting with '/'
+	path    string     // already escaped, starting with '/'
+	query   url.Values // nil for none
 	ifMatch string
 	header  map[string]string
 	body    any // JSON-encoded when not nil
 	out     any // decoded from a 200 answer when not nil
 }
 
-// do sends r and returns the response headers of a successful answer.
+// do sends r as a call of Azure's service API, which carries the
+// api-version, and returns the response headers of a successful answer.
 func (c *Client) do(ctx context.Context, r *request) (http.Header, error) {
+	r.query = url.Values{"api-version": {APIVersion}}
 	h, err := c.send(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.op, err)
 	}
 	return h, nil
+}
+
+// Do sends one request to an endpoint the typed methods do not cover, such
+// as dpsd's extension API under /dpsd/, signed, sent and decoded as theirs
+// are. path is already escaped and starts with '/'. query is sent as it is
+// (nil for none): no api-version is added, because the extension API is
+// not versioned. body is sent as JSON when not nil; out is decoded from a
+// 2xx answer other than 204 when not nil; ifMatch, when not empty, is sent
+// as If-Match.
+//
+// Errors answered by the service are *dps.Error, as from the typed methods,
+// but not wrapped with an operation: the caller knows what it was doing.
+func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body, out any, ifMatch string) error {
+	_, err := c.send(ctx, &request{method: method, path: path, query: query, ifMatch: ifMatch, body: body, out: out})
+	return err
 }
 
 func (c *Client) send(ctx context.Context, r *request) (http.Header, error) {
@@ -222,7 +242,11 @@ func (c *Client) send(ctx context.Context, r *request) (http.Header, error) {
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, r.method, c.baseURL+r.path+"?api-version="+APIVersion, body)
+	u := c.baseURL + r.path
+	if len(r.query) > 0 {
+		u += "?" + r.query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
 	if err != nil {
 		return nil, err
 	}
