@@ -138,6 +138,9 @@ type vouchCache struct {
 	byID     map[string]string // lower-case registration id → group id
 	groups   []*dps.EnrollmentGroup
 	loadedAt time.Time
+	// gen counts invalidations. A reload that started before one must not
+	// keep its list: it may hold the group as it was before the change.
+	gen uint64
 }
 
 func newVouchCache(st store.Store, max int) *vouchCache {
@@ -147,13 +150,15 @@ func newVouchCache(st store.Store, max int) *vouchCache {
 func (c *vouchCache) invalidate() {
 	c.mu.Lock()
 	c.groups, c.loadedAt = nil, time.Time{}
+	c.gen++
 	c.mu.Unlock()
 }
 
 // groupListTTL bounds how old the group list used to verify a device may
-// be. Changes made through this process invalidate it at once (see
-// Engine.InvalidateEnrollments); changes made by another node are seen
-// within this time.
+// be. Changes invalidate it at once through Engine.InvalidateEnrollments:
+// this node's writes directly, other nodes' through the store's change
+// notifications (PostgreSQL). The TTL is the bound when a notification is
+// lost, for example while the listener reconnects.
 const groupListTTL = 200 * time.Millisecond
 
 // minReload spaces out the reloads that a device no group vouches for asks.
@@ -259,6 +264,7 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 		c.mu.Unlock()
 		return groups, nil
 	}
+	gen := c.gen
 	c.mu.Unlock()
 
 	var all []*dps.EnrollmentGroup
@@ -279,7 +285,9 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 		opt.After = page[len(page)-1].EnrollmentGroupID
 	}
 	c.mu.Lock()
-	c.groups, c.loadedAt = all, time.Now()
+	if c.gen == gen {
+		c.groups, c.loadedAt = all, time.Now()
+	}
 	c.mu.Unlock()
 	return all, nil
 }

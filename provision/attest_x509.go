@@ -341,11 +341,13 @@ type x509Cache struct {
 	mu       sync.Mutex
 	groups   []*x509Group
 	loadedAt time.Time
+	gen      uint64 // bumped by invalidate; see vouchCache.gen
 }
 
 func (c *x509Cache) invalidate() {
 	c.mu.Lock()
 	c.groups, c.loadedAt = nil, time.Time{}
+	c.gen++
 	c.mu.Unlock()
 }
 
@@ -356,6 +358,7 @@ func (c *x509Cache) list(ctx context.Context) ([]*x509Group, error) {
 		c.mu.Unlock()
 		return g, nil
 	}
+	gen := c.gen
 	c.mu.Unlock()
 
 	all := []*x509Group{}
@@ -386,7 +389,9 @@ func (c *x509Cache) list(ctx context.Context) ([]*x509Group, error) {
 		opt.After = page[len(page)-1].EnrollmentGroupID
 	}
 	c.mu.Lock()
-	c.groups, c.loadedAt = all, time.Now()
+	if c.gen == gen { // nothing changed while loading; else the list may predate the change
+		c.groups, c.loadedAt = all, time.Now()
+	}
 	c.mu.Unlock()
 	return all, nil
 }

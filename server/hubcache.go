@@ -9,8 +9,9 @@ import (
 )
 
 // linkedHubTTL bounds how long allocation uses a list of linked hubs before
-// reading it again. Links changed on this node drop the list at once; a
-// change made on another node counts within this time.
+// reading it again. Links changed on this node, or on another node of a
+// PostgreSQL cluster (through the store's change notifications), drop the
+// list at once; the TTL is the bound when a notification is lost.
 const linkedHubTTL = time.Second
 
 // hubListCache keeps the linked hubs for allocation, which otherwise reads
@@ -22,6 +23,7 @@ type hubListCache struct {
 	mu   sync.Mutex
 	hubs []*linkedhub.Hub
 	at   time.Time
+	gen  uint64 // bumped by invalidate, so a reload racing a change is not kept
 }
 
 // List implements allocate.HubLister.
@@ -32,6 +34,7 @@ func (c *hubListCache) List(ctx context.Context) ([]*linkedhub.Hub, error) {
 		c.mu.Unlock()
 		return hubs, nil
 	}
+	gen := c.gen
 	c.mu.Unlock()
 	hubs, err := c.reg.List(ctx)
 	if err != nil {
@@ -41,7 +44,9 @@ func (c *hubListCache) List(ctx context.Context) ([]*linkedhub.Hub, error) {
 		hubs = []*linkedhub.Hub{}
 	}
 	c.mu.Lock()
-	c.hubs, c.at = hubs, time.Now()
+	if c.gen == gen {
+		c.hubs, c.at = hubs, time.Now()
+	}
 	c.mu.Unlock()
 	return hubs, nil
 }
@@ -49,5 +54,6 @@ func (c *hubListCache) List(ctx context.Context) ([]*linkedhub.Hub, error) {
 func (c *hubListCache) invalidate() {
 	c.mu.Lock()
 	c.hubs = nil
+	c.gen++
 	c.mu.Unlock()
 }

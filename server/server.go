@@ -84,6 +84,9 @@ type Server struct {
 	mqttL  net.Listener
 	info   *Info
 	lock   *os.File // flock on the data directory
+	// onChange drops the caches a change of a record makes stale; see
+	// notifyingStore and followChanges.
+	onChange func(kind store.Kind, id string, deleted bool)
 }
 
 // Start opens the store, prepares TLS and binds the listeners; Serve then
@@ -134,9 +137,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
 	// The service API and the linked-hub endpoints write through svcStore,
-	// which tells the engine's caches about changes made on this node.
+	// which tells the engine's caches about changes made on this node;
+	// Serve has the store tell them about other nodes' changes too.
 	hubList := &hubListCache{}
-	svcStore := &notifyingStore{Store: st, onChange: func(kind store.Kind, id string, deleted bool) {
+	s.onChange = func(kind store.Kind, id string, deleted bool) {
 		switch {
 		case kind == store.KindEnrollmentGroup:
 			s.engine.InvalidateEnrollments()
@@ -147,7 +151,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
 			}
 		}
-	}}
+	}
+	svcStore := &notifyingStore{Store: st, onChange: s.onChange}
 	s.hubs, err = iothub.NewManager(st, iothub.Options{
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
@@ -227,6 +232,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 		defer dbg.Close()
 	}
+	stopFollowing := s.followChanges(ctx)
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
@@ -252,11 +258,32 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
+	stopFollowing()
 	s.closeAll()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, net.ErrClosed) {
 		return serveErr
 	}
 	return nil
+}
+
+// followChanges starts following the changes other nodes make, when the
+// store is shared (store.Notifier), and returns the function that stops
+// it and waits until it has.
+func (s *Server) followChanges(ctx context.Context) (stop func()) {
+	n, ok := s.st.(store.Notifier)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		followChanges(ctx, n, s.onChange, s.log)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 func (s *Server) closeAll() {

@@ -85,3 +85,23 @@ type Store interface {
 	// Close releases the database.
 	Close() error
 }
+
+// Notifier is implemented by stores shared by several dpsd nodes. A node
+// caches some records (the enrollment groups it verifies devices against,
+// the linked hubs it allocates to) and drops its copy at once when it
+// writes one itself; Changes lets it do the same for writes made by the
+// other nodes, instead of serving stale data until the copy expires.
+//
+// Changes delivers the kind of records written by any node, this one
+// included, until ctx ends or the store is closed; then it closes the
+// channel. It delivers only the kinds the store watches (those nodes
+// cache), and coalesces: a kind written many times while the receiver was
+// busy arrives once, so a slow receiver delays but never loses a change. A
+// kind arrives only after the write committed, so reading it then finds
+// the new data. Whenever the store starts watching, and again each time
+// it watches anew after losing its connection, it delivers every watched
+// kind, since anything may have changed meanwhile; the receiver therefore
+// never needs to know whether it was listening.
+type Notifier interface {
+	Changes(ctx context.Context) (<-chan Kind, error)
+}

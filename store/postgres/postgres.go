@@ -67,6 +67,17 @@ type Store struct {
 
 	closed    atomic.Bool
 	closeOnce sync.Once
+
+	// life ends when the store closes, and with it every Changes
+	// listener, which listeners counts. listenMu orders starting a
+	// listener against Close.
+	life      context.Context
+	endLife   context.CancelFunc
+	listenMu  sync.Mutex
+	listeners sync.WaitGroup
+	// listenHook, when set (by tests), is told the backend process id of
+	// each connection that starts listening.
+	listenHook func(pid uint32)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -114,7 +125,8 @@ func Open(ctx context.Context, dsn string) (_ *Store, err error) {
 	if err := migrate(ctx, conn.Conn()); err != nil {
 		return nil, fmt.Errorf("postgres: %s: %w", where, err)
 	}
-	return &Store{pool: pool}, nil
+	life, endLife := context.WithCancel(context.Background())
+	return &Store{pool: pool, life: life, endLife: endLife}, nil
 }
 
 // The statements. Parameters common to all: $1 kind, $2 lower-cased id.
@@ -393,12 +405,17 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close waits for statements in flight to finish and closes the
-// connections. Calls after Close fail with store.ErrUnavailable. Close may
-// be called more than once.
+// Close waits for statements in flight to finish, ends the Changes
+// listeners (closing their channels) and closes the connections. Calls
+// after Close fail with store.ErrUnavailable. Close may be called more
+// than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.listenMu.Lock()
 		s.closed.Store(true)
+		s.listenMu.Unlock()
+		s.endLife()
+		s.listeners.Wait()
 		s.pool.Close()
 	})
 	return nil

@@ -55,6 +55,45 @@ var migrations = []migration{
 			`CREATE INDEX dpsd_records_ref ON ` + recordsTable + ` (kind, ref_key, id_key)`,
 		},
 	},
+	{
+		version: 2,
+		name:    "change notifications",
+		stmts: []string{
+			// Tells listening nodes (Store.Changes) which kind of record
+			// changed. The payload names the table's schema too: the
+			// channel is database-wide, and deployments in other schemas
+			// of the same database must not take each other's writes for
+			// their own. pg_notify sends at commit, so a listener that
+			// reads after being told finds the change.
+			`CREATE FUNCTION dpsd_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN
+				PERFORM pg_notify('` + changesChannel + `', json_build_object(
+					'schema', TG_TABLE_SCHEMA,
+					'kind', CASE TG_OP WHEN 'DELETE' THEN OLD.kind ELSE NEW.kind END)::text);
+				RETURN NULL;
+			END
+			$$`,
+			// Row triggers, because a statement trigger cannot tell the
+			// kind. Only the kinds that nodes cache notify, and the WHEN
+			// clause filters them before the function is called (for
+			// AFTER triggers, before the event is even queued), so the
+			// writes every registration makes (registration records, hub
+			// device identities, allocation logs) cost one comparison and
+			// never take the lock that notifying commits share. Individual
+			// enrollments are not cached today but are written only by
+			// operators, so they notify too: caching them later then needs
+			// no migration, which every node would have to be upgraded
+			// for. Keep this list in step with watchedKinds.
+			`CREATE TRIGGER dpsd_records_notify_write AFTER INSERT OR UPDATE ON ` + recordsTable + ` FOR EACH ROW
+				WHEN (NEW.kind IN ('enrollment', 'enrollmentGroup', 'linkedHub'))
+				EXECUTE FUNCTION dpsd_notify_change()`,
+			// DELETE in a trigger of its own: a WHEN clause of a trigger
+			// that also fires on INSERT cannot read OLD.
+			`CREATE TRIGGER dpsd_records_notify_delete AFTER DELETE ON ` + recordsTable + ` FOR EACH ROW
+				WHEN (OLD.kind IN ('enrollment', 'enrollmentGroup', 'linkedHub'))
+				EXECUTE FUNCTION dpsd_notify_change()`,
+		},
+	},
 }
 
 // migrationLockKey is the pg_advisory_xact_lock key that serializes
