@@ -91,7 +91,7 @@ func TestThroughDPSD(t *testing.T) {
 			}
 			if tt.wantCode != 0 {
 				var de *dps.Error
-				if !errors.As(err, &de) || de.ErrorCode != tt.wantCode || de.Message != "Custom allocation failed with status code: 400" {
+				if !errors.As(err, &de) || de.ErrorCode != tt.wantCode || de.Message != "Custom allocation failed with status code: 400. The webhook answered: Unrecognized device registration." {
 					t.Fatalf("err = %v; want %d with status code 400", err, tt.wantCode)
 				}
 				if e.Outcome != audit.OutcomeFailed || len(e.Attempts) != 1 || !strings.Contains(string(e.Attempts[0].Body), "Unrecognized device registration.") {

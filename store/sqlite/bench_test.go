@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -94,6 +95,40 @@ func BenchmarkGet(b *testing.B) {
 		}
 	})
 	reportOps(b)
+}
+
+// BenchmarkGetMissing measures parallel Gets of ids that do not exist, as
+// a new device's registration makes three of, answered from the key index
+// or, WithoutIndex, by the database.
+func BenchmarkGetMissing(b *testing.B) {
+	for _, indexed := range []bool{true, false} {
+		b.Run(fmt.Sprint("index=", indexed), func(b *testing.B) {
+			var opts []Option
+			if !indexed {
+				opts = append(opts, WithoutIndex())
+			}
+			s, err := Open(b.Context(), filepath.Join(b.TempDir(), "dpsd.db"), opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { s.Close() })
+			const n = 10000
+			var seq atomic.Int64
+			writeN(b, s, n, &seq)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+				for pb.Next() {
+					id := fmt.Sprintf("device-%09d", n+1+r.IntN(n))
+					if _, err := s.Get(b.Context(), store.KindRegistration, id); !errors.Is(err, store.ErrNotFound) {
+						b.Errorf("Get of missing %s: %v", id, err)
+						return
+					}
+				}
+			})
+			reportOps(b)
+		})
+	}
 }
 
 func writeN(b *testing.B, s *Store, n int, seq *atomic.Int64) {

@@ -6,7 +6,9 @@
 // durable commit costs an fsync, so batching is what lets many devices
 // register per second while each is still acknowledged only after its write
 // is on disk. Reads use a separate pool of connections and, thanks to WAL
-// mode, never wait for the writer.
+// mode, never wait for the writer; a Get of a record that does not exist
+// does not even read, but is answered from an in-memory index of the ids
+// that do (index.go).
 package sqlite
 
 import (
@@ -47,12 +49,22 @@ const mmapSize = 1 << 30
 var errClosed = fmt.Errorf("%w: store is closed", store.ErrUnavailable)
 
 // Store is a store.Store in a SQLite database file. It is safe for
-// concurrent use. Only one Store should have a given file open at a time;
-// a second one (in another process) works but its writes wait for locks.
+// concurrent use.
+//
+// A Store keeps an index of the ids that exist, so that a Get of a missing
+// record needs no database read; for that it must be the only writer of
+// the file. Open therefore fails while another Store, in this process or
+// another, has the file open, unless both are opened WithoutIndex.
+// Programs that are not a Store (the sqlite3 shell, a backup tool) must not
+// write the file while a Store with an index has it open: Gets would not
+// see records they create. Reading it is fine.
 type Store struct {
 	path string
 	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
 	rdb  *sql.DB // read-only pool
+
+	idx  *keyIndex // nil WithoutIndex
+	lock *os.File  // flock held while open (see lockFile); nil if none
 
 	getStmt     *sql.Stmt
 	listStmt    *sql.Stmt
@@ -67,13 +79,34 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// An Option changes how Open opens a database.
+type Option func(*options)
+
+type options struct {
+	noIndex bool
+}
+
+// WithoutIndex opens the database without the in-memory index of ids, so
+// every Get reads the database. Stores opened WithoutIndex may have the
+// same file open at the same time (their writes then wait for each
+// other's locks); none of them may be open together with a Store that has
+// the index.
+func WithoutIndex() Option { return func(o *options) { o.noIndex = true } }
+
 // Open opens or creates the database at path (for example
 // "/var/lib/dpsd/dpsd.db"), creating its directory if needed, and brings the
-// schema up to date. ctx bounds only the opening and migration.
-func Open(ctx context.Context, path string) (_ *Store, err error) {
+// schema up to date. ctx bounds only the opening and migration. Next to the
+// database it keeps a lock file, path + ".lock", which tells Stores that
+// have the same database open apart.
+func Open(ctx context.Context, path string, opts ...Option) (_ *Store, err error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path")
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	indexed := !o.noIndex && haveFlock
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: database path: %w", err)
@@ -85,8 +118,14 @@ func Open(ctx context.Context, path string) (_ *Store, err error) {
 	defer func() {
 		if err != nil {
 			s.closeDBs()
+			s.unlock()
 		}
 	}()
+	// Taken before the database is touched, so that an indexed Store never
+	// misses a write by another Store, not even during its migration.
+	if s.lock, err = lockFile(abs+".lock", indexed); err != nil {
+		return nil, fmt.Errorf("sqlite: %s: %w", abs, err)
+	}
 
 	// The writer's connection is opened first because it switches the file
 	// to WAL mode, which readers then share.
@@ -154,7 +193,10 @@ func Open(ctx context.Context, path string) (_ *Store, err error) {
 		}
 	}
 
-	s.w, err = startWriter(ctx, conn)
+	if indexed {
+		s.idx = newKeyIndex(s.rdb)
+	}
+	s.w, err = startWriter(ctx, conn, s.idx)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %s: %w", abs, err)
 	}
@@ -193,9 +235,13 @@ func (s *Store) Get(ctx context.Context, kind store.Kind, id string) (store.Reco
 	if s.closed.Load() {
 		return store.Record{}, errClosed
 	}
+	k := key(id)
+	if s.idx != nil && s.idx.absent(kind, k) {
+		return store.Record{}, fmt.Errorf("get %s %q: %w", kind, id, store.ErrNotFound)
+	}
 	rec := store.Record{Kind: kind}
 	var created, updated int64
-	err := s.getStmt.QueryRowContext(ctx, string(kind), key(id)).
+	err := s.getStmt.QueryRowContext(ctx, string(kind), k).
 		Scan(&rec.ID, &rec.Ref, &rec.Data, &rec.ETag, &created, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Record{}, fmt.Errorf("get %s %q: %w", kind, id, store.ErrNotFound)
@@ -281,9 +327,22 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.w.close()
+		if s.idx != nil {
+			s.idx.close()
+		}
 		s.closeErr = s.closeDBs()
+		// Only now may another Store write the file.
+		s.unlock()
 	})
 	return s.closeErr
+}
+
+// unlock releases the lock file; closing it drops the flock.
+func (s *Store) unlock() {
+	if s.lock != nil {
+		s.lock.Close()
+		s.lock = nil
+	}
 }
 
 func (s *Store) closeDBs() error {

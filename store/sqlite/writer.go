@@ -48,6 +48,7 @@ type result struct {
 type writer struct {
 	conn *sql.Conn
 	ops  chan *op
+	idx  *keyIndex // kept up to date with every batch; nil if none
 
 	// mu guards closed and orders it against sends on ops, so nothing is
 	// sent on ops after it is closed.
@@ -58,8 +59,8 @@ type writer struct {
 	sel, ins, upd, del *sql.Stmt
 }
 
-func startWriter(ctx context.Context, conn *sql.Conn) (*writer, error) {
-	w := &writer{conn: conn, ops: make(chan *op, maxBatch), exited: make(chan struct{})}
+func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, error) {
+	w := &writer{conn: conn, ops: make(chan *op, maxBatch), idx: idx, exited: make(chan struct{})}
 	for _, p := range []struct {
 		stmt **sql.Stmt
 		sql  string
@@ -169,9 +170,16 @@ func (w *writer) process(batch []*op) {
 	if len(live) == 0 {
 		return
 	}
+	if w.idx != nil {
+		// Before anything commits, and until every outcome is noted: see
+		// keyIndex for why the index stays correct.
+		w.idx.beginBatch(live)
+		defer w.idx.endBatch()
+	}
 	results, err := w.commit(live)
 	if err == nil {
 		for i, o := range live {
+			w.noteDelete(o, results[i])
 			o.done <- results[i]
 		}
 		return
@@ -194,7 +202,16 @@ func (w *writer) process(batch []*op) {
 			o.done <- result{err: err}
 			continue
 		}
+		w.noteDelete(o, res[0])
 		o.done <- res[0]
+	}
+}
+
+// noteDelete tells the index about a committed delete, so it knows how
+// many of its hashes may be stale.
+func (w *writer) noteDelete(o *op, r result) {
+	if w.idx != nil && !o.put && r.err == nil {
+		w.idx.deleted(o.rec.Kind)
 	}
 }
 
