@@ -443,8 +443,8 @@ func MaskURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// Do not echo something unparseable that may hold a key.
-		if i := strings.IndexAny(raw, "?#"); i >= 0 {
-			return raw[:i] + "?****"
+		if i := strings.IndexAny(raw, "?#@"); i >= 0 {
+			return "****"
 		}
 		return raw
 	}

@@ -130,9 +130,9 @@ type Hub struct {
 
 	mu      sync.Mutex
 	closing bool
-	conns   map[net.Conn]*connInfo // open device connections
-	devices map[string]*devState   // by lower-cased device id
-	methods map[string]chan MethodResult
+	conns   map[net.Conn]*connInfo   // open device connections
+	devices map[string]*devState     // by lower-cased device id
+	methods map[string]pendingMethod // by request id
 	wg      sync.WaitGroup
 }
 
@@ -199,7 +199,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		methodTimeout: o.methodTimeout,
 		conns:         make(map[net.Conn]*connInfo),
 		devices:       make(map[string]*devState),
-		methods:       make(map[string]chan MethodResult),
+		methods:       make(map[string]pendingMethod),
 	}
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,

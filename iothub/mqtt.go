@@ -553,7 +553,7 @@ func (h *Hub) InvokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	rid := strconv.FormatUint(nextRID(), 16)
 	ch := make(chan MethodResult, 1)
 	h.mu.Lock()
-	h.methods[rid] = ch
+	h.methods[rid] = pendingMethod{deviceID: id, ch: ch}
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -589,6 +589,12 @@ func nextRID() uint64 {
 	return ridSeq
 }
 
+// pendingMethod is a direct method call waiting for its device's answer.
+type pendingMethod struct {
+	deviceID string
+	ch       chan MethodResult
+}
+
 func (h *Hub) handleMethodResponse(id, topic string, payload []byte) {
 	rest := strings.TrimPrefix(topic, topicMethodsRes)
 	statusStr, query, _ := strings.Cut(rest, "/")
@@ -608,9 +614,12 @@ func (h *Hub) handleMethodResponse(id, topic string, payload []byte) {
 		body = json.RawMessage("null")
 	}
 	h.mu.Lock()
-	ch := h.methods[rid]
+	p, ok := h.methods[rid]
 	h.mu.Unlock()
-	if ch != nil {
+	// Only the device the method was sent to may answer it: request ids
+	// are sequential, so another device could otherwise guess one.
+	if ok && strings.EqualFold(p.deviceID, id) {
+		ch := p.ch
 		select {
 		case ch <- MethodResult{Status: status, Payload: body}:
 		default:

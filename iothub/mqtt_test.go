@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dpsd/dpsd/hub"
+	"github.com/dpsd/dpsd/iothub"
 )
 
 func TestMQTTDeviceFlow(t *testing.T) {
@@ -204,5 +205,49 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 	dc.Disconnect(100)
 	if _, present, err = dialDevice(t, e, "dev1", dialOpts{host: host, addr: mqttAddr(h), tlsName: host}); err != nil || present {
 		t.Fatalf("after clean session: present=%v err=%v", present, err)
+	}
+}
+
+// TestMethodAnswersOnlyFromTheTarget checks that a device cannot answer a
+// direct method sent to another device by guessing its request id.
+func TestMethodAnswersOnlyFromTheTarget(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("method-hub", "127.0.0.30")
+	host := h.Config().HostName
+	createDevice(t, h, "target")
+	createDevice(t, h, "intruder")
+	target, _, err := dialDevice(t, e, "target", dialOpts{host: host, addr: mqttAddr(h), tlsName: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target.subscribe(t, "$iothub/methods/POST/#", 0)
+	intruder, _, err := dialDevice(t, e, "intruder", dialOpts{host: host, addr: mqttAddr(h), tlsName: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type answer struct {
+		res *iothub.MethodResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := h.InvokeMethod(context.Background(), "target", &iothub.MethodRequest{MethodName: "reboot", ResponseTimeoutInSeconds: 20})
+		done <- answer{res, err}
+	}()
+	m := target.next(t, "$iothub/methods/POST/reboot/")
+	_, query, _ := strings.Cut(m.Topic(), "?")
+	// The intruder answers first, with the right request id. A twin GET
+	// after it on the same connection is answered only once the broker has
+	// handled the intruder's answer, since a connection's packets are
+	// handled in order.
+	intruder.subscribe(t, "$iothub/twin/res/#", 0)
+	intruder.publish(t, "$iothub/methods/res/200/?"+query, 0, `{"from":"intruder"}`)
+	intruder.publish(t, "$iothub/twin/GET/?$rid=sync", 0, " ")
+	intruder.next(t, "$iothub/twin/res/")
+	target.publish(t, "$iothub/methods/res/200/?"+query, 0, `{"from":"target"}`)
+	a := <-done
+	if a.err != nil || !strings.Contains(string(a.res.Payload), "target") {
+		t.Fatalf("method answer = %+v, %v; want the target's", a.res, a.err)
 	}
 }

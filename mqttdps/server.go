@@ -360,11 +360,17 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	s.cancel()
 
+	// Close outside the lock: a connection whose peer stopped reading may
+	// take a moment to close, and the broker's hooks need the lock.
 	s.mu.Lock()
+	active := make([]net.Conn, 0, len(s.active))
 	for c := range s.active {
-		c.Close()
+		active = append(active, c)
 	}
 	s.mu.Unlock()
+	for _, c := range active {
+		c.Close()
+	}
 	if err == nil && !waitCtx(ctx, &s.conns) {
 		err = ctx.Err()
 	}

@@ -106,13 +106,14 @@ func (c *conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Close sends a close frame (best effort) and closes the connection.
+// Close sends a close frame (best effort) and closes the connection. It
+// takes no write lock: gorilla allows WriteControl and Close beside a
+// running write, and closing must unblock a write to a peer that stopped
+// reading rather than wait for it.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-		c.wmu.Lock()
 		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-		c.wmu.Unlock()
 		c.closeErr = c.ws.Close()
 	})
 	return c.closeErr

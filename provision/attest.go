@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -194,13 +195,13 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, rem
 		if err != nil {
 			return nil, unavailable(err)
 		}
-		for i, g := range groups {
+		for _, g := range groups {
 			if strings.EqualFold(g.EnrollmentGroupID, remembered) {
 				continue
 			}
 			if v := verifyGroup(tok, g, regID); v != nil {
 				c.remember(key, g.EnrollmentGroupID)
-				c.promote(i)
+				c.promote(g)
 				return v, nil
 			}
 		}
@@ -267,7 +268,7 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 	gen := c.gen
 	c.mu.Unlock()
 
-	var all []*dps.EnrollmentGroup
+	all := []*dps.EnrollmentGroup{} // non-nil even when empty: an empty list is cached too
 	opt := store.ListOptions{Limit: 1000}
 	for range 1000 { // bounded: 1,000 pages of 1,000 groups
 		page, more, err := enroll.ListGroups(ctx, c.st, opt)
@@ -292,19 +293,23 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 	return all, nil
 }
 
-// promote moves the group at index i of the current list to the front, so
-// fleets dominated by one group find it with the first HMAC.
-func (c *vouchCache) promote(i int) {
+// promote moves g to the front of the current list, so fleets dominated by
+// one group find it with the first HMAC. The list may have been reloaded
+// since g was read from it; then g is found by id, or left alone.
+func (c *vouchCache) promote(g *dps.EnrollmentGroup) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if i <= 0 || i >= len(c.groups) {
+	i := slices.IndexFunc(c.groups, func(x *dps.EnrollmentGroup) bool {
+		return strings.EqualFold(x.EnrollmentGroupID, g.EnrollmentGroupID)
+	})
+	if i <= 0 {
 		return
 	}
-	g := make([]*dps.EnrollmentGroup, 0, len(c.groups))
-	g = append(g, c.groups[i])
-	g = append(g, c.groups[:i]...)
-	g = append(g, c.groups[i+1:]...)
-	c.groups = g
+	groups := make([]*dps.EnrollmentGroup, 0, len(c.groups))
+	groups = append(groups, c.groups[i])
+	groups = append(groups, c.groups[:i]...)
+	groups = append(groups, c.groups[i+1:]...)
+	c.groups = groups
 }
 
 func (c *vouchCache) remember(regKey, groupID string) {

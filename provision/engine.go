@@ -266,7 +266,9 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 		// write the record once. A concurrent registration of the same
 		// device loses the compare-and-swap and returns the winner's result.
 		r := e.newRecord(&req, who, prev, opID)
-		e.complete(ctx, r, in, who)
+		wctx, cancel := context.WithTimeout(ctx, e.opt.WorkTimeout)
+		e.complete(wctx, r, in, who)
+		cancel()
 		stored, err := e.commit(ctx, r, prev)
 		if err != nil {
 			return Result{}, err
@@ -292,8 +294,8 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	case <-time.After(e.opt.SyncWait):
 	case <-ctx.Done():
 	}
-	latest, err := enroll.GetRegistration(ctx, e.st, req.RegistrationID)
-	if err != nil {
+	latest, err := e.loadRegistration(ctx, req.RegistrationID)
+	if err != nil || latest == nil {
 		return e.result(stored), nil
 	}
 	return e.registerAnswer(latest), nil
@@ -563,7 +565,11 @@ func (e *Engine) startBackground(r, prev *enroll.Registration, in *AllocationInp
 			e.rollback(r, prev)
 			return
 		}
-		if _, err := e.commit(ctx, &final, r); err != nil {
+		// Record the outcome even when the work ran out of time: the
+		// device must learn it failed rather than poll "assigning".
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer ccancel()
+		if _, err := e.commit(cctx, &final, r); err != nil {
 			e.log.Error("recording registration result failed", "registrationId", r.State.RegistrationID, "err", err)
 		}
 	}()

@@ -252,11 +252,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.mqtt.Close(sctx); err != nil {
 		s.log.Warn("mqtt shutdown", "err", err)
 	}
-	if err := s.hubs.Close(sctx); err != nil {
-		s.log.Warn("built-in hubs shutdown", "err", err)
-	}
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
+	}
+	if err := s.hubs.Close(sctx); err != nil {
+		s.log.Warn("built-in hubs shutdown", "err", err)
 	}
 	stopFollowing()
 	s.closeAll()
