@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/enroll"
 	"github.com/dpsd/dpsd/sas"
 	"github.com/dpsd/dpsd/store"
 )
@@ -176,7 +177,7 @@ func (r *Registry) Update(ctx context.Context, name string, def Definition, ifMa
 		if err != nil {
 			return nil, err
 		}
-		if ifMatch != "" && ifMatch != "*" && ifMatch != h.ETag {
+		if ifMatch != "" && !enroll.ETagMatch(h.ETag, ifMatch) {
 			return nil, dps.Errorf(dps.CodePreconditionFailed, "The etag %s does not match the linked hub's current etag.", ifMatch)
 		}
 		etag := h.ETag
@@ -219,7 +220,8 @@ func (r *Registry) Put(ctx context.Context, def Definition) (*Hub, error) {
 // Delete unlinks a hub. ifMatch works as in Update. Enrollments that name
 // the hub keep its name; allocation then reports it as not linked.
 func (r *Registry) Delete(ctx context.Context, name, ifMatch string) error {
-	err := r.st.Delete(ctx, Kind, name, store.Condition{IfMatch: ifMatch})
+	// Clients send the etag quoted or not, as for enrollments.
+	err := r.st.Delete(ctx, Kind, name, store.Condition{IfMatch: enroll.NormalizeETag(ifMatch)})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return notLinked(name)

@@ -238,3 +238,28 @@ func TestHandler(t *testing.T) {
 		t.Errorf("Authorize called %d times; want %d (once per request)", authorized, len(steps))
 	}
 }
+
+func TestQuotedETags(t *testing.T) {
+	ctx := t.Context()
+	reg := New(newStore(t))
+	h, err := reg.Create(ctx, Definition{ConnectionString: toastersCS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Clients send etags quoted, weak or bare, as for enrollments.
+	for _, form := range []func(string) string{
+		func(e string) string { return `"` + e + `"` },
+		func(e string) string { return `W/"` + e + `"` },
+		func(e string) string { return e },
+	} {
+		if h, err = reg.Update(ctx, toasters, Definition{AllocationWeight: ptr(2)}, form(h.ETag)); err != nil {
+			t.Fatalf("update with If-Match %s: %v", form(h.ETag), err)
+		}
+	}
+	if _, err := reg.Update(ctx, toasters, Definition{AllocationWeight: ptr(3)}, `"stale"`); code(err) != dps.CodePreconditionFailed {
+		t.Fatalf("stale etag: %v", err)
+	}
+	if err := reg.Delete(ctx, toasters, `"`+h.ETag+`"`); err != nil {
+		t.Fatalf("delete with a quoted etag: %v", err)
+	}
+}
