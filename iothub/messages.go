@@ -43,12 +43,14 @@ var systemPropertyNames = map[string]string{
 	"$.sub":  "dt-subject",
 }
 
-// messageBuffer keeps the most recent messages of a hub.
+// messageBuffer keeps the most recent messages of a hub in a ring, so
+// adding one costs the same however full it is.
 type messageBuffer struct {
 	mu   sync.Mutex
 	max  int
 	seq  int64
-	msgs []Message
+	msgs []Message // grows to max, then wraps at next
+	next int       // where the next message goes once full; also the oldest
 }
 
 func newMessageBuffer(n int) *messageBuffer {
@@ -63,20 +65,22 @@ func (b *messageBuffer) add(m Message) {
 	defer b.mu.Unlock()
 	b.seq++
 	m.SequenceNumber = b.seq
-	if len(b.msgs) >= b.max {
-		// Drop the oldest; copying keeps the slice from growing forever.
-		b.msgs = append(b.msgs[:0], b.msgs[len(b.msgs)-b.max+1:]...)
+	if len(b.msgs) < b.max {
+		b.msgs = append(b.msgs, m)
+		return
 	}
-	b.msgs = append(b.msgs, m)
+	b.msgs[b.next] = m
+	b.next = (b.next + 1) % b.max
 }
 
-// list returns up to limit messages after sequence number after, for one
-// device if deviceID is not empty.
+// list returns up to limit messages after sequence number after, oldest
+// first, for one device if deviceID is not empty.
 func (b *messageBuffer) list(deviceID string, after int64, limit int) []Message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := []Message{}
-	for _, m := range b.msgs {
+	for i := range b.msgs {
+		m := b.msgs[(b.next+i)%len(b.msgs)]
 		if m.SequenceNumber <= after || (deviceID != "" && !strings.EqualFold(m.DeviceID, deviceID)) {
 			continue
 		}
