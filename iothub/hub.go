@@ -298,6 +298,9 @@ func (h *Hub) setConnected(id string, cl *mqtt.Client, connected bool) {
 	key := strings.ToLower(id)
 	s := h.devices[key]
 	if s == nil {
+		if !connected {
+			return // a deleted device's connection ending
+		}
 		s = &devState{}
 		h.devices[key] = s
 	}
@@ -305,10 +308,19 @@ func (h *Hub) setConnected(id string, cl *mqtt.Client, connected bool) {
 		return // an older connection ended after a newer one took over
 	}
 	now := h.now()
-	s.cl, s.connected, s.stateChanged = cl, connected, now
+	s.connected, s.stateChanged = connected, now
 	if connected {
-		s.lastActivity = now
+		s.cl, s.lastActivity = cl, now
+	} else {
+		s.cl = nil // let the ended connection be collected
 	}
+}
+
+// forget drops what the hub remembers of a deleted device's connections.
+func (h *Hub) forget(id string) {
+	h.mu.Lock()
+	delete(h.devices, strings.ToLower(id))
+	h.mu.Unlock()
 }
 
 func (h *Hub) touch(id string) {

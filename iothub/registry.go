@@ -359,6 +359,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 			return storeErr(err)
 		}
 		h.disconnect(d.DeviceID)
+		h.forget(d.DeviceID)
 		h.dropSession(ctx, d.DeviceID)
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil
