@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -22,6 +21,7 @@ import (
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/enroll"
 	"github.com/dpsd/dpsd/linkedhub"
+	"github.com/dpsd/dpsd/localca"
 	"github.com/dpsd/dpsd/provision"
 )
 
@@ -140,26 +140,11 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if roots != nil || len(files) > 0 {
-		pool := roots
-		if pool == nil {
-			// CA files add to the system roots, so public webhooks keep
-			// working next to one signed by a private CA.
-			sys, err := x509.SystemCertPool()
-			if err != nil || sys == nil {
-				sys = x509.NewCertPool()
-			}
-			pool = sys
-		} else {
-			pool = pool.Clone()
-		}
-		for _, f := range files {
-			pem, err := os.ReadFile(f)
-			if err != nil {
-				return nil, fmt.Errorf("allocate: read webhook CA file: %w", err)
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("allocate: webhook CA file %s holds no PEM certificate", f)
-			}
+		// CA files add to the system roots, so public webhooks keep
+		// working next to one signed by a private CA.
+		pool, err := localca.PoolWithFiles(roots, files...)
+		if err != nil {
+			return nil, fmt.Errorf("allocate: webhook CA: %w", err)
 		}
 		tc.RootCAs = pool
 	}

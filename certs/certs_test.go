@@ -275,3 +275,19 @@ func TestPKIFiles(t *testing.T) {
 		t.Error("a device certificate signed a certificate")
 	}
 }
+
+// downStore is a store whose database cannot be reached.
+type downStore struct{ store.Store }
+
+func (downStore) List(context.Context, store.Kind, store.ListOptions) ([]store.Record, bool, error) {
+	return nil, false, store.ErrUnavailable
+}
+
+func TestHandlerStoreUnavailable(t *testing.T) {
+	h := New(downStore{newStore(t)}, nil).Handler(HandlerOptions{})
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/dpsd/certificates", nil))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Errorf("list with the store down: %d, Retry-After %q; want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+}

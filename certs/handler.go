@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/dpsd/dpsd/apierror"
 	"github.com/dpsd/dpsd/dps"
 )
 
@@ -135,7 +136,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		err = dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", req.Method, req.URL.Path)
 	}
 	if err != nil {
-		dps.WriteError(w, err)
+		apierror.Write(w, req, h.opt.Logger, err)
 		return
 	}
 	if c, ok := out.(*Certificate); ok && c.ETag != "" {

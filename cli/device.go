@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dpsd/dpsd/client/device"
+	"github.com/dpsd/dpsd/localca"
 	"github.com/dpsd/dpsd/server"
 )
 
@@ -101,18 +102,9 @@ func (df *deviceFlags) resolve() (*deviceTarget, error) {
 		caFiles = append(caFiles, df.caFile)
 	}
 	if len(caFiles) > 0 {
-		pool, err := x509.SystemCertPool()
+		pool, err := localca.PoolWithFiles(nil, caFiles...)
 		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		for _, f := range caFiles {
-			pem, err := os.ReadFile(f)
-			if err != nil {
-				return nil, fmt.Errorf("read CA file: %w", err)
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
-			}
+			return nil, err
 		}
 		t.roots = pool
 	}

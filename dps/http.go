@@ -1,14 +1,14 @@
 package dps
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // ContentTypeJSON is the content type of every JSON answer. The Node SDKs
@@ -76,10 +76,6 @@ func RetryAfterSeconds(d time.Duration) string {
 	return strconv.Itoa(int(math.Ceil(d.Seconds())))
 }
 
-// NewTrackingID returns a random id that ties an error to its log line.
-func NewTrackingID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
+// NewTrackingID returns a random (version 4) UUID that ties an error to its
+// log line.
+func NewTrackingID() string { return uuid.NewString() }

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/dpsd/dpsd/sas"
 )
 
@@ -263,7 +265,7 @@ func (c *Client) once(ctx context.Context, method, path, match string, body []by
 	}
 	req.Header.Set("Authorization", tok)
 	req.Header.Set("User-Agent", userAgent)
-	req.Header.Set("Request-Id", newRequestID())
+	req.Header.Set("Request-Id", uuid.NewString())
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json; charset=utf-8")
 	}
@@ -309,14 +311,4 @@ func (c *Client) sasToken() (string, error) {
 	}
 	c.token, c.tokenExp = tok, exp
 	return tok, nil
-}
-
-func newRequestID() string {
-	var b [16]byte
-	for i := range b {
-		b[i] = byte(rand.N(256))
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/dpsd/dpsd/apierror"
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/sas"
 )
@@ -105,7 +106,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		err = dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", req.Method, req.URL.Path)
 	}
 	if err != nil {
-		dps.WriteError(w, apiError(err))
+		apierror.Write(w, req, h.opt.Logger, apiError(err))
 		return
 	}
 	if hub, ok := out.(*Hub); ok && hub.ETag != "" {
@@ -190,7 +191,8 @@ func decodeBody(req *http.Request, v any) error {
 	return nil
 }
 
-// apiError maps store and lookup errors to the answer a client sees.
+// apiError maps lookup errors to the answer a client sees; apierror.Write
+// maps the rest.
 func apiError(err error) error {
 	if errors.Is(err, ErrNotFound) {
 		var de *dps.Error

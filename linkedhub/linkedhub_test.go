@@ -2,6 +2,7 @@ package linkedhub
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -261,5 +262,21 @@ func TestQuotedETags(t *testing.T) {
 	}
 	if err := reg.Delete(ctx, toasters, `"`+h.ETag+`"`); err != nil {
 		t.Fatalf("delete with a quoted etag: %v", err)
+	}
+}
+
+// downStore is a store whose database cannot be reached.
+type downStore struct{ store.Store }
+
+func (downStore) List(context.Context, store.Kind, store.ListOptions) ([]store.Record, bool, error) {
+	return nil, false, store.ErrUnavailable
+}
+
+func TestHandlerStoreUnavailable(t *testing.T) {
+	h := New(downStore{newStore(t)}).Handler(HandlerOptions{Logger: slog.New(slog.DiscardHandler)})
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/dpsd/linkedHubs", nil))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Errorf("list with the store down: %d, Retry-After %q; want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
 	}
 }

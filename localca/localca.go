@@ -214,3 +214,30 @@ func randomSerial() *big.Int {
 	}
 	return n
 }
+
+// PoolWithFiles returns a pool of base's certificates, or the system roots
+// when base is nil, plus the CA certificates in the PEM files. Extra CAs
+// add trust rather than replace it, so public endpoints keep working next to
+// ones signed by a private CA (dpsd's own, for one). base is not modified.
+func PoolWithFiles(base *x509.CertPool, files ...string) (*x509.CertPool, error) {
+	var pool *x509.CertPool
+	if base != nil {
+		pool = base.Clone()
+	} else if sys, err := x509.SystemCertPool(); err == nil && sys != nil {
+		pool = sys
+	} else {
+		// No system roots (some platforms, minimal containers): the files
+		// alone are still worth trusting.
+		pool = x509.NewCertPool()
+	}
+	for _, f := range files {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read CA file: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
+		}
+	}
+	return pool, nil
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/enroll"
+	"github.com/dpsd/dpsd/listcache"
 	"github.com/dpsd/dpsd/sas"
 	"github.com/dpsd/dpsd/store"
 )
@@ -132,28 +133,19 @@ func decodeKey(k string) []byte {
 // registration id, and keeps the list of groups, so that a registration
 // costs one or two HMACs rather than one per group.
 type vouchCache struct {
-	st  store.Store
-	max int
+	max    int
+	groups *listcache.Cache[*dps.EnrollmentGroup] // the symmetric-key groups
 
-	mu       sync.Mutex
-	byID     map[string]string // lower-case registration id → group id
-	groups   []*dps.EnrollmentGroup
-	loadedAt time.Time
-	// gen counts invalidations. A reload that started before one must not
-	// keep its list: it may hold the group as it was before the change.
-	gen uint64
+	mu   sync.Mutex
+	byID map[string]string // lower-case registration id → group id
 }
 
 func newVouchCache(st store.Store, max int) *vouchCache {
-	return &vouchCache{st: st, max: max, byID: make(map[string]string)}
+	load := func(ctx context.Context) ([]*dps.EnrollmentGroup, error) { return listSymmetricKeyGroups(ctx, st) }
+	return &vouchCache{max: max, groups: listcache.New(groupListTTL, load), byID: make(map[string]string)}
 }
 
-func (c *vouchCache) invalidate() {
-	c.mu.Lock()
-	c.groups, c.loadedAt = nil, time.Time{}
-	c.gen++
-	c.mu.Unlock()
-}
+func (c *vouchCache) invalidate() { c.groups.Invalidate() }
 
 // groupListTTL bounds how old the group list used to verify a device may
 // be. Changes invalidate it at once through Engine.InvalidateEnrollments:
@@ -258,20 +250,18 @@ func encodeKey(b []byte) string {
 // (at most once per minReload, so devices with wrong keys cannot turn
 // every request into a scan of the groups).
 func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.EnrollmentGroup, error) {
-	c.mu.Lock()
-	age := time.Since(c.loadedAt)
-	if c.groups != nil && age < groupListTTL && (!reload || age < minReload) {
-		groups := c.groups
-		c.mu.Unlock()
-		return groups, nil
+	if reload {
+		return c.groups.ListFresh(ctx, minReload)
 	}
-	gen := c.gen
-	c.mu.Unlock()
+	return c.groups.List(ctx)
+}
 
-	all := []*dps.EnrollmentGroup{} // non-nil even when empty: an empty list is cached too
+// listSymmetricKeyGroups reads every symmetric-key enrollment group.
+func listSymmetricKeyGroups(ctx context.Context, st store.Store) ([]*dps.EnrollmentGroup, error) {
+	all := []*dps.EnrollmentGroup{}
 	opt := store.ListOptions{Limit: 1000}
 	for range 1000 { // bounded: 1,000 pages of 1,000 groups
-		page, more, err := enroll.ListGroups(ctx, c.st, opt)
+		page, more, err := enroll.ListGroups(ctx, st, opt)
 		if err != nil {
 			return nil, fmt.Errorf("list enrollment groups: %w", err)
 		}
@@ -285,11 +275,6 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 		}
 		opt.After = page[len(page)-1].EnrollmentGroupID
 	}
-	c.mu.Lock()
-	if c.gen == gen {
-		c.groups, c.loadedAt = all, time.Now()
-	}
-	c.mu.Unlock()
 	return all, nil
 }
 
@@ -297,19 +282,20 @@ func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.Enrollm
 // one group find it with the first HMAC. The list may have been reloaded
 // since g was read from it; then g is found by id, or left alone.
 func (c *vouchCache) promote(g *dps.EnrollmentGroup) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i := slices.IndexFunc(c.groups, func(x *dps.EnrollmentGroup) bool {
-		return strings.EqualFold(x.EnrollmentGroupID, g.EnrollmentGroupID)
+	c.groups.Update(func(cur []*dps.EnrollmentGroup) []*dps.EnrollmentGroup {
+		i := slices.IndexFunc(cur, func(x *dps.EnrollmentGroup) bool {
+			return strings.EqualFold(x.EnrollmentGroupID, g.EnrollmentGroupID)
+		})
+		if i <= 0 {
+			return cur
+		}
+		// A new slice: callers of groupList may still be reading cur.
+		groups := make([]*dps.EnrollmentGroup, 0, len(cur))
+		groups = append(groups, cur[i])
+		groups = append(groups, cur[:i]...)
+		groups = append(groups, cur[i+1:]...)
+		return groups
 	})
-	if i <= 0 {
-		return
-	}
-	groups := make([]*dps.EnrollmentGroup, 0, len(c.groups))
-	groups = append(groups, c.groups[i])
-	groups = append(groups, c.groups[:i]...)
-	groups = append(groups, c.groups[i+1:]...)
-	c.groups = groups
 }
 
 func (c *vouchCache) remember(regKey, groupID string) {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dpsd/dpsd/certs"
@@ -164,7 +163,7 @@ func (e *Engine) verifyX509Individual(ctx context.Context, req *Request, ie *dps
 // attestX509Group finds the most specific enrollment group that vouches for
 // the device's chain.
 func (e *Engine) attestX509Group(ctx context.Context, req *Request) (*vouched, error) {
-	groups, err := e.x509Groups.list(ctx)
+	groups, err := e.x509Groups.List(ctx)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -333,38 +332,14 @@ type x509Group struct {
 	caRefs  *dps.X509CAReferences
 }
 
-// x509Cache keeps the X.509 enrollment groups, parsed, for groupListTTL,
-// so a registration does not read and parse every group.
-type x509Cache struct {
-	st store.Store
-
-	mu       sync.Mutex
-	groups   []*x509Group
-	loadedAt time.Time
-	gen      uint64 // bumped by invalidate; see vouchCache.gen
-}
-
-func (c *x509Cache) invalidate() {
-	c.mu.Lock()
-	c.groups, c.loadedAt = nil, time.Time{}
-	c.gen++
-	c.mu.Unlock()
-}
-
-func (c *x509Cache) list(ctx context.Context) ([]*x509Group, error) {
-	c.mu.Lock()
-	if c.groups != nil && time.Since(c.loadedAt) < groupListTTL {
-		g := c.groups
-		c.mu.Unlock()
-		return g, nil
-	}
-	gen := c.gen
-	c.mu.Unlock()
-
+// listX509Groups reads every X.509 enrollment group and parses its
+// certificates; the engine keeps the result for groupListTTL, so a
+// registration does not read and parse every group.
+func listX509Groups(ctx context.Context, st store.Store) ([]*x509Group, error) {
 	all := []*x509Group{}
 	opt := store.ListOptions{Limit: 1000}
 	for range 1000 { // bounded: 1,000 pages of 1,000 groups
-		page, more, err := enroll.ListGroups(ctx, c.st, opt)
+		page, more, err := enroll.ListGroups(ctx, st, opt)
 		if err != nil {
 			return nil, fmt.Errorf("list enrollment groups: %w", err)
 		}
@@ -388,10 +363,5 @@ func (c *x509Cache) list(ctx context.Context) ([]*x509Group, error) {
 		}
 		opt.After = page[len(page)-1].EnrollmentGroupID
 	}
-	c.mu.Lock()
-	if c.gen == gen { // nothing changed while loading; else the list may predate the change
-		c.groups, c.loadedAt = all, time.Now()
-	}
-	c.mu.Unlock()
 	return all, nil
 }

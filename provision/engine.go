@@ -14,6 +14,7 @@ import (
 
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/enroll"
+	"github.com/dpsd/dpsd/listcache"
 	"github.com/dpsd/dpsd/store"
 )
 
@@ -142,7 +143,7 @@ type Engine struct {
 	log   *slog.Logger
 	vouch *vouchCache
 	// x509Groups caches the X.509 enrollment groups (attest_x509.go).
-	x509Groups *x509Cache
+	x509Groups *listcache.Cache[*x509Group]
 	polls      *pollLimiter
 
 	mu       sync.Mutex
@@ -177,12 +178,13 @@ func New(st store.Store, opt Options) *Engine {
 		// attempts of up to 30 s each, a registration may take 12.5 min.
 		opt.WorkTimeout = 15 * time.Minute
 	}
+	loadX509 := func(ctx context.Context) ([]*x509Group, error) { return listX509Groups(ctx, st) }
 	e := &Engine{
 		st:         st,
 		opt:        opt,
 		log:        opt.Logger,
 		vouch:      newVouchCache(st, 100_000),
-		x509Groups: &x509Cache{st: st},
+		x509Groups: listcache.New(groupListTTL, loadX509),
 		polls:      newPollLimiter(opt.Now, 10, 2),
 		inflight:   make(map[string]chan struct{}),
 	}
@@ -214,7 +216,7 @@ func (e *Engine) Wait(ctx context.Context) error {
 // that change groups in this process.
 func (e *Engine) InvalidateEnrollments() {
 	e.vouch.invalidate()
-	e.x509Groups.invalidate()
+	e.x509Groups.Invalidate()
 }
 
 // Register handles a device's register request.

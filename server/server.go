@@ -139,13 +139,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	// The service API and the linked-hub endpoints write through svcStore,
 	// which tells the engine's caches about changes made on this node;
 	// Serve has the store tell them about other nodes' changes too.
-	hubList := &hubListCache{}
+	hubList := newHubListCache(func() *linkedhub.Registry { return s.linked })
 	s.onChange = func(kind store.Kind, id string, deleted bool) {
 		switch {
 		case kind == store.KindEnrollmentGroup:
 			s.engine.InvalidateEnrollments()
 		case kind == linkedhub.Kind:
-			hubList.invalidate()
+			hubList.Invalidate()
 		case kind == store.KindRegistration && deleted:
 			if err := s.alog.Delete(context.WithoutCancel(ctx), id); err != nil {
 				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
@@ -165,7 +165,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("built-in hubs: %w", err)
 	}
 	s.linked = linkedhub.New(svcStore)
-	hubList.reg = s.linked
 	s.alog = audit.New(st, audit.Options{Logger: s.log})
 	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
 	if err != nil {

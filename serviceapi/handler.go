@@ -8,12 +8,12 @@
 package serviceapi
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/dpsd/dpsd/instance"
 	"github.com/dpsd/dpsd/store"
@@ -109,7 +109,7 @@ type request struct {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
 	sw := &statusWriter{ResponseWriter: w}
-	req := &request{w: sw, r: r, trackingID: newTrackingID()}
+	req := &request{w: sw, r: r, trackingID: uuid.NewString()}
 	h.serve(req)
 	h.log.LogAttrs(r.Context(), slog.LevelDebug, "service API request",
 		slog.String("method", r.Method),
@@ -149,17 +149,4 @@ func (h *handler) serve(req *request) {
 	if err := rt.handle(h, req); err != nil {
 		h.writeError(req, err)
 	}
-}
-
-// newTrackingID returns a random UUID-shaped id that ties an error body to
-// the server's log line.
-func newTrackingID() string {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		panic("serviceapi: crypto/rand failed: " + err.Error())
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	s := hex.EncodeToString(b)
-	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
 }

@@ -2,14 +2,14 @@ package device
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/dpsd/dpsd/dps"
 )
@@ -171,15 +171,6 @@ func parseRetryAfter(v string) (time.Duration, bool) {
 	return 0, false
 }
 
-// newRID returns a random UUID-shaped request id, as the Node and Python
+// newRID returns a random (version 4) UUID as request id, as the Node and Python
 // SDKs send in $rid.
-func newRID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("device: crypto/rand failed: " + err.Error()) // never on a supported platform
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
+func newRID() string { return uuid.NewString() }

@@ -24,12 +24,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/localca"
 	"github.com/dpsd/dpsd/sas"
 )
 
@@ -158,26 +158,11 @@ func newHTTPClient(o *options) (*http.Client, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if o.caPool != nil || len(o.caFiles) > 0 {
-		pool := o.caPool
-		if pool == nil {
-			// Keep the system roots so an explicit CA adds trust rather than
-			// replacing it (a real Azure endpoint keeps working).
-			sys, err := x509.SystemCertPool()
-			if err != nil || sys == nil {
-				sys = x509.NewCertPool()
-			}
-			pool = sys
-		} else {
-			pool = pool.Clone()
-		}
-		for _, f := range o.caFiles {
-			pem, err := os.ReadFile(f)
-			if err != nil {
-				return nil, fmt.Errorf("read CA file: %w", err)
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s holds no PEM certificate", f)
-			}
+		// Keep the system roots so an explicit CA adds trust rather than
+		// replacing it (a real Azure endpoint keeps working).
+		pool, err := localca.PoolWithFiles(o.caPool, o.caFiles...)
+		if err != nil {
+			return nil, err
 		}
 		tc.RootCAs = pool
 	}
