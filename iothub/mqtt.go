@@ -373,12 +373,20 @@ func (k *deviceHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Pack
 	return pk
 }
 
-// OnSubscribed and OnUnsubscribed keep the stored session current.
+// OnSubscribed and OnUnsubscribed keep the stored session current. A
+// clean session has nothing stored (OnSessionEstablished removed it), so
+// its subscriptions cost no store write.
 func (k *deviceHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
-	k.h.saveSession(cl)
+	if !cl.Properties.Clean {
+		k.h.saveSession(cl)
+	}
 }
 
-func (k *deviceHook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) { k.h.saveSession(cl) }
+func (k *deviceHook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	if !cl.Properties.Clean {
+		k.h.saveSession(cl)
+	}
+}
 
 // OnPublish takes in every device message: the broker acknowledges it
 // (PUBACK for QoS 1) but routes it nowhere.
