@@ -254,9 +254,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
-	if err := s.hubs.Close(sctx); err != nil {
-		s.log.Warn("built-in hubs shutdown", "err", err)
-	}
+	s.closeHubs(sctx)
 	stopFollowing()
 	s.closeAll()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, net.ErrClosed) {
@@ -285,6 +283,17 @@ func (s *Server) followChanges(ctx context.Context) (stop func()) {
 	}
 }
 
+// closeHubs stops the built-in hubs, once.
+func (s *Server) closeHubs(ctx context.Context) {
+	if s.hubs == nil {
+		return
+	}
+	if err := s.hubs.Close(ctx); err != nil {
+		s.log.Warn("built-in hubs shutdown", "err", err)
+	}
+	s.hubs = nil
+}
+
 func (s *Server) closeAll() {
 	defer func() {
 		if s.lock != nil {
@@ -298,6 +307,10 @@ func (s *Server) closeAll() {
 	if s.mqttL != nil {
 		s.mqttL.Close()
 	}
+	// After a failed Start the hubs may already listen.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.closeHubs(ctx)
 	if s.st != nil {
 		if err := s.st.Close(); err != nil {
 			s.log.Warn("closing store", "err", err)
