@@ -43,13 +43,6 @@ func New(p Provisioner, log *slog.Logger) *Handler {
 	return &Handler{p: p, log: log}
 }
 
-// Match reports whether path (escaped) is a device API path:
-// /{idScope}/registrations/{registrationId}[/register | /operations/{id}].
-func Match(path string) bool {
-	_, ok := parsePath(path)
-	return ok
-}
-
 type route struct {
 	scope, regID, opID string
 	kind               string // "register", "operation", "status"

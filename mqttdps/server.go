@@ -48,7 +48,7 @@ const (
 	TransportMQTTWebSocket = "mqtt-ws"
 )
 
-// ErrServerClosed is returned by Serve and ListenAndServe after Close.
+// ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("mqttdps: server closed")
 
 // Defaults for Options.
@@ -70,8 +70,8 @@ const busyRetryAfter = time.Second
 type Options struct {
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
-	// TLSConfig holds the server certificate. When set, Serve, ServeConn and
-	// ListenAndServe wrap plain connections in TLS. Client certificates are
+	// TLSConfig holds the server certificate. When set, Serve wraps plain
+	// connections in TLS. Client certificates are
 	// requested but not required (X.509 devices present one, symmetric-key
 	// devices do not): a config with ClientAuth NoClientCert is changed to
 	// RequestClientCert. The chain is passed to the engine unverified.
@@ -170,19 +170,6 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// ListenAndServe listens on the TCP address addr and serves MQTT over TLS.
-// Options.TLSConfig must be set.
-func (s *Server) ListenAndServe(addr string) error {
-	if s.tlsConfig == nil {
-		return errors.New("mqttdps: ListenAndServe needs Options.TLSConfig")
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("mqttdps: listen: %w", err)
-	}
-	return s.Serve(l)
-}
-
 // Serve accepts connections on l and serves each in its own goroutine until
 // l fails or Close is called; it then returns ErrServerClosed. When
 // Options.TLSConfig is set, l should be a plain TCP listener (connections
@@ -223,18 +210,6 @@ func (s *Server) Serve(l net.Listener) error {
 			s.serveConn(c, TransportMQTT, nil, true)
 		}()
 	}
-}
-
-// ServeConn serves one MQTT connection and returns when it ends. When
-// Options.TLSConfig is set and c is not a *tls.Conn, the TLS handshake is
-// done here.
-func (s *Server) ServeConn(c net.Conn) {
-	if !s.startConn() {
-		c.Close()
-		return
-	}
-	defer s.conns.Done()
-	s.serveConn(c, TransportMQTT, nil, true)
 }
 
 // serveConn runs the TLS handshake (if wanted), then hands c to the broker

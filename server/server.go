@@ -18,7 +18,6 @@ import (
 	"github.com/dpsd/dpsd/audit"
 	"github.com/dpsd/dpsd/certs"
 	"github.com/dpsd/dpsd/deviceapi"
-	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/hub"
 	"github.com/dpsd/dpsd/instance"
 	"github.com/dpsd/dpsd/iothub"
@@ -342,11 +341,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.healthz(w, r)
 		return
 	}
-	if deviceapi.Match(path) {
-		s.dev.ServeHTTP(w, r)
-		return
-	}
-	dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
+	// Everything else is the device API's, which answers 404 for what is
+	// not one of its paths.
+	s.dev.ServeHTTP(w, r)
 }
 
 // extension returns the handler of a dpsd extension endpoint (built-in

@@ -223,9 +223,6 @@ func dsn(path string, readOnly bool) string {
 	return u.String()
 }
 
-// Path returns the database file's absolute path.
-func (s *Store) Path() string { return s.path }
-
 // key is the case-insensitive form of ids and refs used for lookups,
 // ordering and filtering.
 func key(s string) string { return strings.ToLower(s) }
