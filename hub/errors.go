@@ -101,6 +101,15 @@ func parseError(status int, h http.Header, body []byte) *Error {
 			e.RetryAfter = time.Duration(n) * time.Second
 		}
 	}
+	// encoding/json matches keys case-insensitively, so the gateway shape's
+	// "Message" also takes the other shape's "message": a body with an
+	// errorCode is the other shape, whatever else it has.
+	var p protocolBody
+	perr := json.Unmarshal(body, &p)
+	if perr == nil && p.ErrorCode != "" {
+		e.Code, e.Message, e.TrackingID = p.ErrorCode.String(), p.Message, p.TrackingID
+		return e
+	}
 	var g gatewayBody
 	if json.Unmarshal(body, &g) == nil && g.Message != "" {
 		msg := g.Message
@@ -114,8 +123,7 @@ func parseError(status int, h http.Header, body []byte) *Error {
 		}
 		return e
 	}
-	var p protocolBody
-	if json.Unmarshal(body, &p) == nil && (p.Message != "" || p.ErrorCode != "") {
+	if perr == nil && p.Message != "" {
 		e.Code, e.Message, e.TrackingID = p.ErrorCode.String(), p.Message, p.TrackingID
 		return e
 	}

@@ -302,8 +302,8 @@ func migrateTwin(ctx context.Context, to Registry, id string, carried *Twin) err
 	t := &Twin{Tags: carried.Tags, Properties: &TwinProperties{}}
 	var reported map[string]any
 	if p := carried.Properties; p != nil {
-		t.Properties.Desired = stripMeta(p.Desired)
-		reported = stripMeta(p.Reported)
+		t.Properties.Desired = StripMeta(p.Desired)
+		reported = StripMeta(p.Reported)
 	}
 	if _, err := to.ReplaceTwin(ctx, id, t, "*"); err != nil {
 		return err
@@ -316,8 +316,10 @@ func migrateTwin(ctx context.Context, to Registry, id string, carried *Twin) err
 	return nil
 }
 
-// stripMeta drops the "$version" and "$metadata" that twin responses add.
-func stripMeta(m map[string]any) map[string]any {
+// StripMeta returns m without the "$version", "$metadata" and other '$'
+// keys that twin responses add and clients echo back. It returns an empty
+// map, not nil, for a nil m.
+func StripMeta(m map[string]any) map[string]any {
 	out := make(map[string]any, len(m))
 	for k, v := range m {
 		if !strings.HasPrefix(k, "$") {
@@ -332,7 +334,7 @@ func pristine(t *Twin) bool {
 	if len(t.Tags) > 0 {
 		return false
 	}
-	return t.Properties == nil || len(stripMeta(t.Properties.Desired)) == 0
+	return t.Properties == nil || len(StripMeta(t.Properties.Desired)) == 0
 }
 
 // initialTwin turns an enrollment's initial twin into a twin write, or nil.
@@ -350,8 +352,8 @@ func initialTwin(it *dps.InitialTwin) (*Twin, error) {
 		}
 	}
 	// DPS enrollments may carry the metadata an Azure twin export has.
-	t.Tags = stripMeta(t.Tags)
-	t.Properties.Desired = stripMeta(t.Properties.Desired)
+	t.Tags = StripMeta(t.Tags)
+	t.Properties.Desired = StripMeta(t.Properties.Desired)
 	if len(t.Tags) == 0 && len(t.Properties.Desired) == 0 {
 		return nil, nil
 	}

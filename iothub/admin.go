@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dpsd/dpsd/apierror"
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/hub"
 )
@@ -59,7 +60,7 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	case len(segs) == 0 && r.Method == http.MethodGet:
 		list, err := m.List(ctx)
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		dps.WriteJSON(w, http.StatusOK, list)
@@ -75,27 +76,27 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 		in, err := m.Create(ctx, segs[0], CreateOptions(req))
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		dps.WriteJSON(w, http.StatusCreated, in)
 	case len(segs) == 1 && r.Method == http.MethodGet:
 		in, err := m.Info(ctx, segs[0])
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		dps.WriteJSON(w, http.StatusOK, in)
 	case len(segs) == 1 && r.Method == http.MethodDelete:
 		if err := m.Delete(ctx, segs[0]); err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	case len(segs) >= 2 && r.Method == http.MethodGet:
 		h, ok := m.Hub(segs[0])
 		if !ok {
-			adminError(w, m.hubNotRunning(r, segs[0]))
+			m.adminError(w, r, m.hubNotRunning(r, segs[0]))
 			return
 		}
 		m.serveHubAdmin(w, r, h, segs[1:])
@@ -119,7 +120,7 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 	case len(segs) == 1 && segs[0] == "devices":
 		devs, more, err := h.ListDevices(ctx, q.Get("after"), min(max(top, 0), 1000))
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		out := DeviceList{Devices: devs}
@@ -133,14 +134,14 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 	case len(segs) == 2 && segs[0] == "devices":
 		d, err := h.GetDevice(ctx, segs[1])
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		dps.WriteJSON(w, http.StatusOK, d)
 	case len(segs) == 3 && segs[0] == "devices" && segs[2] == "twin":
 		t, err := h.GetTwin(ctx, segs[1])
 		if err != nil {
-			adminError(w, err)
+			m.adminError(w, r, err)
 			return
 		}
 		dps.WriteJSON(w, http.StatusOK, t)
@@ -152,12 +153,18 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 	}
 }
 
-// adminError answers err with the DPS error shape.
-func adminError(w http.ResponseWriter, err error) {
+// adminError answers err with the DPS error shape. Storage and other
+// internal failures go to apierror.Write, which hides their text from
+// clients and logs it with the tracking id the client gets.
+func (m *Manager) adminError(w http.ResponseWriter, r *http.Request, err error) {
 	var de *dps.Error
 	var he *hub.Error
+	var sf *storeFailure
 	switch {
 	case errors.As(err, &de):
+	case errors.As(err, &sf):
+		apierror.Write(w, r, m.log, sf.err)
+		return
 	case errors.Is(err, ErrHubNotFound):
 		de = dps.Errorf(dps.CodeNotFound, "%v", err)
 	case errors.Is(err, ErrHubExists):
@@ -167,7 +174,8 @@ func adminError(w http.ResponseWriter, err error) {
 	case errors.As(err, &he):
 		de = dps.Errorf(he.StatusCode*1000, "%s", he.Message)
 	default:
-		de = dps.Errorf(dps.CodeInternal, "%v", err)
+		apierror.Write(w, r, m.log, err)
+		return
 	}
 	dps.WriteError(w, de)
 }

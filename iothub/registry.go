@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpsd/dpsd/enroll"
 	"github.com/dpsd/dpsd/hub"
 	"github.com/dpsd/dpsd/sas"
 	"github.com/dpsd/dpsd/store"
@@ -85,25 +86,35 @@ func preconditionFailed(id string) *hub.Error {
 	return hub.Errorf(http.StatusPreconditionFailed, hub.CodePreconditionFailed, "Precondition failed: the etag does not match the current version of device %s.", id)
 }
 
-// storeErr turns a storage failure into the 503 a client retries.
+// storeErr turns a storage failure into the hub error clients see: the
+// store being unavailable as the 503 a client retries, anything else as a
+// 500. Neither tells clients the store's error text; writeError and
+// adminError log it with the request's tracking id.
 func storeErr(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return &hub.Error{StatusCode: http.StatusServiceUnavailable, Code: hub.CodeServiceUnavailable, Message: "The hub's store is unavailable: " + err.Error(), RetryAfter: time.Second}
+	he := hub.Errorf(http.StatusInternalServerError, hub.CodeServerError, "Internal error.")
+	if errors.Is(err, store.ErrUnavailable) {
+		he = &hub.Error{StatusCode: http.StatusServiceUnavailable, Code: hub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: time.Second}
+	}
+	return &storeFailure{he: he, err: err}
 }
 
-// etagMatches compares an If-Match value with an etag; "*" matches any.
+// storeFailure is a storage failure: clients see he, logs see err.
+// errors.As finds he, errors.Is matches err.
+type storeFailure struct {
+	he  *hub.Error
+	err error
+}
+
+func (f *storeFailure) Error() string   { return f.he.Message + " " + f.err.Error() }
+func (f *storeFailure) Unwrap() []error { return []error{f.he, f.err} }
+
+// etagMatches compares an If-Match value with an etag, in any of the forms
+// enroll.NormalizeETag accepts; "*" and no If-Match at all match any.
 func etagMatches(ifMatch, etag string) bool {
-	m := normalizeETag(ifMatch)
-	return m == "" || m == "*" || m == etag
-}
-
-// normalizeETag strips W/ and quotes, as clients send etags either way.
-func normalizeETag(s string) string {
-	s = strings.TrimSpace(s)
-	s = strings.TrimPrefix(s, "W/")
-	return strings.Trim(s, `"`)
+	return enroll.NormalizeETag(ifMatch) == "" || enroll.ETagMatch(etag, ifMatch)
 }
 
 func (h *Hub) load(ctx context.Context, id string) (*deviceDoc, error) {
@@ -315,7 +326,7 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *hub.Device, etag string) (*h
 		return nil
 	})
 	var he *hub.Error
-	if errors.As(err, &he) && he.StatusCode == http.StatusNotFound && normalizeETag(etag) != "" {
+	if errors.As(err, &he) && he.StatusCode == http.StatusNotFound && enroll.NormalizeETag(etag) != "" {
 		return nil, preconditionFailed(in.DeviceID)
 	}
 	if err != nil {
@@ -469,7 +480,7 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *hub.Twin, etag s
 // ImportReported merges reported properties into a twin from the service
 // side, which only migration between built-in hubs uses.
 func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string]any) error {
-	reported = stripDollar(reported)
+	reported = hub.StripMeta(reported)
 	if err := validatePatch("properties.reported", reported); err != nil {
 		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
 	}
@@ -504,9 +515,9 @@ func twinInput(t *hub.Twin) (tags, desired map[string]any, err error) {
 	if t == nil {
 		return nil, nil, nil
 	}
-	tags = stripDollar(t.Tags)
+	tags = hub.StripMeta(t.Tags)
 	if t.Properties != nil {
-		desired = stripDollar(t.Properties.Desired)
+		desired = hub.StripMeta(t.Properties.Desired)
 		if len(t.Properties.Reported) > 0 {
 			return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties can only be set by the device.")
 		}

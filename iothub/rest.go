@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/enroll"
 	"github.com/dpsd/dpsd/hub"
 	"github.com/dpsd/dpsd/sas"
 )
@@ -215,7 +216,7 @@ func (h *Hub) restPutDevice(w http.ResponseWriter, r *http.Request, reqID string
 	// existing device; its update always sends "*" (iothub-surface.md §1.3).
 	var d *hub.Device
 	var err error
-	if m := normalizeETag(r.Header.Get("If-Match")); m == "" {
+	if m := enroll.NormalizeETag(r.Header.Get("If-Match")); m == "" {
 		d, err = h.CreateDevice(r.Context(), &in)
 	} else {
 		d, err = h.UpdateDevice(r.Context(), &in, m)
@@ -327,8 +328,17 @@ func writeJSON(w http.ResponseWriter, status int, etag string, v any) {
 // {"Message":"ErrorCode:{code};{text}","ExceptionMessage":"Tracking ID:…"}.
 func (h *Hub) writeError(w http.ResponseWriter, reqID string, err error) {
 	var he *hub.Error
-	if !errors.As(err, &he) {
-		h.log.Error("hub request failed", "hub", h.cfg.Name, "err", err)
+	var sf *storeFailure
+	switch {
+	case errors.As(err, &sf):
+		he = sf.he
+		if he.StatusCode == http.StatusServiceUnavailable {
+			h.log.Warn("hub store unavailable", "hub", h.cfg.Name, "err", sf.err, "trackingId", reqID)
+		} else {
+			h.log.Error("hub request failed", "hub", h.cfg.Name, "err", sf.err, "trackingId", reqID)
+		}
+	case !errors.As(err, &he):
+		h.log.Error("hub request failed", "hub", h.cfg.Name, "err", err, "trackingId", reqID)
 		he = hub.Errorf(http.StatusInternalServerError, hub.CodeServerError, "Internal error (tracking id %s).", reqID)
 	}
 	if he.RetryAfter > 0 && w.Header().Get("Retry-After") == "" {

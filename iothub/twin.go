@@ -209,18 +209,3 @@ func jsonSize(v any) int {
 	}
 	return len(b)
 }
-
-// stripDollar drops "$version", "$metadata" and other '$' keys that clients
-// echo back from a twin they read.
-func stripDollar(m map[string]any) map[string]any {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		if !strings.HasPrefix(k, "$") {
-			out[k] = v
-		}
-	}
-	return out
-}

@@ -125,18 +125,16 @@ func (h *handler) update(req *http.Request, name string, def Definition) (any, i
 		if cs, err := sas.ParseConnectionString(def.ConnectionString); err == nil && !strings.EqualFold(cs.HostName, name) {
 			return nil, 0, dps.Errorf(dps.CodeInvalidArgument, "The connection string names host %s, not %s.", cs.HostName, name)
 		}
-		_, err := h.reg.Get(ctx, name)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			hub, err := h.reg.Create(ctx, def)
-			if err != nil {
-				return nil, 0, err
-			}
-			h.opt.Logger.Info("linked hub created", "hub", hub.Name)
-			return hub.Redacted(), http.StatusCreated, nil
-		case err != nil:
+		hub, created, err := h.reg.Upsert(ctx, name, def, req.Header.Get("If-Match"))
+		if err != nil {
 			return nil, 0, err
 		}
+		if created {
+			h.opt.Logger.Info("linked hub created", "hub", hub.Name)
+			return hub.Redacted(), http.StatusCreated, nil
+		}
+		h.opt.Logger.Info("linked hub updated", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
+		return hub.Redacted(), http.StatusOK, nil
 	}
 	hub, err := h.reg.Update(ctx, name, def, req.Header.Get("If-Match"))
 	if err != nil {

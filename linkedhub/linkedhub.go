@@ -217,6 +217,25 @@ func (r *Registry) Put(ctx context.Context, def Definition) (*Hub, error) {
 	return h, err
 }
 
+// Upsert updates the linked hub name as Update does, or links the hub def
+// describes if name is not linked (ifMatch then does not apply), and
+// reports whether it linked it. Unlike Get then Create, it does not fail
+// when another writer links the hub in between: it updates it instead.
+func (r *Registry) Upsert(ctx context.Context, name string, def Definition, ifMatch string) (h *Hub, created bool, err error) {
+	for range 5 {
+		h, err = r.Update(ctx, name, def, ifMatch)
+		if !errors.Is(err, ErrNotFound) {
+			return h, false, err
+		}
+		h, err = r.Create(ctx, def)
+		var de *dps.Error
+		if !errors.As(err, &de) || de.ErrorCode != dps.CodeConflict {
+			return h, err == nil, err
+		}
+	}
+	return nil, false, dps.Errorf(dps.CodeConflict, "The linked hub %s is being changed concurrently; try again.", name)
+}
+
 // Delete unlinks a hub. ifMatch works as in Update. Enrollments that name
 // the hub keep its name; allocation then reports it as not linked.
 func (r *Registry) Delete(ctx context.Context, name, ifMatch string) error {
