@@ -1,11 +1,7 @@
 package certs
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -103,7 +99,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out, err = h.reg.Get(ctx, name)
 	case name != "" && action == "" && req.Method == http.MethodPut:
 		var b Body
-		if err = decodeBody(req, &b); err == nil {
+		if err = dps.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
 			text, verified := b.certificate()
 			var c *Certificate
 			if c, err = h.reg.Put(ctx, name, text, verified, ifMatch); err == nil {
@@ -124,7 +120,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out, err = h.reg.GenerateVerificationCode(ctx, name, ifMatch)
 	case name != "" && action == "verify" && req.Method == http.MethodPost:
 		var b Body
-		if err = decodeBody(req, &b); err == nil {
+		if err = dps.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
 			text, _ := b.certificate()
 			var c *Certificate
 			if c, err = h.reg.Verify(ctx, name, ifMatch, text); err == nil {
@@ -172,21 +168,3 @@ func parsePath(u *url.URL) (name, action string, ok bool) {
 	return "", "", false
 }
 
-func decodeBody(req *http.Request, v any) error {
-	if ct := req.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return dps.Errorf(dps.CodeUnsupportedMediaType, "The request body must be application/json.")
-		}
-	}
-	data, err := io.ReadAll(io.LimitReader(req.Body, maxBodyBytes+1))
-	if err != nil {
-		return dps.Errorf(dps.CodeBadRequest, "Reading the request body failed.")
-	}
-	if len(data) > maxBodyBytes {
-		return dps.Errorf(dps.CodeRequestEntityTooLarge, "The request body is larger than %d bytes.", maxBodyBytes)
-	}
-	if err := json.NewDecoder(bytes.NewReader(data)).Decode(v); err != nil {
-		return dps.Errorf(dps.CodeInvalidArgument, "The request body is not valid JSON: %v", err)
-	}
-	return nil
-}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -89,6 +90,39 @@ func TestTerminal(t *testing.T) {
 	for status, want := range map[string]bool{StatusAssigned: true, StatusFailed: true, StatusDisabled: true, StatusAssigning: false, StatusUnassigned: false} {
 		if Terminal(status) != want {
 			t.Errorf("Terminal(%q) != %v", status, want)
+		}
+	}
+}
+
+func TestDecodeBody(t *testing.T) {
+	type doc struct {
+		A int `json:"a"`
+	}
+	tests := []struct {
+		name, ct, body string
+		strict         bool
+		code           int
+	}{
+		{"ok", "application/json; charset=utf-8", `{"a":1}`, true, 0},
+		{"no content type", "", `{"a":1}`, true, 0},
+		{"unknown member, lenient", "", `{"a":1,"b":2}`, false, 0},
+		{"unknown member, strict", "", `{"a":1,"b":2}`, true, CodeInvalidArgument},
+		{"not JSON", "", `{"a":`, false, CodeInvalidArgument},
+		{"wrong media type", "text/plain", `{"a":1}`, false, CodeUnsupportedMediaType},
+		{"too large", "", `{"a":1}` + strings.Repeat(" ", 64), false, CodeRequestEntityTooLarge},
+	}
+	for _, tc := range tests {
+		r := httptest.NewRequest(http.MethodPut, "/x", strings.NewReader(tc.body))
+		if tc.ct != "" {
+			r.Header.Set("Content-Type", tc.ct)
+		}
+		var d doc
+		err := DecodeBody(r, &d, 64, tc.strict, "valid JSON")
+		switch {
+		case err != nil && AsError(err).ErrorCode != tc.code:
+			t.Errorf("%s: %v, want code %d", tc.name, err, tc.code)
+		case err == nil && (tc.code != 0 || d.A != 1):
+			t.Errorf("%s: decoded %+v, want code %d", tc.name, d, tc.code)
 		}
 	}
 }

@@ -1,9 +1,12 @@
 package dps
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
+	"mime"
 	"net/http"
 	"strconv"
 	"time"
@@ -79,3 +82,30 @@ func RetryAfterSeconds(d time.Duration) string {
 // NewTrackingID returns a random (version 4) UUID that ties an error to its
 // log line.
 func NewTrackingID() string { return uuid.NewString() }
+
+// DecodeBody reads a JSON request body of at most max bytes into v. A
+// Content-Type other than JSON is 415, a larger body 413, and a body that
+// does not decode 400004 saying it is not what (e.g. "valid JSON"). strict
+// refuses members v does not have.
+func DecodeBody(r *http.Request, v any, max int64, strict bool, what string) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return Errorf(CodeUnsupportedMediaType, "The request body must be application/json.")
+		}
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return Errorf(CodeBadRequest, "Reading the request body failed.")
+	}
+	if int64(len(data)) > max {
+		return Errorf(CodeRequestEntityTooLarge, "The request body is larger than %d bytes.", max)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(v); err != nil {
+		return Errorf(CodeInvalidArgument, "The request body is not %s: %v", what, err)
+	}
+	return nil
+}

@@ -1,12 +1,8 @@
 package linkedhub
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -79,7 +75,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out = list
 	case !hasName && req.Method == http.MethodPost:
 		var def Definition
-		if err = decodeBody(req, &def); err == nil {
+		if err = dps.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			var hub *Hub
 			if hub, err = h.reg.Create(ctx, def); err == nil {
 				status, out = http.StatusCreated, hub.Redacted()
@@ -93,7 +89,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 	case hasName && (req.Method == http.MethodPatch || req.Method == http.MethodPut):
 		var def Definition
-		if err = decodeBody(req, &def); err == nil {
+		if err = dps.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			out, status, err = h.update(req, name, def)
 		}
 	case hasName && req.Method == http.MethodDelete:
@@ -166,27 +162,6 @@ func hubName(u *url.URL) (name string, hasName, ok bool) {
 		return "", false, false
 	}
 	return "", false, false
-}
-
-func decodeBody(req *http.Request, v any) error {
-	if ct := req.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return dps.Errorf(dps.CodeUnsupportedMediaType, "The request body must be application/json.")
-		}
-	}
-	data, err := io.ReadAll(io.LimitReader(req.Body, maxBodyBytes+1))
-	if err != nil {
-		return dps.Errorf(dps.CodeBadRequest, "Reading the request body failed.")
-	}
-	if len(data) > maxBodyBytes {
-		return dps.Errorf(dps.CodeRequestEntityTooLarge, "The request body is larger than %d bytes.", maxBodyBytes)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return dps.Errorf(dps.CodeInvalidArgument, "The request body is not a valid linked hub definition: %v", err)
-	}
-	return nil
 }
 
 // apiError maps lookup errors to the answer a client sees; apierror.Write
