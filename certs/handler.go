@@ -167,4 +167,3 @@ func parsePath(u *url.URL) (name, action string, ok bool) {
 	}
 	return "", "", false
 }
-
