@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/store"
@@ -27,8 +28,65 @@ type Registration struct {
 	DevicePayload json.RawMessage `json:"devicePayload,omitempty"`
 	// AttestationType is how the device attested (dps.Attestation*).
 	AttestationType string `json:"attestationType,omitempty"`
+	// Identity is the device identity that the committed state put in the
+	// hub State.AssignedHub names: what that hub must hold for the record
+	// and the hub to agree. Nil when dpsd put nothing there (records written
+	// before dpsd kept it, and registrations that never succeeded).
+	Identity *HubIdentity `json:"identity,omitempty"`
+	// Work is the register operation in progress, nil when none is.
+	Work *Work `json:"work,omitempty"`
 
 	etag string
+}
+
+// HubIdentity is a device identity as dpsd writes it to a hub: where, under
+// which id, and the credentials the device proved. It is what `dpsd doctor`
+// compares with the hub.
+type HubIdentity struct {
+	Hub      string `json:"hub"`
+	DeviceID string `json:"deviceId"`
+	// PrimaryKey and SecondaryKey are set for a symmetric-key device.
+	PrimaryKey   string `json:"primaryKey,omitempty"`
+	SecondaryKey string `json:"secondaryKey,omitempty"`
+	// PrimaryThumbprint and SecondaryThumbprint are set for a device the
+	// hub authenticates by pinned certificates ("selfSigned").
+	PrimaryThumbprint   string `json:"primaryThumbprint,omitempty"`
+	SecondaryThumbprint string `json:"secondaryThumbprint,omitempty"`
+	// CertificateAuthority is set for a device the hub authenticates by a
+	// certificate that a CA vouches for.
+	CertificateAuthority bool `json:"certificateAuthority,omitempty"`
+	IoTEdge              bool `json:"iotEdge,omitempty"`
+}
+
+// Work is a register operation in progress: the intent that is durable
+// before any hub is touched, so that whoever finds it after a crash can
+// finish it or undo it.
+type Work struct {
+	// Owner names the process doing the work: "node/boot".
+	Owner string `json:"owner"`
+	// LeaseUntil is when the work counts as abandoned unless the owner
+	// renews it; another process may then take it over.
+	LeaseUntil time.Time `json:"leaseUntil"`
+	// Prior is the record the operation replaces, restored when the
+	// operation is undone; nil when the device had none.
+	Prior *Registration `json:"prior,omitempty"`
+	// Target is the hub write the operation performs (the engine's
+	// HubDevice, as JSON), set before the hub is touched; empty while the
+	// hub is still being chosen.
+	Target json.RawMessage `json:"target,omitempty"`
+	// Final is the record to commit once the hub write succeeded; set with
+	// Target.
+	Final *Registration `json:"final,omitempty"`
+}
+
+// WithoutETag returns a copy of r for embedding in another record: no etag,
+// no times, no work.
+func (r *Registration) WithoutETag() *Registration {
+	c := *r
+	c.etag = ""
+	c.Work = nil
+	c.State.CreatedDateTimeUTC, c.State.LastUpdatedDateTimeUTC, c.State.ETag = nil, nil, ""
+	return &c
 }
 
 // ETag is the store etag the record was read with.

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/enroll"
 	"github.com/dpsd/dpsd/provision"
 	"github.com/dpsd/dpsd/sas"
 )
@@ -67,7 +69,10 @@ func NewRegistrar(opt RegistrarOptions) *Registrar {
 	return &Registrar{opt: opt, log: opt.Logger, clients: make(map[string]*cachedClient)}
 }
 
-// RegisterDevice puts dev into its hub. See Registrar.
+// RegisterDevice puts dev into its hub. See Registrar. When a step after
+// the identity's fails, it undoes the identity step: it deletes an identity
+// it created, or puts back the credentials of one it changed, so that a
+// failed registration leaves no identity with the new credentials behind.
 func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice) error {
 	if dev.Hub == "" || dev.DeviceID == "" {
 		return errors.New("hub: device without hub or device id")
@@ -113,13 +118,26 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 	if err := trustCAs(ctx, to, dev); err != nil {
 		return fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
 	}
-	created, err := ensureIdentity(ctx, to, dev)
+	created, replaced, err := ensureIdentity(ctx, to, dev)
 	if err != nil {
 		return fmt.Errorf("device identity in hub %s: %w", dev.Hub, err)
 	}
 	if created {
 		movedBefore = false
 	}
+	if err := r.finish(ctx, to, from, dev, initial, carried, created, moving, movedBefore); err != nil {
+		if uerr := undoIdentity(ctx, to, dev, created, replaced); uerr != nil {
+			r.log.Error("undoing a failed hub registration failed; dpsd doctor reports the identity",
+				"deviceId", dev.DeviceID, "hub", dev.Hub, "err", uerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// finish writes the twin and, for a move, removes the identity from the
+// previous hub.
+func (r *Registrar) finish(ctx context.Context, to, from Registry, dev *provision.HubDevice, initial, carried *Twin, created, moving, movedBefore bool) error {
 
 	switch {
 	case carried != nil:
@@ -191,13 +209,100 @@ func (r *Registrar) registry(ctx context.Context, host string) (Registry, error)
 	return c, nil
 }
 
+// undoIdentity takes back what ensureIdentity did, with a context of its
+// own: the registration's may be what ran out.
+func undoIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice, created bool, replaced *Device) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	switch {
+	case created:
+		err := reg.DeleteDevice(ctx, dev.DeviceID, "*")
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	case replaced != nil:
+		cur, err := reg.GetDevice(ctx, dev.DeviceID)
+		if err != nil {
+			return err
+		}
+		cur.Authentication, cur.Capabilities = replaced.Authentication, replaced.Capabilities
+		_, err = reg.UpdateDevice(ctx, cur, cur.ETag)
+		return err
+	}
+	return nil
+}
+
+// UnregisterDevice implements provision.Registrar: it deletes the device
+// from dev's hub when the hub holds it with dev's credentials.
+func (r *Registrar) UnregisterDevice(ctx context.Context, dev *provision.HubDevice) error {
+	reg, err := r.registry(ctx, dev.Hub)
+	if err != nil {
+		return err
+	}
+	cur, err := reg.GetDevice(ctx, dev.DeviceID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read device %s in hub %s: %w", dev.DeviceID, dev.Hub, err)
+	}
+	want := &Device{Authentication: authentication(dev), Capabilities: &Capabilities{IoTEdge: dev.IoTEdge}}
+	if !sameIdentity(cur, want) {
+		return nil
+	}
+	err = reg.DeleteDevice(ctx, dev.DeviceID, cur.ETag)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete device %s in hub %s: %w", dev.DeviceID, dev.Hub, err)
+	}
+	return nil
+}
+
+// LookupDevice implements provision.Registrar.
+func (r *Registrar) LookupDevice(ctx context.Context, hubName, deviceID string) (*enroll.HubIdentity, error) {
+	reg, err := r.registry(ctx, hubName)
+	if err != nil {
+		return nil, err
+	}
+	d, err := reg.GetDevice(ctx, deviceID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read device %s in hub %s: %w", deviceID, hubName, err)
+	}
+	return IdentityOfDevice(hubName, d), nil
+}
+
+// IdentityOfDevice describes a hub's device identity the way registration
+// records do.
+func IdentityOfDevice(hubName string, d *Device) *enroll.HubIdentity {
+	id := &enroll.HubIdentity{Hub: hubName, DeviceID: d.DeviceID, IoTEdge: d.Capabilities != nil && d.Capabilities.IoTEdge}
+	if a := d.Authentication; a != nil {
+		switch {
+		case strings.EqualFold(a.Type, AuthSAS) && a.SymmetricKey != nil:
+			id.PrimaryKey, id.SecondaryKey = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
+		case strings.EqualFold(a.Type, AuthSelfSigned) && a.X509Thumbprint != nil:
+			if t := a.X509Thumbprint.PrimaryThumbprint; t != nil {
+				id.PrimaryThumbprint = strings.ToUpper(*t)
+			}
+			if t := a.X509Thumbprint.SecondaryThumbprint; t != nil {
+				id.SecondaryThumbprint = strings.ToUpper(*t)
+			}
+		case strings.EqualFold(a.Type, AuthCertificateAuthority):
+			id.CertificateAuthority = true
+		}
+	}
+	return id
+}
+
 // maxIdentityAttempts bounds the create/read/update loop against a hub
 // where someone else keeps changing the device.
 const maxIdentityAttempts = 4
 
 // ensureIdentity creates the device, or updates an existing one so it has
-// the enrollment's keys and capabilities. It reports whether it created it.
-func ensureIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice) (bool, error) {
+// the enrollment's keys and capabilities. It reports whether it created it,
+// and the identity as it was when it changed an existing one.
+func ensureIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice) (created bool, replaced *Device, err error) {
 	want := &Device{
 		DeviceID:       dev.DeviceID,
 		Status:         StatusEnabled,
@@ -207,20 +312,20 @@ func ensureIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice)
 	for range maxIdentityAttempts {
 		_, err := reg.CreateDevice(ctx, want)
 		if err == nil {
-			return true, nil
+			return true, nil, nil
 		}
 		if !errors.Is(err, ErrExists) {
-			return false, err
+			return false, nil, err
 		}
 		cur, err := reg.GetDevice(ctx, dev.DeviceID)
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted in between; create again
 		}
 		if err != nil {
-			return false, err
+			return false, nil, err
 		}
 		if sameIdentity(cur, want) {
-			return false, nil
+			return false, nil, nil
 		}
 		// Keep what the hub's operators set (status, scopes); change what
 		// the enrollment decides.
@@ -229,13 +334,13 @@ func ensureIdentity(ctx context.Context, reg Registry, dev *provision.HubDevice)
 		upd.Capabilities = want.Capabilities
 		_, err = reg.UpdateDevice(ctx, &upd, cur.ETag)
 		if err == nil {
-			return false, nil
+			return false, cur, nil
 		}
 		if !errors.Is(err, ErrPrecondition) && !errors.Is(err, ErrNotFound) {
-			return false, err
+			return false, nil, err
 		}
 	}
-	return false, fmt.Errorf("device %q kept changing while being registered", dev.DeviceID)
+	return false, nil, fmt.Errorf("device %q kept changing while being registered", dev.DeviceID)
 }
 
 // authentication is the identity's authentication: the device's own SAS

@@ -481,7 +481,7 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *hub.Twin, etag s
 // side, which only migration between built-in hubs uses.
 func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string]any) error {
 	reported = hub.StripMeta(reported)
-	if err := validatePatch("properties.reported", reported); err != nil {
+	if err := enroll.ValidateTwinPatch("properties.reported", reported); err != nil {
 		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
 	}
 	_, err := h.modify(ctx, id, func(d *deviceDoc) error {
@@ -496,7 +496,7 @@ func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string
 // updateReported applies a device's reported patch and returns the new
 // reported version.
 func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]any) (int64, error) {
-	if err := validatePatch("properties.reported", patch); err != nil {
+	if err := enroll.ValidateTwinPatch("properties.reported", patch); err != nil {
 		return 0, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
 	}
 	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
@@ -522,10 +522,10 @@ func twinInput(t *hub.Twin) (tags, desired map[string]any, err error) {
 			return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties can only be set by the device.")
 		}
 	}
-	if err := validatePatch("tags", tags); err != nil {
+	if err := enroll.ValidateTwinPatch("tags", tags); err != nil {
 		return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
 	}
-	if err := validatePatch("properties.desired", desired); err != nil {
+	if err := enroll.ValidateTwinPatch("properties.desired", desired); err != nil {
 		return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
 	}
 	return tags, desired, nil
@@ -533,12 +533,12 @@ func twinInput(t *hub.Twin) (tags, desired map[string]any, err error) {
 
 func checkTwinSize(d *deviceDoc) error {
 	switch {
-	case jsonSize(d.Tags) > maxTagsBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Twin tags exceed %d bytes.", maxTagsBytes)
-	case jsonSize(d.Desired.Props) > maxSectionBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Desired properties exceed %d bytes.", maxSectionBytes)
-	case jsonSize(d.Reported.Props) > maxSectionBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties exceed %d bytes.", maxSectionBytes)
+	case enroll.TwinJSONSize(d.Tags) > enroll.MaxTwinTagsBytes:
+		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Twin tags exceed %d bytes.", enroll.MaxTwinTagsBytes)
+	case enroll.TwinJSONSize(d.Desired.Props) > enroll.MaxTwinPropsBytes:
+		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Desired properties exceed %d bytes.", enroll.MaxTwinPropsBytes)
+	case enroll.TwinJSONSize(d.Reported.Props) > enroll.MaxTwinPropsBytes:
+		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties exceed %d bytes.", enroll.MaxTwinPropsBytes)
 	}
 	return nil
 }

@@ -1,21 +1,12 @@
 package iothub
 
 import (
-	"encoding/json"
-	"fmt"
 	"maps"
-	"strings"
 	"time"
-	"unicode"
 )
 
-// Twin limits, as Azure IoT Hub documents them.
+// Twin metadata and concurrency; the twin limits are enroll's (enroll.MaxTwin*).
 const (
-	maxTwinDepth     = 10
-	maxKeyBytes      = 1024
-	maxStringBytes   = 4096
-	maxTagsBytes     = 8 << 10
-	maxSectionBytes  = 32 << 10
 	metaLastUpdated  = "$lastUpdated"
 	metaLastVersion  = "$lastUpdatedVersion"
 	twinTimeLayout   = "2006-01-02T15:04:05.0000000Z"
@@ -139,73 +130,4 @@ func stamp(m map[string]any, now time.Time, version int64) {
 	if version > 0 {
 		m[metaLastVersion] = version
 	}
-}
-
-// validatePatch checks a tags or properties patch against the twin rules:
-// key syntax, depth, string length. what names it in errors.
-func validatePatch(what string, m map[string]any) error {
-	return validateLevel(what, m, 1)
-}
-
-func validateLevel(path string, m map[string]any, depth int) error {
-	if depth > maxTwinDepth {
-		return fmt.Errorf("%s: nesting deeper than %d levels", path, maxTwinDepth)
-	}
-	for k, v := range m {
-		if err := validKey(k); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		if err := validateValue(path+"."+k, v, depth); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func validateValue(path string, v any, depth int) error {
-	switch x := v.(type) {
-	case map[string]any:
-		return validateLevel(path, x, depth+1)
-	case []any:
-		for _, e := range x {
-			if e == nil {
-				continue
-			}
-			if err := validateValue(path, e, depth+1); err != nil {
-				return err
-			}
-		}
-	case string:
-		if len(x) > maxStringBytes {
-			return fmt.Errorf("%s: string longer than %d bytes", path, maxStringBytes)
-		}
-	}
-	return nil
-}
-
-func validKey(k string) error {
-	if k == "" {
-		return fmt.Errorf("empty property name")
-	}
-	if len(k) > maxKeyBytes {
-		return fmt.Errorf("property name longer than %d bytes", maxKeyBytes)
-	}
-	if strings.HasPrefix(k, "$") {
-		return fmt.Errorf("property name %q starts with '$'", k)
-	}
-	for _, r := range k {
-		if r == '.' || r == ' ' || unicode.IsControl(r) {
-			return fmt.Errorf("property name %q contains '.', a space or a control character", k)
-		}
-	}
-	return nil
-}
-
-// jsonSize is the size of v encoded, for the twin size limits.
-func jsonSize(v any) int {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return 0
-	}
-	return len(b)
 }

@@ -30,6 +30,21 @@ type vouched struct {
 	// result says about it, and how its hub authenticates it.
 	x509    *dps.X509RegistrationResult
 	hubX509 *HubX509
+	// viaGroup is the group that vouched when a disabled individual
+	// enrollment decides over a group member (enrollment is then set).
+	viaGroup string
+}
+
+// boundGroupID is the enrollment group the registration is bound to by
+// this proof: empty for an individual enrollment.
+func (v *vouched) boundGroupID() string {
+	switch {
+	case v.group != nil:
+		return v.group.EnrollmentGroupID
+	case v.viaGroup != "":
+		return v.viaGroup
+	}
+	return ""
 }
 
 // attestationType is how the device attested (dps.Attestation*).
@@ -47,17 +62,26 @@ func errUnauthorized() error {
 }
 
 // attest finds the enrollment that applies to the device and verifies the
-// device's proof against it. Individual enrollments come first: when one
-// exists, it alone decides, even if a group would accept the device.
+// device's proof against it.
 //
-// prev is the device's registration record, if any: the group that vouched
-// for it before is tried first.
+// Which enrollment may vouch (docs/compatibility.md, "Which enrollment a
+// device belongs to"):
+//   - An individual enrollment for the registration id decides alone when
+//     it exists, even if a group would accept the device (Azure's rule).
+//   - Otherwise a group decides. A device that has a registration record
+//     is bound to the enrollment of that record: only the group the record
+//     names may vouch for it, and a record made through an individual
+//     enrollment that has since been deleted admits no group. A proof
+//     through any other group is refused like a wrong key, so holding
+//     another group's key (or a certificate from another group's CA with
+//     the same CN) cannot take over a provisioned device's hub identity.
+//     Deleting the registration record releases the binding.
 func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registration) (*vouched, error) {
 	if req.SASToken == "" {
 		// Without a token the proof is the TLS client certificate; a
 		// device with neither proof is simply unauthorized.
 		if len(req.PeerCertificates) > 0 {
-			return e.attestX509(ctx, req)
+			return e.attestX509(ctx, req, prev)
 		}
 		return nil, errUnauthorized()
 	}
@@ -73,10 +97,6 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 		return nil, dps.Errorf(dps.CodeUnauthorized, "Unauthorized: the SAS token has expired.")
 	}
 
-	var remembered string
-	if prev != nil {
-		remembered = prev.EnrollmentGroupID
-	}
 	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
 	switch {
 	case err == nil:
@@ -85,15 +105,58 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 			// A disabled individual enrollment is how Azure blocks one
 			// device of a group; the device still proves itself with the
 			// group's derived key, and learns it is disabled.
-			if _, gerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID, remembered); gerr == nil {
-				return &vouched{enrollment: ie, disabled: true}, nil
+			if g, gerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID, bound(prev)); gerr == nil {
+				return &vouched{enrollment: ie, disabled: true, viaGroup: g.group.EnrollmentGroupID}, nil
 			}
 		}
 		return v, verr
 	case !isNotFound(err):
 		return nil, unavailable(err)
 	}
-	return e.vouch.attestGroup(ctx, tok, req.RegistrationID, remembered)
+	if err := e.checkBinding(req, prev); err != nil {
+		return nil, err
+	}
+	v, err := e.vouch.attestGroup(ctx, tok, req.RegistrationID, bound(prev))
+	if err != nil && bound(prev) != "" {
+		// Say in the log when another group's key was offered; it costs
+		// what a wrong key of an unknown device costs anyway.
+		if other, oerr := e.vouch.attestGroup(ctx, tok, req.RegistrationID, ""); oerr == nil {
+			e.refusedByBinding(req, prev, other.group.EnrollmentGroupID)
+		}
+	}
+	return v, err
+}
+
+// bound is the group a registration record binds its device to; empty when
+// there is no record, or it was made through an individual enrollment.
+func bound(prev *enroll.Registration) string {
+	if prev == nil {
+		return ""
+	}
+	return prev.EnrollmentGroupID
+}
+
+// checkBinding refuses a group proof for a device whose record was made
+// through an individual enrollment that no longer exists.
+func (e *Engine) checkBinding(req *Request, prev *enroll.Registration) error {
+	if prev != nil && prev.EnrollmentGroupID == "" {
+		e.refusedByBinding(req, prev, "")
+		return errUnauthorized()
+	}
+	return nil
+}
+
+// refusedByBinding logs a proof refused because the device is bound to
+// another enrollment; the device itself learns only that it is
+// unauthorized.
+func (e *Engine) refusedByBinding(req *Request, prev *enroll.Registration, group string) {
+	boundTo := "an individual enrollment that no longer exists"
+	if prev.EnrollmentGroupID != "" {
+		boundTo = "enrollment group " + prev.EnrollmentGroupID
+	}
+	e.log.Info("registration refused: the device is bound to another enrollment; delete its registration record to let it move",
+		"registrationId", req.RegistrationID, "transport", req.Transport, "boundTo", boundTo, "offeredGroup", group)
+	e.bindingRefusals.Add(1)
 }
 
 func isNotFound(err error) bool {
@@ -157,15 +220,36 @@ const groupListTTL = 200 * time.Millisecond
 // minReload spaces out the reloads that a device no group vouches for asks.
 const minReload = 10 * time.Millisecond
 
-func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, remembered string) (*vouched, error) {
+// attestGroup finds the symmetric-key group whose derived key signed tok.
+// With boundTo set, only that group may vouch (the device's registration
+// record names it); otherwise any group, the one that vouched last time
+// first.
+func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, boundTo string) (*vouched, error) {
 	key := strings.ToLower(regID)
-	if remembered == "" {
-		c.mu.Lock()
-		remembered = c.byID[key]
-		c.mu.Unlock()
+	if boundTo != "" {
+		g, err := c.group(ctx, boundTo)
+		if err != nil && !isNotFound(err) {
+			return nil, unavailable(err)
+		}
+		if g == nil {
+			// Read once more: the group may have been created a moment ago.
+			if g, err = c.freshGroup(ctx, boundTo); err != nil {
+				return nil, unavailable(err)
+			}
+		}
+		if g != nil {
+			if v := verifyGroup(tok, g, regID); v != nil {
+				return v, nil
+			}
+		}
+		return nil, errUnauthorized()
 	}
+	c.mu.Lock()
+	remembered := c.byID[key]
+	c.mu.Unlock()
 
-	// 1. The group that vouched last time.
+	// 1. The group that vouched for this id last time, as this node
+	// remembers it.
 	if remembered != "" {
 		g, err := c.group(ctx, remembered)
 		if err != nil && !isNotFound(err) {
@@ -207,12 +291,25 @@ func (c *vouchCache) group(ctx context.Context, id string) (*dps.EnrollmentGroup
 	if err != nil {
 		return nil, err
 	}
+	return findGroup(groups, id), nil
+}
+
+// freshGroup is group from a list read again (at most once per minReload).
+func (c *vouchCache) freshGroup(ctx context.Context, id string) (*dps.EnrollmentGroup, error) {
+	groups, err := c.groupList(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	return findGroup(groups, id), nil
+}
+
+func findGroup(groups []*dps.EnrollmentGroup, id string) *dps.EnrollmentGroup {
 	for _, g := range groups {
 		if strings.EqualFold(g.EnrollmentGroupID, id) {
-			return g, nil
+			return g
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 func verifyGroup(tok *sas.Token, g *dps.EnrollmentGroup, regID string) *vouched {

@@ -46,8 +46,10 @@ func errInvalidCertificate(detail string) error {
 	return dps.Errorf(dps.CodeUnauthorizedDevice, "Invalid certificate: %s", detail)
 }
 
-// attestX509 attests a device that presented a client certificate.
-func (e *Engine) attestX509(ctx context.Context, req *Request) (*vouched, error) {
+// attestX509 attests a device that presented a client certificate. prev is
+// its registration record, if any, which binds it to one enrollment (see
+// attest).
+func (e *Engine) attestX509(ctx context.Context, req *Request, prev *enroll.Registration) (*vouched, error) {
 	leaf := req.PeerCertificates[0]
 	if err := checkDeviceCertificate(leaf, req.RegistrationID, e.opt.Now()); err != nil {
 		return nil, err
@@ -60,8 +62,8 @@ func (e *Engine) attestX509(ctx context.Context, req *Request) (*vouched, error)
 			// The disabled individual enrollment does not hold this
 			// certificate, but it still revokes a device a group vouches
 			// for: the device learns it is disabled.
-			if g, gerr := e.attestX509Group(ctx, req); gerr == nil {
-				return &vouched{enrollment: ie, disabled: true, x509: &dps.X509RegistrationResult{
+			if g, gerr := e.attestX509Group(ctx, req, bound(prev)); gerr == nil {
+				return &vouched{enrollment: ie, disabled: true, viaGroup: g.group.EnrollmentGroupID, x509: &dps.X509RegistrationResult{
 					CertificateInfo:        g.x509.CertificateInfo,
 					SigningCertificateInfo: g.x509.SigningCertificateInfo,
 				}}, nil
@@ -71,7 +73,16 @@ func (e *Engine) attestX509(ctx context.Context, req *Request) (*vouched, error)
 	case !isNotFound(err):
 		return nil, unavailable(err)
 	}
-	return e.attestX509Group(ctx, req)
+	if err := e.checkBinding(req, prev); err != nil {
+		return nil, errInvalidCertificate("")
+	}
+	v, err := e.attestX509Group(ctx, req, bound(prev))
+	if err != nil && bound(prev) != "" {
+		if other, oerr := e.attestX509Group(ctx, req, ""); oerr == nil {
+			e.refusedByBinding(req, prev, other.group.EnrollmentGroupID)
+		}
+	}
+	return v, err
 }
 
 // checkDeviceCertificate checks what the leaf must satisfy whatever
@@ -161,8 +172,8 @@ func (e *Engine) verifyX509Individual(ctx context.Context, req *Request, ie *dps
 }
 
 // attestX509Group finds the most specific enrollment group that vouches for
-// the device's chain.
-func (e *Engine) attestX509Group(ctx context.Context, req *Request) (*vouched, error) {
+// the device's chain; with boundTo set, only that group may.
+func (e *Engine) attestX509Group(ctx context.Context, req *Request, boundTo string) (*vouched, error) {
 	groups, err := e.x509Groups.List(ctx)
 	if err != nil {
 		return nil, unavailable(err)
@@ -184,6 +195,9 @@ func (e *Engine) attestX509Group(ctx context.Context, req *Request) (*vouched, e
 	members := make([]member, 0, len(groups))
 	var all []*x509.Certificate
 	for _, g := range groups {
+		if boundTo != "" && !strings.EqualFold(g.group.EnrollmentGroupID, boundTo) {
+			continue
+		}
 		anchors := g.signing
 		if g.caRefs != nil {
 			anchors = caAnchors(g.caRefs, verified)

@@ -211,6 +211,10 @@ func TestX509Attestation(t *testing.T) {
 		wantCode  int    // expected error code; 0 for an answer
 		wantState string // registration status when answered
 		group     string // enrollment group that vouched
+		// boundTo is the group the record binds the device to, when it is
+		// not group: a disabled individual enrollment that revokes a group
+		// member keeps it bound to its group.
+		boundTo string
 		signer    *x509.Certificate
 		hubThumb  string // expected selfSigned thumbprint
 		hubCA     *x509.Certificate
@@ -226,7 +230,7 @@ func TestX509Attestation(t *testing.T) {
 		{name: "verified CA of caReferences", regID: "dev-g4", chain: chain(must(caRoot.Device("dev-g4", o)), true), wantState: dps.StatusAssigned, group: "grp-ca", signer: caRoot.Cert, hubCA: caRoot.Cert},
 		{name: "disabled group", regID: "dev-g5", chain: chain(must(offInter.Device("dev-g5", o)), true), wantState: dps.StatusDisabled, group: "grp-off"},
 		{name: "revoked: disabled individual holding the certificate in an enabled group", regID: "dev-revoked", chain: chain(revoked, true), wantState: dps.StatusDisabled},
-		{name: "revoked: disabled individual with another certificate", regID: "dev-blocked", chain: chain(blocked, true), wantState: dps.StatusDisabled},
+		{name: "revoked: disabled individual with another certificate", regID: "dev-blocked", chain: chain(blocked, true), wantState: dps.StatusDisabled, boundTo: "grp-inter"},
 		{name: "chain does not reach the group's certificate", regID: "dev-n1", chain: chain(must(inter2.Device("dev-n1", o)), false), wantCode: dps.CodeUnauthorizedDevice},
 		{name: "unknown CA", regID: "dev-n2", chain: chain(must(strangerRoot.Device("dev-n2", o)), true), wantCode: dps.CodeUnauthorizedDevice},
 		{name: "unverified CA", regID: "dev-n3", chain: chain(must(unverifiedRoot.Device("dev-n3", o)), true), wantCode: dps.CodeUnauthorizedDevice},
@@ -282,7 +286,11 @@ func TestX509Attestation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.AttestationType != dps.AttestationX509 || rec.EnrollmentGroupID != tc.group {
+			wantBound := tc.group
+			if tc.boundTo != "" {
+				wantBound = tc.boundTo
+			}
+			if rec.AttestationType != dps.AttestationX509 || rec.EnrollmentGroupID != wantBound {
 				t.Errorf("record: attestation %q group %q", rec.AttestationType, rec.EnrollmentGroupID)
 			}
 			if tc.wantState != dps.StatusAssigned {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dpsd/dpsd/dps"
@@ -70,33 +71,46 @@ type Allocation struct {
 	Payload json.RawMessage
 }
 
-// Registrar creates or updates a device identity and its initial twin in a
-// hub. It must be idempotent: the engine may call it again for the same
-// device after a crash or a concurrent registration.
+// Registrar writes device identities and initial twins to hubs. The
+// engine records what it will write before it calls RegisterDevice, and
+// may call it again for the same device after a crash or a takeover.
 type Registrar interface {
+	// RegisterDevice creates or updates dev's identity and twin in its
+	// hub. It is idempotent, and when it fails it leaves the hub as it
+	// found it as far as it can: it deletes an identity it created and
+	// puts back the credentials of one it changed.
 	RegisterDevice(ctx context.Context, dev *HubDevice) error
+	// UnregisterDevice removes dev's identity from its hub if the hub
+	// holds it with dev's credentials; an identity that is absent, or that
+	// holds other credentials, is left alone and is not an error.
+	UnregisterDevice(ctx context.Context, dev *HubDevice) error
+	// LookupDevice returns the identity a hub holds under deviceID, or nil
+	// when it holds none.
+	LookupDevice(ctx context.Context, hub, deviceID string) (*enroll.HubIdentity, error)
 }
 
-// HubDevice is the identity the engine asks a hub to hold.
+// HubDevice is the identity the engine asks a hub to hold. It is stored
+// as JSON in the record of a registration in progress.
 type HubDevice struct {
-	Hub      string
-	DeviceID string
+	Hub      string `json:"hub"`
+	DeviceID string `json:"deviceId"`
 	// PrimaryKey and SecondaryKey are the keys the device attests with (the
 	// derived keys for a group member), so it can use the same key on the hub.
-	PrimaryKey, SecondaryKey string
+	PrimaryKey   string `json:"primaryKey,omitempty"`
+	SecondaryKey string `json:"secondaryKey,omitempty"`
 	// X509 is set for a device that attested with a certificate: the hub
 	// authenticates it by certificate, and PrimaryKey and SecondaryKey are
 	// empty.
-	X509        *HubX509
-	IoTEdge     bool
-	InitialTwin *dps.InitialTwin
+	X509        *HubX509         `json:"x509,omitempty"`
+	IoTEdge     bool             `json:"iotEdge,omitempty"`
+	InitialTwin *dps.InitialTwin `json:"initialTwin,omitempty"`
 	// ResetTwin asks the hub to replace the twin with InitialTwin rather
 	// than keep the data of an existing device (reprovision with reset).
-	ResetTwin bool
+	ResetTwin bool `json:"resetTwin,omitempty"`
 	// PreviousHub is the hub the device was on, when it moves; the registrar
 	// migrates or drops the old identity as the reprovision policy says.
-	PreviousHub       string
-	MigrateDeviceData bool
+	PreviousHub       string `json:"previousHub,omitempty"`
+	MigrateDeviceData bool   `json:"migrateDeviceData,omitempty"`
 }
 
 // HubX509 is how a hub authenticates a device that attested with X.509.
@@ -104,12 +118,13 @@ type HubX509 struct {
 	// PrimaryThumbprint and SecondaryThumbprint (SHA-256, upper-case hex)
 	// are the certificates of an individual enrollment's
 	// clientCertificates: the hub accepts exactly these ("selfSigned").
-	PrimaryThumbprint, SecondaryThumbprint string
+	PrimaryThumbprint   string `json:"primaryThumbprint,omitempty"`
+	SecondaryThumbprint string `json:"secondaryThumbprint,omitempty"`
 	// CACertificates (PEM) are the certificates that vouched for a group
 	// member or an individual enrollment with caReferences: the hub accepts
 	// a device certificate, with the device id as subject CN, that chains to
 	// one of them ("certificateAuthority").
-	CACertificates []string
+	CACertificates []string `json:"caCertificates,omitempty"`
 }
 
 // Options configure an Engine.
@@ -128,6 +143,17 @@ type Options struct {
 	SyncWait time.Duration
 	// WorkTimeout bounds one registration's allocation and hub registration.
 	WorkTimeout time.Duration
+	// HubTimeout bounds one hub write (RegisterDevice, or an undo).
+	HubTimeout time.Duration
+	// Node names this node for the leases of the registrations it works
+	// on. A node that restarts under the same name takes over the work its
+	// earlier run left at once, without waiting for the lease to run out.
+	// Empty: a name of this run alone.
+	Node string
+	// Lease is how long work in progress stays its owner's without being
+	// renewed: how soon another node takes over the work of a node that
+	// died. The owner renews it every Lease/3.
+	Lease time.Duration
 	// PollFirst makes Register answer "assigning" even when the result is
 	// ready, with a Retry-After of zero, for clients that insist on the
 	// classic register-then-poll exchange. By default a result that is
@@ -145,6 +171,13 @@ type Engine struct {
 	// x509Groups caches the X.509 enrollment groups (attest_x509.go).
 	x509Groups *listcache.Cache[*x509Group]
 	polls      *pollLimiter
+
+	// owner names this run of the engine in the Work of its registrations.
+	owner string
+	// recovered counts interrupted registrations this engine took over;
+	// bindingRefusals the proofs refused because the device is bound to
+	// another enrollment.
+	recovered, bindingRefusals atomic.Int64
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // operation id → closed when done
@@ -178,6 +211,12 @@ func New(st store.Store, opt Options) *Engine {
 		// attempts of up to 30 s each, a registration may take 12.5 min.
 		opt.WorkTimeout = 15 * time.Minute
 	}
+	if opt.HubTimeout == 0 {
+		opt.HubTimeout = 30 * time.Second
+	}
+	if opt.Lease == 0 {
+		opt.Lease = 10 * time.Second
+	}
 	loadX509 := func(ctx context.Context) ([]*x509Group, error) { return listX509Groups(ctx, st) }
 	e := &Engine{
 		st:         st,
@@ -187,6 +226,7 @@ func New(st store.Store, opt Options) *Engine {
 		x509Groups: listcache.New(groupListTTL, loadX509),
 		polls:      newPollLimiter(opt.Now, 10, 2),
 		inflight:   make(map[string]chan struct{}),
+		owner:      opt.Node + "/" + randomHex(6),
 	}
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	return e
@@ -224,26 +264,76 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	if err := e.checkRequest(&req); err != nil {
 		return Result{}, err
 	}
-	prev, err := e.loadRegistration(ctx, req.RegistrationID)
-	if err != nil {
-		return Result{}, err
-	}
-	who, err := e.attest(ctx, &req, prev)
-	if err != nil {
-		return Result{}, err
-	}
+	return e.register(ctx, &req, "")
+}
 
-	// A registration already under way (a device retrying, or the same
-	// device on two connections) joins it instead of starting another.
-	if prev != nil && prev.State.Status == dps.StatusAssigning && !e.stale(prev) {
-		return e.result(prev), nil
-	}
+// maxRegisterRounds bounds how often one request reads the record again
+// after losing a race for it.
+const maxRegisterRounds = 4
 
-	opID := newOperationID()
+// register runs a checked register request. opID, when set, is the
+// operation to continue under the same id (a device polling an operation
+// whose owner died).
+func (e *Engine) register(ctx context.Context, req *Request, opID string) (Result, error) {
+	for range maxRegisterRounds {
+		prev, err := e.loadRegistration(ctx, req.RegistrationID)
+		if err != nil {
+			return Result{}, err
+		}
+		who, err := e.attest(ctx, req, prev)
+		if err != nil {
+			return Result{}, err
+		}
+		if prev != nil && prev.Work != nil {
+			if e.alive(prev) {
+				// A registration already under way (a device retrying, or
+				// the same device on two connections) joins it instead of
+				// starting another.
+				return e.join(ctx, prev), nil
+			}
+			if _, err := e.recover(ctx, prev); err != nil && !errors.Is(err, errLostRace) {
+				return Result{}, err
+			}
+			continue
+		}
+		res, err := e.start(ctx, req, who, prev, opID)
+		if errors.Is(err, errLostRace) {
+			continue
+		}
+		return res, err
+	}
+	return Result{}, &dps.Error{ErrorCode: dps.CodeThrottled, Message: "The registration is being changed concurrently; try again.", RetryAfter: e.opt.PollInterval}
+}
+
+// join answers a request for a registration that is in progress: when this
+// process does the work, with its outcome if that comes quickly.
+func (e *Engine) join(ctx context.Context, r *enroll.Registration) Result {
+	done := e.waitFor(r.OperationID)
+	if done == nil {
+		return e.result(r)
+	}
+	select {
+	case <-done:
+	case <-time.After(e.opt.SyncWait):
+		return e.result(r)
+	case <-ctx.Done():
+		return e.result(r)
+	}
+	if latest, err := e.loadRegistration(ctx, r.State.RegistrationID); err == nil && latest != nil {
+		return e.registerAnswer(latest)
+	}
+	return e.result(r)
+}
+
+// start begins a new register operation over prev, the record read.
+func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *enroll.Registration, opID string) (Result, error) {
+	if opID == "" {
+		opID = newOperationID()
+	}
+	r := e.newRecord(req, who, prev, opID)
 	if who.disabled {
-		r := e.newRecord(&req, who, prev, opID)
 		r.State.Status = dps.StatusDisabled
-		stored, err := e.commit(ctx, r, prev)
+		stored, err := e.swap(ctx, r, prev)
 		if err != nil {
 			return Result{}, err
 		}
@@ -264,43 +354,127 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	}
 
 	if !e.slowAllocation(in) {
-		// Allocation is local and quick: do the whole registration now and
-		// write the record once. A concurrent registration of the same
-		// device loses the compare-and-swap and returns the winner's result.
-		r := e.newRecord(&req, who, prev, opID)
-		wctx, cancel := context.WithTimeout(ctx, e.opt.WorkTimeout)
-		e.complete(wctx, r, in, who)
-		cancel()
-		stored, err := e.commit(ctx, r, prev)
+		// Allocation is local and quick, with no effect outside: decide
+		// first, so that the intent names the hub write and a failed
+		// allocation costs one write and touches nothing.
+		p, err := e.plan(ctx, r, in, who)
+		if err != nil {
+			e.fail(r, err)
+			stored, err := e.swap(ctx, r, prev)
+			if err != nil {
+				return Result{}, err
+			}
+			return e.registerAnswer(stored), nil
+		}
+		intent := e.intent(r, prev)
+		if err := setTarget(intent, p); err != nil {
+			return Result{}, err
+		}
+		// Tracked before the intent is stored, so that a concurrent
+		// request in this process joins the work rather than taking it
+		// for abandoned.
+		done := e.track(opID)
+		defer e.untrack(opID, done)
+		stored, err := e.swap(ctx, intent, prev)
 		if err != nil {
 			return Result{}, err
 		}
-		return e.registerAnswer(stored), nil
+		h := e.hold(context.WithoutCancel(ctx), stored)
+		defer h.cancel()
+		final, err := e.execute(ctx, h, r, p)
+		if err != nil {
+			return Result{}, err
+		}
+		return e.registerAnswer(final), nil
 	}
 
 	// Allocation may take long (a webhook with retries): record that the
 	// device is assigning, so polls on any node find it, then finish in the
 	// background and wait a little for a quick answer.
-	r := e.newRecord(&req, who, prev, opID)
-	r.State.Status = dps.StatusAssigning
-	stored, err := e.commit(ctx, r, prev)
+	intent := e.intent(r, prev)
+	tracked := e.track(opID)
+	stored, err := e.swap(ctx, intent, prev)
 	if err != nil {
+		e.untrack(opID, tracked)
 		return Result{}, err
 	}
-	if stored.OperationID != opID { // lost a race; the winner is working on it
-		return e.result(stored), nil
-	}
-	done := e.startBackground(stored, prev, in, who)
+	done := e.startBackground(stored, tracked, r, in, who)
 	select {
 	case <-done:
 	case <-time.After(e.opt.SyncWait):
 	case <-ctx.Done():
 	}
 	latest, err := e.loadRegistration(ctx, req.RegistrationID)
-	if err != nil || latest == nil {
+	if err != nil || latest == nil || latest.OperationID != opID {
 		return e.result(stored), nil
 	}
 	return e.registerAnswer(latest), nil
+}
+
+// intent is the record that says r's operation is in progress, replacing
+// prev: status assigning, owned by this process.
+func (e *Engine) intent(r, prev *enroll.Registration) *enroll.Registration {
+	in := *r
+	in.State.Status = dps.StatusAssigning
+	in.State.Substatus = ""
+	in.State.ErrorCode, in.State.ErrorMessage = 0, ""
+	in.Work = &enroll.Work{Owner: e.owner, LeaseUntil: e.opt.Now().Add(e.opt.Lease)}
+	if prev != nil {
+		in.Work.Prior = prev.WithoutETag()
+	}
+	return &in
+}
+
+// setTarget records in the intent the hub write of p and the record to
+// commit after it.
+func setTarget(intent *enroll.Registration, p *plan) error {
+	t, err := json.Marshal(p.dev)
+	if err != nil {
+		return fmt.Errorf("encode hub write: %w", err)
+	}
+	intent.Work.Target = t
+	intent.Work.Final = p.final.WithoutETag()
+	return nil
+}
+
+// execute performs the hub write of p for the held intent and commits the
+// outcome: p's final record, or base marked failed. It returns what it
+// committed, or the record that replaced the intent meanwhile.
+func (e *Engine) execute(ctx context.Context, h *holder, base *enroll.Registration, p *plan) (*enroll.Registration, error) {
+	hctx, cancel := context.WithTimeout(h.ctx, e.opt.HubTimeout)
+	err := e.opt.Registrar.RegisterDevice(hctx, p.dev)
+	cancel()
+	final := p.final
+	if err != nil {
+		e.log.Warn("hub registration failed", "registrationId", base.State.RegistrationID, "hub", p.dev.Hub, "err", err)
+		var de *dps.Error
+		if !errors.As(err, &de) {
+			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed: %v", p.dev.Hub, err)
+		}
+		failed := *base
+		e.fail(&failed, de)
+		final = &failed
+	}
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer ccancel()
+	stored, err := h.commit(cctx, final)
+	switch {
+	case errors.Is(err, errLostRace):
+		// Another process took the work over (this one stalled past its
+		// lease); it finishes or undoes it. Answer with what is stored.
+		latest, lerr := e.loadRegistration(ctx, base.State.RegistrationID)
+		if lerr != nil || latest == nil {
+			return nil, unavailable(errors.Join(err, lerr))
+		}
+		return latest, nil
+	case err != nil:
+		// The intent stays recorded with its Target: whoever takes it over
+		// repeats the hub write and commits, or undoes it.
+		e.log.Warn("recording a registration's outcome failed; it will be recovered",
+			"registrationId", base.State.RegistrationID, "err", err)
+		return nil, err
+	}
+	return stored, nil
 }
 
 // registerAnswer is the answer to a register request: the result, or with
@@ -333,14 +507,25 @@ func (e *Engine) OperationStatus(ctx context.Context, req Request, operationID s
 	if r == nil || r.OperationID != operationID {
 		return Result{}, dps.Errorf(dps.CodeOperationNotFound, "Operation %q not found.", operationID)
 	}
-	if r.State.Status == dps.StatusAssigning {
+	if r.Work != nil {
 		if !e.polls.allow(req.RegistrationID) {
 			return Result{}, &dps.Error{ErrorCode: dps.CodeThrottled, Message: "Too many status requests; slow down.", RetryAfter: 2 * time.Second}
 		}
-		if e.stale(r) {
-			// The node that was working on it is gone; a new register
-			// request will start over.
-			return Result{}, dps.Errorf(dps.CodeOperationNotFound, "Operation %q was interrupted; register again.", operationID)
+		if !e.alive(r) {
+			// The process working on it is gone: take the work over and,
+			// unless that finished it, run the registration again under
+			// the same operation id, so the device's polling goes on.
+			if _, err := e.recover(ctx, r); err != nil && !errors.Is(err, errLostRace) {
+				return Result{}, err
+			}
+			latest, err := e.loadRegistration(ctx, req.RegistrationID)
+			if err != nil {
+				return Result{}, err
+			}
+			if latest != nil && latest.OperationID == operationID {
+				return e.result(latest), nil
+			}
+			return e.register(ctx, &req, operationID)
 		}
 	}
 	return e.result(r), nil
@@ -404,19 +589,18 @@ func (e *Engine) slowAllocation(in *AllocationInput) bool {
 
 func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration, opID string) *enroll.Registration {
 	r := &enroll.Registration{
-		State:           dps.DeviceRegistrationState{RegistrationID: req.RegistrationID},
-		OperationID:     opID,
-		DevicePayload:   req.Payload,
-		AttestationType: who.attestationType(),
+		State:             dps.DeviceRegistrationState{RegistrationID: req.RegistrationID},
+		OperationID:       opID,
+		DevicePayload:     req.Payload,
+		AttestationType:   who.attestationType(),
+		EnrollmentGroupID: who.boundGroupID(),
 	}
 	if prev != nil {
 		// Keep the stored spelling of the id and the current assignment
 		// until a new one replaces it.
 		r.State.RegistrationID = prev.State.RegistrationID
 		r.State.AssignedHub, r.State.DeviceID = prev.State.AssignedHub, prev.State.DeviceID
-	}
-	if who.group != nil {
-		r.EnrollmentGroupID = who.group.EnrollmentGroupID
+		r.Identity = prev.Identity
 	}
 	switch {
 	case who.x509 != nil:
@@ -428,9 +612,16 @@ func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration
 	return r
 }
 
-// complete allocates a hub, registers the device there and fills r with the
-// outcome (assigned or failed).
-func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *AllocationInput, who *vouched) {
+// plan is a decided registration: the hub write and the record to commit
+// once it succeeded.
+type plan struct {
+	dev   *HubDevice
+	final *enroll.Registration
+}
+
+// plan allocates a hub for the registration r describes and returns the
+// hub write and the assigned record; it changes nothing anywhere.
+func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *AllocationInput, who *vouched) (*plan, error) {
 	policy, _, _, twin, rp := in.Policy()
 	deviceID := r.State.RegistrationID
 	if in.Enrollment != nil && in.Enrollment.DeviceID != "" {
@@ -447,8 +638,7 @@ func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *Alloc
 	} else {
 		a, err := e.opt.Allocator.Allocate(ctx, in)
 		if err != nil {
-			e.fail(r, err)
-			return
+			return nil, err
 		}
 		hub, payload, allocatedTwin = a.Hub, a.Payload, a.InitialTwin
 	}
@@ -486,21 +676,19 @@ func (e *Engine) complete(ctx context.Context, r *enroll.Registration, in *Alloc
 	if allocatedTwin != nil && (in.Previous == nil || (dev.ResetTwin && dev.PreviousHub != "")) {
 		dev.InitialTwin = allocatedTwin
 	}
-	if err := e.opt.Registrar.RegisterDevice(ctx, dev); err != nil {
-		e.log.Warn("hub registration failed", "registrationId", r.State.RegistrationID, "hub", hub, "err", err)
-		var de *dps.Error
-		if !errors.As(err, &de) {
-			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed: %v", hub, err)
-		}
-		e.fail(r, de)
-		return
+	// Refuse here what the hub would refuse, before anything is written.
+	if err := enroll.ValidateInitialTwin(dev.InitialTwin); err != nil {
+		return nil, err
 	}
-	r.State.Status = dps.StatusAssigned
-	r.State.Substatus = substatus
-	r.State.AssignedHub = hub
-	r.State.DeviceID = deviceID
-	r.State.Payload = payload
-	r.State.ErrorCode, r.State.ErrorMessage = 0, ""
+	final := *r
+	final.State.Status = dps.StatusAssigned
+	final.State.Substatus = substatus
+	final.State.AssignedHub = hub
+	final.State.DeviceID = deviceID
+	final.State.Payload = payload
+	final.State.ErrorCode, final.State.ErrorMessage = 0, ""
+	final.Identity = IdentityOf(dev)
+	return &plan{dev: dev, final: &final}, nil
 }
 
 func capabilities(in *AllocationInput) *dps.DeviceCapabilities {
@@ -521,91 +709,61 @@ func (e *Engine) fail(r *enroll.Registration, err error) {
 	r.State.ErrorMessage = de.Message
 }
 
-// commit writes r over prev (compare-and-swap) and returns what is stored:
-// r, or the record of a registration that won a race against it.
-func (e *Engine) commit(ctx context.Context, r *enroll.Registration, prev *enroll.Registration) (*enroll.Registration, error) {
-	cond := store.Condition{MustNotExist: true}
-	if prev != nil {
-		cond = store.Condition{IfMatch: prev.ETag()}
-	}
-	stored, err := enroll.PutRegistration(ctx, e.st, r, cond)
-	if err == nil {
-		return stored, nil
-	}
-	if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrPrecondition) {
-		winner, gerr := enroll.GetRegistration(ctx, e.st, r.State.RegistrationID)
-		if gerr == nil {
-			return winner, nil
-		}
-		err = gerr
-	}
-	return nil, unavailable(err)
-}
-
-// startBackground finishes a slow registration outside the request and
-// returns a channel closed when it is recorded. prev is the record the
-// registration replaced, restored if shutdown interrupts the work.
-func (e *Engine) startBackground(r, prev *enroll.Registration, in *AllocationInput, who *vouched) <-chan struct{} {
-	done := make(chan struct{})
-	e.mu.Lock()
-	e.inflight[r.OperationID] = done
-	e.mu.Unlock()
+// startBackground finishes a slow registration, whose intent is stored,
+// outside the request, and returns a channel closed when it is recorded.
+// base is the registration as started, before any outcome.
+// done is the channel track returned for the operation; it is closed here.
+func (e *Engine) startBackground(stored *enroll.Registration, done chan struct{}, base *enroll.Registration, in *AllocationInput, who *vouched) <-chan struct{} {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		defer func() {
-			e.mu.Lock()
-			delete(e.inflight, r.OperationID)
-			e.mu.Unlock()
-			close(done)
-		}()
-		ctx, cancel := context.WithTimeout(e.bg, e.opt.WorkTimeout)
+		defer e.untrack(stored.OperationID, done)
+		wctx, cancel := context.WithTimeout(e.bg, e.opt.WorkTimeout)
 		defer cancel()
-		final := *r
-		e.complete(ctx, &final, in, who)
-		if e.bg.Err() != nil {
-			e.rollback(r, prev)
-			return
-		}
+		h := e.hold(wctx, stored)
+		defer h.cancel()
 		// Record the outcome even when the work ran out of time: the
 		// device must learn it failed rather than poll "assigning".
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(wctx), 10*time.Second)
 		defer ccancel()
-		if _, err := e.commit(cctx, &final, r); err != nil {
-			e.log.Error("recording registration result failed", "registrationId", r.State.RegistrationID, "err", err)
+
+		p, err := e.plan(h.ctx, base, in, who)
+		if e.bg.Err() != nil || (err != nil && h.ctx.Err() != nil && wctx.Err() == nil) {
+			// Shutdown (or a lost lease) interrupted the allocation before
+			// any hub was touched: put the prior record back, so the
+			// device's next register starts afresh on any node.
+			e.abandon(cctx, h)
+			return
+		}
+		if err != nil {
+			failed := *base
+			e.fail(&failed, err)
+			if _, err := h.commit(cctx, &failed); err != nil && !errors.Is(err, errLostRace) {
+				e.log.Error("recording registration result failed", "registrationId", base.State.RegistrationID, "err", err)
+			}
+			return
+		}
+		// The hub write is durable in the intent before the hub is touched.
+		if err := h.update(cctx, func(r *enroll.Registration) { _ = setTarget(r, p) }); err != nil {
+			if !errors.Is(err, errLostRace) {
+				e.log.Error("recording a registration's hub write failed", "registrationId", base.State.RegistrationID, "err", err)
+				e.abandon(cctx, h)
+			}
+			return
+		}
+		if _, err := e.execute(cctx, h, base, p); err != nil {
+			e.log.Error("recording registration result failed", "registrationId", base.State.RegistrationID, "err", err)
 		}
 	}()
 	return done
 }
 
-// rollback undoes the "assigning" record of a registration that shutdown
-// interrupted, so that the device's next register starts afresh on any node
-// instead of waiting for an operation nobody is working on.
-func (e *Engine) rollback(r, prev *enroll.Registration) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var err error
-	if prev != nil {
-		_, err = enroll.PutRegistration(ctx, e.st, prev, store.Condition{IfMatch: r.ETag()})
-	} else {
-		err = e.st.Delete(ctx, store.KindRegistration, r.State.RegistrationID, store.Condition{IfMatch: r.ETag()})
+// abandon puts back the prior record of held work that touched no hub.
+func (e *Engine) abandon(ctx context.Context, h *holder) {
+	if _, err := h.restore(ctx); err != nil && !errors.Is(err, errLostRace) {
+		e.log.Warn("undoing an interrupted registration failed; it is recovered when its lease ends",
+			"registrationId", h.current().State.RegistrationID, "err", err)
 	}
-	if err != nil {
-		e.log.Warn("undoing an interrupted registration failed; it ends when its operation times out",
-			"registrationId", r.State.RegistrationID, "err", err)
-	}
-}
-
-// stale reports whether an assigning record was left by work that is no
-// longer running: not in this process, and not touched for a while.
-func (e *Engine) stale(r *enroll.Registration) bool {
-	e.mu.Lock()
-	_, running := e.inflight[r.OperationID]
-	e.mu.Unlock()
-	if running || r.State.LastUpdatedDateTimeUTC == nil {
-		return false
-	}
-	return e.opt.Now().Sub(*r.State.LastUpdatedDateTimeUTC) > e.opt.WorkTimeout
 }
 
 func (e *Engine) result(r *enroll.Registration) Result {
@@ -648,4 +806,17 @@ func newOperationID() string {
 
 type nopRegistrar struct{}
 
-func (nopRegistrar) RegisterDevice(context.Context, *HubDevice) error { return nil }
+func (nopRegistrar) RegisterDevice(context.Context, *HubDevice) error   { return nil }
+func (nopRegistrar) UnregisterDevice(context.Context, *HubDevice) error { return nil }
+func (nopRegistrar) LookupDevice(context.Context, string, string) (*enroll.HubIdentity, error) {
+	return nil, nil
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("provision: crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b)
+}
