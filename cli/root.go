@@ -50,6 +50,7 @@ func NewRootCommand() *cobra.Command {
 		newEnrollmentCmd(),
 		newEnrollmentGroupCmd(),
 		newRegistrationCmd(),
+		newDoctorCmd(),
 		newComputeDeviceKeyCmd(),
 		newDeviceCmd(),
 		newBenchCmd(),

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -57,9 +58,20 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
 	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
+	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
+	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd
+}
+
+// envDuration is the duration in the environment variable name, or def
+// when it is unset or not a duration.
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

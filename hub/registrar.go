@@ -59,7 +59,10 @@ type cachedClient struct {
 	client *Client
 }
 
-var _ provision.Registrar = (*Registrar)(nil)
+var (
+	_ provision.Registrar    = (*Registrar)(nil)
+	_ provision.DeviceLister = (*Registrar)(nil)
+)
 
 // NewRegistrar returns a Registrar.
 func NewRegistrar(opt RegistrarOptions) *Registrar {
@@ -271,6 +274,28 @@ func (r *Registrar) LookupDevice(ctx context.Context, hubName, deviceID string) 
 		return nil, fmt.Errorf("read device %s in hub %s: %w", deviceID, hubName, err)
 	}
 	return IdentityOfDevice(hubName, d), nil
+}
+
+// ListDevices implements provision.DeviceLister for hubs whose registry
+// can list its devices, and returns provision.ErrCannotList for others.
+func (r *Registrar) ListDevices(ctx context.Context, hubName, after string, limit int) ([]*enroll.HubIdentity, bool, error) {
+	reg, err := r.registry(ctx, hubName)
+	if err != nil {
+		return nil, false, err
+	}
+	l, ok := reg.(DeviceLister)
+	if !ok {
+		return nil, false, provision.ErrCannotList
+	}
+	page, more, err := l.ListDevices(ctx, after, limit)
+	if err != nil {
+		return nil, false, fmt.Errorf("list devices in hub %s: %w", hubName, err)
+	}
+	out := make([]*enroll.HubIdentity, 0, len(page))
+	for _, d := range page {
+		out = append(out, IdentityOfDevice(hubName, d))
+	}
+	return out, more, nil
 }
 
 // IdentityOfDevice describes a hub's device identity the way registration

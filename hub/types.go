@@ -150,3 +150,10 @@ type CertificateAuthorities interface {
 	// devices. Adding a certificate that is already trusted does nothing.
 	AddCertificateAuthority(ctx context.Context, certPEM string) error
 }
+
+// DeviceLister is implemented by registries that can list their device
+// identities, in device-id order. Built-in hubs implement it; dpsd doctor
+// needs it to find identities that no registration record names.
+type DeviceLister interface {
+	ListDevices(ctx context.Context, after string, limit int) ([]*Device, bool, error)
+}

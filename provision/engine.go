@@ -252,6 +252,13 @@ func (e *Engine) Wait(ctx context.Context) error {
 	}
 }
 
+// Recovered is how many interrupted registrations this engine took over.
+func (e *Engine) Recovered() int64 { return e.recovered.Load() }
+
+// BindingRefusals is how many proofs this engine refused because the device
+// is bound to another enrollment.
+func (e *Engine) BindingRefusals() int64 { return e.bindingRefusals.Load() }
+
 // InvalidateEnrollments drops cached enrollment group data, for callers
 // that change groups in this process.
 func (e *Engine) InvalidateEnrollments() {
@@ -308,19 +315,30 @@ func (e *Engine) register(ctx context.Context, req *Request, opID string) (Resul
 // join answers a request for a registration that is in progress: when this
 // process does the work, with its outcome if that comes quickly.
 func (e *Engine) join(ctx context.Context, r *enroll.Registration) Result {
-	done := e.waitFor(r.OperationID)
-	if done == nil {
-		return e.result(r)
-	}
-	select {
-	case <-done:
-	case <-time.After(e.opt.SyncWait):
-		return e.result(r)
-	case <-ctx.Done():
-		return e.result(r)
-	}
-	if latest, err := e.loadRegistration(ctx, r.State.RegistrationID); err == nil && latest != nil {
-		return e.registerAnswer(latest)
+	deadline := time.NewTimer(e.opt.SyncWait)
+	defer deadline.Stop()
+	// Follow the operations this process runs on the record until one
+	// ends: another request may start a new one as soon as r's ends.
+	for range maxRegisterRounds {
+		if done := e.waitFor(r.OperationID); done != nil {
+			select {
+			case <-done:
+			case <-deadline.C:
+				return e.result(r)
+			case <-ctx.Done():
+				return e.result(r)
+			}
+		} else if r.Work.Owner != e.owner {
+			return e.result(r)
+		}
+		latest, err := e.loadRegistration(ctx, r.State.RegistrationID)
+		if err != nil || latest == nil {
+			return e.result(r)
+		}
+		if latest.Work == nil || latest.Work.Owner != e.owner {
+			return e.registerAnswer(latest)
+		}
+		r = latest
 	}
 	return e.result(r)
 }

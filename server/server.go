@@ -58,6 +58,11 @@ type Config struct {
 	// PollFirst answers every register with "assigning" and lets the device
 	// poll for the result (see provision.Options.PollFirst).
 	PollFirst bool
+	// DoctorInterval, when set, runs the consistency check (dpsd doctor)
+	// that often; DoctorRepair lets it repair what it finds (never
+	// pruning orphans, which needs an operator's word).
+	DoctorInterval time.Duration
+	DoctorRepair   bool
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
 }
@@ -69,6 +74,7 @@ type Server struct {
 	st     store.Store
 	inst   *instance.Instance
 	engine *provision.Engine
+	doctor *doctor
 	prom   *metrics.Metrics
 	svc    http.Handler
 	dev    *deviceapi.Handler
@@ -170,16 +176,23 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: s.linked, Local: s.hubs, Logger: s.log})
+	node, err := nodeName(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	s.engine = provision.New(st, provision.Options{
 		IDScope:   s.inst.IDScope,
 		Logger:    s.log,
 		PollFirst: cfg.PollFirst,
 		Allocator: alloc,
 		Registrar: registrar,
+		Node:      node,
 	})
+	s.doctor = &doctor{s: s}
 	// Both device transports see the engine through the metrics
 	// decorator, so every device request is counted the same way.
 	s.prom = metrics.New()
+	s.doctor.register(s.prom.Registry())
 	prov := s.prom.Provisioner(s.engine)
 	s.dev = deviceapi.New(prov, s.log)
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
@@ -231,6 +244,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	stopFollowing := s.followChanges(ctx)
+	if s.cfg.DoctorInterval > 0 {
+		go s.doctor.run(ctx, s.cfg.DoctorInterval, s.cfg.DoctorRepair)
+	}
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
@@ -364,6 +380,8 @@ func (s *Server) extension(path string) http.Handler {
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "doctor" && len(segs) == 2:
+		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
 		return s.alog.Handler(audit.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
 	}
