@@ -214,10 +214,10 @@ func TestX509Attestation(t *testing.T) {
 		// boundTo is the group the record binds the device to, when it is
 		// not group: a disabled individual enrollment that revokes a group
 		// member keeps it bound to its group.
-		boundTo string
-		signer    *x509.Certificate
-		hubThumb  string // expected selfSigned thumbprint
-		hubCA     *x509.Certificate
+		boundTo  string
+		signer   *x509.Certificate
+		hubThumb string // expected selfSigned thumbprint
+		hubCA    *x509.Certificate
 	}{
 		{name: "individual primary certificate", regID: "dev-indiv", chain: chain(indiv, true), wantState: dps.StatusAssigned, hubThumb: Thumbprint(indiv.Cert)},
 		{name: "individual secondary certificate", regID: "dev-indiv2", chain: chain(indiv2, false), wantState: dps.StatusAssigned, hubThumb: Thumbprint(indiv2Old.Cert)},
