@@ -211,6 +211,7 @@ type nodeInfo struct {
 
 // node is one running "dpsd serve".
 type node struct {
+	index   int
 	name    string
 	ip      string
 	dataDir string
@@ -265,7 +266,7 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	errs := make([]error, o.nodes)
 	var wg sync.WaitGroup
 	for i := range o.nodes {
-		wg.Go(func() { c.nodes[i], errs[i] = c.startNode(t, bin, i, o.logLevel) })
+		wg.Go(func() { c.nodes[i], errs[i] = c.startNode(t, bin, i, o.logLevel, "") })
 	}
 	wg.Wait()
 	for _, n := range c.nodes {
@@ -316,20 +317,25 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
-func (c *cluster) startNode(t *testing.T, bin string, i int, logLevel string) (*node, error) {
+// startNode starts node i; in dataDir, when not empty (a restart), else in
+// a new one.
+func (c *cluster) startNode(t *testing.T, bin string, i int, logLevel, dataDir string) (*node, error) {
 	ip := nodeIP(i).String()
-	dataDir, err := os.MkdirTemp(tmpRoot, "node-"+ip+"-")
-	if err != nil {
-		return nil, err
+	if dataDir == "" {
+		var err error
+		if dataDir, err = os.MkdirTemp(tmpRoot, "node-"+ip+"-"); err != nil {
+			return nil, err
+		}
 	}
 	n := &node{
+		index:   i,
 		name:    fmt.Sprintf("node %d (%s)", i, ip),
 		ip:      ip,
 		dataDir: dataDir,
 		logPath: dataDir + ".log",
 		exited:  make(chan struct{}),
 	}
-	logFile, err := os.Create(n.logPath)
+	logFile, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
