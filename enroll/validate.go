@@ -144,7 +144,9 @@ func (c common) prepareTwin() error {
 			return err
 		}
 	}
-	return nil
+	// Refused now rather than when the first device registers: a hub
+	// refuses a twin beyond its limits, and that device would fail.
+	return ValidateInitialTwin(t)
 }
 
 func (c common) prepareAllocation() error {

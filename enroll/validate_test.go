@@ -168,6 +168,22 @@ func TestValidateEnrollment(t *testing.T) {
 			e.InitialTwin = &dps.InitialTwin{Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`"x"`)}}
 		}), "initialTwin.properties.desired"},
 		{"bad device id", with(func(e *dps.IndividualEnrollment) { e.DeviceID = "dev/1" }), "deviceId"},
+		// Twins the hub would refuse are refused on save.
+		{"twin nested deeper than the hub allows", with(func(e *dps.IndividualEnrollment) {
+			e.InitialTwin = &dps.InitialTwin{Tags: json.RawMessage(strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 11))}
+		}), "nesting deeper than 10"},
+		{"twin tags larger than the hub allows", with(func(e *dps.IndividualEnrollment) {
+			e.InitialTwin = &dps.InitialTwin{Tags: json.RawMessage(`{"a":"` + strings.Repeat("x", 4000) + `","b":"` + strings.Repeat("y", 4000) + `","c":"` + strings.Repeat("z", 1000) + `"}`)}
+		}), "initialTwin.tags is"},
+		{"twin property name with a dot", with(func(e *dps.IndividualEnrollment) {
+			e.InitialTwin = &dps.InitialTwin{Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`{"a.b":1}`)}}
+		}), "contains '.'"},
+		{"twin string longer than the hub allows", with(func(e *dps.IndividualEnrollment) {
+			e.InitialTwin = &dps.InitialTwin{Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`{"a":"` + strings.Repeat("x", 4097) + `"}`)}}
+		}), "longer than 4096"},
+		{"twin at the hub's limits", with(func(e *dps.IndividualEnrollment) {
+			e.InitialTwin = &dps.InitialTwin{Tags: json.RawMessage(strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10))}
+		}), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -696,6 +696,9 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 	}
 	// Refuse here what the hub would refuse, before anything is written.
 	if err := enroll.ValidateInitialTwin(dev.InitialTwin); err != nil {
+		if dev.InitialTwin == allocatedTwin {
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's initialTwin would be refused by the IoT hub: %s", dps.AsError(err).Message)
+		}
 		return nil, err
 	}
 	final := *r

@@ -481,3 +481,37 @@ func TestCloseUndoesInterruptedRegistrations(t *testing.T) {
 		t.Fatalf("register after restart = %+v, %v", res.Operation, err)
 	}
 }
+
+// twinAllocator answers like a webhook with an initial twin.
+type twinAllocator struct{ twin *dps.InitialTwin }
+
+func (a twinAllocator) Allocate(context.Context, *AllocationInput) (*Allocation, error) {
+	return &Allocation{Hub: "hub.example", InitialTwin: a.twin}, nil
+}
+
+func TestWebhookTwinTheHubWouldRefuse(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 11)
+	f := newFixture(t, Options{Allocator: twinAllocator{&dps.InitialTwin{Tags: json.RawMessage(deep)}}})
+	ctx := context.Background()
+	g, err := enroll.PutGroup(ctx, f.st, "custom", &dps.EnrollmentGroup{
+		EnrollmentGroupID: "custom",
+		Attestation:       &dps.AttestationMechanism{Type: dps.AttestationSymmetricKey},
+		AllocationPolicy:  dps.AllocationCustom,
+		CustomAllocationDefinition: &dps.CustomAllocationDefinition{
+			WebhookURL: "http://127.0.0.1:1/allocate", APIVersion: "2019-03-31"},
+	}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.eng.Register(ctx, f.request("dev", derived(t, g.Attestation.SymmetricKey.PrimaryKey, "dev")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := res.Operation.RegistrationState
+	if res.Operation.Status != dps.StatusFailed || st.ErrorCode != dps.CodeCustomAllocationFailed || !strings.Contains(st.ErrorMessage, "initialTwin") {
+		t.Fatalf("want failed/400207 naming the twin, got %+v", st)
+	}
+	if n := f.reg.count(); n != 0 {
+		t.Fatalf("the hub was called %d times", n)
+	}
+}
