@@ -504,6 +504,22 @@ func TestContosoWalkthrough(t *testing.T) {
 		}
 	})
 
+	// dpsd doctor: every record and its hub identity agree (README).
+	t.Run("doctor finds no problem", func(t *testing.T) {
+		var rep struct {
+			Registrations int            `json:"registrations"`
+			Counts        map[string]int `json:"counts"`
+			HubsListed    []string       `json:"hubsListed"`
+		}
+		decodeJSON(t, "doctor", dpsdCLI(t, srv, "doctor", "--fail-on-problems", "-o", "json"), &rep)
+		if rep.Registrations < len(all) || len(rep.Counts) != 0 || !slices.Contains(rep.HubsListed, toasters.HostName) {
+			t.Errorf("doctor: %+v, want every registration checked, no problem, the toasters hub listed", rep)
+		}
+		if out := dpsdCLI(t, srv, "doctor"); !strings.Contains(out, "No problems") {
+			t.Errorf("doctor (table):\n%s", out)
+		}
+	})
+
 	// The allocator's own log has every request it answered.
 	t.Run("the allocator logged every request", func(t *testing.T) {
 		logText, err := os.ReadFile(alloc.LogPath)
