@@ -8,8 +8,8 @@ package provision_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
