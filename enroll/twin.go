@@ -51,7 +51,7 @@ func validateTwinSection(path string, raw json.RawMessage, maxBytes int) error {
 	if err := dec.Decode(&m); err != nil {
 		return dps.Errorf(dps.CodeInvalidArgument, "%s must be a JSON object.", path)
 	}
-	m = withoutMeta(m)
+	m = StripTwinMeta(m)
 	if err := ValidateTwinPatch(path, m); err != nil {
 		return dps.Errorf(dps.CodeInvalidArgument, "The initial twin would be refused by the IoT hub: %v.", err)
 	}
@@ -61,9 +61,10 @@ func validateTwinSection(path string, raw json.RawMessage, maxBytes int) error {
 	return nil
 }
 
-// withoutMeta drops the "$version", "$metadata" and other '$' members that
-// exported twins carry and hubs ignore on write.
-func withoutMeta(m map[string]any) map[string]any {
+// StripTwinMeta returns m without the "$version", "$metadata" and other '$'
+// members that twin responses and exports carry and hubs ignore on write.
+// It returns an empty map, not nil, for a nil m.
+func StripTwinMeta(m map[string]any) map[string]any {
 	out := make(map[string]any, len(m))
 	for k, v := range m {
 		if !strings.HasPrefix(k, "$") {
