@@ -68,10 +68,11 @@ func errUnauthorized() error {
 // device belongs to"):
 //   - An individual enrollment for the registration id decides alone when
 //     it exists, even if a group would accept the device (Azure's rule).
-//   - Otherwise a group decides. A device that has a registration record
-//     is bound to the enrollment of that record: only the group the record
-//     names may vouch for it, and a record made through an individual
-//     enrollment that has since been deleted admits no group. A proof
+//   - Otherwise a group decides. A device whose registration record shows
+//     an assignment (or a registration in progress) is bound to the
+//     enrollment of that record: only the group the record names may vouch
+//     for it, and a record made through an individual enrollment that has
+//     since been deleted admits no group. A proof
 //     through any other group is refused like a wrong key, so holding
 //     another group's key (or a certificate from another group's CA with
 //     the same CN) cannot take over a provisioned device's hub identity.
@@ -127,19 +128,28 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 	return v, err
 }
 
+// binds reports whether a registration record binds its device to the
+// enrollment it names: when the device was assigned (a hub holds an
+// identity this enrollment vouched for) or a registration is in progress.
+// A record of a registration that failed, or was disabled, before any
+// assignment binds nothing: there is nothing to take over.
+func binds(prev *enroll.Registration) bool {
+	return prev != nil && (prev.Work != nil || prev.State.AssignedHub != "")
+}
+
 // bound is the group a registration record binds its device to; empty when
-// there is no record, or it was made through an individual enrollment.
+// it binds nothing, or binds to an individual enrollment.
 func bound(prev *enroll.Registration) string {
-	if prev == nil {
+	if !binds(prev) {
 		return ""
 	}
 	return prev.EnrollmentGroupID
 }
 
-// checkBinding refuses a group proof for a device whose record was made
-// through an individual enrollment that no longer exists.
+// checkBinding refuses a group proof for a device whose record binds it to
+// an individual enrollment that no longer exists.
 func (e *Engine) checkBinding(req *Request, prev *enroll.Registration) error {
-	if prev != nil && prev.EnrollmentGroupID == "" {
+	if binds(prev) && prev.EnrollmentGroupID == "" {
 		e.refusedByBinding(req, prev, "")
 		return errUnauthorized()
 	}

@@ -734,3 +734,41 @@ func mustJSON(t testing.TB, v any) []byte {
 	}
 	return b
 }
+
+// TestUnblockingAGroupMember: a disabled individual enrollment with a group
+// member's derived keys blocks it, and deleting the enrollment lets it back
+// in through its group, whether it had been assigned before or not. The
+// binding to the group does not stand in the way: nothing was written to a
+// hub while it was blocked.
+func TestUnblockingAGroupMember(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, nil, 1)
+	key := w.symmetricGroup("fleet", nil)
+	for _, assignedBefore := range []bool{false, true} {
+		regID := fmt.Sprintf("member-%v", assignedBefore)
+		req := sasRequest(t, regID, key)
+		if assignedBefore {
+			must(t).assigned(w.engine.Register(ctx, req))
+		}
+		g, _ := enroll.GetGroup(ctx, w.st, "fleet")
+		p, _ := sas.DeriveDeviceKey(g.Attestation.SymmetricKey.PrimaryKey, regID)
+		s, _ := sas.DeriveDeviceKey(g.Attestation.SymmetricKey.SecondaryKey, regID)
+		if _, err := enroll.PutEnrollment(ctx, w.st, regID, &dps.IndividualEnrollment{
+			RegistrationID:     regID,
+			Attestation:        &dps.AttestationMechanism{Type: dps.AttestationSymmetricKey, SymmetricKey: &dps.SymmetricKeyAttestation{PrimaryKey: p, SecondaryKey: s}},
+			IoTHubHostName:     w.hubs[0],
+			ProvisioningStatus: dps.ProvisioningDisabled,
+		}, ""); err != nil {
+			t.Fatal(err)
+		}
+		res, err := w.engine.Register(ctx, req)
+		if err != nil || res.Operation.Status != dps.StatusDisabled {
+			t.Fatalf("assigned before %v: blocked member: %+v %v", assignedBefore, res.Operation, err)
+		}
+		if err := enroll.DeleteEnrollment(ctx, w.st, regID, ""); err != nil {
+			t.Fatal(err)
+		}
+		must(t).assigned(w.engine.Register(ctx, req))
+	}
+	w.healthy(w.engine)
+}

@@ -350,6 +350,12 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 	}
 	r := e.newRecord(req, who, prev, opID)
 	if who.disabled {
+		// Nothing is written to a hub, so the device stays bound to what
+		// it was bound to: deleting the disabled individual enrollment
+		// that blocks a group member lets it back in through its group.
+		if prev != nil {
+			r.EnrollmentGroupID = prev.EnrollmentGroupID
+		}
 		r.State.Status = dps.StatusDisabled
 		stored, err := e.swap(ctx, r, prev)
 		if err != nil {
@@ -743,12 +749,12 @@ func (e *Engine) startBackground(stored *enroll.Registration, done chan struct{}
 		defer cancel()
 		h := e.hold(wctx, stored)
 		defer h.cancel()
+
+		p, err := e.plan(h.ctx, base, in, who)
 		// Record the outcome even when the work ran out of time: the
 		// device must learn it failed rather than poll "assigning".
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(wctx), 10*time.Second)
 		defer ccancel()
-
-		p, err := e.plan(h.ctx, base, in, who)
 		if e.bg.Err() != nil || (err != nil && h.ctx.Err() != nil && wctx.Err() == nil) {
 			// Shutdown (or a lost lease) interrupted the allocation before
 			// any hub was touched: put the prior record back, so the
