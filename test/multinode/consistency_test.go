@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,6 +21,12 @@ import (
 	"github.com/dpsd/dpsd/dps"
 	"github.com/dpsd/dpsd/provision"
 	"github.com/dpsd/dpsd/sas"
+)
+
+var (
+	killRounds  = flag.Int("multinode.kill.rounds", 5, "TestKillLoopKeepsRecordsAndHubInAgreement: rounds (bounded to 1..50)")
+	killDevices = flag.Int("multinode.kill.devices", 400, "TestKillLoopKeepsRecordsAndHubInAgreement: devices per round (bounded to 30..20000)")
+	raceRounds  = flag.Int("multinode.race.rounds", 200, "TestTwoGroupsRaceOverTransports: rounds, alternating HTTPS and MQTT (bounded to 2..5000)")
 )
 
 // restart starts n again in its data directory, as an operator restarting
@@ -84,7 +91,7 @@ func (s *nodeSet) set(i int, n *node) {
 // in the hub, the hub holds no identity that no record names, and dpsd
 // doctor finds nothing.
 func TestKillLoopKeepsRecordsAndHubInAgreement(t *testing.T) {
-	rounds, devices := 5, 200
+	rounds, devices := min(max(*killRounds, 1), 50), min(max(*killDevices, 30), 20000)
 	if testing.Short() {
 		rounds, devices = 2, 100
 	}
@@ -323,7 +330,7 @@ func (h *fakeHub) deviceIDs() []string {
 // group, the hub holds that group's derived key, and the other device was
 // refused.
 func TestTwoGroupsRaceOverTransports(t *testing.T) {
-	rounds := 100
+	rounds := min(max(*raceRounds, 2), 5000)
 	if testing.Short() {
 		rounds = 20
 	}
