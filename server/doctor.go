@@ -90,6 +90,20 @@ func (d *doctor) handler() http.Handler {
 	})
 }
 
+// recoverInterrupted finishes or undoes the registrations whose owner is
+// gone, once, without asking any hub about the others.
+func (d *doctor) recoverInterrupted(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rep, err := d.s.engine.Check(ctx, provision.CheckOptions{Repair: true, OnlyInterrupted: true})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		d.s.log.Warn("recovering interrupted registrations failed; they are recovered when their devices return", "err", err)
+	case err == nil && rep.Total() > 0:
+		d.s.log.Info("recovered interrupted registrations", "found", rep.Total(), "recovered", rep.Repaired, "registrations", rep.Registrations)
+	}
+}
+
 // run checks every interval until ctx ends, repairing when asked.
 func (d *doctor) run(ctx context.Context, interval time.Duration, repair bool) {
 	t := time.NewTicker(interval)

@@ -244,6 +244,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	stopFollowing := s.followChanges(ctx)
+	// Work an earlier run of this node left half done (a crash, a kill)
+	// is finished or undone now rather than when its device comes back;
+	// so is other nodes' work whose lease has run out.
+	go s.doctor.recoverInterrupted(ctx)
 	if s.cfg.DoctorInterval > 0 {
 		go s.doctor.run(ctx, s.cfg.DoctorInterval, s.cfg.DoctorRepair)
 	}
