@@ -28,9 +28,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/localca"
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/localca"
+	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // APIVersion is the api-version every request of Azure's service API

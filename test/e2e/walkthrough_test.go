@@ -221,7 +221,7 @@ func startAllocator(t *testing.T, code string) *allocatorProcess {
 	return &allocatorProcess{URL: "http://" + addr + "/api/allocate?code=" + code, LogPath: logPath}
 }
 
-// builtinHub is "dpsd hub create -o json" output (iothub.Info), with the
+// builtinHub is "dpsd hub create -o json" output (builtinhub.Info), with the
 // linked hub when --link was given.
 type builtinHub struct {
 	Name             string `json:"name"`

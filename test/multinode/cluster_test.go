@@ -28,11 +28,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/sas"
-	"github.com/dpsd/dpsd/store/postgres/pgtest"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store/postgres/pgtest"
 )
 
 // Bounds for everything the harness waits on.

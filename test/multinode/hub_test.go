@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // hubIP is the fake hub's address, beside the nodes' in 127.0.0.50-59.

@@ -1,0 +1,70 @@
+package alloclog
+
+import (
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/dpsd/dpsd/api/dps"
+)
+
+// HandlerOptions configure the HTTP handler.
+type HandlerOptions struct {
+	// Authorize is called first for every request; an error (a *dps.Error
+	// for a specific code, 401000 otherwise) is answered as is. The log is
+	// registration data: RegistrationStatusRead is the right that fits.
+	Authorize func(*http.Request) error
+	Logger    *slog.Logger
+}
+
+// Response is the body of GET .../registrations/{id}/allocationLog.
+type Response struct {
+	RegistrationID string  `json:"registrationId"`
+	Entries        []Entry `json:"entries"`
+}
+
+// Handler serves GET .../registrations/{id}/allocationLog with a Response
+// (entries oldest first; an empty list for a device that never had a
+// custom allocation). It finds the "registrations" segment wherever it is
+// mounted (dpsd mounts it at /dpsd/registrations/).
+func (l *Log) Handler(opt HandlerOptions) http.Handler {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !dps.Authorized(w, r, opt.Authorize) {
+			return
+		}
+		id, ok := registrationID(r.URL)
+		if !ok {
+			dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
+			return
+		}
+		if r.Method != http.MethodGet {
+			dps.WriteError(w, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", r.Method, r.URL.Path))
+			return
+		}
+		entries, err := l.List(r.Context(), id)
+		if err != nil {
+			opt.Logger.Error("reading allocation log failed", "registrationId", id, "err", err)
+			dps.WriteError(w, &dps.Error{ErrorCode: dps.CodeServiceUnavailable, Message: "The allocation log cannot be read now; try again."})
+			return
+		}
+		dps.WriteJSON(w, http.StatusOK, &Response{RegistrationID: id, Entries: entries})
+	})
+}
+
+// registrationID finds {id} in ".../registrations/{id}/allocationLog".
+func registrationID(u *url.URL) (string, bool) {
+	segs := strings.Split(strings.Trim(u.EscapedPath(), "/"), "/")
+	n := len(segs)
+	if n < 3 || !strings.EqualFold(segs[n-3], "registrations") || !strings.EqualFold(segs[n-1], "allocationLog") {
+		return "", false
+	}
+	id, err := url.PathUnescape(segs[n-2])
+	if err != nil || id == "" {
+		return "", false
+	}
+	return id, true
+}

@@ -1,0 +1,25 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/dpsd/dpsd/internal/linkedhub"
+	"github.com/dpsd/dpsd/internal/listcache"
+)
+
+// linkedHubTTL bounds how long allocation uses a list of linked hubs before
+// reading it again. Links changed on this node, or on another node of a
+// PostgreSQL cluster (through the store's change notifications), drop the
+// list at once; the TTL is the bound when a notification is lost.
+const linkedHubTTL = time.Second
+
+// newHubListCache keeps the linked hubs for allocation, which otherwise reads
+// them from the store for every registration. Allocators only read the hubs
+// they get. reg is called on every load because the registry is built after
+// the cache, which the store's change notifications must reach first.
+func newHubListCache(reg func() *linkedhub.Registry) *listcache.Cache[*linkedhub.Hub] {
+	return listcache.New(linkedHubTTL, func(ctx context.Context) ([]*linkedhub.Hub, error) {
+		return reg().List(ctx)
+	})
+}
