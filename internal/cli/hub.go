@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 )
@@ -263,7 +263,7 @@ func hubDeviceListCmd(cc *clientCmd) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var all []*hub.Device
+		var all []*azurehub.Device
 		after := ""
 		for range 100_000 { // bounded: each round reads a page
 			page, err := c.Devices(cmd.Context(), name, after, 0)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/provision"
@@ -92,10 +93,10 @@ func (b *builtin) httpClient() *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
-func (b *builtin) client(t *testing.T, h *builtinhub.Hub, opts ...hub.ClientOption) *hub.Client {
+func (b *builtin) client(t *testing.T, h *builtinhub.Hub, opts ...hub.ClientOption) *azurehub.Client {
 	t.Helper()
 	cfg := h.Config()
-	c, err := hub.NewClient(cfg.ConnectionString(), append([]hub.ClientOption{hub.WithHTTPClient(b.httpClient())}, opts...)...)
+	c, err := azurehub.NewClient(cfg.ConnectionString(), append([]azurehub.ClientOption{azurehub.WithHTTPClient(b.httpClient())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,8 +115,8 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 	c := b.client(t, h)
 	ctx := context.Background()
 
-	d, err := c.CreateDevice(ctx, &hub.Device{DeviceID: "dev1", Authentication: &hub.Authentication{Type: hub.AuthSAS,
-		SymmetricKey: &hub.SymmetricKey{PrimaryKey: key1, SecondaryKey: key2}}, Capabilities: &hub.Capabilities{IoTEdge: true}})
+	d, err := c.CreateDevice(ctx, &azurehub.Device{DeviceID: "dev1", Authentication: &azurehub.Authentication{Type: azurehub.AuthSAS,
+		SymmetricKey: &azurehub.SymmetricKey{PrimaryKey: key1, SecondaryKey: key2}}, Capabilities: &azurehub.Capabilities{IoTEdge: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,9 +124,9 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 		t.Fatalf("created %+v", d)
 	}
 
-	_, err = c.CreateDevice(ctx, &hub.Device{DeviceID: "dev1"})
-	var he *hub.Error
-	if !errors.Is(err, hub.ErrExists) || !errors.As(err, &he) || he.Code != hub.CodeDeviceAlreadyExists || he.TrackingID == "" {
+	_, err = c.CreateDevice(ctx, &azurehub.Device{DeviceID: "dev1"})
+	var he *azurehub.Error
+	if !errors.Is(err, azurehub.ErrExists) || !errors.As(err, &he) || he.Code != azurehub.CodeDeviceAlreadyExists || he.TrackingID == "" {
 		t.Fatalf("create again: %v", err)
 	}
 
@@ -134,11 +135,11 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 		t.Fatalf("get: %+v %v", got, err)
 	}
 	upd := *got
-	upd.Status = hub.StatusDisabled
+	upd.Status = azurehub.StatusDisabled
 	if _, err := c.UpdateDevice(ctx, &upd, got.ETag); err != nil {
 		t.Fatalf("update with etag: %v", err)
 	}
-	if _, err := c.UpdateDevice(ctx, &upd, got.ETag); !errors.Is(err, hub.ErrPrecondition) {
+	if _, err := c.UpdateDevice(ctx, &upd, got.ETag); !errors.Is(err, azurehub.ErrPrecondition) {
 		t.Fatalf("update with stale etag: %v", err)
 	}
 
@@ -146,7 +147,7 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	patch := &hub.Twin{Tags: map[string]any{"deviceType": "toaster"}, Properties: &hub.TwinProperties{Desired: map[string]any{"state": "ready"}}}
+	patch := &azurehub.Twin{Tags: map[string]any{"deviceType": "toaster"}, Properties: &azurehub.TwinProperties{Desired: map[string]any{"state": "ready"}}}
 	tw2, err := c.UpdateTwin(ctx, "dev1", patch, tw.ETag)
 	if err != nil {
 		t.Fatal(err)
@@ -154,10 +155,10 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 	if tw2.Tags["deviceType"] != "toaster" || tw2.Properties.Desired["state"] != "ready" {
 		t.Fatalf("twin %+v", tw2)
 	}
-	if _, err := c.UpdateTwin(ctx, "dev1", patch, tw.ETag); !errors.Is(err, hub.ErrPrecondition) {
+	if _, err := c.UpdateTwin(ctx, "dev1", patch, tw.ETag); !errors.Is(err, azurehub.ErrPrecondition) {
 		t.Fatalf("twin with stale etag: %v", err)
 	}
-	tw3, err := c.ReplaceTwin(ctx, "dev1", &hub.Twin{Tags: map[string]any{"x": "y"}}, "")
+	tw3, err := c.ReplaceTwin(ctx, "dev1", &azurehub.Twin{Tags: map[string]any{"x": "y"}}, "")
 	if err != nil || len(tw3.Tags) != 1 || tw3.Properties.Desired["state"] != nil {
 		t.Fatalf("replace: %+v %v", tw3, err)
 	}
@@ -165,10 +166,10 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 	if err := c.DeleteDevice(ctx, "dev1", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.GetDevice(ctx, "dev1"); !errors.Is(err, hub.ErrNotFound) {
+	if _, err := c.GetDevice(ctx, "dev1"); !errors.Is(err, azurehub.ErrNotFound) {
 		t.Fatalf("get after delete: %v", err)
 	}
-	if err := c.DeleteDevice(ctx, "dev1", ""); !errors.Is(err, hub.ErrNotFound) {
+	if err := c.DeleteDevice(ctx, "dev1", ""); !errors.Is(err, azurehub.ErrNotFound) {
 		t.Fatalf("delete again: %v", err)
 	}
 
@@ -176,8 +177,8 @@ func TestClientAgainstBuiltinHub(t *testing.T) {
 	cfg := h.Config()
 	bad := *cfg.ConnectionString()
 	bad.SharedAccessKey = key3
-	bc, _ := hub.NewClient(&bad, hub.WithHTTPClient(b.httpClient()), hub.WithRetry(1, 0))
-	if _, err := bc.GetDevice(ctx, "dev1"); !errors.Is(err, hub.ErrUnauthorized) {
+	bc, _ := azurehub.NewClient(&bad, azurehub.WithHTTPClient(b.httpClient()), azurehub.WithRetry(1, 0))
+	if _, err := bc.GetDevice(ctx, "dev1"); !errors.Is(err, azurehub.ErrUnauthorized) {
 		t.Fatalf("bad key: %v", err)
 	}
 }
@@ -190,12 +191,12 @@ func TestClientRetriesThrottling(t *testing.T) {
 	h := b.create(t, "throttled-hub", "127.0.0.31")
 	ctx := context.Background()
 
-	noRetry := b.client(t, h, hub.WithRetry(1, 0))
+	noRetry := b.client(t, h, azurehub.WithRetry(1, 0))
 	var throttled bool
 	for i := range 5 {
 		_, err := noRetry.GetDevice(ctx, "x")
-		if errors.Is(err, hub.ErrThrottled) {
-			var he *hub.Error
+		if errors.Is(err, azurehub.ErrThrottled) {
+			var he *azurehub.Error
 			errors.As(err, &he)
 			if he.RetryAfter <= 0 {
 				t.Errorf("429 without Retry-After: %+v", he)
@@ -203,7 +204,7 @@ func TestClientRetriesThrottling(t *testing.T) {
 			throttled = true
 			break
 		}
-		if !errors.Is(err, hub.ErrNotFound) {
+		if !errors.Is(err, azurehub.ErrNotFound) {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
@@ -211,12 +212,12 @@ func TestClientRetriesThrottling(t *testing.T) {
 		t.Fatal("never throttled")
 	}
 
-	retry := b.client(t, h, hub.WithRetry(6, 10*time.Millisecond))
+	retry := b.client(t, h, azurehub.WithRetry(6, 10*time.Millisecond))
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	for i := range 3 {
 		wg.Go(func() {
-			_, err := retry.CreateDevice(ctx, &hub.Device{DeviceID: "dev" + string(rune('a'+i))})
+			_, err := retry.CreateDevice(ctx, &azurehub.Device{DeviceID: "dev" + string(rune('a'+i))})
 			errs <- err
 		})
 	}
@@ -249,7 +250,7 @@ func TestRegistrar(t *testing.T) {
 			if mode == "in-process" {
 				opt.Local = b.m
 			} else {
-				opt.ClientOptions = []hub.ClientOption{hub.WithHTTPClient(b.httpClient())}
+				opt.ClientOptions = []azurehub.ClientOption{azurehub.WithHTTPClient(b.httpClient())}
 			}
 			r := hub.NewRegistrar(opt)
 			ctx := context.Background()
@@ -264,7 +265,7 @@ func TestRegistrar(t *testing.T) {
 				t.Fatal(err)
 			}
 			d, err := h1.GetDevice(ctx, dev.DeviceID)
-			if err != nil || d.Authentication.SymmetricKey.PrimaryKey != key1 || d.Status != hub.StatusEnabled {
+			if err != nil || d.Authentication.SymmetricKey.PrimaryKey != key1 || d.Status != azurehub.StatusEnabled {
 				t.Fatalf("identity %+v %v", d, err)
 			}
 			tw, _ := h1.GetTwin(ctx, dev.DeviceID)
@@ -276,7 +277,7 @@ func TestRegistrar(t *testing.T) {
 			if err := h1.ImportReported(ctx, dev.DeviceID, map[string]any{"fw": "1.0"}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := h1.UpdateTwin(ctx, dev.DeviceID, &hub.Twin{Properties: &hub.TwinProperties{Desired: map[string]any{"state": "toasting"}}}, "*"); err != nil {
+			if _, err := h1.UpdateTwin(ctx, dev.DeviceID, &azurehub.Twin{Properties: &azurehub.TwinProperties{Desired: map[string]any{"state": "toasting"}}}, "*"); err != nil {
 				t.Fatal(err)
 			}
 			if err := r.RegisterDevice(ctx, dev); err != nil {
@@ -306,7 +307,7 @@ func TestRegistrar(t *testing.T) {
 			}
 
 			// Move with migration: twin data follows, the old identity goes.
-			if _, err := h1.UpdateTwin(ctx, dev.DeviceID, &hub.Twin{Tags: map[string]any{"room": "499"}}, "*"); err != nil {
+			if _, err := h1.UpdateTwin(ctx, dev.DeviceID, &azurehub.Twin{Tags: map[string]any{"room": "499"}}, "*"); err != nil {
 				t.Fatal(err)
 			}
 			move := *dev
@@ -317,7 +318,7 @@ func TestRegistrar(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := h1.GetDevice(ctx, dev.DeviceID); !errors.Is(err, hub.ErrNotFound) {
+			if _, err := h1.GetDevice(ctx, dev.DeviceID); !errors.Is(err, azurehub.ErrNotFound) {
 				t.Fatalf("old identity still there: %v", err)
 			}
 			tw, err = h2.GetTwin(ctx, dev.DeviceID)
@@ -334,7 +335,7 @@ func TestRegistrar(t *testing.T) {
 			if err := r.RegisterDevice(ctx, &back); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := h2.GetDevice(ctx, dev.DeviceID); !errors.Is(err, hub.ErrNotFound) {
+			if _, err := h2.GetDevice(ctx, dev.DeviceID); !errors.Is(err, azurehub.ErrNotFound) {
 				t.Fatalf("identity left in hub 2: %v", err)
 			}
 			if tw, _ := h1.GetTwin(ctx, dev.DeviceID); tw.Tags["room"] != nil || tw.Tags["deviceType"] != "toaster" {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -15,7 +16,7 @@ func TestRegistrarX509(t *testing.T) {
 	b := startBuiltin(t, 0, 0)
 	h := b.create(t, "x509-rest-hub", "127.0.5.21")
 	host := h.Config().HostName
-	r := hub.NewRegistrar(hub.RegistrarOptions{Credentials: credentials{b.m}, ClientOptions: []hub.ClientOption{hub.WithHTTPClient(b.httpClient())}})
+	r := hub.NewRegistrar(hub.RegistrarOptions{Credentials: credentials{b.m}, ClientOptions: []azurehub.ClientOption{azurehub.WithHTTPClient(b.httpClient())}})
 	ctx := context.Background()
 	tp1, tp2, tp3 := strings.Repeat("A1", 32), strings.Repeat("B2", 32), strings.Repeat("C3", 32)
 
@@ -26,9 +27,9 @@ func TestRegistrarX509(t *testing.T) {
 		primary  string
 		second   string
 	}{
-		{"individual certificates", provision.HubDevice{DeviceID: "x509-self", X509: &provision.HubX509{PrimaryThumbprint: tp1, SecondaryThumbprint: tp2}}, hub.AuthSelfSigned, tp1, tp2},
-		{"rolled certificate updates the identity", provision.HubDevice{DeviceID: "x509-self", X509: &provision.HubX509{PrimaryThumbprint: tp3}}, hub.AuthSelfSigned, tp3, ""},
-		{"group member", provision.HubDevice{DeviceID: "x509-ca", X509: &provision.HubX509{CACertificates: []string{"(not sent over REST)"}}}, hub.AuthCertificateAuthority, "", ""},
+		{"individual certificates", provision.HubDevice{DeviceID: "x509-self", X509: &provision.HubX509{PrimaryThumbprint: tp1, SecondaryThumbprint: tp2}}, azurehub.AuthSelfSigned, tp1, tp2},
+		{"rolled certificate updates the identity", provision.HubDevice{DeviceID: "x509-self", X509: &provision.HubX509{PrimaryThumbprint: tp3}}, azurehub.AuthSelfSigned, tp3, ""},
+		{"group member", provision.HubDevice{DeviceID: "x509-ca", X509: &provision.HubX509{CACertificates: []string{"(not sent over REST)"}}}, azurehub.AuthCertificateAuthority, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 )
 
 // AdminPathPrefix is where dpsd serves the management API of its built-in
@@ -25,7 +25,7 @@ type CreateRequest struct {
 
 // DeviceList is the answer of GET /dpsd/hubs/{name}/devices.
 type DeviceList struct {
-	Devices []*hub.Device `json:"devices"`
+	Devices []*azurehub.Device `json:"devices"`
 	// ContinuationToken, when set, is passed as ?after= for the next page.
 	ContinuationToken string `json:"continuationToken,omitempty"`
 }
@@ -125,7 +125,7 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 		}
 		out := DeviceList{Devices: devs}
 		if out.Devices == nil {
-			out.Devices = []*hub.Device{}
+			out.Devices = []*azurehub.Device{}
 		}
 		if more && len(devs) > 0 {
 			out.ContinuationToken = devs[len(devs)-1].DeviceID
@@ -158,7 +158,7 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 // clients and logs it with the tracking id the client gets.
 func (m *Manager) adminError(w http.ResponseWriter, r *http.Request, err error) {
 	var de *dps.Error
-	var he *hub.Error
+	var he *azurehub.Error
 	var sf *storeFailure
 	switch {
 	case errors.As(err, &de):

@@ -12,7 +12,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/store"
 )
 
@@ -28,19 +28,19 @@ type caDoc struct {
 	Added       time.Time `json:"added"`
 }
 
-var _ hub.CertificateAuthorities = (*Hub)(nil)
+var _ azurehub.CertificateAuthorities = (*Hub)(nil)
 
 // AddCertificateAuthority makes the hub accept certificateAuthority
 // devices whose certificate chains to certPEM (the CA that vouched for
-// them at provisioning). It implements hub.CertificateAuthorities.
+// them at provisioning). It implements azurehub.CertificateAuthorities.
 func (h *Hub) AddCertificateAuthority(ctx context.Context, certPEM string) error {
 	b, _ := pem.Decode([]byte(certPEM))
 	if b == nil || b.Type != "CERTIFICATE" {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "The CA certificate must be one PEM certificate.")
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The CA certificate must be one PEM certificate.")
 	}
 	c, err := x509.ParseCertificate(b.Bytes)
 	if err != nil {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "The CA certificate cannot be read: %v", err)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The CA certificate cannot be read: %v", err)
 	}
 	sum := sha256.Sum256(c.Raw)
 	id := deviceKey(h.cfg.Name, hex.EncodeToString(sum[:]))

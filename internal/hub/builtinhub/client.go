@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 )
 
 // adminTimeout bounds one management call, so a dpsd that accepts the
@@ -93,14 +93,14 @@ func (c *AdminClient) Devices(ctx context.Context, name, after string, top int) 
 }
 
 // Device shows one device identity.
-func (c *AdminClient) Device(ctx context.Context, name, id string) (*hub.Device, error) {
-	var out hub.Device
+func (c *AdminClient) Device(ctx context.Context, name, id string) (*azurehub.Device, error) {
+	var out azurehub.Device
 	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id), nil, nil, &out)
 }
 
 // Twin shows one device twin.
-func (c *AdminClient) Twin(ctx context.Context, name, id string) (*hub.Twin, error) {
-	var out hub.Twin
+func (c *AdminClient) Twin(ctx context.Context, name, id string) (*azurehub.Twin, error) {
+	var out azurehub.Twin
 	return &out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(id)+"/twin", nil, nil, &out)
 }
 

@@ -12,7 +12,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -115,9 +115,9 @@ var testKey2 = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="
 
 func createDevice(t *testing.T, h *builtinhub.Hub, id string) {
 	t.Helper()
-	_, err := h.CreateDevice(context.Background(), &hub.Device{
+	_, err := h.CreateDevice(context.Background(), &azurehub.Device{
 		DeviceID:       id,
-		Authentication: &hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: testKey1, SecondaryKey: testKey2}},
+		Authentication: &azurehub.Authentication{Type: azurehub.AuthSAS, SymmetricKey: &azurehub.SymmetricKey{PrimaryKey: testKey1, SecondaryKey: testKey2}},
 	})
 	if err != nil {
 		t.Fatalf("create device %s: %v", id, err)

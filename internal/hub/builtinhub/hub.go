@@ -16,7 +16,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -110,7 +110,7 @@ func decodeKey(k string) []byte {
 }
 
 // Hub is one running built-in IoT hub. Its registry methods implement
-// hub.Registry (and hub.ReportedImporter) for in-process callers.
+// azurehub.Registry (and azurehub.ReportedImporter) for in-process callers.
 type Hub struct {
 	cfg     Config
 	st      store.Store
@@ -137,8 +137,8 @@ type Hub struct {
 }
 
 var (
-	_ hub.Registry         = (*Hub)(nil)
-	_ hub.ReportedImporter = (*Hub)(nil)
+	_ azurehub.Registry         = (*Hub)(nil)
+	_ azurehub.ReportedImporter = (*Hub)(nil)
 )
 
 // devState is what the hub knows about a device's connection, in memory.
@@ -283,11 +283,11 @@ func (h *Hub) connection(id string) (state, changed, activity string) {
 	defer h.mu.Unlock()
 	s := h.devices[strings.ToLower(id)]
 	if s == nil {
-		return hub.Disconnected, neverTime, neverTime
+		return azurehub.Disconnected, neverTime, neverTime
 	}
-	state = hub.Disconnected
+	state = azurehub.Disconnected
 	if s.connected {
-		state = hub.Connected
+		state = azurehub.Connected
 	}
 	return state, formatTime(s.stateChanged), formatTime(s.lastActivity)
 }

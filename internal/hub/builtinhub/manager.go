@@ -32,7 +32,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -469,7 +469,7 @@ func (m *Manager) byHost(host string) *Hub {
 
 // Registry returns the built-in hub with host name hostName for in-process
 // registration; it implements hub.Local.
-func (m *Manager) Registry(hostName string) (hub.Registry, bool) {
+func (m *Manager) Registry(hostName string) (azurehub.Registry, bool) {
 	if h := m.byHost(hostName); h != nil {
 		return h, true
 	}
@@ -493,6 +493,3 @@ func (m *Manager) HubConnectionString(ctx context.Context, hostName string) (*sa
 	}
 	return nil, fmt.Errorf("%w: host name %s", ErrHubNotFound, hostName)
 }
-
-var _ hub.Local = (*Manager)(nil)
-var _ hub.Credentials = (*Manager)(nil)

@@ -24,7 +24,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
@@ -231,13 +231,13 @@ func (h *Hub) authenticateDevice(ctx context.Context, id, username, password str
 	if err != nil {
 		return err
 	}
-	if d.Status != hub.StatusEnabled {
+	if d.Status != azurehub.StatusEnabled {
 		return errors.New("device is disabled")
 	}
 	switch d.Auth.Type {
-	case hub.AuthSAS:
+	case azurehub.AuthSAS:
 		return h.checkDeviceToken(d, password)
-	case hub.AuthSelfSigned:
+	case azurehub.AuthSelfSigned:
 		if len(peers) == 0 {
 			return errors.New("self-signed device presented no certificate")
 		}
@@ -248,7 +248,7 @@ func (h *Hub) authenticateDevice(ctx context.Context, id, username, password str
 			return errors.New("client certificate is expired or not yet valid")
 		}
 		return nil
-	case hub.AuthCertificateAuthority:
+	case azurehub.AuthCertificateAuthority:
 		return h.checkCADevice(ctx, id, peers)
 	}
 	return fmt.Errorf("authentication type %q is not supported by built-in hubs", d.Auth.Type)
@@ -297,7 +297,7 @@ func (h *Hub) checkDeviceToken(d *deviceDoc, password string) error {
 	return nil
 }
 
-func thumbprintMatches(cert *x509.Certificate, t *hub.X509Thumbprint) bool {
+func thumbprintMatches(cert *x509.Certificate, t *azurehub.X509Thumbprint) bool {
 	if t == nil {
 		return false
 	}
@@ -460,7 +460,7 @@ func (h *Hub) handleTwinRequest(cl *mqtt.Client, topic string, payload []byte) {
 	case topicTwinReported:
 		var patch map[string]any
 		if err := decodeJSON(payload, &patch); err != nil || patch == nil {
-			h.twinError(cl, rid, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "The reported properties patch must be a JSON object."))
+			h.twinError(cl, rid, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The reported properties patch must be a JSON object."))
 			return
 		}
 		v, err := h.updateReported(ctx, cl.ID, patch)
@@ -470,7 +470,7 @@ func (h *Hub) handleTwinRequest(cl *mqtt.Client, topic string, payload []byte) {
 		}
 		h.writeTo(cl, topicTwinRes+"204/?$rid="+rid+"&$version="+strconv.FormatInt(v, 10), nil)
 	default:
-		h.twinError(cl, rid, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Unsupported twin operation %q.", op))
+		h.twinError(cl, rid, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Unsupported twin operation %q.", op))
 	}
 }
 
@@ -487,10 +487,10 @@ func rawQueryValue(query, key string) string {
 
 // twinError answers a twin request with the hub's error body.
 func (h *Hub) twinError(cl *mqtt.Client, rid string, err error) {
-	var he *hub.Error
+	var he *azurehub.Error
 	if !errors.As(err, &he) {
 		h.log.Error("twin request failed", "deviceId", cl.ID, "err", err)
-		he = hub.Errorf(http.StatusInternalServerError, hub.CodeServerError, "Internal error.")
+		he = azurehub.Errorf(http.StatusInternalServerError, azurehub.CodeServerError, "Internal error.")
 	}
 	status := he.StatusCode
 	body, _ := json.Marshal(map[string]any{
@@ -545,14 +545,14 @@ func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
 // its answer.
 func (h *Hub) InvokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
 	if req.MethodName == "" {
-		return nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "methodName is required.")
+		return nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "methodName is required.")
 	}
 	if _, err := h.load(ctx, id); err != nil {
 		return nil, err
 	}
 	cl := h.client(id)
 	if cl == nil || !subscribed(cl, filterMethods) {
-		return nil, hub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
+		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
 	}
 	timeout := h.methodTimeout
 	if req.ResponseTimeoutInSeconds > 0 {
@@ -579,7 +579,7 @@ func (h *Hub) InvokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	case res := <-ch:
 		return &res, nil
 	case <-t.C:
-		return nil, hub.Errorf(http.StatusGatewayTimeout, "GatewayTimeout", "Timed out waiting for the response from device %s.", id)
+		return nil, azurehub.Errorf(http.StatusGatewayTimeout, "GatewayTimeout", "Timed out waiting for the response from device %s.", id)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 )
 
@@ -19,8 +19,8 @@ func TestMQTTDeviceFlow(t *testing.T) {
 			host := h.Config().HostName
 			createDevice(t, h, "dev1")
 			ctx := context.Background()
-			if _, err := h.UpdateTwin(ctx, "dev1", &hub.Twin{Tags: map[string]any{"deviceType": "toaster"},
-				Properties: &hub.TwinProperties{Desired: map[string]any{"state": "ready"}}}, "*"); err != nil {
+			if _, err := h.UpdateTwin(ctx, "dev1", &azurehub.Twin{Tags: map[string]any{"deviceType": "toaster"},
+				Properties: &azurehub.TwinProperties{Desired: map[string]any{"state": "ready"}}}, "*"); err != nil {
 				t.Fatal(err)
 			}
 
@@ -35,7 +35,7 @@ func TestMQTTDeviceFlow(t *testing.T) {
 			if present {
 				t.Error("session present on first connect")
 			}
-			if d, _ := h.GetDevice(ctx, "dev1"); d.ConnectionState != hub.Connected {
+			if d, _ := h.GetDevice(ctx, "dev1"); d.ConnectionState != azurehub.Connected {
 				t.Errorf("connection state %q", d.ConnectionState)
 			}
 
@@ -77,7 +77,7 @@ func TestMQTTDeviceFlow(t *testing.T) {
 
 			// Desired updates are pushed once subscribed.
 			dc.subscribe(t, "$iothub/twin/PATCH/properties/desired/#", 0)
-			if _, err := h.UpdateTwin(ctx, "dev1", &hub.Twin{Properties: &hub.TwinProperties{Desired: map[string]any{"state": "on"}}}, "*"); err != nil {
+			if _, err := h.UpdateTwin(ctx, "dev1", &azurehub.Twin{Properties: &azurehub.TwinProperties{Desired: map[string]any{"state": "on"}}}, "*"); err != nil {
 				t.Fatal(err)
 			}
 			m = dc.next(t, "$iothub/twin/PATCH/properties/desired/")
@@ -107,8 +107,8 @@ func TestMQTTRefusals(t *testing.T) {
 	createDevice(t, a, "dev1")
 	createDevice(t, b, "devb")
 	ctx := context.Background()
-	if _, err := a.CreateDevice(ctx, &hub.Device{DeviceID: "off", Status: hub.StatusDisabled,
-		Authentication: &hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: testKey1, SecondaryKey: testKey2}}}); err != nil {
+	if _, err := a.CreateDevice(ctx, &azurehub.Device{DeviceID: "off", Status: azurehub.StatusDisabled,
+		Authentication: &azurehub.Authentication{Type: azurehub.AuthSAS, SymmetricKey: &azurehub.SymmetricKey{PrimaryKey: testKey1, SecondaryKey: testKey2}}}); err != nil {
 		t.Fatal(err)
 	}
 	hostA, hostB := a.Config().HostName, b.Config().HostName
@@ -188,7 +188,7 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 		t.Error("session not present after restart")
 	}
 	// No SUBSCRIBE this time, like the Node SDK.
-	if _, err := h.UpdateTwin(context.Background(), "dev1", &hub.Twin{Properties: &hub.TwinProperties{Desired: map[string]any{"x": 1}}}, "*"); err != nil {
+	if _, err := h.UpdateTwin(context.Background(), "dev1", &azurehub.Twin{Properties: &azurehub.TwinProperties{Desired: map[string]any{"x": 1}}}, "*"); err != nil {
 		t.Fatal(err)
 	}
 	m := dc.next(t, "$iothub/twin/PATCH/properties/desired/")

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/internal/enroll"
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -29,20 +29,20 @@ const (
 // deviceDoc is the stored state of one device of a built-in hub: its
 // identity and its twin, kept together so one compare-and-swap covers both.
 type deviceDoc struct {
-	DeviceID          string             `json:"deviceId"`
-	GenerationID      string             `json:"generationId"`
-	DeviceVersion     int64              `json:"deviceVersion"`
-	Status            string             `json:"status"`
-	StatusReason      *string            `json:"statusReason,omitempty"`
-	StatusUpdatedTime time.Time          `json:"statusUpdatedTime"`
-	Auth              hub.Authentication `json:"authentication"`
-	IoTEdge           bool               `json:"iotEdge"`
-	DeviceScope       string             `json:"deviceScope,omitempty"`
-	ModelID           string             `json:"modelId,omitempty"`
-	TwinVersion       int64              `json:"twinVersion"`
-	Tags              map[string]any     `json:"tags"`
-	Desired           section            `json:"desired"`
-	Reported          section            `json:"reported"`
+	DeviceID          string                  `json:"deviceId"`
+	GenerationID      string                  `json:"generationId"`
+	DeviceVersion     int64                   `json:"deviceVersion"`
+	Status            string                  `json:"status"`
+	StatusReason      *string                 `json:"statusReason,omitempty"`
+	StatusUpdatedTime time.Time               `json:"statusUpdatedTime"`
+	Auth              azurehub.Authentication `json:"authentication"`
+	IoTEdge           bool                    `json:"iotEdge"`
+	DeviceScope       string                  `json:"deviceScope,omitempty"`
+	ModelID           string                  `json:"modelId,omitempty"`
+	TwinVersion       int64                   `json:"twinVersion"`
+	Tags              map[string]any          `json:"tags"`
+	Desired           section                 `json:"desired"`
+	Reported          section                 `json:"reported"`
 
 	etag string // the store record's etag, for compare-and-swap
 }
@@ -67,23 +67,23 @@ func decodeJSON(data []byte, v any) error {
 // validDeviceID checks Azure's device id rules.
 func validDeviceID(id string) error {
 	if id == "" || len(id) > 128 {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Device id must have 1 to 128 characters.")
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id must have 1 to 128 characters.")
 	}
 	for _, r := range id {
 		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-.+%_#*?!(),=@$'", r))
 		if !ok {
-			return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Device id %q contains a character that is not allowed.", id)
+			return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id %q contains a character that is not allowed.", id)
 		}
 	}
 	return nil
 }
 
-func notFound(id string) *hub.Error {
-	return hub.Errorf(http.StatusNotFound, hub.CodeDeviceNotFound, "Device %s not registered", id)
+func notFound(id string) *azurehub.Error {
+	return azurehub.Errorf(http.StatusNotFound, azurehub.CodeDeviceNotFound, "Device %s not registered", id)
 }
 
-func preconditionFailed(id string) *hub.Error {
-	return hub.Errorf(http.StatusPreconditionFailed, hub.CodePreconditionFailed, "Precondition failed: the etag does not match the current version of device %s.", id)
+func preconditionFailed(id string) *azurehub.Error {
+	return azurehub.Errorf(http.StatusPreconditionFailed, azurehub.CodePreconditionFailed, "Precondition failed: the etag does not match the current version of device %s.", id)
 }
 
 // storeErr turns a storage failure into the hub error clients see: the
@@ -94,9 +94,9 @@ func storeErr(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	he := hub.Errorf(http.StatusInternalServerError, hub.CodeServerError, "Internal error.")
+	he := azurehub.Errorf(http.StatusInternalServerError, azurehub.CodeServerError, "Internal error.")
 	if errors.Is(err, store.ErrUnavailable) {
-		he = &hub.Error{StatusCode: http.StatusServiceUnavailable, Code: hub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: time.Second}
+		he = &azurehub.Error{StatusCode: http.StatusServiceUnavailable, Code: azurehub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: time.Second}
 	}
 	return &storeFailure{he: he, err: err}
 }
@@ -104,7 +104,7 @@ func storeErr(err error) error {
 // storeFailure is a storage failure: clients see he, logs see err.
 // errors.As finds he, errors.Is matches err.
 type storeFailure struct {
-	he  *hub.Error
+	he  *azurehub.Error
 	err error
 }
 
@@ -177,33 +177,33 @@ func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) 
 			return nil, storeErr(err)
 		}
 	}
-	return nil, hub.Errorf(http.StatusServiceUnavailable, hub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
+	return nil, azurehub.Errorf(http.StatusServiceUnavailable, azurehub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
 }
 
 // normalizeAuth checks an identity's authentication and generates keys
 // where the client left them empty. old is the current one on updates.
-func normalizeAuth(a *hub.Authentication, old *hub.Authentication) (hub.Authentication, error) {
+func normalizeAuth(a *azurehub.Authentication, old *azurehub.Authentication) (azurehub.Authentication, error) {
 	if a == nil {
 		if old != nil {
 			return *old, nil
 		}
-		a = &hub.Authentication{Type: hub.AuthSAS}
+		a = &azurehub.Authentication{Type: azurehub.AuthSAS}
 	}
 	out := *a
 	if out.Type == "" {
-		out.Type = hub.AuthSAS
+		out.Type = azurehub.AuthSAS
 		if out.X509Thumbprint != nil && (out.X509Thumbprint.PrimaryThumbprint != nil || out.X509Thumbprint.SecondaryThumbprint != nil) {
-			out.Type = hub.AuthSelfSigned
+			out.Type = azurehub.AuthSelfSigned
 		}
 	}
 	switch out.Type {
-	case hub.AuthSAS:
+	case azurehub.AuthSAS:
 		out.X509Thumbprint = nil
-		k := hub.SymmetricKey{}
+		k := azurehub.SymmetricKey{}
 		if out.SymmetricKey != nil {
 			k = *out.SymmetricKey
 		}
-		if k.PrimaryKey == "" && k.SecondaryKey == "" && old != nil && old.Type == hub.AuthSAS && old.SymmetricKey != nil {
+		if k.PrimaryKey == "" && k.SecondaryKey == "" && old != nil && old.Type == azurehub.AuthSAS && old.SymmetricKey != nil {
 			// Node's Registry.update sends empty keys when the caller gave
 			// none; that must not lock the device out.
 			k = *old.SymmetricKey
@@ -216,32 +216,32 @@ func normalizeAuth(a *hub.Authentication, old *hub.Authentication) (hub.Authenti
 		}
 		for _, key := range []string{k.PrimaryKey, k.SecondaryKey} {
 			if b, err := base64.StdEncoding.DecodeString(key); err != nil || len(b) < 16 || len(b) > 64 {
-				return out, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Symmetric keys must be base64 encoded and 16 to 64 bytes long.")
+				return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Symmetric keys must be base64 encoded and 16 to 64 bytes long.")
 			}
 		}
 		out.SymmetricKey = &k
-	case hub.AuthSelfSigned:
+	case azurehub.AuthSelfSigned:
 		out.SymmetricKey = nil
 		t := out.X509Thumbprint
 		if t == nil || t.PrimaryThumbprint == nil || *t.PrimaryThumbprint == "" {
-			return out, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "A self-signed device needs a primary thumbprint.")
+			return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "A self-signed device needs a primary thumbprint.")
 		}
-	case hub.AuthCertificateAuthority, hub.AuthNone:
+	case azurehub.AuthCertificateAuthority, azurehub.AuthNone:
 		out.SymmetricKey, out.X509Thumbprint = nil, nil
 	default:
-		return out, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Unknown authentication type %q.", out.Type)
+		return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Unknown authentication type %q.", out.Type)
 	}
 	return out, nil
 }
 
 func normalizeStatus(s string) (string, error) {
 	switch strings.ToLower(s) {
-	case "", hub.StatusEnabled:
-		return hub.StatusEnabled, nil
-	case hub.StatusDisabled:
-		return hub.StatusDisabled, nil
+	case "", azurehub.StatusEnabled:
+		return azurehub.StatusEnabled, nil
+	case azurehub.StatusDisabled:
+		return azurehub.StatusDisabled, nil
 	}
-	return "", hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Unknown device status %q.", s)
+	return "", azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Unknown device status %q.", s)
 }
 
 func newGenerationID() string {
@@ -255,7 +255,7 @@ func newGenerationID() string {
 }
 
 // CreateDevice creates a device identity with an empty twin.
-func (h *Hub) CreateDevice(ctx context.Context, in *hub.Device) (*hub.Device, error) {
+func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.Device, error) {
 	if err := validDeviceID(in.DeviceID); err != nil {
 		return nil, err
 	}
@@ -287,7 +287,7 @@ func (h *Hub) CreateDevice(ctx context.Context, in *hub.Device) (*hub.Device, er
 	}
 	if err := h.save(ctx, d, true); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return nil, hub.Errorf(http.StatusConflict, hub.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered.", in.DeviceID)
+			return nil, azurehub.Errorf(http.StatusConflict, azurehub.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered.", in.DeviceID)
 		}
 		return nil, storeErr(err)
 	}
@@ -298,7 +298,7 @@ func (h *Hub) CreateDevice(ctx context.Context, in *hub.Device) (*hub.Device, er
 // UpdateDevice replaces an existing identity's status, authentication and
 // capabilities. etag "" or "*" matches any version; a missing device fails
 // the precondition, as Azure documents for If-Match.
-func (h *Hub) UpdateDevice(ctx context.Context, in *hub.Device, etag string) (*hub.Device, error) {
+func (h *Hub) UpdateDevice(ctx context.Context, in *azurehub.Device, etag string) (*azurehub.Device, error) {
 	var disable bool
 	d, err := h.modify(ctx, in.DeviceID, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.deviceETag()) {
@@ -315,7 +315,7 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *hub.Device, etag string) (*h
 		if status != d.Status {
 			d.Status, d.StatusUpdatedTime = status, h.now()
 		}
-		disable = status == hub.StatusDisabled
+		disable = status == azurehub.StatusDisabled
 		d.StatusReason = in.StatusReason
 		d.Auth = auth
 		if in.Capabilities != nil {
@@ -325,7 +325,7 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *hub.Device, etag string) (*h
 		d.DeviceVersion++
 		return nil
 	})
-	var he *hub.Error
+	var he *azurehub.Error
 	if errors.As(err, &he) && he.StatusCode == http.StatusNotFound && enroll.NormalizeETag(etag) != "" {
 		return nil, preconditionFailed(in.DeviceID)
 	}
@@ -340,7 +340,7 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *hub.Device, etag string) (*h
 }
 
 // GetDevice returns a device identity.
-func (h *Hub) GetDevice(ctx context.Context, id string) (*hub.Device, error) {
+func (h *Hub) GetDevice(ctx context.Context, id string) (*azurehub.Device, error) {
 	d, err := h.load(ctx, id)
 	if err != nil {
 		return nil, err
@@ -375,11 +375,11 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil
 	}
-	return hub.Errorf(http.StatusServiceUnavailable, hub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
+	return azurehub.Errorf(http.StatusServiceUnavailable, azurehub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
 }
 
 // ListDevices returns a page of devices in id order after the id after.
-func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*hub.Device, bool, error) {
+func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*azurehub.Device, bool, error) {
 	opt := store.ListOptions{Ref: h.cfg.Name, Limit: limit}
 	if after != "" {
 		opt.After = deviceKey(h.cfg.Name, after)
@@ -388,7 +388,7 @@ func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*hub.
 	if err != nil {
 		return nil, false, storeErr(err)
 	}
-	out := make([]*hub.Device, 0, len(recs))
+	out := make([]*azurehub.Device, 0, len(recs))
 	for _, rec := range recs {
 		var d deviceDoc
 		if err := decodeJSON(rec.Data, &d); err != nil {
@@ -400,7 +400,7 @@ func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*hub.
 }
 
 // GetTwin returns a device twin.
-func (h *Hub) GetTwin(ctx context.Context, id string) (*hub.Twin, error) {
+func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
 	d, err := h.load(ctx, id)
 	if err != nil {
 		return nil, err
@@ -410,7 +410,7 @@ func (h *Hub) GetTwin(ctx context.Context, id string) (*hub.Twin, error) {
 
 // UpdateTwin merges patch's tags and desired properties into the twin and
 // sends the desired change to the device if it is connected.
-func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *hub.Twin, etag string) (*hub.Twin, error) {
+func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(patch)
 	if err != nil {
 		return nil, err
@@ -446,7 +446,7 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *hub.Twin, etag s
 }
 
 // ReplaceTwin replaces the twin's tags and desired properties.
-func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *hub.Twin, etag string) (*hub.Twin, error) {
+func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(twin)
 	if err != nil {
 		return nil, err
@@ -480,9 +480,9 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *hub.Twin, etag s
 // ImportReported merges reported properties into a twin from the service
 // side, which only migration between built-in hubs uses.
 func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string]any) error {
-	reported = hub.StripMeta(reported)
+	reported = azurehub.StripMeta(reported)
 	if err := validatePatch("properties.reported", reported); err != nil {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
 	_, err := h.modify(ctx, id, func(d *deviceDoc) error {
 		if d.Reported.patch(reported, h.now(), false) {
@@ -497,7 +497,7 @@ func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string
 // reported version.
 func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]any) (int64, error) {
 	if err := validatePatch("properties.reported", patch); err != nil {
-		return 0, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
+		return 0, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
 	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
 		if d.Reported.patch(patch, h.now(), false) {
@@ -511,22 +511,22 @@ func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]an
 	return d.Reported.Version, nil
 }
 
-func twinInput(t *hub.Twin) (tags, desired map[string]any, err error) {
+func twinInput(t *azurehub.Twin) (tags, desired map[string]any, err error) {
 	if t == nil {
 		return nil, nil, nil
 	}
-	tags = hub.StripMeta(t.Tags)
+	tags = azurehub.StripMeta(t.Tags)
 	if t.Properties != nil {
-		desired = hub.StripMeta(t.Properties.Desired)
+		desired = azurehub.StripMeta(t.Properties.Desired)
 		if len(t.Properties.Reported) > 0 {
-			return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties can only be set by the device.")
+			return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reported properties can only be set by the device.")
 		}
 	}
 	if err := validatePatch("tags", tags); err != nil {
-		return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
+		return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
 	if err := validatePatch("properties.desired", desired); err != nil {
-		return nil, nil, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "%v", err)
+		return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
 	return tags, desired, nil
 }
@@ -534,23 +534,23 @@ func twinInput(t *hub.Twin) (tags, desired map[string]any, err error) {
 func checkTwinSize(d *deviceDoc) error {
 	switch {
 	case jsonSize(d.Tags) > maxTagsBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Twin tags exceed %d bytes.", maxTagsBytes)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Twin tags exceed %d bytes.", maxTagsBytes)
 	case jsonSize(d.Desired.Props) > maxSectionBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Desired properties exceed %d bytes.", maxSectionBytes)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Desired properties exceed %d bytes.", maxSectionBytes)
 	case jsonSize(d.Reported.Props) > maxSectionBytes:
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reported properties exceed %d bytes.", maxSectionBytes)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reported properties exceed %d bytes.", maxSectionBytes)
 	}
 	return nil
 }
 
 // deviceView is the identity as the registry API shows it.
-func (h *Hub) deviceView(d *deviceDoc) *hub.Device {
+func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 	state, stateTime, activity := h.connection(d.DeviceID)
 	auth := d.Auth
 	if auth.X509Thumbprint == nil {
-		auth.X509Thumbprint = &hub.X509Thumbprint{}
+		auth.X509Thumbprint = &azurehub.X509Thumbprint{}
 	}
-	return &hub.Device{
+	return &azurehub.Device{
 		DeviceID:                   d.DeviceID,
 		GenerationID:               d.GenerationID,
 		ETag:                       d.deviceETag(),
@@ -561,19 +561,19 @@ func (h *Hub) deviceView(d *deviceDoc) *hub.Device {
 		StatusUpdatedTime:          formatTime(d.StatusUpdatedTime),
 		LastActivityTime:           activity,
 		Authentication:             &auth,
-		Capabilities:               &hub.Capabilities{IoTEdge: d.IoTEdge},
+		Capabilities:               &azurehub.Capabilities{IoTEdge: d.IoTEdge},
 		DeviceScope:                d.DeviceScope,
 	}
 }
 
 // twinView is the twin as the service API shows it.
-func (h *Hub) twinView(d *deviceDoc) *hub.Twin {
+func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
 	state, _, activity := h.connection(d.DeviceID)
 	tags := d.Tags
 	if tags == nil {
 		tags = map[string]any{}
 	}
-	t := &hub.Twin{
+	t := &azurehub.Twin{
 		DeviceID:           d.DeviceID,
 		ETag:               d.twinETag(),
 		DeviceETag:         d.deviceETag(),
@@ -587,11 +587,11 @@ func (h *Hub) twinView(d *deviceDoc) *hub.Twin {
 		ModelID:            &d.ModelID,
 		Version:            d.TwinVersion,
 		Tags:               tags,
-		Properties:         &hub.TwinProperties{Desired: d.Desired.view(), Reported: d.Reported.view()},
-		Capabilities:       &hub.Capabilities{IoTEdge: d.IoTEdge},
+		Properties:         &azurehub.TwinProperties{Desired: d.Desired.view(), Reported: d.Reported.view()},
+		Capabilities:       &azurehub.Capabilities{IoTEdge: d.IoTEdge},
 	}
 	if t.X509Thumbprint == nil {
-		t.X509Thumbprint = &hub.X509Thumbprint{}
+		t.X509Thumbprint = &azurehub.X509Thumbprint{}
 	}
 	return t
 }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
-	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
@@ -30,18 +30,18 @@ func (h *Hub) serveREST(w http.ResponseWriter, r *http.Request) {
 		if wait, ok := h.limiter.allow(h.now()); !ok {
 			secs := max(1, int((wait+time.Second-1)/time.Second))
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			h.writeError(w, reqID, &hub.Error{StatusCode: http.StatusTooManyRequests, Code: hub.CodeThrottled, Message: "Too many requests; retry later."})
+			h.writeError(w, reqID, &azurehub.Error{StatusCode: http.StatusTooManyRequests, Code: azurehub.CodeThrottled, Message: "Too many requests; retry later."})
 			return
 		}
 	}
 	segs, err := pathSegments(r.URL.EscapedPath())
 	if err != nil {
-		h.writeError(w, reqID, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Malformed path."))
+		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Malformed path."))
 		return
 	}
 	route, right := h.route(r.Method, segs)
 	if route == nil {
-		h.writeError(w, reqID, hub.Errorf(http.StatusNotFound, "NotFound", "No such resource: %s %s", r.Method, r.URL.Path))
+		h.writeError(w, reqID, azurehub.Errorf(http.StatusNotFound, "NotFound", "No such resource: %s %s", r.Method, r.URL.Path))
 		return
 	}
 	if err := h.authorizeService(r, right); err != nil {
@@ -102,7 +102,7 @@ func pathSegments(p string) ([]string, error) {
 // the hub's policies (recipe of iothub-surface.md §1.5).
 func (h *Hub) authorizeService(r *http.Request, need Right) error {
 	unauthorized := func(format string, args ...any) error {
-		return hub.Errorf(http.StatusUnauthorized, hub.CodeUnauthorized, format, args...)
+		return azurehub.Errorf(http.StatusUnauthorized, azurehub.CodeUnauthorized, format, args...)
 	}
 	auth := r.Header.Get("Authorization")
 	if auth == "" {
@@ -130,7 +130,7 @@ func (h *Hub) authorizeService(r *http.Request, need Right) error {
 		return unauthorized("The SharedAccessSignature is for %q, not this hub.", tok.Resource)
 	}
 	if !pol.has(need) && !(need == RightServiceConnect && r.Method == http.MethodGet && pol.has(RightRegistryRead)) {
-		return hub.Errorf(http.StatusUnauthorized, hub.CodeUnauthorized, "Policy %q lacks the %s right.", pol.KeyName, need)
+		return azurehub.Errorf(http.StatusUnauthorized, azurehub.CodeUnauthorized, "Policy %q lacks the %s right.", pol.KeyName, need)
 	}
 	return nil
 }
@@ -170,7 +170,7 @@ func (h *Hub) restListDevices(w http.ResponseWriter, r *http.Request, reqID stri
 			top = n
 		}
 	}
-	var all []*hub.Device
+	var all []*azurehub.Device
 	after := ""
 	for len(all) < top {
 		page, more, err := h.ListDevices(r.Context(), after, min(100, top-len(all)))
@@ -185,7 +185,7 @@ func (h *Hub) restListDevices(w http.ResponseWriter, r *http.Request, reqID stri
 		after = page[len(page)-1].DeviceID
 	}
 	if all == nil {
-		all = []*hub.Device{}
+		all = []*azurehub.Device{}
 	}
 	writeJSON(w, http.StatusOK, "", all)
 }
@@ -200,7 +200,7 @@ func (h *Hub) restGetDevice(w http.ResponseWriter, r *http.Request, reqID string
 }
 
 func (h *Hub) restPutDevice(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
-	var in hub.Device
+	var in azurehub.Device
 	if err := readJSON(r, &in); err != nil {
 		h.writeError(w, reqID, err)
 		return
@@ -209,12 +209,12 @@ func (h *Hub) restPutDevice(w http.ResponseWriter, r *http.Request, reqID string
 		in.DeviceID = segs[1]
 	}
 	if in.DeviceID != segs[1] {
-		h.writeError(w, reqID, hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "The device id in the body (%q) differs from the one in the path (%q).", in.DeviceID, segs[1]))
+		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The device id in the body (%q) differs from the one in the path (%q).", in.DeviceID, segs[1]))
 		return
 	}
 	// The Node SDK's create sends no If-Match and relies on 409 for an
 	// existing device; its update always sends "*" (iothub-surface.md §1.3).
-	var d *hub.Device
+	var d *azurehub.Device
 	var err error
 	if m := enroll.NormalizeETag(r.Header.Get("If-Match")); m == "" {
 		d, err = h.CreateDevice(r.Context(), &in)
@@ -246,13 +246,13 @@ func (h *Hub) restGetTwin(w http.ResponseWriter, r *http.Request, reqID string, 
 }
 
 func (h *Hub) restWriteTwin(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
-	var in hub.Twin
+	var in azurehub.Twin
 	if err := readJSON(r, &in); err != nil {
 		h.writeError(w, reqID, err)
 		return
 	}
 	m := r.Header.Get("If-Match")
-	var t *hub.Twin
+	var t *azurehub.Twin
 	var err error
 	if r.Method == http.MethodPut {
 		t, err = h.ReplaceTwin(r.Context(), segs[1], &in, m)
@@ -297,13 +297,13 @@ func (h *Hub) restInvokeMethod(w http.ResponseWriter, r *http.Request, reqID str
 func readJSON(r *http.Request, v any) error {
 	data, err := io.ReadAll(io.LimitReader(r.Body, maxRESTBody+1))
 	if err != nil {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "Reading the body failed: %v", err)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reading the body failed: %v", err)
 	}
 	if len(data) > maxRESTBody {
-		return hub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", maxRESTBody)
+		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", maxRESTBody)
 	}
 	if err := decodeJSON(data, v); err != nil {
-		return hub.Errorf(http.StatusBadRequest, hub.CodeArgumentInvalid, "The body is not valid JSON: %v", err)
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The body is not valid JSON: %v", err)
 	}
 	return nil
 }
@@ -327,7 +327,7 @@ func writeJSON(w http.ResponseWriter, status int, etag string, v any) {
 // writeError answers in the hub REST error shape that the Azure SDKs parse:
 // {"Message":"ErrorCode:{code};{text}","ExceptionMessage":"Tracking ID:…"}.
 func (h *Hub) writeError(w http.ResponseWriter, reqID string, err error) {
-	var he *hub.Error
+	var he *azurehub.Error
 	var sf *storeFailure
 	switch {
 	case errors.As(err, &sf):
@@ -339,7 +339,7 @@ func (h *Hub) writeError(w http.ResponseWriter, reqID string, err error) {
 		}
 	case !errors.As(err, &he):
 		h.log.Error("hub request failed", "hub", h.cfg.Name, "err", err, "trackingId", reqID)
-		he = hub.Errorf(http.StatusInternalServerError, hub.CodeServerError, "Internal error (tracking id %s).", reqID)
+		he = azurehub.Errorf(http.StatusInternalServerError, azurehub.CodeServerError, "Internal error (tracking id %s).", reqID)
 	}
 	if he.RetryAfter > 0 && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", strconv.Itoa(int((he.RetryAfter+time.Second-1)/time.Second)))

@@ -11,6 +11,7 @@ import (
 	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/store"
@@ -90,10 +91,10 @@ func TestX509Devices(t *testing.T) {
 			}
 		}
 	}
-	if d, err := h.GetDevice(ctx, "x509-self"); err != nil || d.Authentication.Type != hub.AuthSelfSigned || *d.Authentication.X509Thumbprint.PrimaryThumbprint != provision.Thumbprint(selfDev.Cert) {
+	if d, err := h.GetDevice(ctx, "x509-self"); err != nil || d.Authentication.Type != azurehub.AuthSelfSigned || *d.Authentication.X509Thumbprint.PrimaryThumbprint != provision.Thumbprint(selfDev.Cert) {
 		t.Fatalf("selfSigned identity: %+v %v", d, err)
 	}
-	if d, err := h.GetDevice(ctx, "x509-ca"); err != nil || d.Authentication.Type != hub.AuthCertificateAuthority {
+	if d, err := h.GetDevice(ctx, "x509-ca"); err != nil || d.Authentication.Type != azurehub.AuthCertificateAuthority {
 		t.Fatalf("certificateAuthority identity: %+v %v", d, err)
 	}
 

@@ -1,13 +1,9 @@
-// Package hub registers provisioned devices in IoT hubs.
-//
-// It holds the wire types of the Azure IoT hub service REST API (device
-// identities and twins, api-version 2021-04-12), a small REST client for that
-// API (Client), and Registrar, which implements provision.Registrar on top of
-// any Registry: a real Azure IoT hub reached over REST, or a hub built into
-// dpsd reached by direct calls.
-package hub
+package azurehub
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // APIVersion is the api-version every request carries.
 const APIVersion = "2021-04-12"
@@ -149,4 +145,17 @@ type CertificateAuthorities interface {
 	// AddCertificateAuthority trusts certPEM for certificateAuthority
 	// devices. Adding a certificate that is already trusted does nothing.
 	AddCertificateAuthority(ctx context.Context, certPEM string) error
+}
+
+// StripMeta returns m without the "$version", "$metadata" and other '$'
+// keys that twin responses add and clients echo back. It returns an empty
+// map, not nil, for a nil m.
+func StripMeta(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if !strings.HasPrefix(k, "$") {
+			out[k] = v
+		}
+	}
+	return out
 }
