@@ -1,12 +1,14 @@
 package alloclog
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/httperr"
 )
 
 // HandlerOptions configure the HTTP handler.
@@ -33,25 +35,24 @@ func (l *Log) Handler(opt HandlerOptions) http.Handler {
 		opt.Logger = slog.Default()
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !dps.Authorized(w, r, opt.Authorize) {
+		if !httperr.Authorized(w, r, opt.Authorize) {
 			return
 		}
 		id, ok := registrationID(r.URL)
 		if !ok {
-			dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
+			httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s", r.URL.Path))
 			return
 		}
 		if r.Method != http.MethodGet {
-			dps.WriteError(w, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", r.Method, r.URL.Path))
+			httperr.Write(w, r, nil, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", r.Method, r.URL.Path))
 			return
 		}
 		entries, err := l.List(r.Context(), id)
 		if err != nil {
-			opt.Logger.Error("reading allocation log failed", "registrationId", id, "err", err)
-			dps.WriteError(w, &dps.Error{ErrorCode: dps.CodeServiceUnavailable, Message: "The allocation log cannot be read now; try again."})
+			httperr.Write(w, r, opt.Logger, fmt.Errorf("reading the allocation log of %s: %w", id, err))
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, &Response{RegistrationID: id, Entries: entries})
+		httperr.WriteJSON(w, http.StatusOK, &Response{RegistrationID: id, Entries: entries})
 	})
 }
 

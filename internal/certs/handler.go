@@ -71,12 +71,12 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if !dps.Authorized(w, req, h.opt.Authorize) {
+	if !httperr.Authorized(w, req, h.opt.Authorize) {
 		return
 	}
 	name, action, ok := parsePath(req.URL)
 	if !ok {
-		dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", req.URL.Path))
+		httperr.Write(w, req, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s", req.URL.Path))
 		return
 	}
 	ctx := req.Context()
@@ -99,7 +99,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out, err = h.reg.Get(ctx, name)
 	case name != "" && action == "" && req.Method == http.MethodPut:
 		var b Body
-		if err = dps.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
+		if err = httperr.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
 			text, verified := b.certificate()
 			var c *Certificate
 			if c, err = h.reg.Put(ctx, name, text, verified, ifMatch); err == nil {
@@ -120,7 +120,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out, err = h.reg.GenerateVerificationCode(ctx, name, ifMatch)
 	case name != "" && action == "verify" && req.Method == http.MethodPost:
 		var b Body
-		if err = dps.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
+		if err = httperr.DecodeBody(req, &b, maxBodyBytes, false, "valid JSON"); err == nil {
 			text, _ := b.certificate()
 			var c *Certificate
 			if c, err = h.reg.Verify(ctx, name, ifMatch, text); err == nil {
@@ -138,7 +138,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if c, ok := out.(*Certificate); ok && c.ETag != "" {
 		w.Header().Set("ETag", `"`+c.ETag+`"`)
 	}
-	dps.WriteJSON(w, status, out)
+	httperr.WriteJSON(w, status, out)
 }
 
 // parsePath finds what follows the "certificates" segment: nothing (the

@@ -1,4 +1,4 @@
-package dps
+package httperr
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 // ContentTypeJSON is the content type of every JSON answer. The Node SDKs
@@ -23,33 +25,12 @@ const ContentTypeJSON = "application/json; charset=utf-8"
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	data, err := json.Marshal(v)
 	if err != nil {
-		WriteError(w, err)
+		Write(w, nil, nil, err)
 		return
 	}
 	w.Header().Set("Content-Type", ContentTypeJSON)
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(status)
-	w.Write(data)
-}
-
-// WriteError writes err in Azure's error shape with the status its code
-// implies, an x-ms-error-code header, and Retry-After when set.
-func WriteError(w http.ResponseWriter, err error) {
-	e := *AsError(err)
-	if e.TrackingID == "" {
-		e.TrackingID = NewTrackingID()
-	}
-	if e.TimestampUTC.IsZero() {
-		e.TimestampUTC = time.Now().UTC()
-	}
-	w.Header().Set(HeaderErrorCode, strconv.Itoa(e.ErrorCode))
-	if e.RetryAfter > 0 {
-		w.Header().Set("Retry-After", RetryAfterSeconds(e.RetryAfter))
-	}
-	data, _ := json.Marshal(&e)
-	w.Header().Set("Content-Type", ContentTypeJSON)
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(e.Status())
 	w.Write(data)
 }
 
@@ -65,11 +46,11 @@ func Authorized(w http.ResponseWriter, r *http.Request, authorize func(*http.Req
 	if err == nil {
 		return true
 	}
-	var e *Error
+	var e *dps.Error
 	if !errors.As(err, &e) {
-		e = Errorf(CodeUnauthorized, "Unauthorized.")
+		e = dps.New(dps.CodeUnauthorized)
 	}
-	WriteError(w, e)
+	Write(w, r, nil, e)
 	return false
 }
 
@@ -90,22 +71,22 @@ func NewTrackingID() string { return uuid.NewString() }
 func DecodeBody(r *http.Request, v any, max int64, strict bool, what string) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return Errorf(CodeUnsupportedMediaType, "The request body must be application/json.")
+			return dps.Errorf(dps.CodeUnsupportedMediaType, "The request body must be application/json.")
 		}
 	}
 	data, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 	if err != nil {
-		return Errorf(CodeBadRequest, "Reading the request body failed.")
+		return dps.Errorf(dps.CodeBadRequest, "Reading the request body failed.")
 	}
 	if int64(len(data)) > max {
-		return Errorf(CodeRequestEntityTooLarge, "The request body is larger than %d bytes.", max)
+		return dps.Errorf(dps.CodeRequestEntityTooLarge, "The request body is larger than %d bytes.", max)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if strict {
 		dec.DisallowUnknownFields()
 	}
 	if err := dec.Decode(v); err != nil {
-		return Errorf(CodeInvalidArgument, "The request body is not %s: %v", what, err)
+		return dps.Errorf(dps.CodeInvalidArgument, "The request body is not %s: %v", what, err)
 	}
 	return nil
 }

@@ -25,7 +25,7 @@ func TestWrite(t *testing.T) {
 		logged     string // the log line's level, "" for none
 	}{
 		{name: "dps error", err: dps.Errorf(dps.CodeNotFound, "gone"), status: 404, code: dps.CodeNotFound},
-		{name: "store unavailable", err: fmt.Errorf("list: %w", store.ErrUnavailable), status: 503, code: dps.CodeServiceUnavailable, retryAfter: "5", logged: "WARN"},
+		{name: "store unavailable", err: fmt.Errorf("list: %w", store.ErrUnavailable), status: 503, code: dps.CodeServiceUnavailable, retryAfter: "3", logged: "WARN"},
 		{name: "other", err: errors.New("disk on fire"), status: 500, code: dps.CodeInternal, logged: "ERROR"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

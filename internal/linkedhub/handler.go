@@ -50,12 +50,12 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if !dps.Authorized(w, req, h.opt.Authorize) {
+	if !httperr.Authorized(w, req, h.opt.Authorize) {
 		return
 	}
 	name, hasName, ok := hubName(req.URL)
 	if !ok {
-		dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s", req.URL.Path))
+		httperr.Write(w, req, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s", req.URL.Path))
 		return
 	}
 	ctx := req.Context()
@@ -75,7 +75,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out = list
 	case !hasName && req.Method == http.MethodPost:
 		var def Definition
-		if err = dps.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
+		if err = httperr.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			var hub *Hub
 			if hub, err = h.reg.Create(ctx, def); err == nil {
 				status, out = http.StatusCreated, hub.Redacted()
@@ -89,7 +89,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 	case hasName && (req.Method == http.MethodPatch || req.Method == http.MethodPut):
 		var def Definition
-		if err = dps.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
+		if err = httperr.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			out, status, err = h.update(req, name, def)
 		}
 	case hasName && req.Method == http.MethodDelete:
@@ -108,7 +108,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if hub, ok := out.(*Hub); ok && hub.ETag != "" {
 		w.Header().Set("ETag", hub.ETag)
 	}
-	dps.WriteJSON(w, status, out)
+	httperr.WriteJSON(w, status, out)
 }
 
 // update handles PATCH and PUT of one hub.

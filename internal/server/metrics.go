@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/httperr"
 )
 
 // healthTimeout bounds the store check of /healthz: a probe that hangs is
@@ -28,19 +28,16 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
 		if err := p.Ping(ctx); err != nil {
-			e := &dps.Error{
-				ErrorCode:  dps.CodeServiceUnavailable,
-				TrackingID: dps.NewTrackingID(),
-				// The cause stays in the log: it may name hosts and
-				// users of the database.
-				Message:    "The store does not answer.",
-				Info:       map[string]string{"status": "unavailable"},
-				RetryAfter: 3 * time.Second,
-			}
+			// The cause stays in the log: it may name hosts and users of
+			// the database.
+			e := httperr.Unavailable()
+			e.TrackingID = httperr.NewTrackingID()
+			e.Message = "The store does not answer."
+			e.Info = map[string]string{"status": "unavailable"}
 			s.log.Warn("health check: store unavailable", "trackingId", e.TrackingID, "err", err)
-			dps.WriteError(w, e)
+			httperr.Write(w, r, nil, e)
 			return
 		}
 	}
-	dps.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	httperr.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }

@@ -46,13 +46,13 @@ type DeviceList struct {
 func (m *Manager) Handler() http.Handler { return http.HandlerFunc(m.serveAdmin) }
 
 func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
-	if !dps.Authorized(w, r, m.opt.Authorize) {
+	if !httperr.Authorized(w, r, m.opt.Authorize) {
 		return
 	}
 	p := strings.TrimPrefix(r.URL.EscapedPath(), AdminPathPrefix)
 	segs, err := pathSegments(p)
 	if err != nil {
-		dps.WriteError(w, dps.Errorf(dps.CodeInvalidArgument, "Malformed path."))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "Malformed path."))
 		return
 	}
 	ctx := r.Context()
@@ -63,7 +63,7 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			m.adminError(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, list)
+		httperr.WriteJSON(w, http.StatusOK, list)
 	case len(segs) == 1 && r.Method == http.MethodPut:
 		var req CreateRequest
 		body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
@@ -71,7 +71,7 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			err = json.Unmarshal(body, &req)
 		}
 		if err != nil {
-			dps.WriteError(w, dps.Errorf(dps.CodeInvalidArgument, "The body is not valid JSON: %v", err))
+			httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body is not valid JSON: %v", err))
 			return
 		}
 		in, err := m.Create(ctx, segs[0], CreateOptions(req))
@@ -79,14 +79,14 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			m.adminError(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusCreated, in)
+		httperr.WriteJSON(w, http.StatusCreated, in)
 	case len(segs) == 1 && r.Method == http.MethodGet:
 		in, err := m.Info(ctx, segs[0])
 		if err != nil {
 			m.adminError(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, in)
+		httperr.WriteJSON(w, http.StatusOK, in)
 	case len(segs) == 1 && r.Method == http.MethodDelete:
 		if err := m.Delete(ctx, segs[0]); err != nil {
 			m.adminError(w, r, err)
@@ -101,7 +101,7 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 		m.serveHubAdmin(w, r, h, segs[1:])
 	default:
-		dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))
 	}
 }
 
@@ -130,26 +130,26 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 		if more && len(devs) > 0 {
 			out.ContinuationToken = devs[len(devs)-1].DeviceID
 		}
-		dps.WriteJSON(w, http.StatusOK, out)
+		httperr.WriteJSON(w, http.StatusOK, out)
 	case len(segs) == 2 && segs[0] == "devices":
 		d, err := h.GetDevice(ctx, segs[1])
 		if err != nil {
 			m.adminError(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, d)
+		httperr.WriteJSON(w, http.StatusOK, d)
 	case len(segs) == 3 && segs[0] == "devices" && segs[2] == "twin":
 		t, err := h.GetTwin(ctx, segs[1])
 		if err != nil {
 			m.adminError(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, t)
+		httperr.WriteJSON(w, http.StatusOK, t)
 	case len(segs) == 1 && segs[0] == "messages":
 		after, _ := strconv.ParseInt(q.Get("after"), 10, 64)
-		dps.WriteJSON(w, http.StatusOK, h.Messages(q.Get("deviceId"), after, top))
+		httperr.WriteJSON(w, http.StatusOK, h.Messages(q.Get("deviceId"), after, top))
 	default:
-		dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))
 	}
 }
 
@@ -177,5 +177,5 @@ func (m *Manager) adminError(w http.ResponseWriter, r *http.Request, err error) 
 		httperr.Write(w, r, m.log, err)
 		return
 	}
-	dps.WriteError(w, de)
+	httperr.Write(w, r, nil, de)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -96,7 +97,7 @@ func storeErr(err error) error {
 	}
 	he := azurehub.Errorf(http.StatusInternalServerError, azurehub.CodeServerError, "Internal error.")
 	if errors.Is(err, store.ErrUnavailable) {
-		he = &azurehub.Error{StatusCode: http.StatusServiceUnavailable, Code: azurehub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: time.Second}
+		he = &azurehub.Error{StatusCode: http.StatusServiceUnavailable, Code: azurehub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: httperr.UnavailableRetryAfter}
 	}
 	return &storeFailure{he: he, err: err}
 }

@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 )
@@ -24,7 +24,7 @@ const maxRESTBody = 256 << 10
 // serveREST is the hub's service REST API: the identity registry and
 // twins as the Azure SDKs' service clients use them.
 func (h *Hub) serveREST(w http.ResponseWriter, r *http.Request) {
-	reqID := dps.NewTrackingID()
+	reqID := httperr.NewTrackingID()
 	w.Header().Set("x-ms-request-id", reqID)
 	if h.limiter != nil {
 		if wait, ok := h.limiter.allow(h.now()); !ok {

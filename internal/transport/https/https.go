@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -79,13 +80,13 @@ func parsePath(escaped string) (route, bool) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt, ok := parsePath(r.URL.EscapedPath())
 	if !ok {
-		dps.WriteError(w, dps.Errorf(dps.CodeNotFound, "No such device API path: %s", r.URL.Path))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such device API path: %s", r.URL.Path))
 		return
 	}
 	want := map[string]string{"register": http.MethodPut, "operation": http.MethodGet, "status": http.MethodPost}[rt.kind]
 	if r.Method != want {
 		w.Header().Set("Allow", want)
-		dps.WriteError(w, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not allowed here; use %s.", r.Method, want))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not allowed here; use %s.", r.Method, want))
 		return
 	}
 	req := provision.Request{
@@ -100,13 +101,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		req.PeerCertificates = r.TLS.PeerCertificates
 	}
 	if req.APIVersion == "" {
-		dps.WriteError(w, dps.Errorf(dps.CodeBadRequest, "The api-version query parameter is required."))
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeBadRequest, "The api-version query parameter is required."))
 		return
 	}
 
 	body, err := readBody(w, r)
 	if err != nil {
-		dps.WriteError(w, err)
+		httperr.Write(w, r, nil, err)
 		return
 	}
 	ctx := r.Context()
@@ -114,53 +115,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "register":
 		var reg dps.DeviceRegistration
 		if err := decodeRegistration(body, &reg); err != nil {
-			dps.WriteError(w, err)
+			httperr.Write(w, r, nil, err)
 			return
 		}
 		if reg.RegistrationID != "" && !strings.EqualFold(reg.RegistrationID, rt.regID) {
-			dps.WriteError(w, dps.Errorf(dps.CodeInvalidArgument, "The body's registrationId %q does not match the path's %q.", reg.RegistrationID, rt.regID))
+			httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body's registrationId %q does not match the path's %q.", reg.RegistrationID, rt.regID))
 			return
 		}
 		req.Payload = reg.Payload
 		res, err := h.p.Register(ctx, req)
 		// A register is always answered 202: the C# SDK and IoT Edge
 		// refuse any other success code, even with a final result.
-		h.writeResult(w, res, err, http.StatusAccepted)
+		h.writeResult(w, r, res, err, http.StatusAccepted)
 	case "operation":
 		res, err := h.p.OperationStatus(ctx, req, rt.opID)
 		status := http.StatusOK
 		if err == nil && res.Operation.Status == dps.StatusAssigning {
 			status = http.StatusAccepted
 		}
-		h.writeResult(w, res, err, status)
+		h.writeResult(w, r, res, err, status)
 	case "status":
 		st, err := h.p.Status(ctx, req)
 		if err != nil {
 			h.writeErr(w, r, err)
 			return
 		}
-		dps.WriteJSON(w, http.StatusOK, st)
+		httperr.WriteJSON(w, http.StatusOK, st)
 	}
 }
 
-func (h *Handler) writeResult(w http.ResponseWriter, res provision.Result, err error, status int) {
+func (h *Handler) writeResult(w http.ResponseWriter, r *http.Request, res provision.Result, err error, status int) {
 	if err != nil {
-		h.writeErr(w, nil, err)
+		h.writeErr(w, r, err)
 		return
 	}
 	if res.Operation.Status == dps.StatusAssigning {
 		// Always present while assigning, even when zero: the device may
 		// poll at once.
-		w.Header().Set("Retry-After", dps.RetryAfterSeconds(res.RetryAfter))
+		w.Header().Set("Retry-After", httperr.RetryAfterSeconds(res.RetryAfter))
 	}
-	dps.WriteJSON(w, status, res.Operation)
+	httperr.WriteJSON(w, status, res.Operation)
 }
 
-func (h *Handler) writeErr(w http.ResponseWriter, _ *http.Request, err error) {
-	if dps.AsError(err).ErrorCode == dps.CodeInternal {
-		h.log.Error("device API request failed", "err", err)
-	}
-	dps.WriteError(w, err)
+func (h *Handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	httperr.Write(w, r, h.log, err)
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {

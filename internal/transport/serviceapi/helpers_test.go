@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/instance"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -160,7 +161,7 @@ func (r response) errorCode(t *testing.T) int {
 	if got := r.header.Get("x-ms-error-code"); got != itoa(e.ErrorCode) {
 		t.Errorf("x-ms-error-code = %q, want %d", got, e.ErrorCode)
 	}
-	if ct := r.header.Get("Content-Type"); ct != contentTypeJSON {
+	if ct := r.header.Get("Content-Type"); ct != httperr.ContentTypeJSON {
 		t.Errorf("error Content-Type = %q", ct)
 	}
 	return e.ErrorCode
@@ -168,8 +169,8 @@ func (r response) errorCode(t *testing.T) int {
 
 func (r response) decode(t *testing.T, v any) {
 	t.Helper()
-	if ct := r.header.Get("Content-Type"); ct != contentTypeJSON {
-		t.Errorf("Content-Type = %q, want %q", ct, contentTypeJSON)
+	if ct := r.header.Get("Content-Type"); ct != httperr.ContentTypeJSON {
+		t.Errorf("Content-Type = %q, want %q", ct, httperr.ContentTypeJSON)
 	}
 	if err := json.NewDecoder(bytes.NewReader(r.body)).Decode(v); err != nil {
 		t.Fatalf("decode %q: %v", r.body, err)

@@ -1,76 +1,27 @@
 package serviceapi
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
-	"github.com/dpsd/dpsd/internal/store"
+	"github.com/dpsd/dpsd/internal/httperr"
 )
-
-// contentTypeJSON is what every JSON response carries; the npm client only
-// parses a body whose content type contains application/json.
-const contentTypeJSON = "application/json; charset=utf-8"
-
-// unavailableRetryAfter is the Retry-After of a 503 when the database is down.
-const unavailableRetryAfter = 5 * time.Second
 
 // writeJSON answers status with v as JSON.
 func (h *handler) writeJSON(req *request, status int, v any) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		h.writeError(req, err)
-		return
-	}
-	hdr := req.w.Header()
-	hdr.Set("Content-Type", contentTypeJSON)
-	hdr.Set("Content-Length", strconv.Itoa(len(data)))
-	req.w.WriteHeader(status)
-	if _, err := req.w.Write(data); err != nil {
-		h.log.DebugContext(req.r.Context(), "service API: write response", "error", err)
-	}
+	httperr.WriteJSON(req.w, status, v)
 }
 
-// writeError answers with Azure's error body
-// {errorCode, trackingId, message, timestampUtc} and the x-ms-error-code
-// header; the status is errorCode/1000, as the SDKs compute it. Errors that
-// are not a *dps.Error are logged and answered as 500 (or 503 with
-// Retry-After when the store is unavailable) without their details.
+// writeError answers with Azure's error body and the request's tracking id
+// (see httperr.Write).
 func (h *handler) writeError(req *request, err error) {
-	var de *dps.Error
-	switch {
-	case errors.As(err, &de):
-	case errors.Is(err, store.ErrUnavailable):
-		h.log.WarnContext(req.r.Context(), "service API: store unavailable", "error", err, "trackingId", req.trackingID)
-		de = &dps.Error{ErrorCode: dps.CodeServiceUnavailable, Message: "The service's database is unavailable; try again later.", RetryAfter: unavailableRetryAfter}
-	default:
-		h.log.ErrorContext(req.r.Context(), "service API: request failed", "error", err, "method", req.r.Method, "path", req.r.URL.EscapedPath(), "trackingId", req.trackingID)
-		de = dps.AsError(err)
-	}
-	// Copy: package-level error values are shared between requests.
-	body := *de
-	body.TrackingID = req.trackingID
-	body.TimestampUTC = h.now().UTC()
-	hdr := req.w.Header()
-	hdr.Set(dps.HeaderErrorCode, strconv.Itoa(body.ErrorCode))
-	if body.RetryAfter > 0 {
-		hdr.Set("Retry-After", strconv.Itoa(int((body.RetryAfter+time.Second-1)/time.Second)))
-	}
-	data, mErr := json.Marshal(&body)
-	if mErr != nil {
-		data = []byte(`{"errorCode":500000,"message":"Internal server error."}`)
-	}
-	hdr.Set("Content-Type", contentTypeJSON)
-	hdr.Set("Content-Length", strconv.Itoa(len(data)))
-	req.w.WriteHeader(body.Status())
-	if _, err := req.w.Write(data); err != nil {
-		h.log.DebugContext(req.r.Context(), "service API: write error response", "error", err)
-	}
+	e := httperr.Answer(req.r, h.log, err, req.trackingID)
+	e.TimestampUTC = h.now().UTC()
+	httperr.Write(req.w, req.r, h.log, e)
 }
 
 // readBody reads the request body, at most MaxBodyBytes (413 beyond).
