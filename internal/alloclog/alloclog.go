@@ -29,7 +29,7 @@ import (
 
 // Kind is the store collection of allocation logs, one record per
 // registration id.
-const Kind store.Kind = "allocationLog"
+const Kind = store.KindAllocationLog
 
 // Bounds of what is kept.
 const (

@@ -28,7 +28,7 @@ import (
 )
 
 // Kind is the store collection of CA certificates, keyed by name.
-const Kind store.Kind = "caCertificate"
+const Kind = store.KindCACertificate
 
 // Limits, as Azure has them.
 const (

@@ -26,7 +26,7 @@ import (
 )
 
 // Kind is the store collection of linked hubs, keyed by hub host name.
-const Kind store.Kind = "linkedHub"
+const Kind = store.KindLinkedHub
 
 // Limits, as Azure has them.
 const (

@@ -18,7 +18,7 @@ import (
 
 // KindCA holds the CA certificates a built-in hub trusts for
 // certificateAuthority devices; id = hub/SHA-256 thumbprint, Ref = hub name.
-const KindCA store.Kind = "hubCA"
+const KindCA = store.KindHubCA
 
 // maxCAs bounds the CA certificates one hub reads at a CONNECT.
 const maxCAs = 1000

@@ -22,9 +22,9 @@ import (
 
 // Store kinds of the built-in hubs.
 const (
-	KindHub     store.Kind = "hub"        // hub configuration; id = hub name
-	KindDevice  store.Kind = "hubDevice"  // deviceDoc; id = hub/deviceId, Ref = hub name
-	KindSession store.Kind = "hubSession" // persistent MQTT session; id = hub/clientId, Ref = hub name
+	KindHub     = store.KindHub        // hub configuration; id = hub name
+	KindDevice  = store.KindHubDevice  // deviceDoc; id = hub/deviceId, Ref = hub name
+	KindSession = store.KindHubSession // persistent MQTT session; id = hub/clientId, Ref = hub name
 )
 
 // deviceDoc is the stored state of one device of a built-in hub: its

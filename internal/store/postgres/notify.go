@@ -17,16 +17,11 @@ import (
 // (migration 2) send on.
 const changesChannel = "dpsd_changes"
 
-// watchedKinds are the kinds whose writes notify: those the triggers of
-// migration 2 name. They are what Changes delivers after it (re)connects,
-// when it cannot know what changed. The strings, rather than the
-// constants of the packages that own them, keep the store free of those
-// packages; the tests check that they agree.
-var watchedKinds = []store.Kind{
-	store.KindEnrollment,
-	store.KindEnrollmentGroup,
-	"linkedHub", // linkedhub.Kind
-}
+// watchedKinds are the kinds whose writes notify (store.Watched), which the
+// triggers of migration 2 name. They are what Changes delivers after it
+// (re)connects, when it cannot know what changed. A test checks that the
+// triggers agree.
+var watchedKinds = store.Watched
 
 // Tunables of the listening connection. Variables so tests can shorten
 // them.

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,28 @@ func TestWatchedKindsAreTheCachedOnes(t *testing.T) {
 		if !slices.Contains(watchedKinds, k) {
 			t.Errorf("watchedKinds %q lacks %q, which nodes cache", watchedKinds, k)
 		}
+	}
+}
+
+// TestTriggersNameTheWatchedKinds checks that migration 2's triggers fire
+// for exactly the watched kinds.
+func TestTriggersNameTheWatchedKinds(t *testing.T) {
+	quoted := make([]string, len(watchedKinds))
+	for i, k := range watchedKinds {
+		quoted[i] = "'" + string(k) + "'"
+	}
+	in := "kind IN (" + strings.Join(quoted, ", ") + ")"
+	n := 0
+	for _, stmt := range migrations[1].stmts {
+		if strings.Contains(stmt, "CREATE TRIGGER") {
+			n++
+			if !strings.Contains(stmt, in) {
+				t.Errorf("trigger does not fire for %s:\n%s", in, stmt)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("found %d triggers in migration 2, want 2", n)
 	}
 }
 
