@@ -3,7 +3,9 @@
 // tree, and its test pins the dependency rules that keep the map true.
 //
 //	cmd/dpsd                  main only: calls internal/cli
-//	api/dps                   Azure DPS wire types the SDKs see; imports nothing of dpsd
+//	api/dps                   Azure DPS wire types the SDKs see, and the error catalogue
+//	api/admin                 wire types of dpsd's own endpoints (/dpsd/...) and info.json
+//	                          (api/ imports nothing of dpsd)
 //	client/device, /service   Go clients of the device API and the service API
 //	internal/provision        the engine: attest, allocate, register in the hub, record, answer
 //	internal/transport/...    how requests arrive: https, mqtt, wsconn, serviceapi; none imports another

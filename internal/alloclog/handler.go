@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
 )
@@ -20,11 +21,8 @@ type HandlerOptions struct {
 	Logger    *slog.Logger
 }
 
-// Response is the body of GET .../registrations/{id}/allocationLog.
-type Response struct {
-	RegistrationID string  `json:"registrationId"`
-	Entries        []Entry `json:"entries"`
-}
+// Response is the wire form of a device's allocation log, defined in api/admin.
+type Response = admin.AllocationLog
 
 // Handler serves GET .../registrations/{id}/allocationLog with a Response
 // (entries oldest first; an empty list for a device that never had a

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/store"
@@ -40,28 +41,11 @@ const (
 // certificate that does not exist.
 var ErrNotFound = errors.New("certificate not found")
 
-// Certificate is a CA certificate as the API shows it, shaped like Azure's
-// CertificateResponse.
-type Certificate struct {
-	Name       string     `json:"name"`
-	ETag       string     `json:"etag,omitempty"`
-	Properties Properties `json:"properties"`
-}
+// Certificate is the wire form of a CA certificate, defined in api/admin.
+type Certificate = admin.Certificate
 
-// Properties describe a CA certificate.
-type Properties struct {
-	Subject          string    `json:"subject"`
-	Expiry           time.Time `json:"expiry"`
-	Thumbprint       string    `json:"thumbprint"` // SHA-1, upper-case hex, as Azure shows it
-	SHA256Thumbprint string    `json:"thumbprintSha256"`
-	IsVerified       bool      `json:"isVerified"`
-	Created          time.Time `json:"created"`
-	Updated          time.Time `json:"updated"`
-	// Certificate is the PEM text.
-	Certificate string `json:"certificate"`
-	// VerificationCode is only in the answer of generateVerificationCode.
-	VerificationCode string `json:"verificationCode,omitempty"`
-}
+// Properties is the wire form of a CA certificate's properties, defined in api/admin.
+type Properties = admin.CertificateProperties
 
 // doc is the stored form.
 type doc struct {

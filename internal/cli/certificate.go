@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/enroll"
 )
@@ -75,7 +76,7 @@ func (cc *certificateCmd) create() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var out certs.Certificate
+		var out admin.Certificate
 		body := certs.Body{Certificate: string(text), IsVerified: verified}
 		if err := c.do(cmd.Context(), fmt.Sprintf("upload certificate %q", name), http.MethodPut, certificatePath(name), body, &out, ""); err != nil {
 			return err
@@ -126,8 +127,8 @@ func (cc *certificateCmd) show() *cobra.Command {
 	return cmd
 }
 
-func getCertificate(ctx context.Context, c extClient, name string) (*certs.Certificate, error) {
-	var out certs.Certificate
+func getCertificate(ctx context.Context, c extClient, name string) (*admin.Certificate, error) {
+	var out admin.Certificate
 	if err := c.do(ctx, fmt.Sprintf("show certificate %q", name), http.MethodGet, certificatePath(name), nil, &out, ""); err != nil {
 		return nil, err
 	}
@@ -163,7 +164,7 @@ func (cc *certificateCmd) generateCode() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var out certs.Certificate
+		var out admin.Certificate
 		if err := c.do(cmd.Context(), fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &out, etag); err != nil {
 			return err
 		}
@@ -211,7 +212,7 @@ sign the verification certificate with the key and send it.`,
 			if err != nil {
 				return err
 			}
-			var gen certs.Certificate
+			var gen admin.Certificate
 			if err := c.do(ctx, fmt.Sprintf("generate verification code for %q", name), http.MethodPost, certificatePath(name, "generateVerificationCode"), nil, &gen, etag); err != nil {
 				return err
 			}
@@ -228,7 +229,7 @@ sign the verification certificate with the key and send it.`,
 			}
 			proof, etag = issued.CertPEM(), gen.ETag
 		}
-		var out certs.Certificate
+		var out admin.Certificate
 		body := certs.Body{Certificate: string(proof)}
 		if err := c.do(ctx, fmt.Sprintf("verify certificate %q", name), http.MethodPost, certificatePath(name, "verify"), body, &out, etag); err != nil {
 			return err
@@ -243,7 +244,7 @@ func samePublicKey(c *x509.Certificate, key crypto.Signer) bool {
 	return ok && pub.Equal(c.PublicKey)
 }
 
-func printCertificate(w io.Writer, asJSON bool, c *certs.Certificate) error {
+func printCertificate(w io.Writer, asJSON bool, c *admin.Certificate) error {
 	if asJSON {
 		return writeJSON(w, c)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/server"
@@ -99,7 +100,7 @@ func (cf *connectFlags) resolve() (*target, error) {
 	return t, nil
 }
 
-func (t *target) useInfo(info *server.Info) {
+func (t *target) useInfo(info *admin.Info) {
 	if info.CACertFile != "" {
 		t.caFiles = append(t.caFiles, info.CACertFile)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/server"
 )
 
@@ -16,7 +17,7 @@ func TestResolve(t *testing.T) {
 		remoteCS = "HostName=my-dps.azure-devices-provisioning.net;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=cw=="
 	)
 	dataDir := t.TempDir()
-	if err := server.WriteInfo(dataDir, &server.Info{
+	if err := server.WriteInfo(dataDir, &admin.Info{
 		ServiceConnectionString: localCS,
 		CACertFile:              "/data/tls/ca.pem",
 		HostName:                "localhost",
@@ -120,7 +121,7 @@ func TestResolveDefaultDataDir(t *testing.T) {
 	if err := os.MkdirAll(defaultDataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := server.WriteInfo(defaultDataDir, &server.Info{ServiceConnectionString: "HostName=h;SharedAccessKeyName=p;SharedAccessKey=cA==",
+	if err := server.WriteInfo(defaultDataDir, &admin.Info{ServiceConnectionString: "HostName=h;SharedAccessKeyName=p;SharedAccessKey=cA==",
 		CACertFile: filepath.Join("x", "ca.pem"), HTTPSAddr: "127.0.0.2:443"}); err != nil {
 		t.Fatal(err)
 	}

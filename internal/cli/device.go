@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/server"
@@ -54,7 +55,7 @@ type deviceTarget struct {
 	httpsDial string // DialAddr for HTTPS and MQTT over WebSockets
 	mqttDial  string // DialAddr for MQTT
 	roots     *x509.CertPool
-	info      *server.Info // nil when no data directory was read
+	info      *admin.Info // nil when no data directory was read
 }
 
 // resolve fills in what the flags leave open from a dpsd data directory. A

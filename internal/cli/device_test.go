@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/server"
 )
 
@@ -55,7 +56,7 @@ func fakeDeviceAPI(t *testing.T, final string) (dataDir string) {
 		t.Fatal(err)
 	}
 	addr := srv.Listener.Addr().String()
-	if err := server.WriteInfo(dir, &server.Info{
+	if err := server.WriteInfo(dir, &admin.Info{
 		IDScope: "0ne00ABC123", CACertFile: ca, HostName: "example.com",
 		HTTPSAddr: addr, MQTTAddr: addr, HTTPSEndpoint: "https://example.com",
 	}); err != nil {

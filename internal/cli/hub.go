@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/linkedhub"
@@ -57,8 +58,8 @@ type hubLinkFlags struct {
 // definition is the linked hub to create for a new built-in hub; only the
 // settings given on the command line are sent, so the service's defaults
 // apply to the others.
-func (lf *hubLinkFlags) definition(cmd *cobra.Command, connectionString string) linkedhub.Definition {
-	d := linkedhub.Definition{ConnectionString: connectionString}
+func (lf *hubLinkFlags) definition(cmd *cobra.Command, connectionString string) admin.LinkedHubDefinition {
+	d := admin.LinkedHubDefinition{ConnectionString: connectionString}
 	f := cmd.Flags()
 	if f.Changed("allocation-weight") {
 		d.AllocationWeight = &lf.weight
@@ -76,12 +77,12 @@ func (lf *hubLinkFlags) definition(cmd *cobra.Command, connectionString string) 
 // --link the linked hub as well (the hub's members stay at the top level,
 // so scripts written for the plain command keep working).
 type createdHub struct {
-	*builtinhub.Info
-	LinkedHub *linkedhub.Hub `json:"linkedHub,omitempty"`
+	*admin.Hub
+	LinkedHub *admin.LinkedHub `json:"linkedHub,omitempty"`
 }
 
 func hubCreateCmd(cc *clientCmd) *cobra.Command {
-	var req builtinhub.CreateRequest
+	var req admin.CreateHubRequest
 	var lf hubLinkFlags
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -126,9 +127,9 @@ would do, so devices can be allocated to it at once.`,
 		if err != nil {
 			return err
 		}
-		out := createdHub{Info: in}
+		out := createdHub{Hub: in}
 		if lf.link {
-			var h linkedhub.Hub
+			var h admin.LinkedHub
 			if err := (extClient{c}).do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, lf.definition(cmd, in.ConnectionString), &h, ""); err != nil {
 				// The hub itself is fine; say how to finish by hand.
 				return fmt.Errorf("hub %s was created, but linking it failed (link it with \"dpsd linked-hub create --connection-string '%s'\"): %w",
@@ -217,7 +218,7 @@ func hubShowCmd(cc *clientCmd) *cobra.Command {
 	return cmd
 }
 
-func printHub(w io.Writer, in *builtinhub.Info, withCS bool) error {
+func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 	state := "running"
 	if !in.Running {
 		state = "stopped: " + in.Error

@@ -12,8 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 )
 
@@ -70,8 +70,8 @@ func addHubFlags(cmd *cobra.Command, hf *hubFlags, csHelp string) {
 
 // definition sends only the flags given on the command line, so an update
 // keeps what is not mentioned.
-func (hf *hubFlags) definition(cmd *cobra.Command) linkedhub.Definition {
-	var d linkedhub.Definition
+func (hf *hubFlags) definition(cmd *cobra.Command) admin.LinkedHubDefinition {
+	var d admin.LinkedHubDefinition
 	f := cmd.Flags()
 	if f.Changed("connection-string") {
 		d.ConnectionString = hf.connectionString
@@ -102,7 +102,7 @@ func (lc *linkedHubCmd) create() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var h linkedhub.Hub
+		var h admin.LinkedHub
 		if err := c.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, hf.definition(cmd), &h, ""); err != nil {
 			return err
 		}
@@ -122,7 +122,7 @@ func (lc *linkedHubCmd) list() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var hubs []linkedhub.Hub
+		var hubs []admin.LinkedHub
 		if err := c.do(cmd.Context(), "list linked hubs", http.MethodGet, linkedHubsPath, nil, &hubs, ""); err != nil {
 			return err
 		}
@@ -142,7 +142,7 @@ func (lc *linkedHubCmd) show() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var h linkedhub.Hub
+		var h admin.LinkedHub
 		if err := c.do(cmd.Context(), fmt.Sprintf("show linked hub %q", args[0]), http.MethodGet, hubPath(args[0]), nil, &h, ""); err != nil {
 			return err
 		}
@@ -163,14 +163,14 @@ func (lc *linkedHubCmd) update() *cobra.Command {
 	cmd.Flags().StringVar(&etag, "etag", "", "update only if the hub still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		def := hf.definition(cmd)
-		if def == (linkedhub.Definition{}) {
+		if def == (admin.LinkedHubDefinition{}) {
 			return errors.New("nothing to update: give --connection-string, --allocation-weight, --apply-allocation-policy or --location")
 		}
 		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
-		var h linkedhub.Hub
+		var h admin.LinkedHub
 		if err := c.do(cmd.Context(), fmt.Sprintf("update linked hub %q", args[0]), http.MethodPatch, hubPath(args[0]), def, &h, etag); err != nil {
 			return err
 		}
@@ -200,7 +200,7 @@ func (lc *linkedHubCmd) delete() *cobra.Command {
 func hubPath(name string) string { return linkedHubsPath + "/" + url.PathEscape(name) }
 
 // printLinkedHub prints one linked hub; the service already redacted its key.
-func printLinkedHub(w io.Writer, asJSON bool, h *linkedhub.Hub) error {
+func printLinkedHub(w io.Writer, asJSON bool, h *admin.LinkedHub) error {
 	if asJSON {
 		return writeJSON(w, h)
 	}
@@ -216,7 +216,7 @@ func printLinkedHub(w io.Writer, asJSON bool, h *linkedhub.Hub) error {
 	})
 }
 
-func printLinkedHubs(w io.Writer, asJSON bool, hubs []linkedhub.Hub) error {
+func printLinkedHubs(w io.Writer, asJSON bool, hubs []admin.LinkedHub) error {
 	if asJSON {
 		return writeJSON(w, nonNil(hubs))
 	}
@@ -229,8 +229,8 @@ func printLinkedHubs(w io.Writer, asJSON bool, hubs []linkedhub.Hub) error {
 
 // fetchAllocationLog reads a registration's custom allocation audit trail,
 // for "dpsd registration show --allocation-log".
-func fetchAllocationLog(ctx context.Context, c extClient, registrationID string) (*alloclog.Response, error) {
-	var r alloclog.Response
+func fetchAllocationLog(ctx context.Context, c extClient, registrationID string) (*admin.AllocationLog, error) {
+	var r admin.AllocationLog
 	err := c.do(ctx, fmt.Sprintf("get allocation log of %q", registrationID), http.MethodGet,
 		registrations+url.PathEscape(registrationID)+"/allocationLog", nil, &r, "")
 	if err != nil {
@@ -241,7 +241,7 @@ func fetchAllocationLog(ctx context.Context, c extClient, registrationID string)
 
 // printAllocationLog prints an allocation log: one block per allocation,
 // one line per webhook attempt.
-func printAllocationLog(w io.Writer, asJSON bool, r *alloclog.Response) error {
+func printAllocationLog(w io.Writer, asJSON bool, r *admin.AllocationLog) error {
 	if asJSON {
 		return writeJSON(w, r)
 	}

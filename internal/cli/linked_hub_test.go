@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/linkedhub"
@@ -47,7 +48,7 @@ func TestLinkedHubCommands(t *testing.T) {
 	hubs := reg.Handler(linkedhub.HandlerOptions{Authorize: authorize, Logger: quiet})
 	log := alloclog.New(st, alloclog.Options{Logger: quiet})
 	rec := log.Begin(ctx, "breakroom499-contoso-tstrsd-007", "http://127.0.0.1:8090/api/allocate?****", []byte(`{"linkedHubs":["h"]}`))
-	rec.Attempt(ctx, alloclog.Attempt{Status: 200, Body: []byte(`{"iotHubHostName":"h"}`), DurationMs: 4})
+	rec.Attempt(ctx, admin.AllocationAttempt{Status: 200, Body: []byte(`{"iotHubHostName":"h"}`), DurationMs: 4})
 	rec.Finish(ctx, "h", 0, "")
 	mux := http.NewServeMux()
 	mux.Handle("/dpsd/linkedHubs", hubs)

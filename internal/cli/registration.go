@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/api/admin"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/service"
@@ -64,12 +64,12 @@ the outcome. With -o json the answer is then
 
 // printRegistrationWithLog prints a registration record followed by its
 // allocation log; as JSON, both in one object so scripts parse one value.
-func printRegistrationWithLog(cmd *cobra.Command, asJSON bool, r *dps.DeviceRegistrationState, lg *alloclog.Response) error {
+func printRegistrationWithLog(cmd *cobra.Command, asJSON bool, r *dps.DeviceRegistrationState, lg *admin.AllocationLog) error {
 	w := cmd.OutOrStdout()
 	if asJSON {
 		return writeJSON(w, struct {
 			Registration  *dps.DeviceRegistrationState `json:"registration"`
-			AllocationLog *alloclog.Response           `json:"allocationLog"`
+			AllocationLog *admin.AllocationLog         `json:"allocationLog"`
 		}{r, lg})
 	}
 	if err := printRegistration(w, false, r); err != nil {

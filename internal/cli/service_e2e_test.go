@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/server"
@@ -16,7 +17,7 @@ import (
 
 // startServer runs a dpsd in-process on loopback ports with a fresh data
 // directory and returns its info.
-func startServer(t *testing.T) (dataDir string, info *server.Info) {
+func startServer(t *testing.T) (dataDir string, info *admin.Info) {
 	t.Helper()
 	dataDir = t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -70,7 +70,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		hubs, err = h.reg.List(ctx)
 		list := make([]*Hub, 0, len(hubs))
 		for _, hub := range hubs {
-			list = append(list, hub.Redacted())
+			list = append(list, Redacted(hub))
 		}
 		out = list
 	case !hasName && req.Method == http.MethodPost:
@@ -78,14 +78,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		if err = httperr.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			var hub *Hub
 			if hub, err = h.reg.Create(ctx, def); err == nil {
-				status, out = http.StatusCreated, hub.Redacted()
+				status, out = http.StatusCreated, Redacted(hub)
 				h.opt.Logger.Info("linked hub created", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
 			}
 		}
 	case hasName && req.Method == http.MethodGet:
 		var hub *Hub
 		if hub, err = h.reg.Get(ctx, name); err == nil {
-			out = hub.Redacted()
+			out = Redacted(hub)
 		}
 	case hasName && (req.Method == http.MethodPatch || req.Method == http.MethodPut):
 		var def Definition
@@ -127,17 +127,17 @@ func (h *handler) update(req *http.Request, name string, def Definition) (any, i
 		}
 		if created {
 			h.opt.Logger.Info("linked hub created", "hub", hub.Name)
-			return hub.Redacted(), http.StatusCreated, nil
+			return Redacted(hub), http.StatusCreated, nil
 		}
 		h.opt.Logger.Info("linked hub updated", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
-		return hub.Redacted(), http.StatusOK, nil
+		return Redacted(hub), http.StatusOK, nil
 	}
 	hub, err := h.reg.Update(ctx, name, def, req.Header.Get("If-Match"))
 	if err != nil {
 		return nil, 0, err
 	}
 	h.opt.Logger.Info("linked hub updated", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
-	return hub.Redacted(), http.StatusOK, nil
+	return Redacted(hub), http.StatusOK, nil
 }
 
 // hubName finds the path segments after "linkedHubs": none (the collection)

@@ -17,8 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -40,26 +40,12 @@ const (
 // ErrNotFound is returned (wrapped) for a hub that is not linked.
 var ErrNotFound = errors.New("linked hub not found")
 
-// Hub is a linked IoT hub as stored.
-type Hub struct {
-	// Name is the hub's host name, taken from its connection string.
-	Name string `json:"name"`
-	// ConnectionString is the hub's connection string. Views returned by
-	// Redacted show the key as "****".
-	ConnectionString      string `json:"connectionString"`
-	AllocationWeight      int    `json:"allocationWeight"`
-	ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
-	Location              string `json:"location,omitempty"`
-
-	// Set from the store on reads; not part of the stored document.
-	ETag                   string     `json:"etag,omitempty"`
-	CreatedDateTimeUTC     *time.Time `json:"createdDateTimeUtc,omitempty"`
-	LastUpdatedDateTimeUTC *time.Time `json:"lastUpdatedDateTimeUtc,omitempty"`
-}
+// Hub is the wire form of a linked hub, defined in api/admin.
+type Hub = admin.LinkedHub
 
 // Redacted returns a copy of h whose connection string shows its key as
 // "****", for output and logs.
-func (h *Hub) Redacted() *Hub {
+func Redacted(h *Hub) *Hub {
 	v := *h
 	if cs, err := sas.ParseConnectionString(h.ConnectionString); err == nil {
 		v.ConnectionString = cs.Redacted()
@@ -70,19 +56,8 @@ func (h *Hub) Redacted() *Hub {
 	return &v
 }
 
-// Definition is what a client sends to link or update a hub. On create,
-// absent members take their defaults; on update, they keep their current
-// values.
-type Definition struct {
-	// Name, when given, must be the host name of the hub (read-only, as in
-	// Azure's IotHubDefinitionDescription); it lets clients send back what
-	// they read.
-	Name                  string  `json:"name,omitempty"`
-	ConnectionString      string  `json:"connectionString,omitempty"`
-	AllocationWeight      *int    `json:"allocationWeight,omitempty"`
-	ApplyAllocationPolicy *bool   `json:"applyAllocationPolicy,omitempty"`
-	Location              *string `json:"location,omitempty"`
-}
+// Definition is the wire form of a link request, defined in api/admin.
+type Definition = admin.LinkedHubDefinition
 
 // Registry reads and writes linked hubs in a store. It is safe for
 // concurrent use, and several dpsd nodes may share the store: every change

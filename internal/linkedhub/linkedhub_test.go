@@ -154,7 +154,7 @@ func TestRegistryLifecycle(t *testing.T) {
 
 func TestRedacted(t *testing.T) {
 	h := &Hub{Name: toasters, ConnectionString: toastersCS}
-	got := h.Redacted().ConnectionString
+	got := Redacted(h).ConnectionString
 	want := "HostName=" + toasters + ";SharedAccessKeyName=iothubowner;SharedAccessKey=****"
 	if got != want {
 		t.Errorf("Redacted = %q; want %q", got, want)

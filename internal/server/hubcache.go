@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/listcache"
 )
@@ -18,8 +19,8 @@ const linkedHubTTL = time.Second
 // them from the store for every registration. Allocators only read the hubs
 // they get. reg is called on every load because the registry is built after
 // the cache, which the store's change notifications must reach first.
-func newHubListCache(reg func() *linkedhub.Registry) *listcache.Cache[*linkedhub.Hub] {
-	return listcache.New(linkedHubTTL, func(ctx context.Context) ([]*linkedhub.Hub, error) {
+func newHubListCache(reg func() *linkedhub.Registry) *listcache.Cache[*admin.LinkedHub] {
+	return listcache.New(linkedHubTTL, func(ctx context.Context) ([]*admin.LinkedHub, error) {
 		return reg().List(ctx)
 	})
 }

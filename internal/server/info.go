@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/dpsd/dpsd/api/admin"
 )
 
 // InfoFile is the file in the data directory where a running dpsd leaves
@@ -12,20 +14,8 @@ import (
 // with mode 0600.
 const InfoFile = "info.json"
 
-// Info is what "dpsd serve" prints on start and "dpsd info" shows.
-type Info struct {
-	IDScope                 string `json:"idScope"`
-	ServiceConnectionString string `json:"serviceConnectionString"`
-	CACertFile              string `json:"caCertFile"`
-	HTTPSEndpoint           string `json:"httpsEndpoint"`
-	MQTTEndpoint            string `json:"mqttEndpoint"`
-	// HostName is the name clients use for the service (also the SAS sr of
-	// the service API); HTTPSAddr is the address it listens on, which a
-	// client may dial when HostName does not resolve to it.
-	HostName  string `json:"hostName"`
-	HTTPSAddr string `json:"httpsAddr"`
-	MQTTAddr  string `json:"mqttAddr"`
-}
+// Info is the wire form of the node facts, defined in api/admin.
+type Info = admin.Info
 
 // WriteInfo writes info to dataDir atomically.
 func WriteInfo(dataDir string, info *Info) error {

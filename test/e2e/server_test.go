@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/api/admin"
 )
 
 // Bounds for everything the harness waits on.
@@ -115,19 +117,6 @@ func dpsdBinary(t *testing.T) string {
 	return binPath
 }
 
-// dpsdInfo mirrors server.Info (info.json); kept separate so that these tests
-// compile whatever state the server package is in.
-type dpsdInfo struct {
-	IDScope                 string `json:"idScope"`
-	ServiceConnectionString string `json:"serviceConnectionString"`
-	CACertFile              string `json:"caCertFile"`
-	HTTPSEndpoint           string `json:"httpsEndpoint"`
-	MQTTEndpoint            string `json:"mqttEndpoint"`
-	HostName                string `json:"hostName"`
-	HTTPSAddr               string `json:"httpsAddr"`
-	MQTTAddr                string `json:"mqttAddr"`
-}
-
 type dpsdServer struct {
 	// Hub is the host name of the built-in hub linked to the server.
 	Hub      string
@@ -135,7 +124,7 @@ type dpsdServer struct {
 	DataDir  string
 	InfoPath string
 	LogPath  string
-	Info     dpsdInfo
+	Info     admin.Info
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -301,7 +290,7 @@ func (s *dpsdServer) waitReady() error {
 			last = err
 			continue
 		}
-		var info dpsdInfo
+		var info admin.Info
 		if err := json.Unmarshal(data, &info); err != nil {
 			last = fmt.Errorf("info.json: %v", err)
 			continue

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/api/admin"
 )
 
 // The Contoso walk-through of spec/README.md: names and test vectors.
@@ -221,23 +223,11 @@ func startAllocator(t *testing.T, code string) *allocatorProcess {
 	return &allocatorProcess{URL: "http://" + addr + "/api/allocate?code=" + code, LogPath: logPath}
 }
 
-// builtinHub is "dpsd hub create -o json" output (builtinhub.Info), with the
-// linked hub when --link was given.
+// builtinHub is "dpsd hub create -o json" output: the hub, with the linked
+// hub when --link was given.
 type builtinHub struct {
-	Name             string `json:"name"`
-	HostName         string `json:"hostName"`
-	Address          string `json:"address"`
-	ConnectionString string `json:"connectionString"`
-	HostsLine        string `json:"hostsLine"`
-	Running          bool   `json:"running"`
-	HTTPSAddr        string `json:"httpsAddr"`
-	MQTTAddr         string `json:"mqttAddr"`
-	LinkedHub        *struct {
-		Name                  string `json:"name"`
-		ConnectionString      string `json:"connectionString"`
-		AllocationWeight      int    `json:"allocationWeight"`
-		ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
-	} `json:"linkedHub"`
+	admin.Hub
+	LinkedHub *admin.LinkedHub `json:"linkedHub"`
 }
 
 // registrationWithLog is "dpsd registration show --allocation-log -o json".

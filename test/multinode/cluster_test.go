@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
@@ -200,22 +201,13 @@ func makeCerts(dir string) (*tlsFiles, error) {
 
 func nodeIP(i int) net.IP { return net.IPv4(127, 0, 0, byte(firstHost+i)) }
 
-// nodeInfo mirrors the fields of server.Info (info.json) that the tests
-// use; kept separate so the tests compile whatever state that package is in.
-type nodeInfo struct {
-	IDScope                 string `json:"idScope"`
-	ServiceConnectionString string `json:"serviceConnectionString"`
-	HTTPSAddr               string `json:"httpsAddr"`
-	MQTTAddr                string `json:"mqttAddr"`
-}
-
 // node is one running "dpsd serve".
 type node struct {
 	name    string
 	ip      string
 	dataDir string
 	logPath string
-	info    nodeInfo
+	info    admin.Info
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -386,7 +378,7 @@ func (n *node) waitReady() error {
 			last = err
 			continue
 		}
-		var info nodeInfo
+		var info admin.Info
 		if err := json.Unmarshal(data, &info); err != nil {
 			last = err
 			continue

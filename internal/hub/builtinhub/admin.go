@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
@@ -17,11 +18,8 @@ import (
 // hubs, a dpsd extension next to the DPS service API.
 const AdminPathPrefix = "/dpsd/hubs"
 
-// CreateRequest is the body of PUT /dpsd/hubs/{name}.
-type CreateRequest struct {
-	HostName string `json:"hostName,omitempty"`
-	Address  string `json:"address,omitempty"`
-}
+// CreateRequest is the wire form of a create request, defined in api/admin.
+type CreateRequest = admin.CreateHubRequest
 
 // DeviceList is the answer of GET /dpsd/hubs/{name}/devices.
 type DeviceList struct {

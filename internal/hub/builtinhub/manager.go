@@ -32,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -381,23 +382,8 @@ func (m *Manager) deleteAll(ctx context.Context, kind store.Kind, ref string) er
 	return fmt.Errorf("delete hub %s: too many records", ref)
 }
 
-// Info describes a hub for people and tools.
-type Info struct {
-	Name     string `json:"name"`
-	HostName string `json:"hostName"`
-	Address  string `json:"address"`
-	// ConnectionString is the iothubowner connection string.
-	ConnectionString string `json:"connectionString"`
-	// HostsLine makes HostName resolve when added to /etc/hosts.
-	HostsLine string    `json:"hostsLine"`
-	Created   time.Time `json:"created"`
-	Running   bool      `json:"running"`
-	// HTTPSAddr and MQTTAddr are where a running hub listens.
-	HTTPSAddr string `json:"httpsAddr,omitempty"`
-	MQTTAddr  string `json:"mqttAddr,omitempty"`
-	// Error says why a hub is not running.
-	Error string `json:"error,omitempty"`
-}
+// Info is the wire form of a built-in hub, defined in api/admin.
+type Info = admin.Hub
 
 func (m *Manager) info(cfg Config) *Info {
 	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: cfg.Address, HostsLine: cfg.HostsLine(), Created: cfg.Created}
