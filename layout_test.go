@@ -18,6 +18,9 @@ func TestDependencyRules(t *testing.T) {
 	deps := listDeps(t)
 	for pkg, ds := range deps {
 		p := strings.TrimPrefix(pkg, module)
+		if p != "internal/testenv" && slices.Contains(ds, "internal/testenv") {
+			t.Errorf("%s links internal/testenv: the test harness is for tests only", p)
+		}
 		switch {
 		case strings.HasPrefix(p, "api/"):
 			// Wire types users import bring nothing of dpsd with them.

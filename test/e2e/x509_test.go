@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // TestX509SDK: X.509 attestation end to end. The test PKI is made with
@@ -25,8 +26,8 @@ import (
 func TestX509SDK(t *testing.T) {
 	nodeTool(t)
 	srv := startServer(t)
-	bin := dpsdBinary(t)
-	dir, err := os.MkdirTemp(tmpRoot, "x509-")
+	bin := testenv.Binary(t)
+	dir, err := os.MkdirTemp(testenv.Path(""), "x509-")
 	if err != nil {
 		t.Fatal(err)
 	}
