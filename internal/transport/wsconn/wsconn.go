@@ -1,7 +1,3 @@
-// Package wsconn carries MQTT over WebSockets (MQTT 3.1.1 §6) for the
-// brokers and clients of dpsd: the server side of the upgrade with the
-// "mqtt" subprotocol, and a net.Conn over a WebSocket, so that code speaking
-// MQTT over a byte stream needs to know nothing of frames.
 package wsconn
 
 import (
