@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
@@ -17,10 +16,7 @@ const linkedHubTTL = time.Second
 
 // newHubListCache keeps the linked hubs for allocation, which otherwise reads
 // them from the store for every registration. Allocators only read the hubs
-// they get. reg is called on every load because the registry is built after
-// the cache, which the store's change notifications must reach first.
-func newHubListCache(reg func() *linkedhub.Registry) *listcache.Cache[*admin.LinkedHub] {
-	return listcache.New(linkedHubTTL, func(ctx context.Context) ([]*admin.LinkedHub, error) {
-		return reg().List(ctx)
-	})
+// they get.
+func newHubListCache(reg *linkedhub.Registry) *listcache.Cache[*admin.LinkedHub] {
+	return listcache.New(linkedHubTTL, reg.List)
 }

@@ -83,23 +83,20 @@ type Server struct {
 	mqttL  net.Listener
 	info   *Info
 	lock   *os.File // flock on the data directory
-	// onChange drops the caches a change of a record makes stale; see
+	// effects are what writes cause besides themselves; see
 	// notifyingStore and followChanges.
-	onChange func(kind store.Kind, id string, deleted bool)
+	effects *effects
 }
 
-// Start opens the store, prepares TLS and binds the listeners; Serve then
-// serves until its context ends. Splitting the two lets callers report bind
-// errors before anything else happens.
+// Start validates cfg, then opens the node in stages: the data directory
+// and store (open), TLS and the listeners (listen), the engine, the
+// transports and the extension endpoints (build), and info.json
+// (writeInfo). Serve then serves until its context ends. Splitting the two
+// lets callers report configuration and bind errors before anything is
+// served; a failed stage closes what the earlier ones opened.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.HostName == "" {
-		cfg.HostName = "localhost"
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	ok := false
@@ -108,68 +105,89 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			s.closeAll()
 		}
 	}()
-	lock, err := lockDataDir(cfg.DataDir)
+	if err := s.open(ctx); err != nil {
+		return nil, err
+	}
+	tlsCfg, caFile, err := s.listen()
 	if err != nil {
 		return nil, err
+	}
+	if err := s.build(ctx, tlsCfg); err != nil {
+		return nil, err
+	}
+	if err := s.writeInfo(caFile); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// open takes the data directory (created if need be, and locked) and opens
+// the store and the instance identity it holds.
+func (s *Server) open(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	lock, err := lockDataDir(s.cfg.DataDir)
+	if err != nil {
+		return err
 	}
 	s.lock = lock
-
-	st, err := openStore(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+	if s.st, err = openStore(ctx, s.cfg); err != nil {
+		return fmt.Errorf("open store: %w", err)
 	}
-	s.st = st
-	if s.inst, err = instance.LoadOrCreate(ctx, st); err != nil {
-		return nil, err
+	if s.inst, err = instance.LoadOrCreate(ctx, s.st); err != nil {
+		return err
 	}
+	return nil
+}
 
+// listen prepares TLS (the local CA, and the server certificate) and binds
+// both listeners. It returns the TLS configuration and the CA file clients
+// must trust, empty when the configured certificate is used.
+func (s *Server) listen() (*tls.Config, string, error) {
 	tlsCfg, caFile, err := s.tlsConfig()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if s.httpsL, err = listen(cfg.HTTPSAddr, "--https-addr", "127.0.0.1:8443"); err != nil {
-		return nil, err
+	if s.httpsL, err = listen(s.cfg.HTTPSAddr, "--https-addr", "127.0.0.1:8443"); err != nil {
+		return nil, "", err
 	}
-	if s.mqttL, err = listen(cfg.MQTTAddr, "--mqtt-addr", "127.0.0.1:8883"); err != nil {
-		return nil, err
+	if s.mqttL, err = listen(s.cfg.MQTTAddr, "--mqtt-addr", "127.0.0.1:8883"); err != nil {
+		return nil, "", err
 	}
+	return tlsCfg, caFile, nil
+}
 
+// build makes the node's parts, each from parts made before it: the
+// allocation log, the list of linked hubs allocation reads, the allocator,
+// the built-in hubs and the registrar, the engine, then what writes
+// through the service API and the extension endpoints (whose effects on
+// the engine's caches are written out in effects), and the transports.
+func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
+	st, cfg := s.st, s.cfg
 	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
-	// The service API and the linked-hub endpoints write through svcStore,
-	// which tells the engine's caches about changes made on this node;
-	// Serve has the store tell them about other nodes' changes too.
-	hubList := newHubListCache(func() *linkedhub.Registry { return s.linked })
-	s.onChange = func(kind store.Kind, id string, deleted bool) {
-		switch {
-		case kind == store.KindEnrollmentGroup:
-			s.engine.InvalidateEnrollments()
-		case kind == linkedhub.Kind:
-			hubList.Invalidate()
-		case kind == store.KindRegistration && deleted:
-			if err := s.alog.Delete(context.WithoutCancel(ctx), id); err != nil {
-				s.log.Warn("deleting allocation log", "registrationId", id, "err", err)
-			}
-		}
+	s.alog = alloclog.New(st, alloclog.Options{Logger: s.log})
+	// Reads of linked hubs need no notification, so they go to the store
+	// itself; writes go through the API's registry below.
+	readLinked := linkedhub.New(st)
+	hubList := newHubListCache(readLinked)
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
+	if err != nil {
+		return err
 	}
-	svcStore := &notifyingStore{Store: st, onChange: s.onChange}
 	s.hubs, err = builtinhub.NewManager(st, builtinhub.Options{
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 	})
 	if err != nil {
-		return nil, fmt.Errorf("built-in hubs: %w", err)
+		return fmt.Errorf("built-in hubs: %w", err)
 	}
 	if err := s.hubs.Start(ctx); err != nil {
-		return nil, fmt.Errorf("built-in hubs: %w", err)
+		return fmt.Errorf("built-in hubs: %w", err)
 	}
-	s.linked = linkedhub.New(svcStore)
-	s.alog = alloclog.New(st, alloclog.Options{Logger: s.log})
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
-	if err != nil {
-		return nil, err
-	}
-	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: s.linked, Local: s.hubs, Logger: s.log})
+	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
 	s.engine = provision.New(st, provision.Options{
 		IDScope:   s.inst.IDScope,
 		Logger:    s.log,
@@ -177,6 +195,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Allocator: alloc,
 		Registrar: registrar,
 	})
+	// The service API and the linked-hub endpoints write through svcStore,
+	// so that their writes have their effects on this node at once; Serve
+	// has the store tell the same effects about other nodes' writes.
+	s.effects = &effects{engine: s.engine, hubList: hubList, alog: s.alog, log: s.log}
+	svcStore := &notifyingStore{Store: st, effects: s.effects}
+	s.linked = linkedhub.New(svcStore)
+
 	// Both device transports see the engine through the metrics
 	// decorator, so every device request is counted the same way.
 	s.prom = metrics.New()
@@ -185,7 +210,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
 	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
 	if err != nil {
-		return nil, fmt.Errorf("mqtt: %w", err)
+		return fmt.Errorf("mqtt: %w", err)
 	}
 	s.https = &http.Server{
 		Handler:           http.HandlerFunc(s.route),
@@ -194,22 +219,23 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	return nil
+}
 
+// writeInfo leaves in the data directory what clients need to reach the
+// node: its last stage, so a complete info.json means a node that serves.
+func (s *Server) writeInfo(caFile string) error {
 	s.info = &Info{
 		IDScope:                 s.inst.IDScope,
-		ServiceConnectionString: s.inst.ServiceConnectionString(hostPort(cfg.HostName, s.httpsL.Addr(), "443")),
+		ServiceConnectionString: s.inst.ServiceConnectionString(hostPort(s.cfg.HostName, s.httpsL.Addr(), "443")),
 		CACertFile:              caFile,
-		HTTPSEndpoint:           "https://" + hostPort(cfg.HostName, s.httpsL.Addr(), "443"),
-		MQTTEndpoint:            "mqtts://" + hostPort(cfg.HostName, s.mqttL.Addr(), ""),
-		HostName:                cfg.HostName,
+		HTTPSEndpoint:           "https://" + hostPort(s.cfg.HostName, s.httpsL.Addr(), "443"),
+		MQTTEndpoint:            "mqtts://" + hostPort(s.cfg.HostName, s.mqttL.Addr(), ""),
+		HostName:                s.cfg.HostName,
 		HTTPSAddr:               s.httpsL.Addr().String(),
 		MQTTAddr:                s.mqttL.Addr().String(),
 	}
-	if err := WriteInfo(cfg.DataDir, s.info); err != nil {
-		return nil, err
-	}
-	ok = true
-	return s, nil
+	return WriteInfo(s.cfg.DataDir, s.info)
 }
 
 // Info returns what clients need to reach this node.
@@ -274,7 +300,7 @@ func (s *Server) followChanges(ctx context.Context) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		followChanges(ctx, n, s.onChange, s.log)
+		followChanges(ctx, n, s.effects, s.log)
 	}()
 	return func() {
 		cancel()

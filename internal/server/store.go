@@ -11,25 +11,43 @@ import (
 	"github.com/dpsd/dpsd/internal/store/sqlite"
 )
 
-// openStore opens the store that cfg.Store names: empty or "sqlite" for the
+// Kinds of store Config.Store names.
+const (
+	storeSQLite   = "sqlite"
+	storePostgres = "postgres"
+)
+
+// storeKind tells which store cfgStore names: empty or "sqlite" for the
 // embedded database in the data directory, a postgres:// (or
 // postgresql://) URL for a PostgreSQL database shared by several nodes.
-func openStore(ctx context.Context, cfg Config) (store.Store, error) {
-	lower := strings.ToLower(cfg.Store)
+func storeKind(cfgStore string) (string, error) {
+	lower := strings.ToLower(cfgStore)
 	switch {
-	case cfg.Store == "" || lower == "sqlite":
-		return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "dpsd.db"))
+	case cfgStore == "" || lower == "sqlite":
+		return storeSQLite, nil
 	case strings.HasPrefix(lower, "postgres://") || strings.HasPrefix(lower, "postgresql://"):
-		st, err := postgres.Open(ctx, cfg.Store)
-		if err != nil {
-			// A plain nil, not a nil *postgres.Store in the interface,
-			// which callers would take for an open store. The DSN is not
-			// repeated: it may hold a password (pgx redacts its own).
-			return nil, err
-		}
-		return st, nil
+		return storePostgres, nil
 	}
-	return nil, fmt.Errorf("--store %q: want sqlite or a postgres:// URL", redactDSN(cfg.Store))
+	return "", fmt.Errorf("--store %q: want sqlite or a postgres:// URL", redactDSN(cfgStore))
+}
+
+// openStore opens the store that cfg.Store names (see storeKind).
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	kind, err := storeKind(cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	if kind == storeSQLite {
+		return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "dpsd.db"))
+	}
+	st, err := postgres.Open(ctx, cfg.Store)
+	if err != nil {
+		// A plain nil, not a nil *postgres.Store in the interface, which
+		// callers would take for an open store. The DSN is not repeated:
+		// it may hold a password (pgx redacts its own).
+		return nil, err
+	}
+	return st, nil
 }
 
 // redactDSN hides a password in a database URL for messages.
