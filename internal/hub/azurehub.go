@@ -38,5 +38,4 @@ var (
 var (
 	NewClient   = azurehub.NewClient
 	WithRootCAs = azurehub.WithRootCAs
-	StripMeta   = azurehub.StripMeta
 )

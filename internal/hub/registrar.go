@@ -316,6 +316,19 @@ func migrateTwin(ctx context.Context, to Registry, id string, carried *Twin) err
 	return nil
 }
 
+// StripMeta returns m without the "$version", "$metadata" and other '$'
+// keys that twin responses add and clients echo back. It returns an empty
+// map, not nil, for a nil m.
+func StripMeta(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if !strings.HasPrefix(k, "$") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // pristine reports whether a twin has no tags and no desired properties.
 func pristine(t *Twin) bool {
 	if len(t.Tags) > 0 {

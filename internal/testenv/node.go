@@ -33,6 +33,10 @@ type NodeOptions struct {
 	Args []string
 	// Env is added to the test process's environment.
 	Env []string
+	// DataDir, when set, is the data directory of a node started before,
+	// to restart it; the log goes on in the same file. When empty the node
+	// gets a new one.
+	DataDir string
 }
 
 // Node is one running "dpsd serve".
@@ -58,9 +62,12 @@ type Node struct {
 func StartNode(t testing.TB, opt NodeOptions) (*Node, error) {
 	t.Helper()
 	bin := Binary(t)
-	dataDir, err := os.MkdirTemp(root, "node-"+opt.IP+"-")
-	if err != nil {
-		return nil, err
+	dataDir := opt.DataDir
+	if dataDir == "" {
+		var err error
+		if dataDir, err = os.MkdirTemp(root, "node-"+opt.IP+"-"); err != nil {
+			return nil, err
+		}
 	}
 	n := &Node{
 		Name:    opt.Name,
@@ -72,7 +79,7 @@ func StartNode(t testing.TB, opt NodeOptions) (*Node, error) {
 	if n.Name == "" {
 		n.Name = "dpsd on " + opt.IP
 	}
-	logFile, err := os.Create(n.LogPath)
+	logFile, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}

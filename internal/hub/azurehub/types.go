@@ -1,9 +1,6 @@
 package azurehub
 
-import (
-	"context"
-	"strings"
-)
+import "context"
 
 // APIVersion is the api-version every request carries.
 const APIVersion = "2021-04-12"
@@ -145,17 +142,4 @@ type CertificateAuthorities interface {
 	// AddCertificateAuthority trusts certPEM for certificateAuthority
 	// devices. Adding a certificate that is already trusted does nothing.
 	AddCertificateAuthority(ctx context.Context, certPEM string) error
-}
-
-// StripMeta returns m without the "$version", "$metadata" and other '$'
-// keys that twin responses add and clients echo back. It returns an empty
-// map, not nil, for a nil m.
-func StripMeta(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		if !strings.HasPrefix(k, "$") {
-			out[k] = v
-		}
-	}
-	return out
 }
