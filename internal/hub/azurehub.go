@@ -2,8 +2,10 @@ package hub
 
 import "github.com/dpsd/dpsd/internal/hub/azurehub"
 
-// The Azure IoT hub REST names the registrar uses, so that its code reads as
-// it did when they lived in this package.
+// The Azure IoT hub REST names the registrar uses unqualified, from when they
+// lived in this package. They keep registrar.go unchanged while it is being
+// worked on elsewhere; once it names them azurehub.X, they can go. Other
+// code uses package azurehub directly.
 type (
 	Authentication         = azurehub.Authentication
 	Capabilities           = azurehub.Capabilities
