@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // Transport selects the wire protocol.

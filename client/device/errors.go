@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 // Error is a registration the service refused or ended unsuccessfully: an

@@ -1,7 +1,7 @@
 package device
 
 import (
-	"github.com/dpsd/dpsd/mqttws"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 
 	"bytes"
 	"crypto/tls"
@@ -24,7 +24,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // step is one scripted answer of the fake service.
@@ -115,7 +115,7 @@ func newFakeDPS(t *testing.T) *fakeDPS {
 		if ws.Subprotocol() != "mqtt" {
 			f.problem("websocket subprotocol %q", ws.Subprotocol())
 		}
-		_ = broker.EstablishConnection("ws", mqttws.NewConn(ws))
+		_ = broker.EstablishConnection("ws", wsconn.NewConn(ws))
 	})
 	return f
 }

@@ -1,7 +1,7 @@
 package device
 
 import (
-	"github.com/dpsd/dpsd/mqttws"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 
 	"context"
 	"crypto/tls"
@@ -17,7 +17,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/gorilla/websocket"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 // MQTT topics of the DPS device API (device-protocol.md §5.2).
@@ -115,7 +115,7 @@ func (m *mqttSession) dial(ctx context.Context) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("websocket upgrade %s: %w", u, err)
 	}
-	return mqttws.NewConn(ws), nil
+	return wsconn.NewConn(ws), nil
 }
 
 // receive is paho's handler for the response subscription. It must not

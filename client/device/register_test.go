@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 const (

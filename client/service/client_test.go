@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/sas"
 )
 
 const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="

@@ -8,7 +8,7 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 // Collection paths. The service matches them case-insensitively; these are

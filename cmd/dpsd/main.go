@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"github.com/dpsd/dpsd/cli"
+	"github.com/dpsd/dpsd/internal/cli"
 )
 
 func main() {

@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/allocate"
-	"github.com/dpsd/dpsd/audit"
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/linkedhub"
-	"github.com/dpsd/dpsd/provision"
-	"github.com/dpsd/dpsd/store/sqlite"
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/allocate"
+	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/linkedhub"
+	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/store/sqlite"
 )
 
 // TestThroughDPSD runs the tutorial's allocation end to end on dpsd's side:
@@ -36,11 +37,11 @@ func TestThroughDPSD(t *testing.T) {
 		"HostName=" + toasters + ";SharedAccessKeyName=iothubowner;SharedAccessKey=dG9hc3RlcnM=",
 		"HostName=" + heatpumps + ";SharedAccessKeyName=iothubowner;SharedAccessKey=aGVhdHB1bXBz",
 	} {
-		if _, err := hubs.Create(ctx, linkedhub.Definition{ConnectionString: cs}); err != nil {
+		if _, err := hubs.Create(ctx, admin.LinkedHubDefinition{ConnectionString: cs}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	log := audit.New(st, audit.Options{Logger: quiet})
+	log := alloclog.New(st, alloclog.Options{Logger: quiet})
 	wh, err := allocate.NewWebhook(allocate.WebhookOptions{Audit: log, Logger: quiet,
 		Sleep: func(context.Context, time.Duration) error { return errors.New("no retries expected") }})
 	if err != nil {
@@ -94,7 +95,7 @@ func TestThroughDPSD(t *testing.T) {
 				if !errors.As(err, &de) || de.ErrorCode != tt.wantCode || de.Message != "Custom allocation failed with status code: 400. The webhook answered: Unrecognized device registration." {
 					t.Fatalf("err = %v; want %d with status code 400", err, tt.wantCode)
 				}
-				if e.Outcome != audit.OutcomeFailed || len(e.Attempts) != 1 || !strings.Contains(string(e.Attempts[0].Body), "Unrecognized device registration.") {
+				if e.Outcome != admin.OutcomeFailed || len(e.Attempts) != 1 || !strings.Contains(string(e.Attempts[0].Body), "Unrecognized device registration.") {
 					t.Errorf("audit entry = %+v", e)
 				}
 				return
@@ -105,7 +106,7 @@ func TestThroughDPSD(t *testing.T) {
 			if got.Hub != tt.wantHub || got.InitialTwin == nil || string(got.InitialTwin.Tags) != tt.wantTags {
 				t.Errorf("allocation = %+v (twin %+v); want %s with tags %s", got, got.InitialTwin, tt.wantHub, tt.wantTags)
 			}
-			if e.Outcome != audit.OutcomeAssigned || e.Hub != tt.wantHub || e.Attempts[0].Status != 200 {
+			if e.Outcome != admin.OutcomeAssigned || e.Hub != tt.wantHub || e.Attempts[0].Status != 200 {
 				t.Errorf("audit entry = %+v", e)
 			}
 		})

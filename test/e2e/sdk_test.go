@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 const (
@@ -34,10 +36,10 @@ func nodeTool(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		missing(t, "node not found on PATH")
+		testenv.Missing(t, "node not found on PATH")
 	}
 	depsOnce.Do(func() {
-		root := repoRoot(t)
+		root := testenv.RepoRoot(t)
 		sdk := filepath.Join(root, "test", "sdk")
 		stamp, errStamp := os.Stat(filepath.Join(sdk, "node_modules", ".package-lock.json"))
 		lock, errLock := os.Stat(filepath.Join(sdk, "package-lock.json"))
@@ -59,7 +61,7 @@ func nodeTool(t *testing.T) string {
 		}
 	})
 	if depsErr != nil {
-		missing(t, "test/sdk packages not installed: %v", depsErr)
+		testenv.Missing(t, "test/sdk packages not installed: %v", depsErr)
 	}
 	return node
 }
@@ -87,7 +89,7 @@ func nodeTimeout() time.Duration {
 func runNodeTests(t *testing.T, srv *dpsdServer, file string) {
 	t.Helper()
 	node := nodeTool(t)
-	sdk := filepath.Join(repoRoot(t), "test", "sdk")
+	sdk := filepath.Join(testenv.RepoRoot(t), "test", "sdk")
 
 	ctx, cancel := context.WithTimeout(context.Background(), nodeTimeout())
 	defer cancel()
@@ -228,7 +230,7 @@ func TestDeviceWire(t *testing.T) {
 func checkInfoCommand(t *testing.T, srv *dpsdServer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, dpsdBinary(t), "info", "--data-dir", srv.DataDir, "-o", "json").Output()
+	out, err := exec.CommandContext(ctx, testenv.Binary(t), "info", "--data-dir", srv.DataDir, "-o", "json").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // The Contoso walk-through of spec/README.md: names and test vectors.
@@ -81,7 +84,7 @@ func dpsdCLIResult(t *testing.T, srv *dpsdServer, args ...string) (string, strin
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, dpsdBinary(t), append(args, "--data-dir", srv.DataDir)...)
+	cmd := exec.CommandContext(ctx, testenv.Binary(t), append(args, "--data-dir", srv.DataDir)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -132,39 +135,6 @@ func withNodeData(t *testing.T, srv *dpsdServer, key string, data any) *dpsdServ
 	return &cp
 }
 
-var (
-	allocatorOnce sync.Once
-	allocatorBin  string
-	allocatorErr  error
-)
-
-// allocatorBinary builds examples/contoso-allocator once per test process.
-func allocatorBinary(t *testing.T) string {
-	t.Helper()
-	allocatorOnce.Do(func() {
-		out := filepath.Join(tmpRoot, "bin", "contoso-allocator")
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		}
-		cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./examples/contoso-allocator")
-		cmd.Dir = repoRoot(t)
-		var buf bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &buf, &buf
-		if err := cmd.Run(); err != nil {
-			allocatorErr = fmt.Errorf("go build ./examples/contoso-allocator: %v\n%s", err, buf.String())
-			return
-		}
-		allocatorBin = out
-	})
-	if allocatorErr != nil {
-		t.Fatal(allocatorErr)
-	}
-	return allocatorBin
-}
-
 // allocatorProcess is the Contoso webhook running as its own process.
 type allocatorProcess struct {
 	URL     string
@@ -175,16 +145,16 @@ type allocatorProcess struct {
 // accepts connections, and stops it (SIGTERM, then SIGKILL) at the end.
 func startAllocator(t *testing.T, code string) *allocatorProcess {
 	t.Helper()
-	bin := allocatorBinary(t)
+	bin := testenv.Build(t, "./examples/contoso-allocator")
 	addr := pickSideAddress(t, "8090")
-	logPath := filepath.Join(tmpRoot, "contoso-allocator-"+strings.ReplaceAll(addr, ":", "_")+".log")
+	logPath := testenv.Path("contoso-allocator-" + strings.ReplaceAll(addr, ":", "_") + ".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "--addr", addr, "--code", code)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	setChildAttrs(cmd)
+	testenv.SetChildAttrs(cmd)
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		t.Fatal(err)
@@ -199,45 +169,33 @@ func startAllocator(t *testing.T, code string) *allocatorProcess {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(stopTimeout):
+		case <-time.After(testenv.StopTimeout):
 			cmd.Process.Kill()
 			<-exited
 		}
 	})
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(testenv.StartTimeout)
 	for {
-		if dialOK(addr) == nil {
+		if testenv.DialOK(addr) == nil {
 			break
 		}
 		select {
 		case <-exited:
-			t.Fatalf("contoso-allocator exited at start:\n%s", tail(logPath, 50))
+			t.Fatalf("contoso-allocator exited at start:\n%s", testenv.Tail(logPath, 50))
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("contoso-allocator not listening on %s after %v", addr, startTimeout)
+			t.Fatalf("contoso-allocator not listening on %s after %v", addr, testenv.StartTimeout)
 		}
 	}
 	return &allocatorProcess{URL: "http://" + addr + "/api/allocate?code=" + code, LogPath: logPath}
 }
 
-// builtinHub is "dpsd hub create -o json" output (iothub.Info), with the
-// linked hub when --link was given.
+// builtinHub is "dpsd hub create -o json" output: the hub, with the linked
+// hub when --link was given.
 type builtinHub struct {
-	Name             string `json:"name"`
-	HostName         string `json:"hostName"`
-	Address          string `json:"address"`
-	ConnectionString string `json:"connectionString"`
-	HostsLine        string `json:"hostsLine"`
-	Running          bool   `json:"running"`
-	HTTPSAddr        string `json:"httpsAddr"`
-	MQTTAddr         string `json:"mqttAddr"`
-	LinkedHub        *struct {
-		Name                  string `json:"name"`
-		ConnectionString      string `json:"connectionString"`
-		AllocationWeight      int    `json:"allocationWeight"`
-		ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
-	} `json:"linkedHub"`
+	admin.Hub
+	LinkedHub *admin.LinkedHub `json:"linkedHub"`
 }
 
 // registrationWithLog is "dpsd registration show --allocation-log -o json".

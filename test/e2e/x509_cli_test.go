@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // TestX509Simulator is the README's X.509 walk-through with dpsd alone: a
@@ -19,7 +21,7 @@ func TestX509Simulator(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 		defer cancel()
-		if out, err := exec.CommandContext(ctx, dpsdBinary(t), append([]string{"cert"}, args...)...).CombinedOutput(); err != nil {
+		if out, err := exec.CommandContext(ctx, testenv.Binary(t), append([]string{"cert"}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("dpsd cert %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // TestX509SDK: X.509 attestation end to end. The test PKI is made with
@@ -23,8 +26,8 @@ import (
 func TestX509SDK(t *testing.T) {
 	nodeTool(t)
 	srv := startServer(t)
-	bin := dpsdBinary(t)
-	dir, err := os.MkdirTemp(tmpRoot, "x509-")
+	bin := testenv.Binary(t)
+	dir, err := os.MkdirTemp(testenv.Path(""), "x509-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +75,7 @@ func TestX509SDK(t *testing.T) {
 	}
 
 	run(append([]string{"certificate", "create", "--certificate-name", "e2e-manual", "--path", p("root.cert.pem")}, dd...)...)
-	var gen certificateView
+	var gen admin.Certificate
 	if err := json.Unmarshal(run(append([]string{"certificate", "generate-verification-code", "--certificate-name", "e2e-manual", "-o", "json"}, dd...)...), &gen); err != nil || gen.Properties.VerificationCode == "" {
 		t.Fatalf("generate-verification-code: %+v %v", gen, err)
 	}
@@ -102,19 +105,9 @@ func TestX509SDK(t *testing.T) {
 	runNodeTests(t, srv, "x509.test.js")
 }
 
-// certificateView is the part of certs.Certificate the test reads; kept
-// here so that the tests compile whatever state that package is in.
-type certificateView struct {
-	Name       string `json:"name"`
-	Properties struct {
-		IsVerified       bool   `json:"isVerified"`
-		VerificationCode string `json:"verificationCode"`
-	} `json:"properties"`
-}
-
-func showCertificate(t *testing.T, run func(...string) []byte, dd []string, name string) certificateView {
+func showCertificate(t *testing.T, run func(...string) []byte, dd []string, name string) admin.Certificate {
 	t.Helper()
-	var c certificateView
+	var c admin.Certificate
 	out := run(append([]string{"certificate", "show", "--certificate-name", name, "-o", "json"}, dd...)...)
 	if err := json.Unmarshal(out, &c); err != nil {
 		t.Fatalf("dpsd certificate show: %v\n%s", err, out)

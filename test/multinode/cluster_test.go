@@ -1,45 +1,30 @@
 package multinode
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/sas"
-	"github.com/dpsd/dpsd/store/postgres/pgtest"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store/postgres/pgtest"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // Bounds for everything the harness waits on.
 const (
-	buildTimeout   = 8 * time.Minute
-	startTimeout   = 60 * time.Second
-	stopTimeout    = 15 * time.Second
 	requestTimeout = 30 * time.Second
 	logTailOnError = 60
 	// Nodes listen on 127.0.0.50, .51, ... and the fake hub on the last
@@ -49,179 +34,40 @@ const (
 )
 
 var (
-	tmpRoot string // removed by TestMain unless DPSD_MULTINODE_KEEP is set
-
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-
 	certOnce sync.Once
-	certs    *tlsFiles
+	certs    *testenv.TLSFiles
 	certErr  error
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	dir, err := os.MkdirTemp("", "dpsd-multinode-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "multinode:", err)
-		os.Exit(1)
-	}
-	tmpRoot = dir
-	code := m.Run()
-	if os.Getenv("DPSD_MULTINODE_KEEP") == "" {
-		os.RemoveAll(tmpRoot)
-	} else {
-		fmt.Fprintln(os.Stderr, "multinode: kept", tmpRoot)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m, "multinode") }
 
-// dpsdBinary builds ./cmd/dpsd once per test process.
-func dpsdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		root, err := filepath.Abs(filepath.Join("..", ".."))
-		if err != nil {
-			buildErr = err
-			return
-		}
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		}
-		out := filepath.Join(tmpRoot, "bin", "dpsd")
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./cmd/dpsd")
-		cmd.Dir = root
-		var buf bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &buf, &buf
-		if err := cmd.Run(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/dpsd: %v\n%s", err, buf.String())
-			return
-		}
-		binPath = out
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-// tlsFiles is one server certificate that every node presents, from a CA
+// testCerts is one server certificate that every node presents, from a CA
 // of the test's own: each node would otherwise make a local CA of its own
 // in its data directory, and a client would need to trust each.
-type tlsFiles struct {
-	certFile, keyFile string
-	caFile            string // the CA alone, for SSL_CERT_FILE
-	pool              *x509.CertPool
-}
-
-func testCerts(t *testing.T) *tlsFiles {
+func testCerts(t *testing.T) *testenv.TLSFiles {
 	t.Helper()
-	certOnce.Do(func() { certs, certErr = makeCerts(filepath.Join(tmpRoot, "tls")) })
+	certOnce.Do(func() {
+		ips := make([]net.IP, maxNodes)
+		for i := range ips {
+			ips[i] = nodeIP(i)
+		}
+		certs, certErr = testenv.ServerCertificate(testenv.Path("tls"), ips...)
+	})
 	if certErr != nil {
 		t.Fatalf("make test certificates: %v", certErr)
 	}
 	return certs
 }
 
-func makeCerts(dir string) (*tlsFiles, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "dpsd multinode test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "dpsd node"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-	}
-	for i := range maxNodes {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, nodeIP(i))
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	f := &tlsFiles{
-		certFile: filepath.Join(dir, "server.pem"),
-		keyFile:  filepath.Join(dir, "server.key"),
-		caFile:   filepath.Join(dir, "ca.pem"),
-		pool:     x509.NewCertPool(),
-	}
-	f.pool.AddCert(ca)
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
-	if err := os.WriteFile(f.certFile, chain, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(f.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(f.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
 func nodeIP(i int) net.IP { return net.IPv4(127, 0, 0, byte(firstHost+i)) }
 
-// nodeInfo mirrors the fields of server.Info (info.json) that the tests
-// use; kept separate so the tests compile whatever state that package is in.
-type nodeInfo struct {
-	IDScope                 string `json:"idScope"`
-	ServiceConnectionString string `json:"serviceConnectionString"`
-	HTTPSAddr               string `json:"httpsAddr"`
-	MQTTAddr                string `json:"mqttAddr"`
-}
-
-// node is one running "dpsd serve".
+// node is one running "dpsd serve" of a cluster, with clients of it.
 type node struct {
-	index   int
-	name    string
-	ip      string
-	dataDir string
-	logPath string
-	info    nodeInfo
-
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error
-	killed  atomic.Bool
+	*testenv.Node
+	index  int        // in the cluster
+	name   string     // Node.Name
+	info   admin.Info // Node.Info
+	killed atomic.Bool
 
 	svc     *service.Client
 	devHTTP *http.Client // shared by the devices that register here
@@ -231,7 +77,7 @@ type node struct {
 type cluster struct {
 	store string // --store
 	dsn   string // the PostgreSQL DSN, empty for sqlite
-	certs *tlsFiles
+	certs *testenv.TLSFiles
 	nodes []*node
 	scope string
 	hub   *fakeHub // linked; every test enrollment allocates to it
@@ -261,24 +107,18 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	if o.logLevel == "" {
 		o.logLevel = "info"
 	}
-	bin := dpsdBinary(t)
 	c.nodes = make([]*node, o.nodes)
 	errs := make([]error, o.nodes)
 	var wg sync.WaitGroup
 	for i := range o.nodes {
-		wg.Go(func() { c.nodes[i], errs[i] = c.startNode(t, bin, i, o.logLevel, "") })
+		wg.Go(func() { c.nodes[i], errs[i] = c.startNode(t, i, o.logLevel, "") })
 	}
 	wg.Wait()
 	for _, n := range c.nodes {
 		if n == nil {
 			continue
 		}
-		t.Cleanup(func() {
-			n.stop(t)
-			if t.Failed() {
-				t.Logf("--- last %d lines of %s's log (%s) ---\n%s", logTailOnError, n.name, n.logPath, tail(n.logPath, logTailOnError))
-			}
-		})
+		n.StopOnCleanup(t, logTailOnError)
 	}
 	for _, err := range errs {
 		if err != nil {
@@ -304,10 +144,10 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 		}
 		// Each node's connection string names the node itself, which is
 		// what its service API checks tokens against.
-		if n.svc, err = service.New(n.info.ServiceConnectionString, service.WithCAPool(c.certs.pool)); err != nil {
+		if n.svc, err = service.New(n.info.ServiceConnectionString, service.WithCAPool(c.certs.Pool)); err != nil {
 			t.Fatalf("%s: service client: %v", n.name, err)
 		}
-		if n.devHTTP, err = device.NewHTTPClient(device.Config{ProvisioningHost: n.info.HTTPSAddr, RootCAs: c.certs.pool}); err != nil {
+		if n.devHTTP, err = device.NewHTTPClient(device.Config{ProvisioningHost: n.info.HTTPSAddr, RootCAs: c.certs.Pool}); err != nil {
 			t.Fatalf("%s: device HTTP client: %v", n.name, err)
 		}
 	}
@@ -319,150 +159,39 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 
 // startNode starts node i; in dataDir, when not empty (a restart), else in
 // a new one.
-func (c *cluster) startNode(t *testing.T, bin string, i int, logLevel, dataDir string) (*node, error) {
+func (c *cluster) startNode(t *testing.T, i int, logLevel, dataDir string) (*node, error) {
 	ip := nodeIP(i).String()
-	if dataDir == "" {
-		var err error
-		if dataDir, err = os.MkdirTemp(tmpRoot, "node-"+ip+"-"); err != nil {
-			return nil, err
-		}
-	}
-	n := &node{
-		index:   i,
-		name:    fmt.Sprintf("node %d (%s)", i, ip),
-		ip:      ip,
-		dataDir: dataDir,
-		logPath: dataDir + ".log",
-		exited:  make(chan struct{}),
-	}
-	logFile, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	n, err := testenv.StartNode(t, testenv.NodeOptions{
+		IP:      ip,
+		Name:    fmt.Sprintf("node %d (%s)", i, ip),
+		DataDir: dataDir,
+		Args: []string{
+			"--store", c.store,
+			"--hostname", ip,
+			// Port 0: the kernel picks a free port, so test runs and other
+			// test packages on this machine never collide; info.json says
+			// which ports the node got.
+			"--https-addr", net.JoinHostPort(ip, "0"),
+			"--mqtt-addr", net.JoinHostPort(ip, "0"),
+			"--tls-cert", c.certs.CertFile,
+			"--tls-key", c.certs.KeyFile,
+			"--log-level", logLevel,
+		},
+		// The nodes reach the test's hub over HTTPS with its certificate
+		// from the test CA; Go's certificate pool on Unix reads
+		// SSL_CERT_FILE.
+		Env: []string{"SSL_CERT_FILE=" + c.certs.CAFile},
+	})
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"serve",
-		"--store", c.store,
-		"--data-dir", dataDir,
-		"--hostname", ip,
-		// Port 0: the kernel picks a free port, so test runs and other
-		// test packages on this machine never collide; info.json says
-		// which ports the node got.
-		"--https-addr", net.JoinHostPort(ip, "0"),
-		"--mqtt-addr", net.JoinHostPort(ip, "0"),
-		"--tls-cert", c.certs.certFile,
-		"--tls-key", c.certs.keyFile,
-		"--log-level", logLevel,
-	}
-	n.cmd = exec.Command(bin, args...)
-	// The nodes reach the test's hub over HTTPS with its certificate from
-	// the test CA; Go's certificate pool on Unix reads SSL_CERT_FILE.
-	n.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+c.certs.caFile)
-	n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
-	setChildAttrs(n.cmd)
-	if err := n.cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", n.name, err)
-	}
-	go func() {
-		n.waitErr = n.cmd.Wait()
-		logFile.Close()
-		close(n.exited)
-	}()
-	if err := n.waitReady(); err != nil {
-		n.stop(t)
-		return nil, fmt.Errorf("%s: %v\n--- log (%s) ---\n%s", n.name, err, n.logPath, tail(n.logPath, logTailOnError))
-	}
-	t.Logf("%s serving: https %s, mqtt %s, pid %d", n.name, n.info.HTTPSAddr, n.info.MQTTAddr, n.cmd.Process.Pid)
-	return n, nil
+	return &node{Node: n, index: i, name: n.Name, info: n.Info}, nil
 }
 
-// waitReady polls (bounded) until the node wrote its info.json, which it
-// does once its store is open and its listeners are bound, and accepts
-// connections.
-func (n *node) waitReady() error {
-	deadline := time.Now().Add(startTimeout)
-	var last error
-	for time.Now().Before(deadline) {
-		select {
-		case <-n.exited:
-			return fmt.Errorf("dpsd serve exited before it was ready: %v", n.waitErr)
-		case <-time.After(100 * time.Millisecond):
-		}
-		data, err := os.ReadFile(filepath.Join(n.dataDir, "info.json"))
-		if err != nil {
-			last = err
-			continue
-		}
-		var info nodeInfo
-		if err := json.Unmarshal(data, &info); err != nil {
-			last = err
-			continue
-		}
-		if info.IDScope == "" || info.ServiceConnectionString == "" || info.HTTPSAddr == "" {
-			last = fmt.Errorf("info.json incomplete: %s", data)
-			continue
-		}
-		conn, err := net.DialTimeout("tcp", info.HTTPSAddr, time.Second)
-		if err != nil {
-			last = err
-			continue
-		}
-		conn.Close()
-		n.info = info
-		return nil
-	}
-	return fmt.Errorf("not ready after %v: %v", startTimeout, last)
-}
-
-// stop sends SIGTERM, waits (bounded), then SIGKILL. Only this node's PID.
-func (n *node) stop(t *testing.T) {
-	select {
-	case <-n.exited:
-		return
-	default:
-	}
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Logf("SIGTERM %s: %v", n.name, err)
-	}
-	select {
-	case <-n.exited:
-		return
-	case <-time.After(stopTimeout):
-	}
-	t.Errorf("%s did not stop within %v of SIGTERM; sending SIGKILL", n.name, stopTimeout)
-	n.kill(t)
-}
-
-// kill ends the node at once with SIGKILL, as a crash or an OOM kill would,
-// and waits (bounded) for it to be gone.
+// kill ends the node at once with SIGKILL, as a crash or an OOM kill would.
 func (n *node) kill(t *testing.T) {
 	n.killed.Store(true)
-	if err := n.cmd.Process.Kill(); err != nil {
-		t.Logf("SIGKILL %s: %v", n.name, err)
-	}
-	select {
-	case <-n.exited:
-	case <-time.After(stopTimeout):
-		t.Errorf("%s still running %v after SIGKILL", n.name, stopTimeout)
-	}
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
+	n.Kill(t)
 }
 
 // createGroup creates a symmetric-key enrollment group that assigns every
@@ -503,7 +232,7 @@ func (c *cluster) deviceConfig(n *node, groupKey, id string) device.Config {
 		RegistrationID:   id,
 		GroupKey:         groupKey,
 		Transport:        device.TransportHTTPS,
-		RootCAs:          c.certs.pool,
+		RootCAs:          c.certs.Pool,
 		HTTPClient:       n.devHTTP,
 		Timeout:          requestTimeout,
 		RequestTimeout:   requestTimeout,

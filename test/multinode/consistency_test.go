@@ -16,11 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/provision"
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 var (
@@ -33,29 +34,29 @@ var (
 // a crashed node would, and returns the new process.
 func (c *cluster) restart(t *testing.T, n *node) *node {
 	t.Helper()
-	if err := os.Remove(filepath.Join(n.dataDir, "info.json")); err != nil && !os.IsNotExist(err) {
+	if err := os.Remove(filepath.Join(n.DataDir, "info.json")); err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
-	nn, err := c.startNode(t, dpsdBinary(t), n.index, "info", n.dataDir)
+	nn, err := c.startNode(t, n.index, "info", n.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nn.stop(t) })
-	if nn.svc, err = service.New(nn.info.ServiceConnectionString, service.WithCAPool(c.certs.pool)); err != nil {
+	nn.StopOnCleanup(t, logTailOnError)
+	if nn.svc, err = service.New(nn.info.ServiceConnectionString, service.WithCAPool(c.certs.Pool)); err != nil {
 		t.Fatal(err)
 	}
-	if nn.devHTTP, err = device.NewHTTPClient(device.Config{ProvisioningHost: nn.info.HTTPSAddr, RootCAs: c.certs.pool}); err != nil {
+	if nn.devHTTP, err = device.NewHTTPClient(device.Config{ProvisioningHost: nn.info.HTTPSAddr, RootCAs: c.certs.Pool}); err != nil {
 		t.Fatal(err)
 	}
 	return nn
 }
 
 // doctor runs dpsd's consistency check on n.
-func doctor(t *testing.T, n *node, repair bool) *provision.CheckReport {
+func doctor(t *testing.T, n *node, repair bool) *admin.CheckReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	var rep provision.CheckReport
+	var rep admin.CheckReport
 	method, body := http.MethodGet, any(nil)
 	if repair {
 		method, body = http.MethodPost, map[string]bool{"repair": true}
@@ -180,7 +181,7 @@ func TestKillLoopKeepsRecordsAndHubInAgreement(t *testing.T) {
 				wg.Wait()
 				select {
 				case <-restarted:
-				case <-time.After(2 * startTimeout):
+				case <-time.After(2 * testenv.StartTimeout):
 					t.Fatal("the killed node did not come back")
 				}
 				retried += int(retriedRound.Load())
@@ -211,7 +212,7 @@ func TestKillLoopKeepsRecordsAndHubInAgreement(t *testing.T) {
 			restarted := nodes.get(tc.kills)
 			before := doctor(t, live, false)
 			for kind, n := range before.Counts {
-				if kind != provision.ProblemInterrupted && kind != provision.ProblemUnreachable {
+				if kind != admin.ProblemInterrupted && kind != admin.ProblemUnreachable {
 					t.Errorf("doctor before repair: %d %s", n, kind)
 				}
 			}

@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/sas"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/testenv"
 )
 
 // hubIP is the fake hub's address, beside the nodes' in 127.0.0.50-59.
@@ -39,9 +40,9 @@ type fakeHub struct {
 	unexpected []string
 }
 
-func startFakeHub(t *testing.T, certs *tlsFiles) *fakeHub {
+func startFakeHub(t *testing.T, certs *testenv.TLSFiles) *fakeHub {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(certs.certFile, certs.keyFile)
+	cert, err := tls.LoadX509KeyPair(certs.CertFile, certs.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func startFakeHub(t *testing.T, certs *tlsFiles) *fakeHub {
 	}
 	go h.srv.ServeTLS(l, "", "")
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), testenv.StopTimeout)
 		defer cancel()
 		_ = h.srv.Shutdown(ctx)
 	})

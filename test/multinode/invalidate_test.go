@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dpsd/dpsd/dps"
+	"github.com/dpsd/dpsd/api/dps"
 )
 
 // groupCacheTTL mirrors provision's groupListTTL: how long a node verifies

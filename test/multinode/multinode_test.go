@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
-	"github.com/dpsd/dpsd/dps"
-	"github.com/dpsd/dpsd/store/postgres/pgtest"
+	"github.com/dpsd/dpsd/internal/store/postgres/pgtest"
 )
 
 // recordsTable is the PostgreSQL store's table (store/postgres); the

@@ -3,7 +3,7 @@
 // Node SDKs: azure-iot-device + azure-iot-device-mqtt on the device side,
 // azure-iothub Registry/Twin on the service side (iothub-surface.md).
 //
-// Run by the Go test TestNodeSDKAgainstBuiltinHub (iothub/node_test.go),
+// Run by the Go test TestNodeSDKAgainstBuiltinHub (internal/hub/builtinhub/node_test.go),
 // which starts a hub on a loopback address and passes:
 //   DPSD_HUB_DEVICE_CONNECTION_STRING  HostName=<hub host>;DeviceId=…;SharedAccessKey=…;GatewayHostName=<ip:mqtt port>
 //   DPSD_HUB_CONNECTION_STRING         the hub's iothubowner connection string

@@ -7,7 +7,7 @@ const https = require('node:https');
 const crypto = require('node:crypto');
 const assert = require('node:assert/strict');
 
-// loadInfo returns the dpsd info (server/info.go): DPSD_INFO is either the
+// loadInfo returns the dpsd info (internal/server/info.go): DPSD_INFO is either the
 // JSON itself or the path of the info.json file.
 function loadInfo() {
   const raw = process.env.DPSD_INFO;

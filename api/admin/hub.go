@@ -1,0 +1,28 @@
+package admin
+
+import "time"
+
+// Hub describes a built-in hub for people and tools: the body of
+// GET /dpsd/hubs/{name}.
+type Hub struct {
+	Name     string `json:"name"`
+	HostName string `json:"hostName"`
+	Address  string `json:"address"`
+	// ConnectionString is the iothubowner connection string.
+	ConnectionString string `json:"connectionString"`
+	// HostsLine makes HostName resolve when added to /etc/hosts.
+	HostsLine string    `json:"hostsLine"`
+	Created   time.Time `json:"created"`
+	Running   bool      `json:"running"`
+	// HTTPSAddr and MQTTAddr are where a running hub listens.
+	HTTPSAddr string `json:"httpsAddr,omitempty"`
+	MQTTAddr  string `json:"mqttAddr,omitempty"`
+	// Error says why a hub is not running.
+	Error string `json:"error,omitempty"`
+}
+
+// CreateHubRequest is the body of PUT /dpsd/hubs/{name}.
+type CreateHubRequest struct {
+	HostName string `json:"hostName,omitempty"`
+	Address  string `json:"address,omitempty"`
+}

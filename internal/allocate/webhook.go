@@ -1,0 +1,518 @@
+package allocate
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/linkedhub"
+	"github.com/dpsd/dpsd/internal/localca"
+	"github.com/dpsd/dpsd/internal/provision"
+)
+
+// Azure's retry policy for webhooks that answer 429 or 5xx: up to 10
+// retries, the first after 1 s, each wait 9 s longer than the one before
+// (1, 10, 19, …, 82 s; 415 s in all).
+const (
+	DefaultRetries       = 10
+	DefaultInitialWait   = 1 * time.Second
+	DefaultWaitIncrement = 9 * time.Second
+)
+
+// Bounds of one webhook call.
+const (
+	// DefaultAttemptTimeout bounds one attempt from dialing to the last
+	// byte of the answer. Azure documents no timeout; 30 s leaves a slow
+	// function cold start time to answer while bounding a dead one.
+	DefaultAttemptTimeout = 30 * time.Second
+	// DefaultMaxResponseBytes bounds the answer read; an allocation
+	// response is a hub name, a twin and a payload.
+	DefaultMaxResponseBytes = 64 << 10
+)
+
+// UserAgent is sent with every webhook request.
+const UserAgent = "dpsd-custom-allocation/1.0"
+
+// WebhookOptions configure a Webhook. The zero value is Azure's behaviour
+// with the system's trusted CAs.
+type WebhookOptions struct {
+	// CAPool, when set, is the set of CAs trusted for HTTPS webhooks
+	// instead of the system roots (build it from x509.SystemCertPool to
+	// keep them).
+	CAPool *x509.CertPool
+	// CAFiles are PEM files of CA certificates trusted in addition to the
+	// system roots (or to CAPool).
+	CAFiles []string
+	// HTTPClient replaces the built-in client (CAPool and CAFiles are then
+	// ignored). Its redirects should be disabled, as the built-in ones are.
+	HTTPClient *http.Client
+
+	AttemptTimeout   time.Duration // default DefaultAttemptTimeout
+	MaxResponseBytes int64         // default DefaultMaxResponseBytes
+	// Retries, InitialWait and WaitIncrement change the retry schedule
+	// (defaults: Azure's). Retries < 0 means none.
+	Retries                    int
+	InitialWait, WaitIncrement time.Duration
+
+	// Sleep waits d or until ctx ends, returning ctx.Err() then; Now reads
+	// the clock. Tests replace both so no test waits for a retry.
+	Sleep func(ctx context.Context, d time.Duration) error
+	Now   func() time.Time
+
+	// Audit, when set, records every custom allocation.
+	Audit  *alloclog.Log
+	Logger *slog.Logger
+}
+
+// Webhook calls custom allocation webhooks with Azure's contract:
+// POST of a dps.AllocationRequest as application/json; 200 with
+// iotHubHostName naming one of linkedHubs assigns the device (initialTwin and
+// payload pass through); 200 with an empty or null hub fails with 400208;
+// 401 fails with 400209; 429 and 5xx are retried on Azure's schedule and fail
+// with 400207 "Custom allocation failed with status code: N" when retries
+// run out; any other status fails at once with 400207. dpsd's choices where
+// Azure documents nothing: timeouts and connection errors are retried like
+// 5xx; an untrusted TLS certificate, an answer over MaxResponseBytes or an
+// answer that is not an allocation response fail at once with 400207; a hub
+// that is not one of linkedHubs fails with 400210; redirects are not
+// followed (a 3xx fails with 400207); Retry-After headers are ignored, as
+// Azure's fixed schedule is documented.
+type Webhook struct {
+	hc  *http.Client
+	opt WebhookOptions
+	log *slog.Logger
+}
+
+// NewWebhook returns a webhook client.
+func NewWebhook(opt WebhookOptions) (*Webhook, error) {
+	if opt.AttemptTimeout <= 0 {
+		opt.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if opt.MaxResponseBytes <= 0 {
+		opt.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	switch {
+	case opt.Retries == 0:
+		opt.Retries = DefaultRetries
+	case opt.Retries < 0:
+		opt.Retries = 0
+	}
+	if opt.InitialWait <= 0 {
+		opt.InitialWait = DefaultInitialWait
+	}
+	if opt.WaitIncrement <= 0 {
+		opt.WaitIncrement = DefaultWaitIncrement
+	}
+	if opt.Sleep == nil {
+		opt.Sleep = sleep
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	hc := opt.HTTPClient
+	if hc == nil {
+		var err error
+		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles); err != nil {
+			return nil, err
+		}
+	}
+	return &Webhook{hc: hc, opt: opt, log: opt.Logger}, nil
+}
+
+func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if roots != nil || len(files) > 0 {
+		// CA files add to the system roots, so public webhooks keep
+		// working next to one signed by a private CA.
+		pool, err := localca.PoolWithFiles(roots, files...)
+		if err != nil {
+			return nil, fmt.Errorf("allocate: webhook CA: %w", err)
+		}
+		tc.RootCAs = pool
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = tc
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = 10 * time.Second
+	return &http.Client{
+		Transport: t,
+		// A redirected POST would either lose its body (301/302) or go to a
+		// place nobody configured; the webhook URL must be the real one.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Call posts req to webhookURL and applies Azure's outcome rules. The
+// chosen hub must be one of req.LinkedHubs; the allocation names it as
+// spelled there. Every error is a *dps.Error the engine can record.
+func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.AllocationRequest) (*provision.Allocation, error) {
+	if req.LinkedHubs == nil {
+		req.LinkedHubs = []string{} // Azure always sends the member
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("allocate: encode allocation request: %w", err)
+	}
+	regID := req.DeviceRuntimeContext.RegistrationID
+	masked := MaskURL(webhookURL)
+	rec := w.begin(ctx, regID, masked, body)
+	alloc, derr := w.call(ctx, regID, webhookURL, masked, body, req.LinkedHubs, rec)
+	if derr != nil {
+		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
+		w.log.Warn("custom allocation failed", "registrationId", regID, "webhook", masked, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
+		return nil, derr
+	}
+	rec.Finish(ctx, alloc.Hub, 0, "")
+	w.log.Info("custom allocation", "registrationId", regID, "webhook", masked, "hub", alloc.Hub, "auditEntry", rec.ID())
+	return alloc, nil
+}
+
+func (w *Webhook) begin(ctx context.Context, regID, masked string, body []byte) *alloclog.Recorder {
+	if w.opt.Audit == nil {
+		return nil
+	}
+	return w.opt.Audit.Begin(ctx, regID, masked, body)
+}
+
+// answer is what one attempt got.
+type answer struct {
+	status    int
+	body      []byte
+	tooLarge  bool
+	err       error // no usable answer
+	permanent bool  // err is not worth retrying
+}
+
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, masked string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
+	}
+	for attempt := 0; ; attempt++ {
+		start := w.opt.Now()
+		ans := w.attempt(ctx, webhookURL, body)
+		took := w.opt.Now().Sub(start)
+		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
+		if ans.err != nil {
+			a.Error = ans.err.Error()
+		}
+		a.Body, a.BodyTruncated = alloclog.Clip(ans.body, alloclog.MaxBodyBytes)
+		a.BodyTruncated = a.BodyTruncated || ans.tooLarge
+		rec.Attempt(ctx, a)
+		w.log.Debug("custom allocation webhook attempt", "registrationId", regID, "webhook", masked,
+			"attempt", attempt+1, "status", ans.status, "err", ans.err, "took", took)
+
+		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
+		if !retry {
+			return alloc, derr
+		}
+		if ctx.Err() != nil {
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out while calling the webhook (%v).", ctx.Err())
+		}
+		if attempt >= w.opt.Retries {
+			return nil, derr
+		}
+		wait := w.opt.InitialWait + time.Duration(attempt)*w.opt.WaitIncrement
+		rec.Waiting(ctx, wait)
+		if err := w.opt.Sleep(ctx, wait); err != nil {
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message)
+		}
+	}
+}
+
+// attempt makes one bounded call.
+func (w *Webhook) attempt(ctx context.Context, webhookURL string, body []byte) answer {
+	actx, cancel := context.WithTimeout(ctx, w.opt.AttemptTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, webhookURL, bytes.NewReader(body))
+	if err != nil {
+		// Checked in call already; not worth retrying either way.
+		return answer{err: fmt.Errorf("build request: %w", err), permanent: true}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", UserAgent)
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return answer{err: err, permanent: untrusted(err)}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, w.opt.MaxResponseBytes+1))
+	ans := answer{status: resp.StatusCode, body: data}
+	if int64(len(data)) > w.opt.MaxResponseBytes {
+		ans.body, ans.tooLarge = data[:w.opt.MaxResponseBytes], true
+	} else if err != nil {
+		// The answer was cut off (timeout or reset mid-body): no answer.
+		ans.err = fmt.Errorf("reading the answer: %w", err)
+	}
+	return ans
+}
+
+// untrusted reports whether err is a TLS verification failure, which
+// retrying cannot fix.
+func untrusted(err error) bool {
+	var (
+		cv *tls.CertificateVerificationError
+		ua x509.UnknownAuthorityError
+		he x509.HostnameError
+		ci x509.CertificateInvalidError
+	)
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+}
+
+// judge applies the outcome table to one answer: an allocation, or an
+// error and whether the attempt may be retried.
+func judge(ans answer, candidates []string, timeout time.Duration) (*provision.Allocation, *dps.Error, bool) {
+	if ans.err != nil {
+		switch {
+		case ans.permanent && untrusted(ans.err):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's TLS certificate is not trusted."), false
+		case ans.permanent:
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook could not be called."), false
+		case errors.Is(ans.err, context.DeadlineExceeded) || isTimeout(ans.err):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook did not answer within %v.", timeout), true
+		case errors.Is(ans.err, context.Canceled):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration was cancelled while calling the webhook."), false
+		}
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook could not be reached."), true
+	}
+	switch s := ans.status; {
+	case s == http.StatusOK:
+	case s == http.StatusUnauthorized:
+		return nil, dps.Errorf(dps.CodeCustomAllocationUnauthorizedAccess, "Custom allocation failed with status code: 401. The webhook refused the request as unauthorized."), false
+	case s >= http.StatusTooManyRequests:
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), true
+	default:
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), false
+	}
+	if ans.tooLarge {
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's answer is larger than %d bytes.", len(ans.body)), false
+	}
+	alloc, derr := parseResponse(ans.body, candidates)
+	return alloc, derr, false
+}
+
+// maxAnswerText bounds how much of a webhook's refusal goes into the
+// registration's error message.
+const maxAnswerText = 200
+
+// answerText quotes what a webhook said when it refused a device, so the
+// reason reaches the registration state and not only the allocation log
+// (". The webhook answered: Unrecognized device registration."). It keeps
+// Azure's "status code: N" prefix intact and adds nothing for an empty or
+// unprintable answer.
+func answerText(body []byte) string {
+	text := string(body)
+	var msg struct {
+		Message string `json:"message"`
+	}
+	var str string
+	switch {
+	case json.Unmarshal(body, &msg) == nil && msg.Message != "":
+		text = msg.Message
+	case json.Unmarshal(body, &str) == nil:
+		text = str
+	}
+	text = strings.Join(strings.Fields(text), " ")
+	if text == "" || !utf8.ValidString(text) {
+		return ""
+	}
+	if r := []rune(text); len(r) > maxAnswerText {
+		text = string(r[:maxAnswerText]) + "…"
+	}
+	return ". The webhook answered: " + strings.TrimSuffix(text, ".") + "."
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// parseResponse checks a 200 answer's AllocationResponse.
+func parseResponse(body []byte, candidates []string) (*provision.Allocation, *dps.Error) {
+	var r dps.AllocationResponse
+	if len(bytes.TrimSpace(body)) > 0 {
+		if err := json.Unmarshal(body, &r); err != nil {
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's answer is not a valid allocation response (%v).", err)
+		}
+	}
+	if r.IoTHubHostName == nil || strings.TrimSpace(*r.IoTHubHostName) == "" {
+		return nil, dps.Errorf(dps.CodeCustomAllocationIoTHubNotSpecified, "Custom allocation failed: the webhook's answer names no IoT hub (iotHubHostName is empty or null).")
+	}
+	chosen := strings.TrimSpace(*r.IoTHubHostName)
+	hub := ""
+	for _, c := range candidates {
+		if strings.EqualFold(c, chosen) {
+			hub = c
+			break
+		}
+	}
+	if hub == "" {
+		offered := strings.Join(candidates, ", ")
+		if offered == "" {
+			offered = "none"
+		}
+		return nil, dps.Errorf(dps.CodeIoTHubNotLinked, "Custom allocation failed: the webhook chose IoT hub %q, which is not one of the linked hubs offered to it (%s).", chosen, offered)
+	}
+	a := &provision.Allocation{Hub: hub}
+	if t := r.InitialTwin; t != nil {
+		tags, err1 := objectOrNil(t.Tags)
+		var desired json.RawMessage
+		var err2 error
+		if t.Properties != nil {
+			desired, err2 = objectOrNil(t.Properties.Desired)
+		}
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's initialTwin tags and desired properties must be JSON objects.")
+		}
+		if tags != nil || desired != nil {
+			a.InitialTwin = &dps.InitialTwin{Tags: tags}
+			if desired != nil {
+				a.InitialTwin.Properties = &dps.InitialTwinProperties{Desired: desired}
+			}
+		}
+	}
+	p, err := objectOrNil(r.Payload)
+	if err != nil {
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's payload must be a JSON object.")
+	}
+	a.Payload = p
+	return a, nil
+}
+
+// objectOrNil accepts a JSON object, or null/absent as nil.
+func objectOrNil(raw json.RawMessage) (json.RawMessage, error) {
+	t := bytes.TrimSpace(raw)
+	switch {
+	case len(t) == 0 || string(t) == "null":
+		return nil, nil
+	case t[0] == '{':
+		return t, nil
+	}
+	return nil, errors.New("not a JSON object")
+}
+
+// MaskURL hides a webhook URL's secrets the way Azure shows them to the
+// webhook: the whole query string reads "****" (Azure Functions keys are
+// sent as ?code=...), user information reads "****" and any fragment is
+// dropped.
+func MaskURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// Do not echo something unparseable that may hold a key.
+		if i := strings.IndexAny(raw, "?#@"); i >= 0 {
+			return "****"
+		}
+		return raw
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		u.RawQuery, u.ForceQuery = "****", false
+	}
+	u.Fragment, u.RawFragment = "", ""
+	if u.User == nil {
+		return u.String()
+	}
+	// url.URL would escape the asterisks of a "****" user; splice it in.
+	u.User = nil
+	s := u.String()
+	if i := strings.Index(s, "//"); i >= 0 {
+		return s[:i+2] + "****@" + s[i+2:]
+	}
+	return s
+}
+
+// custom builds the AllocationRequest for in and calls the webhook.
+func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, cands []*linkedhub.Hub) (*provision.Allocation, error) {
+	req, webhookURL, err := BuildRequest(in, cands)
+	if err != nil {
+		return nil, err
+	}
+	return a.webhook.Call(ctx, webhookURL, req)
+}
+
+// BuildRequest returns the body Azure sends a custom allocation webhook for
+// in and candidates, and the webhook URL (unmasked, for calling). The
+// enrollment copy carries no keys, and its webhook URL is masked.
+func BuildRequest(in *provision.AllocationInput, candidates []*linkedhub.Hub) (*dps.AllocationRequest, string, error) {
+	req := &dps.AllocationRequest{
+		DeviceRuntimeContext: dps.DeviceRuntimeContext{
+			RegistrationID: in.RegistrationID,
+			Payload:        in.DevicePayload,
+		},
+		LinkedHubs: make([]string, 0, len(candidates)),
+	}
+	for _, h := range candidates {
+		req.LinkedHubs = append(req.LinkedHubs, h.Name)
+	}
+	if p := in.Previous; p != nil && p.AssignedHub != "" {
+		req.DeviceRuntimeContext.CurrentIoTHubHostName = p.AssignedHub
+		req.DeviceRuntimeContext.CurrentDeviceID = p.DeviceID
+	}
+	var def *dps.CustomAllocationDefinition
+	groupID := ""
+	if e := in.Enrollment; e != nil {
+		v := enroll.EnrollmentView(e, enroll.HideKeys)
+		v.CustomAllocationDefinition = maskedDefinition(e.CustomAllocationDefinition)
+		req.IndividualEnrollment, def = v, e.CustomAllocationDefinition
+	} else if g := in.Group; g != nil {
+		v := enroll.GroupView(g, enroll.HideKeys)
+		v.CustomAllocationDefinition = maskedDefinition(g.CustomAllocationDefinition)
+		req.EnrollmentGroup, def, groupID = v, g.CustomAllocationDefinition, g.EnrollmentGroupID
+	}
+	switch in.AttestationType {
+	case dps.AttestationX509:
+		if in.X509 != nil {
+			x := *in.X509
+			req.DeviceRuntimeContext.X509 = &x
+		} else {
+			req.DeviceRuntimeContext.X509 = &dps.X509RegistrationResult{EnrollmentGroupID: groupID}
+		}
+	case dps.AttestationTPM:
+		if e := in.Enrollment; e != nil && e.Attestation != nil && e.Attestation.TPM != nil {
+			t := *e.Attestation.TPM
+			req.DeviceRuntimeContext.TPM = &t
+		}
+	default:
+		// Symmetric key: Azure sends an empty object, never the keys.
+		req.DeviceRuntimeContext.SymmetricKey = &struct{}{}
+	}
+	if def == nil || strings.TrimSpace(def.WebhookURL) == "" {
+		return nil, "", dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the enrollment has no customAllocationDefinition webhook URL.")
+	}
+	return req, def.WebhookURL, nil
+}
+
+func maskedDefinition(d *dps.CustomAllocationDefinition) *dps.CustomAllocationDefinition {
+	if d == nil {
+		return nil
+	}
+	return &dps.CustomAllocationDefinition{WebhookURL: MaskURL(d.WebhookURL), APIVersion: d.APIVersion}
+}

@@ -1,0 +1,204 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dpsd/dpsd/client/device"
+	"github.com/dpsd/dpsd/client/service"
+	"github.com/dpsd/dpsd/internal/bench"
+	"github.com/dpsd/dpsd/internal/sas"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		df                                  deviceFlags
+		o                                   bench.Options
+		groupKey, payload, connStr, groupID string
+		hubs                                []string
+		setup                               bool
+		timeout, maxPollWait                time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-test a provisioning service with many simulated devices of one enrollment group",
+		Long: `Provision --registrations distinct simulated devices (registration IDs
+--id-prefix followed by a sequence number) of one symmetric-key enrollment
+group, --concurrency at a time, and report registrations per second, latency
+percentiles of the successful registrations, and errors by kind.
+
+Transports: https (keep-alive connections shared by all registrations),
+https-newconn (a new TLS connection per request), mqtt and mqtt-ws (one
+connection per registration, as devices do).
+
+The group key comes from --group-key, or --setup creates (or reuses) the
+enrollment group --group-id through the service API first.
+
+Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
+--allow-remote is given.`,
+		Example: `  dpsd bench --data-dir ./dpsd-data --setup --registrations 2000 --concurrency 50 --transport https`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := outputJSON(cmd)
+			if err != nil {
+				return err
+			}
+			if setup == (groupKey != "") {
+				return errors.New("give exactly one of --group-key and --setup")
+			}
+			t, err := df.resolve()
+			if err != nil {
+				return err
+			}
+			tr := device.TransportHTTPS
+			if o.Transport == bench.MQTT {
+				tr = device.TransportMQTT
+			} else if o.Transport == bench.MQTTWS {
+				tr = device.TransportMQTTWS
+			}
+			o.Device = t.config(tr)
+			o.Device.Timeout = timeout
+			o.Device.MaxPollWait = maxPollWait
+			if payload != "" {
+				if !json.Valid([]byte(payload)) {
+					return errors.New("--payload is not valid JSON")
+				}
+				o.Device.Payload = json.RawMessage(payload)
+			}
+			ctx := cmd.Context()
+			if setup {
+				// Check the target before the setup request, which goes
+				// to the same service.
+				o.Device.GroupKey = "eA=="
+				if err := o.Validate(ctx); err != nil {
+					return err
+				}
+				groupKey, err = setupGroup(ctx, t, connStr, groupID, hubs, o.AllowRemote)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "enrollment group %q ready\n", groupID)
+			}
+			o.Device.GroupKey = groupKey
+			if !asJSON {
+				o.Progress = cmd.ErrOrStderr()
+			}
+			res, err := bench.Run(ctx, o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				err = writeJSON(cmd.OutOrStdout(), benchJSON(res))
+			} else {
+				res.Print(cmd.OutOrStdout())
+			}
+			if err != nil {
+				return err
+			}
+			if res.Failed > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	df.register(f)
+	f.IntVar(&o.Registrations, "registrations", 100, "number of devices to provision (at most "+strconv.Itoa(bench.MaxRegistrations)+")")
+	f.IntVar(&o.Concurrency, "concurrency", 10, "registrations in flight at once")
+	f.StringVar(&o.Transport, "transport", bench.HTTPS, "https, https-newconn, mqtt or mqtt-ws")
+	f.DurationVar(&o.Duration, "duration", 10*time.Minute, "stop the run after this long (0: no limit)")
+	f.StringVar(&o.IDPrefix, "id-prefix", "", `registration ID prefix (default "bench-<time>-", new devices every run)`)
+	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
+	f.StringVar(&groupKey, "group-key", "", "base64 primary key of an existing symmetric-key enrollment group")
+	f.BoolVar(&setup, "setup", false, "create (or reuse) the enrollment group --group-id through the service API first")
+	f.StringVar(&groupID, "group-id", "dpsd-bench", "enrollment group --setup creates")
+	f.StringSliceVar(&hubs, "hub", nil, "IoT hub host name the --setup group allocates to (repeatable; default: the service's linked hubs)")
+	f.StringVar(&connStr, "connection-string", "", "service connection string for --setup (default: env "+envConnectionString+", else from --data-dir)")
+	f.StringVar(&payload, "payload", "", "custom JSON payload every device sends")
+	f.DurationVar(&timeout, "timeout", time.Minute, "give up on one registration after this long")
+	f.DurationVar(&maxPollWait, "max-poll-wait", 0, "poll sooner than the service's Retry-After, at most after this long (0: honour Retry-After)")
+	f.StringP("output", "o", formatTable, "output format: table or json")
+	cmd.PreRun = func(*cobra.Command, []string) {
+		if o.IDPrefix == "" {
+			o.IDPrefix = "bench-" + strconv.FormatInt(time.Now().Unix(), 36) + "-"
+		}
+	}
+	return cmd
+}
+
+// setupGroup creates the benchmark's enrollment group through the service
+// API and returns its key.
+func setupGroup(ctx context.Context, t *deviceTarget, connStr, groupID string, hubs []string, allowRemote bool) (string, error) {
+	if connStr == "" {
+		connStr = os.Getenv(envConnectionString)
+	}
+	if connStr == "" && t.info != nil {
+		connStr = t.info.ServiceConnectionString
+	}
+	if connStr == "" {
+		return "", errors.New("--setup needs the service connection string: --connection-string, " + envConnectionString + " or --data-dir")
+	}
+	cs, err := sas.ParseConnectionString(connStr)
+	if err != nil {
+		return "", err
+	}
+	var opts []service.Option
+	dial := ""
+	if t.info != nil && sameHost(connStr, t.info.ServiceConnectionString) {
+		dial = dialable(t.info.HTTPSAddr)
+		if t.info.CACertFile != "" {
+			opts = append(opts, service.WithCAFile(t.info.CACertFile))
+		}
+	}
+	if t.roots != nil {
+		opts = append(opts, service.WithCAPool(t.roots))
+	}
+	if dial != "" {
+		opts = append(opts, service.WithDialAddr(dial))
+	} else {
+		dial = cs.HostName
+		if _, _, err := net.SplitHostPort(dial); err != nil {
+			dial = net.JoinHostPort(dial, "443")
+		}
+	}
+	if !allowRemote {
+		if err := bench.CheckLoopback(ctx, dial); err != nil {
+			return "", err
+		}
+	}
+	svc, err := service.New(connStr, opts...)
+	if err != nil {
+		return "", err
+	}
+	return bench.SetupGroup(ctx, svc, bench.GroupSpec{ID: groupID, IoTHubs: hubs})
+}
+
+// benchJSON is the -o json form of a result, durations in milliseconds.
+func benchJSON(r *bench.Result) any {
+	msf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	l := r.Latency
+	return struct {
+		Transport   string             `json:"transport"`
+		Requested   int                `json:"requested"`
+		Succeeded   int                `json:"succeeded"`
+		Failed      int                `json:"failed"`
+		Cancelled   int                `json:"cancelled"`
+		ElapsedMs   float64            `json:"elapsedMs"`
+		PerSecond   float64            `json:"registrationsPerSecond"`
+		LatencyMs   map[string]float64 `json:"latencyMs"`
+		Errors      map[string]int     `json:"errors"`
+		ErrorSample map[string]string  `json:"errorSamples"`
+	}{
+		r.Transport, r.Requested, r.Succeeded, r.Failed, r.Cancelled, msf(r.Elapsed), r.Rate(),
+		map[string]float64{"min": msf(l.Min), "mean": msf(l.Mean), "p50": msf(l.P50), "p90": msf(l.P90), "p99": msf(l.P99), "max": msf(l.Max)},
+		r.Errors, r.ErrorSample,
+	}
+}

@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dpsd/dpsd/internal/server"
+)
+
+// envOr returns the environment variable's value, or def when unset.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func newServeCmd() *cobra.Command {
+	var cfg server.Config
+	var level, format string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the provisioning service (device API over HTTPS and MQTT, service API)",
+		Long: `Run the provisioning service with embedded defaults: an SQLite store and a
+local CA in the data directory, both created on first start. Every flag can
+also be set with the environment variable named in its help.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(level, format)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			cfg.Banner = cmd.OutOrStdout()
+			s, err := server.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return s.Serve(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", envOr("DPSD_DATA_DIR", "./dpsd-data"), "directory for the database, the local CA and info.json (DPSD_DATA_DIR)")
+	f.StringVar(&cfg.HostName, "hostname", envOr("DPSD_HOSTNAME", "localhost"), "name or IP clients use to reach dpsd; goes into certificates and connection strings (DPSD_HOSTNAME)")
+	f.StringVar(&cfg.HTTPSAddr, "https-addr", envOr("DPSD_HTTPS_ADDR", ":443"), "listen address of the device and service APIs over HTTPS (DPSD_HTTPS_ADDR)")
+	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", envOr("DPSD_MQTT_ADDR", ":8883"), "listen address of the device API over MQTT/TLS (DPSD_MQTT_ADDR)")
+	f.StringVar(&cfg.Store, "store", envOr("DPSD_STORE", "sqlite"), "sqlite (embedded, in the data dir) or a postgres:// URL shared by several nodes (DPSD_STORE)")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert", envOr("DPSD_TLS_CERT", ""), "server certificate (PEM) instead of one from the local CA (DPSD_TLS_CERT)")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key", envOr("DPSD_TLS_KEY", ""), "private key of --tls-cert (DPSD_TLS_KEY)")
+	f.BoolVar(&cfg.PollFirst, "poll-first", envOr("DPSD_POLL_FIRST", "") == "true", "answer every register with \"assigning\" and let the device poll for the result, as Azure does, instead of returning a ready result at once (DPSD_POLL_FIRST=true)")
+	f.StringVar(&cfg.AllocationPolicy, "allocation-policy", envOr("DPSD_ALLOCATION_POLICY", "hashed"), "default allocation policy for enrollments that set none: hashed, geoLatency or static (DPSD_ALLOCATION_POLICY)")
+	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
+	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")
+	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
+	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
+	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
+	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
+	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
+	return cmd
+}
+
+// envDuration is the duration in the environment variable name, or def
+// when it is unset or not a duration.
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func newInfoCmd() *cobra.Command {
+	var dataDir, output string
+	cmd := &cobra.Command{
+		Use:   "info",
+		Short: "Print the ID scope, service connection string, CA file and endpoints of a dpsd data directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			info, err := server.ReadInfo(dataDir)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			switch output {
+			case "json":
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(info)
+			case "table", "":
+				fmt.Fprintf(w, "ID scope:                   %s\n", info.IDScope)
+				fmt.Fprintf(w, "Service connection string:  %s\n", info.ServiceConnectionString)
+				fmt.Fprintf(w, "CA certificate:             %s\n", info.CACertFile)
+				fmt.Fprintf(w, "HTTPS endpoint:             %s (listening on %s)\n", info.HTTPSEndpoint, info.HTTPSAddr)
+				fmt.Fprintf(w, "MQTT endpoint:              %s (listening on %s)\n", info.MQTTEndpoint, info.MQTTAddr)
+				return nil
+			}
+			return fmt.Errorf("-o %q: want table or json", output)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("DPSD_DATA_DIR", "./dpsd-data"), "data directory of the dpsd to describe (DPSD_DATA_DIR)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}

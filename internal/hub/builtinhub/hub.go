@@ -1,0 +1,350 @@
+package builtinhub
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
+)
+
+// Right is a permission of a hub's shared access policy.
+type Right string
+
+// The rights of IoT hub shared access policies.
+const (
+	RightRegistryRead   Right = "RegistryRead"
+	RightRegistryWrite  Right = "RegistryWrite"
+	RightServiceConnect Right = "ServiceConnect"
+	RightDeviceConnect  Right = "DeviceConnect"
+)
+
+// OwnerPolicy is the policy with every right, as on a real hub.
+const OwnerPolicy = "iothubowner"
+
+// Policy is a shared access policy of a hub.
+type Policy struct {
+	KeyName      string  `json:"keyName"`
+	PrimaryKey   string  `json:"primaryKey"`
+	SecondaryKey string  `json:"secondaryKey"`
+	Rights       []Right `json:"rights"`
+}
+
+func (p *Policy) has(r Right) bool {
+	for _, x := range p.Rights {
+		if strings.EqualFold(string(x), string(r)) {
+			return true
+		}
+	}
+	return false
+}
+
+// defaultPolicies are the policies a new Azure IoT hub has.
+func defaultPolicies() []Policy {
+	mk := func(name string, rights ...Right) Policy {
+		return Policy{KeyName: name, PrimaryKey: sas.GenerateKey(32), SecondaryKey: sas.GenerateKey(32), Rights: rights}
+	}
+	return []Policy{
+		mk(OwnerPolicy, RightRegistryRead, RightRegistryWrite, RightServiceConnect, RightDeviceConnect),
+		mk("service", RightServiceConnect),
+		mk("device", RightDeviceConnect),
+		mk("registryRead", RightRegistryRead),
+		mk("registryReadWrite", RightRegistryRead, RightRegistryWrite),
+	}
+}
+
+// Config is the stored definition of a built-in hub.
+type Config struct {
+	Name string `json:"name"`
+	// HostName is the name devices and services use; it need not resolve
+	// (clients can dial Address), but the hosts-file line makes it.
+	HostName string `json:"hostName"`
+	// Address is the IP address the hub listens on, with the standard
+	// ports (443 and 8883) unless the manager says otherwise.
+	Address  string    `json:"address"`
+	Policies []Policy  `json:"policies"`
+	Created  time.Time `json:"created"`
+}
+
+func (c *Config) policy(name string) (*Policy, bool) {
+	for i := range c.Policies {
+		if strings.EqualFold(c.Policies[i].KeyName, name) {
+			return &c.Policies[i], true
+		}
+	}
+	return nil, false
+}
+
+// ConnectionString is the owner policy's connection string.
+func (c *Config) ConnectionString() *sas.ConnectionString {
+	p, ok := c.policy(OwnerPolicy)
+	if !ok {
+		return nil
+	}
+	return &sas.ConnectionString{HostName: c.HostName, SharedAccessKeyName: p.KeyName, SharedAccessKey: p.PrimaryKey}
+}
+
+// HostsLine is the /etc/hosts line that makes the host name resolve to the
+// hub's address.
+func (c *Config) HostsLine() string { return c.Address + " " + c.HostName }
+
+func decodeKey(k string) []byte {
+	b, err := base64.StdEncoding.DecodeString(k)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// Hub is one running built-in IoT hub. Its registry methods implement
+// azurehub.Registry (and azurehub.ReportedImporter) for in-process callers.
+type Hub struct {
+	cfg     Config
+	st      store.Store
+	log     *slog.Logger
+	now     func() time.Time
+	limiter *limiter
+	msgs    *messageBuffer
+
+	broker *mqtt.Server
+	http   *http.Server
+	httpsL net.Listener
+	mqttL  net.Listener
+	tls    *tls.Config
+	hook   *deviceHook
+
+	methodTimeout time.Duration
+
+	mu      sync.Mutex
+	closing bool
+	conns   map[net.Conn]*connInfo   // open device connections
+	devices map[string]*devState     // by lower-cased device id
+	methods map[string]pendingMethod // by request id
+	wg      sync.WaitGroup
+}
+
+var (
+	_ azurehub.Registry         = (*Hub)(nil)
+	_ azurehub.ReportedImporter = (*Hub)(nil)
+)
+
+// devState is what the hub knows about a device's connection, in memory.
+type devState struct {
+	cl           *mqtt.Client
+	connected    bool
+	stateChanged time.Time
+	lastActivity time.Time
+}
+
+// Config returns the hub's definition.
+func (h *Hub) Config() Config { return h.cfg }
+
+// Name is the hub's name.
+func (h *Hub) Name() string { return h.cfg.Name }
+
+// HTTPSAddr is the address the REST API and MQTT over WebSockets listen on.
+func (h *Hub) HTTPSAddr() string { return h.httpsL.Addr().String() }
+
+// MQTTAddr is the address MQTT over TLS listens on.
+func (h *Hub) MQTTAddr() string { return h.mqttL.Addr().String() }
+
+// aliases are the names clients may address the hub by, in tokens and
+// MQTT user names.
+func (h *Hub) aliases() []string {
+	out := []string{h.cfg.HostName, h.cfg.Address}
+	for _, l := range []net.Listener{h.httpsL, h.mqttL} {
+		if l != nil {
+			_, port, _ := net.SplitHostPort(l.Addr().String())
+			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(h.cfg.Address, port))
+		}
+	}
+	return out
+}
+
+// hubOptions are the manager's settings a hub uses.
+type hubOptions struct {
+	logger        *slog.Logger
+	now           func() time.Time
+	cert          tls.Certificate
+	httpsPort     string
+	mqttPort      string
+	messages      int
+	rate          float64
+	burst         int
+	methodTimeout time.Duration
+}
+
+// startHub binds the hub's listeners and serves them.
+func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
+	h := &Hub{
+		cfg:           cfg,
+		st:            st,
+		log:           o.logger.With("hub", cfg.Name),
+		now:           o.now,
+		limiter:       newLimiter(o.rate, o.burst),
+		msgs:          newMessageBuffer(o.messages),
+		methodTimeout: o.methodTimeout,
+		conns:         make(map[net.Conn]*connInfo),
+		devices:       make(map[string]*devState),
+		methods:       make(map[string]pendingMethod),
+	}
+	h.tls = &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{o.cert},
+		// X.509 devices present a certificate; SAS devices do not.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"http/1.1"},
+	}
+	var err error
+	if h.httpsL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
+		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	}
+	if h.mqttL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
+		h.httpsL.Close()
+		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	}
+	if err := h.startBroker(); err != nil {
+		h.httpsL.Close()
+		h.mqttL.Close()
+		return nil, err
+	}
+	h.http = &http.Server{
+		Handler:           http.HandlerFunc(h.serveHTTP),
+		TLSConfig:         h.tls,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	h.wg.Add(2)
+	go func() {
+		defer h.wg.Done()
+		err := h.http.Serve(tls.NewListener(h.httpsL, h.tls))
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.log.Error("hub https listener failed", "err", err)
+		}
+	}()
+	go func() {
+		defer h.wg.Done()
+		h.acceptMQTT()
+	}()
+	h.log.Info("built-in hub serving", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr())
+	return h, nil
+}
+
+// serveHTTP routes the HTTPS listener: MQTT over WebSockets or REST.
+func (h *Hub) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		h.serveWebSocket(w, r)
+		return
+	}
+	h.serveREST(w, r)
+}
+
+// close stops the listeners and ends every device connection. Persistent
+// sessions stay in the store for the next start.
+func (h *Hub) close(ctx context.Context) error {
+	h.mu.Lock()
+	h.closing = true
+	for c := range h.conns {
+		c.Close()
+	}
+	h.mu.Unlock()
+	err := h.http.Shutdown(ctx)
+	h.mqttL.Close()
+	h.http.Close()
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = errors.Join(err, ctx.Err())
+	}
+	_ = h.broker.Close()
+	return err
+}
+
+// connection returns a device's connection state, when it last changed and
+// its last activity, formatted for the registry API.
+func (h *Hub) connection(id string) (state, changed, activity string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.devices[strings.ToLower(id)]
+	if s == nil {
+		return azurehub.Disconnected, neverTime, neverTime
+	}
+	state = azurehub.Disconnected
+	if s.connected {
+		state = azurehub.Connected
+	}
+	return state, formatTime(s.stateChanged), formatTime(s.lastActivity)
+}
+
+func (h *Hub) setConnected(id string, cl *mqtt.Client, connected bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	key := strings.ToLower(id)
+	s := h.devices[key]
+	if s == nil {
+		if !connected {
+			return // a deleted device's connection ending
+		}
+		s = &devState{}
+		h.devices[key] = s
+	}
+	if !connected && s.cl != cl {
+		return // an older connection ended after a newer one took over
+	}
+	now := h.now()
+	s.connected, s.stateChanged = connected, now
+	if connected {
+		s.cl, s.lastActivity = cl, now
+	} else {
+		s.cl = nil // let the ended connection be collected
+	}
+}
+
+// forget drops what the hub remembers of a deleted device's connections.
+func (h *Hub) forget(id string) {
+	h.mu.Lock()
+	delete(h.devices, strings.ToLower(id))
+	h.mu.Unlock()
+}
+
+func (h *Hub) touch(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.devices[strings.ToLower(id)]; s != nil {
+		s.lastActivity = h.now()
+	}
+}
+
+// client returns a device's live MQTT connection, or nil.
+func (h *Hub) client(id string) *mqtt.Client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.devices[strings.ToLower(id)]
+	if s == nil || !s.connected || s.cl == nil || s.cl.Closed() {
+		return nil
+	}
+	return s.cl
+}
+
+// disconnect closes a device's connection, if it has one.
+func (h *Hub) disconnect(id string) {
+	if cl := h.client(id); cl != nil {
+		cl.Stop(packets.ErrNotAuthorized)
+	}
+}

@@ -1,0 +1,464 @@
+package builtinhub
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
+)
+
+// DefaultDomain is appended to a hub's name to form its default host
+// name. It is deliberately not azure-devices.net: a hosts-file line for a
+// built-in hub must never shadow a real Azure hub of the same name, and
+// ".internal" is reserved for private use, so it never leaks to public DNS
+// (unlike ".local", it is not multicast DNS either).
+const DefaultDomain = "azure-devices.internal"
+
+// Default ports of a hub, those of Azure IoT Hub.
+const (
+	DefaultHTTPSPort = "443"
+	DefaultMQTTPort  = "8883"
+)
+
+// firstAddress and lastAddress bound the loopback addresses given to hubs
+// that are created without one; 127.0.0.1 stays dpsd's own.
+var (
+	firstAddress = [4]byte{127, 0, 0, 10}
+	lastAddress  = [4]byte{127, 0, 0, 254}
+)
+
+// Errors of the manager.
+var (
+	ErrHubNotFound = errors.New("iothub: no such hub")
+	ErrHubExists   = errors.New("iothub: hub already exists")
+	ErrInvalid     = errors.New("iothub: invalid argument")
+)
+
+// Options configure a Manager.
+type Options struct {
+	Logger *slog.Logger
+	// Certificate issues a hub's TLS certificate for names (its host name
+	// and address); localca.(*CA).ServerCertificate fits. Required.
+	Certificate func(name string, names []string) (tls.Certificate, error)
+	// HTTPSPort and MQTTPort are the ports every hub listens on; empty
+	// means 443 and 8883, "0" lets the system pick (tests).
+	HTTPSPort, MQTTPort string
+	// Authorize authorizes requests to the management Handler; it is
+	// called first and a non-nil error is answered 401 (or with the
+	// error itself if it is a *dps.Error). Nil allows every request.
+	Authorize func(*http.Request) error
+	// MessageBuffer is how many telemetry messages each hub keeps
+	// (default DefaultMessageBuffer).
+	MessageBuffer int
+	// RESTRate and RESTBurst throttle each hub's REST API (requests per
+	// second, bucket size) with 429 and Retry-After, as real hubs do.
+	// Zero rate means no throttling.
+	RESTRate  float64
+	RESTBurst int
+	// MethodTimeout is the default wait for a direct method's answer.
+	MethodTimeout time.Duration
+	Now           func() time.Time
+}
+
+// Manager runs the built-in hubs of a dpsd node. It is safe for
+// concurrent use.
+type Manager struct {
+	st  store.Store
+	opt Options
+	log *slog.Logger
+
+	mu     sync.Mutex
+	hubs   map[string]*Hub   // running hubs by lower-cased name
+	failed map[string]string // hubs that could not start: name → error
+	closed bool
+}
+
+// NewManager returns a manager of the hubs kept in st. Call Start to run
+// them.
+func NewManager(st store.Store, opt Options) (*Manager, error) {
+	if opt.Certificate == nil {
+		return nil, errors.New("iothub: Options.Certificate is required")
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.HTTPSPort == "" {
+		opt.HTTPSPort = DefaultHTTPSPort
+	}
+	if opt.MQTTPort == "" {
+		opt.MQTTPort = DefaultMQTTPort
+	}
+	if opt.MethodTimeout <= 0 {
+		opt.MethodTimeout = defaultMethodTimeout
+	}
+	return &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}, nil
+}
+
+// Start runs every hub kept in the store. A hub that cannot start (its
+// address is taken, say) is logged and listed with its error; the others
+// run.
+func (m *Manager) Start(ctx context.Context) error {
+	cfgs, err := m.configs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, cfg := range cfgs {
+		if err := m.run(cfg); err != nil {
+			m.log.Error("built-in hub not started", "hub", cfg.Name, "err", err)
+		}
+	}
+	return nil
+}
+
+// Close stops every hub.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	m.closed = true
+	hubs := make([]*Hub, 0, len(m.hubs))
+	for _, h := range m.hubs {
+		hubs = append(hubs, h)
+	}
+	clear(m.hubs)
+	m.mu.Unlock()
+	var errs []error
+	for _, h := range hubs {
+		errs = append(errs, h.close(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) run(cfg Config) error {
+	cert, err := m.opt.Certificate("hub-"+cfg.Name, []string{cfg.HostName, cfg.Address})
+	if err != nil {
+		m.setFailed(cfg.Name, err)
+		return fmt.Errorf("hub %s: certificate: %w", cfg.Name, err)
+	}
+	h, err := startHub(cfg, m.st, hubOptions{
+		logger:        m.log,
+		now:           m.opt.Now,
+		cert:          cert,
+		httpsPort:     m.opt.HTTPSPort,
+		mqttPort:      m.opt.MQTTPort,
+		messages:      m.opt.MessageBuffer,
+		rate:          m.opt.RESTRate,
+		burst:         m.opt.RESTBurst,
+		methodTimeout: m.opt.MethodTimeout,
+	})
+	if err != nil {
+		m.setFailed(cfg.Name, err)
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		go h.close(context.Background())
+		return errors.New("iothub: manager closed")
+	}
+	m.hubs[strings.ToLower(cfg.Name)] = h
+	delete(m.failed, strings.ToLower(cfg.Name))
+	return nil
+}
+
+func (m *Manager) setFailed(name string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failed[strings.ToLower(name)] = err.Error()
+}
+
+// configs reads every stored hub definition.
+func (m *Manager) configs(ctx context.Context) ([]Config, error) {
+	var out []Config
+	opt := store.ListOptions{}
+	for {
+		recs, more, err := m.st.List(ctx, KindHub, opt)
+		if err != nil {
+			return nil, fmt.Errorf("list hubs: %w", err)
+		}
+		for _, rec := range recs {
+			var c Config
+			if err := json.Unmarshal(rec.Data, &c); err != nil {
+				return nil, fmt.Errorf("hub %s: decode: %w", rec.ID, err)
+			}
+			out = append(out, c)
+		}
+		if !more || len(recs) == 0 {
+			return out, nil
+		}
+		opt.After = recs[len(recs)-1].ID
+	}
+}
+
+// CreateOptions are the optional settings of a new hub.
+type CreateOptions struct {
+	// HostName defaults to {name}.azure-devices.internal.
+	HostName string
+	// Address is an IP address of this machine; default: the next free
+	// loopback address from 127.0.0.10 on.
+	Address string
+}
+
+// hubName is Azure's rule: 3–50 letters, digits and hyphens, starting
+// with a letter and not ending with a hyphen.
+var hubName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]{1,48}[A-Za-z0-9]$`)
+
+var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+
+// Create defines a new hub, stores it and starts it.
+func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*Info, error) {
+	if !hubName.MatchString(name) {
+		return nil, fmt.Errorf("%w: hub name %q must have 3 to 50 letters, digits or hyphens, start with a letter and not end with a hyphen", ErrInvalid, name)
+	}
+	host := strings.ToLower(o.HostName)
+	if host == "" {
+		host = strings.ToLower(name) + "." + DefaultDomain
+	}
+	if !hostName.MatchString(host) || len(host) > 253 || net.ParseIP(host) != nil {
+		return nil, fmt.Errorf("%w: %q is not a DNS host name", ErrInvalid, o.HostName)
+	}
+	existing, err := m.configs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, c := range existing {
+		if strings.EqualFold(c.Name, name) {
+			return nil, fmt.Errorf("%w: %s", ErrHubExists, name)
+		}
+		if strings.EqualFold(c.HostName, host) {
+			return nil, fmt.Errorf("%w: host name %s is taken by hub %s", ErrInvalid, host, c.Name)
+		}
+		used[c.Address] = true
+	}
+	addr := o.Address
+	if addr == "" {
+		if addr, err = m.freeAddress(used); err != nil {
+			return nil, err
+		}
+	} else {
+		ip := net.ParseIP(addr)
+		if ip == nil || ip.IsUnspecified() {
+			return nil, fmt.Errorf("%w: address %q must be a specific IP address", ErrInvalid, addr)
+		}
+		addr = ip.String()
+		if used[addr] {
+			return nil, fmt.Errorf("%w: address %s is taken by another hub", ErrInvalid, addr)
+		}
+	}
+	cfg := Config{Name: name, HostName: host, Address: addr, Policies: defaultPolicies(), Created: m.opt.Now().UTC()}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.st.Put(ctx, store.Record{Kind: KindHub, ID: name, Data: data}, store.Condition{MustNotExist: true}); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, fmt.Errorf("%w: %s", ErrHubExists, name)
+		}
+		return nil, fmt.Errorf("store hub: %w", err)
+	}
+	if err := m.run(cfg); err != nil {
+		// Keep nothing half-made: a hub that cannot listen is removed.
+		_ = m.st.Delete(context.WithoutCancel(ctx), KindHub, name, store.Condition{})
+		m.mu.Lock()
+		delete(m.failed, strings.ToLower(name))
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", addr, "hosts", cfg.HostsLine())
+	return m.info(cfg), nil
+}
+
+// freeAddress finds a loopback address no hub uses where both ports can
+// be bound.
+func (m *Manager) freeAddress(used map[string]bool) (string, error) {
+	for i := int(firstAddress[3]); i <= int(lastAddress[3]); i++ {
+		ip := net.IPv4(firstAddress[0], firstAddress[1], firstAddress[2], byte(i)).String()
+		if used[ip] {
+			continue
+		}
+		if m.bindable(ip) {
+			return ip, nil
+		}
+	}
+	return "", fmt.Errorf("%w: no free loopback address for a hub between %v and %v; give --address", ErrInvalid,
+		net.IP(firstAddress[:]), net.IP(lastAddress[:]))
+}
+
+func (m *Manager) bindable(ip string) bool {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for _, port := range []string{m.opt.HTTPSPort, m.opt.MQTTPort} {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
+		if err != nil {
+			return false
+		}
+		ls = append(ls, l)
+	}
+	return true
+}
+
+// Delete stops a hub and removes it with its devices and sessions.
+func (m *Manager) Delete(ctx context.Context, name string) error {
+	if _, err := m.st.Get(ctx, KindHub, name); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrHubNotFound, name)
+		}
+		return err
+	}
+	m.mu.Lock()
+	h := m.hubs[strings.ToLower(name)]
+	delete(m.hubs, strings.ToLower(name))
+	delete(m.failed, strings.ToLower(name))
+	m.mu.Unlock()
+	if h != nil {
+		if err := h.close(ctx); err != nil {
+			m.log.Warn("stopping hub", "hub", name, "err", err)
+		}
+	}
+	for _, kind := range []store.Kind{KindDevice, KindSession, KindCA} {
+		if err := m.deleteAll(ctx, kind, name); err != nil {
+			return err
+		}
+	}
+	if err := m.st.Delete(ctx, KindHub, name, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("delete hub %s: %w", name, err)
+	}
+	m.log.Info("built-in hub deleted", "hub", name)
+	return nil
+}
+
+func (m *Manager) deleteAll(ctx context.Context, kind store.Kind, ref string) error {
+	for range 100_000 { // bounded: each round deletes a page
+		recs, _, err := m.st.List(ctx, kind, store.ListOptions{Ref: ref})
+		if err != nil {
+			return fmt.Errorf("delete hub %s: %w", ref, err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		for _, rec := range recs {
+			if err := m.st.Delete(ctx, kind, rec.ID, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("delete hub %s: %w", ref, err)
+			}
+		}
+	}
+	return fmt.Errorf("delete hub %s: too many records", ref)
+}
+
+// Info is the wire form of a built-in hub, defined in api/admin.
+type Info = admin.Hub
+
+func (m *Manager) info(cfg Config) *Info {
+	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: cfg.Address, HostsLine: cfg.HostsLine(), Created: cfg.Created}
+	if cs := cfg.ConnectionString(); cs != nil {
+		in.ConnectionString = cs.String()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h := m.hubs[strings.ToLower(cfg.Name)]; h != nil {
+		in.Running, in.HTTPSAddr, in.MQTTAddr = true, h.HTTPSAddr(), h.MQTTAddr()
+	} else {
+		in.Error = m.failed[strings.ToLower(cfg.Name)]
+		if in.Error == "" {
+			in.Error = "not running on this node"
+		}
+	}
+	return in
+}
+
+// List describes every hub, in name order.
+func (m *Manager) List(ctx context.Context) ([]*Info, error) {
+	cfgs, err := m.configs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Info, 0, len(cfgs))
+	for _, c := range cfgs {
+		out = append(out, m.info(c))
+	}
+	slices.SortFunc(out, func(a, b *Info) int { return strings.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name)) })
+	return out, nil
+}
+
+// Info describes one hub.
+func (m *Manager) Info(ctx context.Context, name string) (*Info, error) {
+	rec, err := m.st.Get(ctx, KindHub, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrHubNotFound, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	if err := json.Unmarshal(rec.Data, &c); err != nil {
+		return nil, fmt.Errorf("hub %s: decode: %w", name, err)
+	}
+	return m.info(c), nil
+}
+
+// Hub returns a running hub by name.
+func (m *Manager) Hub(name string) (*Hub, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h, ok := m.hubs[strings.ToLower(name)]
+	return h, ok
+}
+
+// byHost returns the running hub with host name host.
+func (m *Manager) byHost(host string) *Hub {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, h := range m.hubs {
+		if strings.EqualFold(h.cfg.HostName, host) {
+			return h
+		}
+	}
+	return nil
+}
+
+// Registry returns the built-in hub with host name hostName for in-process
+// registration; it implements hub.Local.
+func (m *Manager) Registry(hostName string) (azurehub.Registry, bool) {
+	if h := m.byHost(hostName); h != nil {
+		return h, true
+	}
+	return nil, false
+}
+
+// HubConnectionString returns the iothubowner connection string of the
+// built-in hub with host name hostName; it implements hub.Credentials for
+// built-in hubs, e.g. when linking one to the instance.
+func (m *Manager) HubConnectionString(ctx context.Context, hostName string) (*sas.ConnectionString, error) {
+	cfgs, err := m.configs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cfgs {
+		if strings.EqualFold(c.HostName, hostName) {
+			if cs := c.ConnectionString(); cs != nil {
+				return cs, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: host name %s", ErrHubNotFound, hostName)
+}

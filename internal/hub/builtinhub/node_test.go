@@ -1,0 +1,83 @@
+package builtinhub_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/sas"
+)
+
+// TestNodeSDKAgainstBuiltinHub provisions a device into a built-in hub the
+// way the engine does (through hub.Registrar) and runs
+// test/sdk/hub.test.js, where the official Node device and service SDKs
+// use it. It is skipped only when node or the SDKs are missing outside CI.
+func TestNodeSDKAgainstBuiltinHub(t *testing.T) {
+	sdkDir, err := filepath.Abs("../../../test/sdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil || !fileExists(filepath.Join(sdkDir, "node_modules", "azure-iot-device-mqtt")) {
+		if os.Getenv("CI") == "" {
+			t.Skip("node or test/sdk/node_modules missing (run test/sdk/scripts/install-test-deps.sh)")
+		}
+		t.Fatalf("CI is set but node or the SDKs are missing: %v", err)
+	}
+
+	e := newEnv(t, nil)
+	h := e.createHub("contoso-toasters-hub-1098", "127.0.0.36")
+	cfg := h.Config()
+	r := hub.NewRegistrar(hub.RegistrarOptions{Local: e.m})
+	const id = "breakroom499-contoso-tstrsd-007"
+	const key = "JC8F96eayuQwwz+PkE7IzjH2lIAjCUnAa61tDigBnSs="
+	err = r.RegisterDevice(context.Background(), &provision.HubDevice{
+		Hub: cfg.HostName, DeviceID: id, PrimaryKey: key, SecondaryKey: key,
+		InitialTwin: &dps.InitialTwin{
+			Tags:       []byte(`{"deviceType":"toaster"}`),
+			Properties: &dps.InitialTwinProperties{Desired: []byte(`{"state":"ready","darknessSetting":"medium"}`)},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	deviceCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: id, SharedAccessKey: key, GatewayHostName: h.MQTTAddr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", "hub.test.js")
+	cmd.Dir = sdkDir
+	cmd.Env = append(os.Environ(),
+		"DPSD_HUB_DEVICE_CONNECTION_STRING="+deviceCS.String(),
+		"DPSD_HUB_CONNECTION_STRING="+cfg.ConnectionString().String(),
+		"DPSD_HUB_HTTPS_ADDR="+h.HTTPSAddr(),
+		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
+	)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node --test hub.test.js:\n%s", out)
+	if err != nil {
+		t.Fatalf("node tests failed: %v", err)
+	}
+	if strings.Contains(string(out), "# skipped 3") {
+		t.Fatal("node tests were skipped")
+	}
+
+	// The hub shows the telemetry the SDK sent.
+	msgs := h.Messages(id, 0, 0)
+	if len(msgs) != 1 || msgs[0].SystemProperties["messageId"] != "node-m-1" || msgs[0].Properties["alert"] != "false" ||
+		!strings.Contains(msgs[0].Body, "21.5") {
+		t.Fatalf("telemetry %+v", msgs)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -1,0 +1,605 @@
+package builtinhub
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/httperr"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
+)
+
+// Store kinds of the built-in hubs.
+const (
+	KindHub     = store.KindHub        // hub configuration; id = hub name
+	KindDevice  = store.KindHubDevice  // deviceDoc; id = hub/deviceId, Ref = hub name
+	KindSession = store.KindHubSession // persistent MQTT session; id = hub/clientId, Ref = hub name
+)
+
+// deviceDoc is the stored state of one device of a built-in hub: its
+// identity and its twin, kept together so one compare-and-swap covers both.
+type deviceDoc struct {
+	DeviceID          string                  `json:"deviceId"`
+	GenerationID      string                  `json:"generationId"`
+	DeviceVersion     int64                   `json:"deviceVersion"`
+	Status            string                  `json:"status"`
+	StatusReason      *string                 `json:"statusReason,omitempty"`
+	StatusUpdatedTime time.Time               `json:"statusUpdatedTime"`
+	Auth              azurehub.Authentication `json:"authentication"`
+	IoTEdge           bool                    `json:"iotEdge"`
+	DeviceScope       string                  `json:"deviceScope,omitempty"`
+	ModelID           string                  `json:"modelId,omitempty"`
+	TwinVersion       int64                   `json:"twinVersion"`
+	Tags              map[string]any          `json:"tags"`
+	Desired           section                 `json:"desired"`
+	Reported          section                 `json:"reported"`
+
+	etag string // the store record's etag, for compare-and-swap
+}
+
+func (d *deviceDoc) deviceETag() string {
+	return base64.StdEncoding.EncodeToString([]byte(d.GenerationID + ":" + strconv.FormatInt(d.DeviceVersion, 10)))
+}
+
+func (d *deviceDoc) twinETag() string {
+	return base64.StdEncoding.EncodeToString([]byte("twin:" + d.GenerationID + ":" + strconv.FormatInt(d.TwinVersion, 10)))
+}
+
+func deviceKey(hubName, id string) string { return hubName + "/" + id }
+
+// decodeJSON decodes with numbers kept exact, as twins need.
+func decodeJSON(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
+
+// validDeviceID checks Azure's device id rules.
+func validDeviceID(id string) error {
+	if id == "" || len(id) > 128 {
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id must have 1 to 128 characters.")
+	}
+	for _, r := range id {
+		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-.+%_#*?!(),=@$'", r))
+		if !ok {
+			return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id %q contains a character that is not allowed.", id)
+		}
+	}
+	return nil
+}
+
+func notFound(id string) *azurehub.Error {
+	return azurehub.Errorf(http.StatusNotFound, azurehub.CodeDeviceNotFound, "Device %s not registered", id)
+}
+
+func preconditionFailed(id string) *azurehub.Error {
+	return azurehub.Errorf(http.StatusPreconditionFailed, azurehub.CodePreconditionFailed, "Precondition failed: the etag does not match the current version of device %s.", id)
+}
+
+// storeErr turns a storage failure into the hub error clients see: the
+// store being unavailable as the 503 a client retries, anything else as a
+// 500. Neither tells clients the store's error text; writeError and
+// adminError log it with the request's tracking id.
+func storeErr(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	he := azurehub.Errorf(http.StatusInternalServerError, azurehub.CodeServerError, "Internal error.")
+	if errors.Is(err, store.ErrUnavailable) {
+		he = &azurehub.Error{StatusCode: http.StatusServiceUnavailable, Code: azurehub.CodeServiceUnavailable, Message: "The hub's store is unavailable; try again later.", RetryAfter: httperr.UnavailableRetryAfter}
+	}
+	return &storeFailure{he: he, err: err}
+}
+
+// storeFailure is a storage failure: clients see he, logs see err.
+// errors.As finds he, errors.Is matches err.
+type storeFailure struct {
+	he  *azurehub.Error
+	err error
+}
+
+func (f *storeFailure) Error() string   { return f.he.Message + " " + f.err.Error() }
+func (f *storeFailure) Unwrap() []error { return []error{f.he, f.err} }
+
+// etagMatches compares an If-Match value with an etag, in any of the forms
+// enroll.NormalizeETag accepts; "*" and no If-Match at all match any.
+func etagMatches(ifMatch, etag string) bool {
+	return enroll.NormalizeETag(ifMatch) == "" || enroll.ETagMatch(etag, ifMatch)
+}
+
+func (h *Hub) load(ctx context.Context, id string) (*deviceDoc, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	rec, err := h.st.Get(ctx, KindDevice, deviceKey(h.cfg.Name, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	var d deviceDoc
+	if err := decodeJSON(rec.Data, &d); err != nil {
+		return nil, fmt.Errorf("device %s: decode: %w", id, err)
+	}
+	d.etag = rec.ETag
+	return &d, nil
+}
+
+// save writes d; with create it must not exist, otherwise it must not have
+// changed since it was loaded.
+func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("device %s: encode: %w", d.DeviceID, err)
+	}
+	cond := store.Condition{IfMatch: d.etag}
+	if create {
+		cond = store.Condition{MustNotExist: true}
+	}
+	rec, err := h.st.Put(ctx, store.Record{Kind: KindDevice, ID: deviceKey(h.cfg.Name, d.DeviceID), Ref: h.cfg.Name, Data: data}, cond)
+	if err != nil {
+		return err
+	}
+	d.etag = rec.ETag
+	return nil
+}
+
+// modify loads a device, applies fn and saves it, retrying when a
+// concurrent write got in between. fn may return an error to stop.
+func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) (*deviceDoc, error) {
+	for range maxPatchAttempts {
+		d, err := h.load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(d); err != nil {
+			return nil, err
+		}
+		err = h.save(ctx, d, false)
+		if err == nil {
+			return d, nil
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, notFound(id)
+		}
+		if !errors.Is(err, store.ErrPrecondition) {
+			return nil, storeErr(err)
+		}
+	}
+	return nil, azurehub.Errorf(http.StatusServiceUnavailable, azurehub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
+}
+
+// normalizeAuth checks an identity's authentication and generates keys
+// where the client left them empty. old is the current one on updates.
+func normalizeAuth(a *azurehub.Authentication, old *azurehub.Authentication) (azurehub.Authentication, error) {
+	if a == nil {
+		if old != nil {
+			return *old, nil
+		}
+		a = &azurehub.Authentication{Type: azurehub.AuthSAS}
+	}
+	out := *a
+	if out.Type == "" {
+		out.Type = azurehub.AuthSAS
+		if out.X509Thumbprint != nil && (out.X509Thumbprint.PrimaryThumbprint != nil || out.X509Thumbprint.SecondaryThumbprint != nil) {
+			out.Type = azurehub.AuthSelfSigned
+		}
+	}
+	switch out.Type {
+	case azurehub.AuthSAS:
+		out.X509Thumbprint = nil
+		k := azurehub.SymmetricKey{}
+		if out.SymmetricKey != nil {
+			k = *out.SymmetricKey
+		}
+		if k.PrimaryKey == "" && k.SecondaryKey == "" && old != nil && old.Type == azurehub.AuthSAS && old.SymmetricKey != nil {
+			// Node's Registry.update sends empty keys when the caller gave
+			// none; that must not lock the device out.
+			k = *old.SymmetricKey
+		}
+		if k.PrimaryKey == "" {
+			k.PrimaryKey = sas.GenerateKey(32)
+		}
+		if k.SecondaryKey == "" {
+			k.SecondaryKey = sas.GenerateKey(32)
+		}
+		for _, key := range []string{k.PrimaryKey, k.SecondaryKey} {
+			if b, err := base64.StdEncoding.DecodeString(key); err != nil || len(b) < 16 || len(b) > 64 {
+				return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Symmetric keys must be base64 encoded and 16 to 64 bytes long.")
+			}
+		}
+		out.SymmetricKey = &k
+	case azurehub.AuthSelfSigned:
+		out.SymmetricKey = nil
+		t := out.X509Thumbprint
+		if t == nil || t.PrimaryThumbprint == nil || *t.PrimaryThumbprint == "" {
+			return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "A self-signed device needs a primary thumbprint.")
+		}
+	case azurehub.AuthCertificateAuthority, azurehub.AuthNone:
+		out.SymmetricKey, out.X509Thumbprint = nil, nil
+	default:
+		return out, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Unknown authentication type %q.", out.Type)
+	}
+	return out, nil
+}
+
+func normalizeStatus(s string) (string, error) {
+	switch strings.ToLower(s) {
+	case "", azurehub.StatusEnabled:
+		return azurehub.StatusEnabled, nil
+	case azurehub.StatusDisabled:
+		return azurehub.StatusDisabled, nil
+	}
+	return "", azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Unknown device status %q.", s)
+}
+
+func newGenerationID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	n := uint64(0)
+	for _, x := range b {
+		n = n<<8 | uint64(x)
+	}
+	return "63" + strconv.FormatUint(n%1e16, 10)
+}
+
+// CreateDevice creates a device identity with an empty twin.
+func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.Device, error) {
+	if err := validDeviceID(in.DeviceID); err != nil {
+		return nil, err
+	}
+	auth, err := normalizeAuth(in.Authentication, nil)
+	if err != nil {
+		return nil, err
+	}
+	status, err := normalizeStatus(in.Status)
+	if err != nil {
+		return nil, err
+	}
+	now := h.now()
+	d := &deviceDoc{
+		DeviceID:          in.DeviceID,
+		GenerationID:      newGenerationID(),
+		DeviceVersion:     1,
+		Status:            status,
+		StatusReason:      in.StatusReason,
+		StatusUpdatedTime: now,
+		Auth:              auth,
+		DeviceScope:       in.DeviceScope,
+		TwinVersion:       1,
+		Tags:              map[string]any{},
+		Desired:           newSection(now),
+		Reported:          newSection(now),
+	}
+	if in.Capabilities != nil {
+		d.IoTEdge = in.Capabilities.IoTEdge
+	}
+	if err := h.save(ctx, d, true); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, azurehub.Errorf(http.StatusConflict, azurehub.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered.", in.DeviceID)
+		}
+		return nil, storeErr(err)
+	}
+	h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID)
+	return h.deviceView(d), nil
+}
+
+// UpdateDevice replaces an existing identity's status, authentication and
+// capabilities. etag "" or "*" matches any version; a missing device fails
+// the precondition, as Azure documents for If-Match.
+func (h *Hub) UpdateDevice(ctx context.Context, in *azurehub.Device, etag string) (*azurehub.Device, error) {
+	var disable bool
+	d, err := h.modify(ctx, in.DeviceID, func(d *deviceDoc) error {
+		if !etagMatches(etag, d.deviceETag()) {
+			return preconditionFailed(in.DeviceID)
+		}
+		auth, err := normalizeAuth(in.Authentication, &d.Auth)
+		if err != nil {
+			return err
+		}
+		status, err := normalizeStatus(in.Status)
+		if err != nil {
+			return err
+		}
+		if status != d.Status {
+			d.Status, d.StatusUpdatedTime = status, h.now()
+		}
+		disable = status == azurehub.StatusDisabled
+		d.StatusReason = in.StatusReason
+		d.Auth = auth
+		if in.Capabilities != nil {
+			d.IoTEdge = in.Capabilities.IoTEdge
+		}
+		d.DeviceScope = in.DeviceScope
+		d.DeviceVersion++
+		return nil
+	})
+	var he *azurehub.Error
+	if errors.As(err, &he) && he.StatusCode == http.StatusNotFound && enroll.NormalizeETag(etag) != "" {
+		return nil, preconditionFailed(in.DeviceID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if disable {
+		// Disabled devices may not use the device endpoints.
+		h.disconnect(d.DeviceID)
+	}
+	return h.deviceView(d), nil
+}
+
+// GetDevice returns a device identity.
+func (h *Hub) GetDevice(ctx context.Context, id string) (*azurehub.Device, error) {
+	d, err := h.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return h.deviceView(d), nil
+}
+
+// DeleteDevice deletes a device, its twin and its MQTT session, and
+// disconnects it.
+func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
+	for range maxPatchAttempts {
+		d, err := h.load(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !etagMatches(etag, d.deviceETag()) {
+			return preconditionFailed(id)
+		}
+		err = h.st.Delete(ctx, KindDevice, deviceKey(h.cfg.Name, d.DeviceID), store.Condition{IfMatch: d.etag})
+		if errors.Is(err, store.ErrPrecondition) {
+			continue
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return notFound(id)
+		}
+		if err != nil {
+			return storeErr(err)
+		}
+		h.disconnect(d.DeviceID)
+		h.forget(d.DeviceID)
+		h.dropSession(ctx, d.DeviceID)
+		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
+		return nil
+	}
+	return azurehub.Errorf(http.StatusServiceUnavailable, azurehub.CodeServiceUnavailable, "Device %s is being changed concurrently; try again.", id)
+}
+
+// ListDevices returns a page of devices in id order after the id after.
+func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*azurehub.Device, bool, error) {
+	opt := store.ListOptions{Ref: h.cfg.Name, Limit: limit}
+	if after != "" {
+		opt.After = deviceKey(h.cfg.Name, after)
+	}
+	recs, more, err := h.st.List(ctx, KindDevice, opt)
+	if err != nil {
+		return nil, false, storeErr(err)
+	}
+	out := make([]*azurehub.Device, 0, len(recs))
+	for _, rec := range recs {
+		var d deviceDoc
+		if err := decodeJSON(rec.Data, &d); err != nil {
+			return nil, false, fmt.Errorf("device %s: decode: %w", rec.ID, err)
+		}
+		out = append(out, h.deviceView(&d))
+	}
+	return out, more, nil
+}
+
+// GetTwin returns a device twin.
+func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
+	d, err := h.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return h.twinView(d), nil
+}
+
+// UpdateTwin merges patch's tags and desired properties into the twin and
+// sends the desired change to the device if it is connected.
+func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	tags, desired, err := twinInput(patch)
+	if err != nil {
+		return nil, err
+	}
+	now := h.now()
+	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+		if !etagMatches(etag, d.twinETag()) {
+			return preconditionFailed(id)
+		}
+		changed := false
+		if len(tags) > 0 {
+			if d.Tags == nil {
+				d.Tags = map[string]any{}
+			}
+			mergeInto(d.Tags, map[string]any{}, tags, now, 0)
+			changed = true
+		}
+		if d.Desired.patch(desired, now, true) {
+			changed = true
+		}
+		if changed {
+			d.TwinVersion++
+		}
+		return checkTwinSize(d)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(desired) > 0 {
+		h.pushDesired(d.DeviceID, desired, d.Desired.Version)
+	}
+	return h.twinView(d), nil
+}
+
+// ReplaceTwin replaces the twin's tags and desired properties.
+func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	tags, desired, err := twinInput(twin)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range desired {
+		if v == nil {
+			delete(desired, k)
+		}
+	}
+	now := h.now()
+	var diff map[string]any
+	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+		if !etagMatches(etag, d.twinETag()) {
+			return preconditionFailed(id)
+		}
+		d.Tags = map[string]any{}
+		mergeInto(d.Tags, map[string]any{}, tags, now, 0)
+		diff = d.Desired.replace(desired, now, true)
+		d.TwinVersion++
+		return checkTwinSize(d)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(diff) > 0 {
+		h.pushDesired(d.DeviceID, diff, d.Desired.Version)
+	}
+	return h.twinView(d), nil
+}
+
+// ImportReported merges reported properties into a twin from the service
+// side, which only migration between built-in hubs uses.
+func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string]any) error {
+	reported = azurehub.StripMeta(reported)
+	if err := enroll.ValidateTwinPatch("properties.reported", reported); err != nil {
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
+	}
+	_, err := h.modify(ctx, id, func(d *deviceDoc) error {
+		if d.Reported.patch(reported, h.now(), false) {
+			d.TwinVersion++
+		}
+		return checkTwinSize(d)
+	})
+	return err
+}
+
+// updateReported applies a device's reported patch and returns the new
+// reported version.
+func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]any) (int64, error) {
+	if err := enroll.ValidateTwinPatch("properties.reported", patch); err != nil {
+		return 0, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
+	}
+	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+		if d.Reported.patch(patch, h.now(), false) {
+			d.TwinVersion++
+		}
+		return checkTwinSize(d)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return d.Reported.Version, nil
+}
+
+func twinInput(t *azurehub.Twin) (tags, desired map[string]any, err error) {
+	if t == nil {
+		return nil, nil, nil
+	}
+	tags = azurehub.StripMeta(t.Tags)
+	if t.Properties != nil {
+		desired = azurehub.StripMeta(t.Properties.Desired)
+		if len(t.Properties.Reported) > 0 {
+			return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reported properties can only be set by the device.")
+		}
+	}
+	if err := enroll.ValidateTwinPatch("tags", tags); err != nil {
+		return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
+	}
+	if err := enroll.ValidateTwinPatch("properties.desired", desired); err != nil {
+		return nil, nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
+	}
+	return tags, desired, nil
+}
+
+func checkTwinSize(d *deviceDoc) error {
+	switch {
+	case enroll.TwinJSONSize(d.Tags) > enroll.MaxTwinTagsBytes:
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Twin tags exceed %d bytes.", enroll.MaxTwinTagsBytes)
+	case enroll.TwinJSONSize(d.Desired.Props) > enroll.MaxTwinPropsBytes:
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Desired properties exceed %d bytes.", enroll.MaxTwinPropsBytes)
+	case enroll.TwinJSONSize(d.Reported.Props) > enroll.MaxTwinPropsBytes:
+		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reported properties exceed %d bytes.", enroll.MaxTwinPropsBytes)
+	}
+	return nil
+}
+
+// deviceView is the identity as the registry API shows it.
+func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
+	state, stateTime, activity := h.connection(d.DeviceID)
+	auth := d.Auth
+	if auth.X509Thumbprint == nil {
+		auth.X509Thumbprint = &azurehub.X509Thumbprint{}
+	}
+	return &azurehub.Device{
+		DeviceID:                   d.DeviceID,
+		GenerationID:               d.GenerationID,
+		ETag:                       d.deviceETag(),
+		ConnectionState:            state,
+		Status:                     d.Status,
+		StatusReason:               d.StatusReason,
+		ConnectionStateUpdatedTime: stateTime,
+		StatusUpdatedTime:          formatTime(d.StatusUpdatedTime),
+		LastActivityTime:           activity,
+		Authentication:             &auth,
+		Capabilities:               &azurehub.Capabilities{IoTEdge: d.IoTEdge},
+		DeviceScope:                d.DeviceScope,
+	}
+}
+
+// twinView is the twin as the service API shows it.
+func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
+	state, _, activity := h.connection(d.DeviceID)
+	tags := d.Tags
+	if tags == nil {
+		tags = map[string]any{}
+	}
+	t := &azurehub.Twin{
+		DeviceID:           d.DeviceID,
+		ETag:               d.twinETag(),
+		DeviceETag:         d.deviceETag(),
+		Status:             d.Status,
+		StatusReason:       d.StatusReason,
+		StatusUpdateTime:   formatTime(d.StatusUpdatedTime),
+		ConnectionState:    state,
+		LastActivityTime:   activity,
+		AuthenticationType: d.Auth.Type,
+		X509Thumbprint:     d.Auth.X509Thumbprint,
+		ModelID:            &d.ModelID,
+		Version:            d.TwinVersion,
+		Tags:               tags,
+		Properties:         &azurehub.TwinProperties{Desired: d.Desired.view(), Reported: d.Reported.view()},
+		Capabilities:       &azurehub.Capabilities{IoTEdge: d.IoTEdge},
+	}
+	if t.X509Thumbprint == nil {
+		t.X509Thumbprint = &azurehub.X509Thumbprint{}
+	}
+	return t
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return neverTime
+	}
+	return t.UTC().Format(twinTimeLayout)
+}

@@ -1,0 +1,123 @@
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/dpsd/dpsd/api/dps"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metric names, for documentation and tests.
+const (
+	DeviceRequestsTotal    = "dpsd_device_requests_total"
+	DeviceRequestDuration  = "dpsd_device_request_duration_seconds"
+	RegistrationsTotal     = "dpsd_registrations_total"
+	ServiceRequestsTotal   = "dpsd_service_requests_total"
+	ServiceRequestDuration = "dpsd_service_request_duration_seconds"
+)
+
+// Values of the operation label of the device metrics.
+const (
+	OpRegister        = "register"
+	OpOperationStatus = "operation_status"
+	OpStatusLookup    = "status_lookup"
+)
+
+// Values of the outcome label of dpsd_device_requests_total besides the
+// registration statuses (assigned, assigning, failed, disabled, unassigned).
+const (
+	OutcomeError4xx = "error_4xx"
+	OutcomeError5xx = "error_5xx"
+	// OutcomeUnknown is a status the engine answered that dpsd does not
+	// know; it keeps the label's values bounded whatever a store holds.
+	OutcomeUnknown = "unknown"
+)
+
+// deviceBuckets reach further than Prometheus's defaults: a register that
+// calls a custom allocation webhook and a remote hub can take tens of
+// seconds, and those are the requests worth seeing.
+var deviceBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// Metrics holds a node's registry and the collectors dpsd updates. The zero
+// value is not usable; call New.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	deviceRequests  *prometheus.CounterVec
+	deviceDuration  *prometheus.HistogramVec
+	registrations   *prometheus.CounterVec
+	serviceRequests *prometheus.CounterVec
+	serviceDuration *prometheus.HistogramVec
+}
+
+// New returns a registry with the Go runtime, process and build-information
+// collectors and dpsd's own metrics.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		deviceRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: DeviceRequestsTotal,
+			Help: "Device API requests that reached the provisioning engine, by transport (https, mqtt, mqtt-ws), operation (register, operation_status, status_lookup) and outcome (the registration status answered, or error_4xx/error_5xx).",
+		}, []string{"transport", "operation", "outcome"}),
+		deviceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    DeviceRequestDuration,
+			Help:    "Time the provisioning engine took to answer a device request, by transport and operation.",
+			Buckets: deviceBuckets,
+		}, []string{"transport", "operation"}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: RegistrationsTotal,
+			Help: "Registration operations a device was told had ended, by terminal status (assigned, failed, disabled).",
+		}, []string{"status"}),
+		serviceRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: ServiceRequestsTotal,
+			Help: "Service API requests (enrollments, enrollment groups, registrations), by HTTP method and status code.",
+		}, []string{"method", "code"}),
+		serviceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    ServiceRequestDuration,
+			Help:    "Time the service API took to answer, by HTTP method.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"method"}),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+		m.deviceRequests, m.deviceDuration, m.registrations,
+		m.serviceRequests, m.serviceDuration,
+	)
+	// Every terminal status is exposed from the start, at zero, so that
+	// rates and alerts on failures work before the first failure.
+	for _, st := range []string{dps.StatusAssigned, dps.StatusFailed, dps.StatusDisabled} {
+		m.registrations.WithLabelValues(st)
+	}
+	return m
+}
+
+// Registry returns the registry, for callers that add collectors of their
+// own or gather in tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition formats. Its own
+// scrapes and encoding errors are counted on the registry too
+// (promhttp_metric_handler_*), so a failing scrape is visible.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.InstrumentMetricHandler(m.reg, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		Registry: m.reg,
+		// Serve what could be gathered rather than nothing: one broken
+		// collector should not blind the operator to the rest.
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+}
+
+// InstrumentService wraps the service API handler so that every request is
+// counted by method and status code and timed by method. Methods outside
+// HTTP's standard set are reported as "unknown" and methods are lower-case,
+// as promhttp sanitizes them, which keeps the series bounded whatever
+// clients send.
+func (m *Metrics) InstrumentService(h http.Handler) http.Handler {
+	return promhttp.InstrumentHandlerCounter(m.serviceRequests,
+		promhttp.InstrumentHandlerDuration(m.serviceDuration, h))
+}

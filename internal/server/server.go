@@ -1,0 +1,518 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/certs"
+	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/builtinhub"
+	"github.com/dpsd/dpsd/internal/instance"
+	"github.com/dpsd/dpsd/internal/linkedhub"
+	"github.com/dpsd/dpsd/internal/localca"
+	"github.com/dpsd/dpsd/internal/metrics"
+	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/store"
+	"github.com/dpsd/dpsd/internal/transport/https"
+	"github.com/dpsd/dpsd/internal/transport/mqtt"
+	"github.com/dpsd/dpsd/internal/transport/serviceapi"
+)
+
+// Config is how a dpsd node is run.
+type Config struct {
+	DataDir   string
+	HostName  string // the name clients use; goes into certificates and connection strings
+	HTTPSAddr string // device API, service API and MQTT over WebSockets
+	MQTTAddr  string // MQTT over TLS
+	// Store is "sqlite" (or empty) for the embedded database in DataDir,
+	// or a postgres:// URL shared by several nodes.
+	Store string
+	// TLSCertFile and TLSKeyFile, when both set, replace the local CA's
+	// server certificate.
+	TLSCertFile, TLSKeyFile string
+	Logger                  *slog.Logger
+	// AllocationPolicy is the instance's default policy for enrollments
+	// that set none: hashed (default), geoLatency or static.
+	AllocationPolicy string
+	// GeoNetworks maps device networks to hub locations for geoLatency
+	// (see allocate.ParseNetworkMap).
+	GeoNetworks string
+	// WebhookCAFiles are PEM files of CAs trusted, beside the system
+	// roots, for HTTPS custom allocation webhooks.
+	WebhookCAFiles []string
+	// DebugAddr, when set, serves /debug/pprof and the Prometheus
+	// /metrics on a plain-HTTP listener; keep it on a loopback address.
+	DebugAddr string
+	// PollFirst answers every register with "assigning" and lets the device
+	// poll for the result (see provision.Options.PollFirst).
+	PollFirst bool
+	// DoctorInterval, when set, runs the consistency check (dpsd doctor)
+	// that often; DoctorRepair lets it repair what it finds (never
+	// pruning orphans, which needs an operator's word).
+	DoctorInterval time.Duration
+	DoctorRepair   bool
+	// Banner receives the human-readable start-up summary; nil for none.
+	Banner io.Writer
+}
+
+// Server is a running dpsd node.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	st     store.Store
+	inst   *instance.Instance
+	engine *provision.Engine
+	doctor *doctor
+	prom   *metrics.Metrics
+	svc    http.Handler
+	dev    *https.Handler
+	mqtt   *mqtt.Server
+	hubs   *builtinhub.Manager
+	linked *linkedhub.Registry
+	alog   *alloclog.Log
+	auth   *serviceapi.Authorizer
+	ca     *localca.CA
+	https  *http.Server
+	httpsL net.Listener
+	mqttL  net.Listener
+	info   *Info
+	lock   *os.File // flock on the data directory
+	// effects are what writes cause besides themselves; see
+	// notifyingStore and followChanges.
+	effects *effects
+}
+
+// Start validates cfg, then opens the node in stages: the data directory
+// and store (open), TLS and the listeners (listen), the engine, the
+// transports and the extension endpoints (build), and info.json
+// (writeInfo). Serve then serves until its context ends. Splitting the two
+// lets callers report configuration and bind errors before anything is
+// served; a failed stage closes what the earlier ones opened.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+	if err := s.open(ctx); err != nil {
+		return nil, err
+	}
+	tlsCfg, caFile, err := s.listen()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.build(ctx, tlsCfg); err != nil {
+		return nil, err
+	}
+	if err := s.writeInfo(caFile); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// open takes the data directory (created if need be, and locked) and opens
+// the store and the instance identity it holds.
+func (s *Server) open(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	lock, err := lockDataDir(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.lock = lock
+	if s.st, err = openStore(ctx, s.cfg); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	if s.inst, err = instance.LoadOrCreate(ctx, s.st); err != nil {
+		return err
+	}
+	return nil
+}
+
+// listen prepares TLS (the local CA, and the server certificate) and binds
+// both listeners. It returns the TLS configuration and the CA file clients
+// must trust, empty when the configured certificate is used.
+func (s *Server) listen() (*tls.Config, string, error) {
+	tlsCfg, caFile, err := s.tlsConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	if s.httpsL, err = listen(s.cfg.HTTPSAddr, "--https-addr", "127.0.0.1:8443"); err != nil {
+		return nil, "", err
+	}
+	if s.mqttL, err = listen(s.cfg.MQTTAddr, "--mqtt-addr", "127.0.0.1:8883"); err != nil {
+		return nil, "", err
+	}
+	return tlsCfg, caFile, nil
+}
+
+// build makes the node's parts, each from parts made before it: the
+// allocation log, the list of linked hubs allocation reads, the allocator,
+// the built-in hubs and the registrar, the engine, then what writes
+// through the service API and the extension endpoints (whose effects on
+// the engine's caches are written out in effects), and the transports.
+func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
+	st, cfg := s.st, s.cfg
+	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
+	s.alog = alloclog.New(st, alloclog.Options{Logger: s.log})
+	// Reads of linked hubs need no notification, so they go to the store
+	// itself; writes go through the API's registry below.
+	readLinked := linkedhub.New(st)
+	hubList := newHubListCache(readLinked)
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
+	if err != nil {
+		return err
+	}
+	s.hubs, err = builtinhub.NewManager(st, builtinhub.Options{
+		Logger:      s.log,
+		Certificate: s.ca.ServerCertificate,
+		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
+	})
+	if err != nil {
+		return fmt.Errorf("built-in hubs: %w", err)
+	}
+	if err := s.hubs.Start(ctx); err != nil {
+		return fmt.Errorf("built-in hubs: %w", err)
+	}
+	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
+	node, err := nodeName(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.engine = provision.New(st, provision.Options{
+		IDScope:   s.inst.IDScope,
+		Logger:    s.log,
+		PollFirst: cfg.PollFirst,
+		Allocator: alloc,
+		Registrar: registrar,
+		Node:      node,
+	})
+	s.doctor = &doctor{s: s}
+	// The service API and the linked-hub endpoints write through svcStore,
+	// so that their writes have their effects on this node at once; Serve
+	// has the store tell the same effects about other nodes' writes.
+	s.effects = &effects{engine: s.engine, hubList: hubList, alog: s.alog, log: s.log}
+	svcStore := &notifyingStore{Store: st, effects: s.effects}
+	s.linked = linkedhub.New(svcStore)
+
+	// Both device transports see the engine through the metrics
+	// decorator, so every device request is counted the same way.
+	s.prom = metrics.New()
+	s.doctor.register(s.prom.Registry())
+	prov := s.prom.Provisioner(s.engine)
+	s.dev = https.New(prov, s.log)
+	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
+	if err != nil {
+		return fmt.Errorf("mqtt: %w", err)
+	}
+	s.https = &http.Server{
+		Handler:           http.HandlerFunc(s.route),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return nil
+}
+
+// writeInfo leaves in the data directory what clients need to reach the
+// node: its last stage, so a complete info.json means a node that serves.
+func (s *Server) writeInfo(caFile string) error {
+	s.info = &Info{
+		IDScope:                 s.inst.IDScope,
+		ServiceConnectionString: s.inst.ServiceConnectionString(hostPort(s.cfg.HostName, s.httpsL.Addr(), "443")),
+		CACertFile:              caFile,
+		HTTPSEndpoint:           "https://" + hostPort(s.cfg.HostName, s.httpsL.Addr(), "443"),
+		MQTTEndpoint:            "mqtts://" + hostPort(s.cfg.HostName, s.mqttL.Addr(), ""),
+		HostName:                s.cfg.HostName,
+		HTTPSAddr:               s.httpsL.Addr().String(),
+		MQTTAddr:                s.mqttL.Addr().String(),
+	}
+	return WriteInfo(s.cfg.DataDir, s.info)
+}
+
+// Info returns what clients need to reach this node.
+func (s *Server) Info() *Info { return s.info }
+
+// Serve serves until ctx ends, then shuts down gracefully: listeners close,
+// requests and registrations in flight finish (bounded), the store closes.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.https.Serve(tls.NewListener(s.httpsL, s.https.TLSConfig)) }()
+	go func() { errc <- s.mqtt.Serve(s.mqttL) }()
+	if s.cfg.DebugAddr != "" {
+		dbg := &http.Server{Addr: s.cfg.DebugAddr, Handler: debugHandler(s.prom.Handler()), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("debug listener", "addr", s.cfg.DebugAddr, "err", err)
+			}
+		}()
+		defer dbg.Close()
+	}
+	stopFollowing := s.followChanges(ctx)
+	// Work an earlier run of this node left half done (a crash, a kill)
+	// is finished or undone now rather than when its device comes back;
+	// so is other nodes' work whose lease has run out.
+	go s.doctor.recoverInterrupted(ctx)
+	if s.cfg.DoctorInterval > 0 {
+		go s.doctor.run(ctx, s.cfg.DoctorInterval, s.cfg.DoctorRepair)
+	}
+	if s.cfg.Banner != nil {
+		s.printBanner(s.cfg.Banner)
+	}
+	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.log.Info("dpsd shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.https.Shutdown(sctx); err != nil {
+		s.log.Warn("https shutdown", "err", err)
+	}
+	if err := s.mqtt.Close(sctx); err != nil {
+		s.log.Warn("mqtt shutdown", "err", err)
+	}
+	if err := s.engine.Close(sctx); err != nil {
+		s.log.Warn("registrations still running at shutdown", "err", err)
+	}
+	s.closeHubs(sctx)
+	stopFollowing()
+	s.closeAll()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, net.ErrClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// followChanges starts following the changes other nodes make, when the
+// store is shared (store.Notifier), and returns the function that stops
+// it and waits until it has.
+func (s *Server) followChanges(ctx context.Context) (stop func()) {
+	n, ok := s.st.(store.Notifier)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		followChanges(ctx, n, s.effects, s.log)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// closeHubs stops the built-in hubs, once.
+func (s *Server) closeHubs(ctx context.Context) {
+	if s.hubs == nil {
+		return
+	}
+	if err := s.hubs.Close(ctx); err != nil {
+		s.log.Warn("built-in hubs shutdown", "err", err)
+	}
+	s.hubs = nil
+}
+
+func (s *Server) closeAll() {
+	defer func() {
+		if s.lock != nil {
+			s.lock.Close() // releases the flock
+			s.lock = nil
+		}
+	}()
+	if s.httpsL != nil {
+		s.httpsL.Close()
+	}
+	if s.mqttL != nil {
+		s.mqttL.Close()
+	}
+	// After a failed Start the hubs may already listen.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.closeHubs(ctx)
+	if s.st != nil {
+		if err := s.st.Close(); err != nil {
+			s.log.Warn("closing store", "err", err)
+		}
+		s.st = nil
+	}
+}
+
+// route sends a request to the API it belongs to. Azure serves the device
+// and service APIs on different host names; dpsd serves both on one
+// listener and tells them apart by path, which never overlap.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if mqtt.IsWebSocketUpgrade(r) {
+		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
+		return
+	}
+	path := r.URL.EscapedPath()
+	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	switch strings.ToLower(first) {
+	case "enrollments", "enrollmentgroups", "registrations":
+		s.svc.ServeHTTP(w, r)
+		return
+	case "dpsd":
+		if h := s.extension(path); h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
+	case "healthz":
+		s.healthz(w, r)
+		return
+	}
+	// Everything else is the device API's, which answers 404 for what is
+	// not one of its paths.
+	s.dev.ServeHTTP(w, r)
+}
+
+// extension returns the handler of a dpsd extension endpoint (built-in
+// hubs, linked hubs, CA certificates, allocation logs), all under /dpsd/ and authorized with
+// the service API's tokens; nil when path is none of them.
+func (s *Server) extension(path string) http.Handler {
+	segs := strings.Split(strings.ToLower(strings.Trim(path, "/")), "/")
+	if len(segs) < 2 {
+		return nil
+	}
+	authorize := func(right instance.Right) func(*http.Request) error {
+		return func(r *http.Request) error { return s.auth.Authorize(r, right) }
+	}
+	switch {
+	case segs[1] == "hubs":
+		return s.hubs.Handler()
+	case segs[1] == "certificates":
+		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "linkedhubs":
+		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "doctor" && len(segs) == 2:
+		return s.doctor.handler()
+	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
+		return s.alog.Handler(alloclog.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
+	}
+	return nil
+}
+
+func (s *Server) tlsConfig() (*tls.Config, string, error) {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12, // the Python SDK pins TLS 1.2
+		// Devices that attest with certificates present them; others
+		// present none, so ask but do not require, and verify per
+		// enrollment in the engine.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"http/1.1"},
+	}
+	// The local CA also issues the built-in hubs' certificates, so it
+	// exists even when the service itself uses a configured certificate.
+	ca, err := localca.LoadOrCreate(filepath.Join(s.cfg.DataDir, "tls"))
+	if err != nil {
+		return nil, "", err
+	}
+	s.ca = ca
+	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("TLS certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		return cfg, "", nil
+	}
+	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
+	for _, a := range []string{s.cfg.HTTPSAddr, s.cfg.MQTTAddr} {
+		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
+			names = append(names, h)
+		}
+	}
+	cert, err := ca.ServerCertificate("server", names)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.Certificates = []tls.Certificate{cert}
+	abs, err := filepath.Abs(ca.CertFile())
+	if err != nil {
+		abs = ca.CertFile()
+	}
+	return cfg, abs, nil
+}
+
+// serviceHostNames are the SAS audiences the service API accepts: the
+// configured host name, with and without the port, and the loopback names.
+func (s *Server) serviceHostNames() []string {
+	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
+	_, port, _ := net.SplitHostPort(s.httpsL.Addr().String())
+	for _, n := range names[:3] {
+		names = append(names, net.JoinHostPort(n, port))
+	}
+	if h, _, err := net.SplitHostPort(s.cfg.HTTPSAddr); err == nil && h != "" {
+		names = append(names, h, net.JoinHostPort(h, port))
+	}
+	return names
+}
+
+// hostPort joins the public host name with the port a listener got,
+// leaving the port out when it is the protocol's default.
+func hostPort(host string, addr net.Addr, defaultPort string) string {
+	_, port, _ := net.SplitHostPort(addr.String())
+	if port == defaultPort {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func listen(addr, flag, suggestion string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		return l, nil
+	}
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("cannot listen on %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE); try %s %s", addr, flag, suggestion)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("cannot listen on %s: the address is already in use; try another, e.g. %s %s", addr, flag, suggestion)
+	}
+	return nil, fmt.Errorf("cannot listen on %s: %w (set %s)", addr, err, flag)
+}
+
+func (s *Server) printBanner(w io.Writer) {
+	i := s.info
+	fmt.Fprintf(w, `dpsd is ready
+  ID scope:                    %s
+  Service connection string:   %s
+  CA certificate:              %s
+  Device + service API:        %s   (HTTPS, MQTT over WebSockets)
+  Device API over MQTT:        %s
+Clients must trust the CA certificate, e.g. NODE_EXTRA_CA_CERTS=%s
+`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, orNone(i.CACertFile))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(configured certificate)"
+	}
+	return s
+}

@@ -1,0 +1,29 @@
+package store
+
+// The kinds of dpsd's own endpoints and of the built-in hubs. With those of
+// store.go they are every kind dpsd stores; the packages that own them
+// refer to these constants, so a kind is named once.
+const (
+	KindLinkedHub     Kind = "linkedHub"     // linkedhub.Hub; id = hub host name
+	KindCACertificate Kind = "caCertificate" // certs.Certificate; id = certificate name
+	KindAllocationLog Kind = "allocationLog" // alloclog entries; id = registration id
+
+	KindHub        Kind = "hub"        // built-in hub configuration; id = hub name
+	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
+	KindHubSession Kind = "hubSession" // built-in hub persistent MQTT session; id = hub/clientId, Ref = hub name
+	KindHubCA      Kind = "hubCA"      // CA a built-in hub trusts; id = hub/SHA-256 thumbprint, Ref = hub name
+)
+
+// Kinds lists every kind dpsd stores. A test checks it against the
+// constants of this package.
+var Kinds = []Kind{
+	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
+	KindLinkedHub, KindCACertificate, KindAllocationLog,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA,
+}
+
+// Watched lists the kinds whose writes a store shared by several nodes
+// announces (Store.Changes): those nodes cache and drop when any node
+// changes them, and individual enrollments, which are written only by
+// operators and announced so that caching them later needs no migration.
+var Watched = []Kind{KindEnrollment, KindEnrollmentGroup, KindLinkedHub}

@@ -1,0 +1,324 @@
+package sqlite
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dpsd/dpsd/internal/store"
+)
+
+// maxBatch caps how many writes share one transaction, which bounds the
+// latency a write waits behind others in its batch.
+const maxBatch = 256
+
+// Life cycle of an op: the caller queues it; exactly one of the writer
+// (taking it into a batch) and the caller (abandoning it when its context
+// ends) moves it out of queued.
+const (
+	opQueued int32 = iota
+	opTaken
+	opAbandoned
+)
+
+// op is one Put or Delete waiting for the writer.
+type op struct {
+	ctx  context.Context
+	put  bool // else delete
+	rec  store.Record
+	cond store.Condition
+
+	state atomic.Int32
+	done  chan result // buffered; the writer never blocks answering
+}
+
+type result struct {
+	rec store.Record
+	err error
+}
+
+// writer owns the single write connection and commits queued ops in
+// batches.
+type writer struct {
+	conn *sql.Conn
+	ops  chan *op
+	idx  *keyIndex // kept up to date with every batch; nil if none
+
+	// mu guards closed and orders it against sends on ops, so nothing is
+	// sent on ops after it is closed.
+	mu     sync.RWMutex
+	closed bool
+	exited chan struct{}
+
+	sel, ins, upd, del *sql.Stmt
+}
+
+func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, error) {
+	w := &writer{conn: conn, ops: make(chan *op, maxBatch), idx: idx, exited: make(chan struct{})}
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&w.sel, "SELECT id, etag, created, updated FROM records WHERE kind = ? AND id_key = ?"},
+		{&w.ins, "INSERT INTO records (kind, id_key, id, ref_key, ref, data, etag, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+		{&w.upd, "UPDATE records SET ref_key = ?, ref = ?, data = ?, etag = ?, updated = ? WHERE kind = ? AND id_key = ?"},
+		{&w.del, "DELETE FROM records WHERE kind = ? AND id_key = ?"},
+	} {
+		var err error
+		if *p.stmt, err = conn.PrepareContext(ctx, p.sql); err != nil {
+			return nil, fmt.Errorf("prepare: %w", mapErr(err))
+		}
+	}
+	go w.run()
+	return w, nil
+}
+
+// do queues o and waits for its outcome.
+func (w *writer) do(ctx context.Context, o *op) (store.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Record{}, err
+	}
+	o.ctx = ctx
+	o.done = make(chan result, 1)
+
+	w.mu.RLock()
+	if w.closed {
+		w.mu.RUnlock()
+		return store.Record{}, errClosed
+	}
+	select {
+	case w.ops <- o:
+	case <-ctx.Done():
+		w.mu.RUnlock()
+		return store.Record{}, ctx.Err()
+	}
+	w.mu.RUnlock()
+
+	select {
+	case r := <-o.done:
+		return r.rec, r.err
+	case <-ctx.Done():
+		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+			return store.Record{}, ctx.Err()
+		}
+		// The writer has it: the outcome is at most one commit away, and
+		// reporting it (rather than ctx's error) keeps "error" meaning
+		// "not written".
+		r := <-o.done
+		return r.rec, r.err
+	}
+}
+
+// close stops accepting writes, waits for queued ones to commit and
+// releases the connection.
+func (w *writer) close() {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.ops)
+	}
+	w.mu.Unlock()
+	<-w.exited
+	for _, st := range []*sql.Stmt{w.sel, w.ins, w.upd, w.del} {
+		st.Close()
+	}
+	w.conn.Close()
+}
+
+func (w *writer) run() {
+	defer close(w.exited)
+	batch := make([]*op, 0, maxBatch)
+	for o := range w.ops {
+		batch = append(batch[:0], o)
+		// Everything that queued up while the previous batch committed
+		// joins this one.
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-w.ops:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		w.process(batch)
+	}
+}
+
+// process commits a batch and answers every op in it.
+func (w *writer) process(batch []*op) {
+	live := batch[:0]
+	for _, o := range batch {
+		if !o.state.CompareAndSwap(opQueued, opTaken) {
+			continue // its caller gave up and has returned
+		}
+		if err := o.ctx.Err(); err != nil {
+			o.done <- result{err: err}
+			continue
+		}
+		live = append(live, o)
+	}
+	if len(live) == 0 {
+		return
+	}
+	if w.idx != nil {
+		// Before anything commits, and until every outcome is noted: see
+		// keyIndex for why the index stays correct.
+		w.idx.beginBatch(live)
+		defer w.idx.endBatch()
+	}
+	results, err := w.commit(live)
+	if err == nil {
+		for i, o := range live {
+			w.noteDelete(o, results[i])
+			o.done <- results[i]
+		}
+		return
+	}
+	if len(live) == 1 || errors.Is(err, store.ErrUnavailable) {
+		// The database itself failed (locked, full, I/O); retrying op by
+		// op would fail the same way, one busy timeout at a time.
+		slog.Error("sqlite store: write batch failed", "ops", len(live), "err", err)
+		for _, o := range live {
+			o.done <- result{err: err}
+		}
+		return
+	}
+	// One op's statement failed and took the batch down with it. Nothing
+	// was committed, so each op is retried alone so that only the faulty
+	// one fails.
+	for _, o := range live {
+		res, err := w.commit([]*op{o})
+		if err != nil {
+			o.done <- result{err: err}
+			continue
+		}
+		w.noteDelete(o, res[0])
+		o.done <- res[0]
+	}
+}
+
+// noteDelete tells the index about a committed delete, so it knows how
+// many of its hashes may be stale.
+func (w *writer) noteDelete(o *op, r result) {
+	if w.idx != nil && !o.put && r.err == nil {
+		w.idx.deleted(o.rec.Kind)
+	}
+}
+
+// commit applies ops in order in one transaction. Ops see the effects of
+// earlier ops in the same batch, so conditions behave exactly as if the ops
+// had been committed one at a time. A condition failure is that op's
+// result; an error from commit itself means nothing was written.
+func (w *writer) commit(ops []*op) (results []result, err error) {
+	// The batch serves many callers, so no single caller's context may
+	// abort it; each caller's context was checked when the op was taken.
+	ctx := context.Background()
+	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return nil, fmt.Errorf("begin: %w", mapErr(err))
+	}
+	defer func() {
+		if err != nil {
+			// Also after a failed COMMIT, which can leave the transaction
+			// open; the error of a ROLLBACK with no transaction is moot.
+			_, _ = w.conn.ExecContext(ctx, "ROLLBACK")
+		}
+	}()
+	results = make([]result, len(ops))
+	for i, o := range ops {
+		results[i], err = w.apply(ctx, o)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+	}
+	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
+		return nil, fmt.Errorf("commit: %w", mapErr(err))
+	}
+	return results, nil
+}
+
+// apply performs one op inside the batch's transaction. A failed condition
+// goes into the result; the error return is for database failures.
+func (w *writer) apply(ctx context.Context, o *op) (result, error) {
+	kind, k := string(o.rec.Kind), key(o.rec.ID)
+	var cur struct {
+		id, etag         string
+		created, updated int64
+	}
+	err := w.sel.QueryRowContext(ctx, kind, k).Scan(&cur.id, &cur.etag, &cur.created, &cur.updated)
+	exists := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return result{}, fmt.Errorf("read current: %w", err)
+	}
+
+	if err := check(o, exists, cur.etag); err != nil {
+		return result{err: err}, nil
+	}
+	if !o.put {
+		if _, err := w.del.ExecContext(ctx, kind, k); err != nil {
+			return result{}, fmt.Errorf("delete: %w", err)
+		}
+		return result{}, nil
+	}
+
+	rec := o.rec
+	rec.ETag = newETag()
+	now := time.Now().UnixNano()
+	if exists && now <= cur.updated {
+		// Updated must move forward even if the clock has not (coarse
+		// clocks, two writes in one batch) or has stepped back.
+		now = cur.updated + 1
+	}
+	rec.Updated = fromNanos(now)
+	if exists {
+		rec.ID = cur.id
+		rec.Created = fromNanos(cur.created)
+		if _, err := w.upd.ExecContext(ctx, key(rec.Ref), rec.Ref, nonNil(rec.Data), rec.ETag, now, kind, k); err != nil {
+			return result{}, fmt.Errorf("update: %w", err)
+		}
+	} else {
+		rec.Created = rec.Updated
+		if _, err := w.ins.ExecContext(ctx, kind, k, rec.ID, key(rec.Ref), rec.Ref, nonNil(rec.Data), rec.ETag, now, now); err != nil {
+			return result{}, fmt.Errorf("insert: %w", err)
+		}
+	}
+	return result{rec: rec}, nil
+}
+
+// check evaluates o's condition against the record's current state.
+func check(o *op, exists bool, etag string) error {
+	if o.put && o.cond.MustNotExist && exists {
+		return store.ErrExists
+	}
+	if m := o.cond.IfMatch; m != "" && (!exists || (m != "*" && m != etag)) {
+		return store.ErrPrecondition
+	}
+	if !o.put && !exists {
+		return store.ErrNotFound
+	}
+	return nil
+}
+
+// newETag returns a random etag. Its 130 random bits make a repeat, which
+// a client holding an old etag could mistake for "unchanged", practically
+// impossible, even across deletes and re-creations and process restarts.
+func newETag() string {
+	return rand.Text()
+}
+
+// nonNil stores a missing document as an empty one; the column is NOT NULL.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

@@ -1,0 +1,53 @@
+package serviceapi
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/enroll"
+)
+
+func (h *handler) getRegistration(req *request) error {
+	reg, err := enroll.GetRegistration(req.r.Context(), h.st, req.id)
+	if err != nil {
+		return err
+	}
+	req.w.Header().Set("ETag", reg.State.ETag)
+	h.writeJSON(req, http.StatusOK, &reg.State)
+	return nil
+}
+
+func (h *handler) deleteRegistration(req *request) error {
+	if err := enroll.DeleteRegistration(req.r.Context(), h.st, req.id, req.r.Header.Get("If-Match")); err != nil {
+		return err
+	}
+	req.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// queryRegistrations lists the registration states of a group's devices.
+// An unknown group simply has none: the answer is [] rather than 404, since
+// registration records outlive a deleted group.
+func (h *handler) queryRegistrations(req *request) error {
+	scope := "registrations/" + strings.ToLower(req.id)
+	opt, err := queryOptions(req, scope)
+	if err != nil {
+		return err
+	}
+	regs, more, err := enroll.ListRegistrations(req.r.Context(), h.st, req.id, opt)
+	if err != nil {
+		return err
+	}
+	out := make([]*dps.DeviceRegistrationState, 0, len(regs))
+	last := ""
+	for _, r := range regs {
+		out = append(out, &r.State)
+		last = r.State.RegistrationID
+	}
+	h.writePage(req, dps.ItemTypeDeviceRegistration, opt.Limit, scope, last, more, out)
+	return nil
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
