@@ -8,7 +8,6 @@ import (
 	"unicode"
 
 	"github.com/dpsd/dpsd/api/dps"
-	"github.com/dpsd/dpsd/internal/hub/azurehub"
 )
 
 // Twin limits, as Azure IoT Hub documents them. The built-in hubs enforce
@@ -52,7 +51,7 @@ func validateTwinSection(path string, raw json.RawMessage, maxBytes int) error {
 	if err := dec.Decode(&m); err != nil {
 		return dps.Errorf(dps.CodeInvalidArgument, "%s must be a JSON object.", path)
 	}
-	m = azurehub.StripMeta(m)
+	m = withoutMeta(m)
 	if err := ValidateTwinPatch(path, m); err != nil {
 		return dps.Errorf(dps.CodeInvalidArgument, "The initial twin would be refused by the IoT hub: %v.", err)
 	}
@@ -130,4 +129,17 @@ func validTwinKey(k string) error {
 		}
 	}
 	return nil
+}
+
+// withoutMeta drops the "$version", "$metadata" and other '$' members that
+// exported twins carry and hubs ignore on write. (azurehub.StripMeta does
+// the same for the hub clients; the engine must not link them.)
+func withoutMeta(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if !strings.HasPrefix(k, "$") {
+			out[k] = v
+		}
+	}
+	return out
 }
