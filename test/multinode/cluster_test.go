@@ -342,6 +342,7 @@ func (c *cluster) startNode(t *testing.T, bin string, i int, logLevel string) (*
 		// which ports the node got.
 		"--https-addr", net.JoinHostPort(ip, "0"),
 		"--mqtt-addr", net.JoinHostPort(ip, "0"),
+		"--amqp-addr", net.JoinHostPort(ip, "0"),
 		"--tls-cert", c.certs.certFile,
 		"--tls-key", c.certs.keyFile,
 		"--log-level", logLevel,
