@@ -17,12 +17,11 @@ import (
 // echo answers every message on the link the peer receives on, with the
 // request's correlation id, and rejects messages whose body says "reject".
 type echo struct {
-	mu      sync.Mutex
-	reply   *amqp.Link
-	plain   *amqp.Plain
-	refuse  string // link address to refuse
-	closed  chan error
-	started chan struct{}
+	mu     sync.Mutex
+	reply  *amqp.Link
+	plain  *amqp.Plain
+	refuse string // link address to refuse
+	closed chan error
 }
 
 func (e *echo) Open(c *amqp.Conn) (amqp.LinkHandler, error) {
