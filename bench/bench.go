@@ -37,6 +37,10 @@ const (
 	MQTT = "mqtt"
 	// MQTTWS opens one MQTT over WebSockets connection per registration.
 	MQTTWS = "mqtt-ws"
+	// AMQP opens one AMQP/TLS connection per registration, as devices do.
+	AMQP = "amqp"
+	// AMQPWS opens one AMQP over WebSockets connection per registration.
+	AMQPWS = "amqp-ws"
 )
 
 // Limits that keep a mistyped flag from turning into a runaway.
@@ -53,7 +57,7 @@ type Options struct {
 	// RegistrationID, SymmetricKey, Transport and HTTPClient are set per
 	// registration.
 	Device device.Config
-	// Transport is HTTPS, HTTPSNewConn, MQTT or MQTTWS.
+	// Transport is HTTPS, HTTPSNewConn, MQTT, MQTTWS, AMQP or AMQPWS.
 	Transport string
 	// Registrations is how many devices to provision (bounded).
 	Registrations int
@@ -161,8 +165,12 @@ func deviceTransport(t string) (device.Transport, error) {
 		return device.TransportMQTT, nil
 	case MQTTWS:
 		return device.TransportMQTTWS, nil
+	case AMQP:
+		return device.TransportAMQP, nil
+	case AMQPWS:
+		return device.TransportAMQPWS, nil
 	}
-	return "", fmt.Errorf("bench: unknown transport %q (want %s, %s, %s or %s)", t, HTTPS, HTTPSNewConn, MQTT, MQTTWS)
+	return "", fmt.Errorf("bench: unknown transport %q (want %s, %s, %s, %s, %s or %s)", t, HTTPS, HTTPSNewConn, MQTT, MQTTWS, AMQP, AMQPWS)
 }
 
 // CheckLoopback returns an error unless every address addr's host resolves
