@@ -311,7 +311,9 @@ func (c *Conn) serve() error {
 	}
 	c.handler = h
 	if c.remoteIdle > 0 {
-		go c.heartbeat(min(c.remoteIdle/2, time.Minute))
+		// Half the peer's idle time-out, within bounds: a peer asking
+		// for a heartbeat every millisecond does not get one.
+		go c.heartbeat(min(max(c.remoteIdle/2, 100*time.Millisecond), time.Minute))
 	}
 	_ = c.nc.SetWriteDeadline(time.Time{})
 	for {

@@ -105,6 +105,7 @@ type Server struct {
 	closing   bool
 	listeners map[net.Listener]struct{}
 	conns     sync.WaitGroup
+	requests  sync.WaitGroup // requests in the engine
 }
 
 // New returns a Server that hands device requests to p.
@@ -273,9 +274,11 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// Close stops accepting connections, closes the open ones (each peer is
-// told with amqp:connection:forced; requests in the engine see their
-// context end) and waits for them until ctx ends.
+// Close shuts the server down gracefully: it stops accepting connections,
+// refuses new requests with 503, waits for the requests already in the
+// engine to be answered, then closes every connection (each peer is told
+// with amqp:connection:forced). If ctx ends first, the engine calls still
+// running are cancelled and ctx's error is returned.
 func (s *Server) Close(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -283,18 +286,41 @@ func (s *Server) Close(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	var err error
+	if !waitCtx(ctx, &s.requests) {
+		err = ctx.Err()
+	}
 	s.cancel()
+	if !waitCtx(ctx, &s.conns) && err == nil {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// waitCtx waits for wg or ctx and reports whether wg finished.
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) bool {
 	done := make(chan struct{})
 	go func() {
-		s.conns.Wait()
+		wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
-		return nil
+		return true
 	case <-ctx.Done():
-		return ctx.Err()
+		return false
 	}
+}
+
+// startRequest counts a request unless the server is closing.
+func (s *Server) startRequest() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.requests.Add(1)
+	return true
 }
 
 // handler adapts wire connections to DPS.
@@ -402,6 +428,13 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	m := dl.Message
 	op, _ := m.ApplicationProperties[propOperationType].(string)
 	log := d.log.With("op", op)
+	if !d.s.startRequest() {
+		e := dps.Errorf(dps.CodeServiceUnavailable, "The service is shutting down.")
+		e.RetryAfter = time.Second
+		d.refuse(dl, e, log)
+		return
+	}
+	defer d.s.requests.Done()
 	defer func() {
 		// A bug in the engine must cost one request, not the process.
 		if v := recover(); v != nil {
