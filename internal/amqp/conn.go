@@ -282,25 +282,29 @@ func (c *Conn) serve() error {
 	if err != nil {
 		return fmt.Errorf("amqp: reading open: %w", err)
 	}
-	of, err := fieldsOf(f.Performative, descOpen)
-	if err != nil || f.Type != frameAMQP {
-		c.closeWith(&Error{Condition: ErrIllegalState, Description: "the first frame must be open"})
-		return fmt.Errorf("amqp: first frame is not open: %v", err)
-	}
-	op, err := decodeOpen(of)
-	if err != nil {
-		c.closeWith(&Error{Condition: ErrDecode, Description: err.Error()})
-		return err
-	}
-	c.hostname = op.Hostname
-	c.remoteMaxFrame = max(op.MaxFrameSize, minMaxFrameSize)
-	c.remoteIdle = time.Duration(op.IdleTimeout) * time.Millisecond
 	ours := &open{
 		ContainerID:  o.ContainerID,
 		MaxFrameSize: o.MaxFrameSize,
 		ChannelMax:   uint16(o.MaxSessions - 1),
 		IdleTimeout:  uint32(o.IdleTimeout / time.Millisecond),
 	}
+	// A close must follow an open (part 2, 2.4.1), so the refusals below
+	// send the server's open first.
+	of, err := fieldsOf(f.Performative, descOpen)
+	if err != nil || f.Type != frameAMQP {
+		_ = c.writeFrame(0, ours, nil)
+		c.closeWith(&Error{Condition: ErrIllegalState, Description: "the first frame must be open"})
+		return fmt.Errorf("amqp: first frame is not open: %v", err)
+	}
+	op, err := decodeOpen(of)
+	if err != nil {
+		_ = c.writeFrame(0, ours, nil)
+		c.closeWith(&Error{Condition: ErrDecode, Description: err.Error()})
+		return err
+	}
+	c.hostname = op.Hostname
+	c.remoteMaxFrame = max(op.MaxFrameSize, minMaxFrameSize)
+	c.remoteIdle = time.Duration(op.IdleTimeout) * time.Millisecond
 	if err := c.writeFrame(0, ours, nil); err != nil {
 		return err
 	}
