@@ -166,6 +166,7 @@ type Link struct {
 	Properties *Map
 
 	sndSettle     uint8
+	peerMaxMsg    uint64 // the peer's max-message-size; 0 for none
 	credit        uint32
 	deliveryCount uint32
 	detached      bool
@@ -568,6 +569,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		PeerIsSender:  !a.Role, // false is the sender role
 		Properties:    a.Properties,
 		sndSettle:     a.SndSettleMode,
+		peerMaxMsg:    a.MaxMessageSize,
 		deliveryCount: a.InitialDeliveryCount,
 		creditCh:      make(chan struct{}, 1),
 	}
@@ -817,6 +819,9 @@ func (l *Link) Send(ctx context.Context, m *Message) error {
 	body, err := MarshalMessage(m)
 	if err != nil {
 		return err
+	}
+	if l.peerMaxMsg > 0 && uint64(len(body)) > l.peerMaxMsg {
+		return fmt.Errorf("amqp: message of %d bytes exceeds the peer's maximum of %d", len(body), l.peerMaxMsg)
 	}
 	c := l.conn
 	// Split the message into frames the peer accepts.
