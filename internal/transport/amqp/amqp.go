@@ -78,8 +78,9 @@ type Options struct {
 	// requested, not required (a config with NoClientCert is changed to
 	// RequestClientCert); the engine verifies them.
 	TLSConfig *tls.Config
-	// MaxInflight bounds the requests one link may have in the engine
-	// (its AMQP link credit); default 8.
+	// MaxInflight bounds the requests one connection may have in the
+	// engine (it is also each link's AMQP credit); further requests are
+	// refused with 429. Default 8.
 	MaxInflight int
 	// HandshakeTimeout bounds the TLS handshake, the AMQP headers, SASL
 	// and the open exchange; default 30 s.
@@ -93,6 +94,7 @@ type Options struct {
 type Server struct {
 	prov          Provisioner
 	log           *slog.Logger
+	maxInflight   int
 	tlsConfig     *tls.Config
 	handshake     time.Duration
 	answerTimeout time.Duration
@@ -116,6 +118,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	s := &Server{
 		prov:          p,
 		log:           opts.Logger,
+		maxInflight:   opts.MaxInflight,
 		handshake:     opts.HandshakeTimeout,
 		answerTimeout: opts.AnswerTimeout,
 		listeners:     make(map[net.Listener]struct{}),
@@ -125,6 +128,9 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	}
 	if s.handshake <= 0 {
 		s.handshake = 30 * time.Second
+	}
+	if s.maxInflight <= 0 {
+		s.maxInflight = 8
 	}
 	if s.answerTimeout <= 0 {
 		s.answerTimeout = 30 * time.Second
@@ -151,7 +157,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 		},
 		AllowNoSASL:      true,
-		LinkCredit:       uint32(max(opts.MaxInflight, 0)),
+		LinkCredit:       uint32(s.maxInflight),
 		HandshakeTimeout: s.handshake,
 		Logger:           s.log.With("component", "amqp"),
 	})
@@ -337,6 +343,7 @@ func (h handler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 		transport:  info.transport,
 		peers:      info.peers,
 		remoteAddr: c.NetConn().RemoteAddr().String(),
+		slots:      make(chan struct{}, h.s.maxInflight),
 	}
 	if len(d.peers) == 0 {
 		d.peers = nil
@@ -363,6 +370,9 @@ type device struct {
 	peers      []*x509.Certificate
 	remoteAddr string
 	sasToken   string
+	// slots bounds the requests this connection has in the engine (link
+	// credit bounds each link, but a device may open several links).
+	slots chan struct{}
 
 	mu         sync.Mutex
 	scope      string
@@ -428,6 +438,15 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	m := dl.Message
 	op, _ := m.ApplicationProperties[propOperationType].(string)
 	log := d.log.With("op", op)
+	select {
+	case d.slots <- struct{}{}:
+		defer func() { <-d.slots }()
+	default:
+		e := dps.Errorf(dps.CodeThrottled, "Too many requests in flight on this connection.")
+		e.RetryAfter = time.Second
+		d.refuse(dl, e, log)
+		return
+	}
 	if !d.s.startRequest() {
 		e := dps.Errorf(dps.CodeServiceUnavailable, "The service is shutting down.")
 		e.RetryAfter = time.Second
