@@ -249,7 +249,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	record := func(d time.Duration, err error) {
 		if err == nil {
 			succeeded.Add(1)
-		} else if runCtx.Err() != nil {
+		} else if runCtx.Err() != nil || pastDeadline(runCtx) {
+			// Socket deadlines derived from the run's deadline can
+			// fire a moment before the context reports it.
 			cancelled.Add(1)
 			return
 		} else {
@@ -380,4 +382,10 @@ func errorKind(err error) string {
 		return "websocket"
 	}
 	return "other"
+}
+
+// pastDeadline reports whether ctx's deadline has passed.
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }

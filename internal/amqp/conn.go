@@ -3,6 +3,7 @@ package amqp
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -130,7 +131,14 @@ type Conn struct {
 	remoteIdle     time.Duration
 	handler        LinkHandler
 
-	wmu sync.Mutex // serializes writes
+	wmu sync.Mutex // serializes writes and guards wbuf and hold
+	// wbuf collects frames while hold is set: the read loop holds
+	// writes while it handles a frame and while more whole frames are
+	// buffered, so that the answers to a batch of frames (an attach and
+	// its flow, say) leave in one write. Writes from other goroutines
+	// flush whatever is pending.
+	wbuf []byte
+	hold bool
 
 	mu       sync.Mutex
 	sessions map[uint16]*session
@@ -332,7 +340,13 @@ func (c *Conn) serve() error {
 			}
 			return err
 		}
+		c.setHold(true)
 		done, err := c.handle(f)
+		if done || err != nil || !c.frameBuffered() {
+			if ferr := c.release(); ferr != nil && err == nil {
+				return ferr
+			}
+		}
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
@@ -382,22 +396,64 @@ func (c *Conn) heartbeat(every time.Duration) {
 func (c *Conn) rawWrite(b []byte) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
-	_, err := c.nc.Write(b)
-	return err == nil
+	c.wbuf = append(c.wbuf, b...)
+	return c.flushLocked() == nil
 }
 
-// writeFrame writes one AMQP frame; p nil writes a heartbeat.
+// writeFrame writes one AMQP frame, or queues it while the read loop
+// holds writes; p nil writes a heartbeat.
 func (c *Conn) writeFrame(channel uint16, p marshaler, payload []byte) error {
-	b, err := appendFrame(nil, frameAMQP, channel, p, payload)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b, err := appendFrame(c.wbuf, frameAMQP, channel, p, payload)
 	if err != nil {
 		return err
 	}
+	c.wbuf = b
+	if c.hold {
+		return nil
+	}
+	return c.flushLocked()
+}
+
+// flushLocked writes the pending frames; c.wmu is held.
+func (c *Conn) flushLocked() error {
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	_, err := c.nc.Write(c.wbuf)
+	if cap(c.wbuf) > 64<<10 {
+		c.wbuf = nil // do not keep a large message's buffer
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
+}
+
+func (c *Conn) setHold(h bool) {
+	c.wmu.Lock()
+	c.hold = h
+	c.wmu.Unlock()
+}
+
+// release ends a hold and writes what it kept.
+func (c *Conn) release() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
-	_, err = c.nc.Write(b)
-	return err
+	c.hold = false
+	return c.flushLocked()
+}
+
+// frameBuffered reports whether a whole frame is already read into the
+// buffer, so that handling it will not wait for the network.
+func (c *Conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 8 {
+		return false
+	}
+	h, err := c.br.Peek(4)
+	return err == nil && uint64(n) >= uint64(binary.BigEndian.Uint32(h))
 }
 
 // closeWith sends close with e (best effort) once.
@@ -410,6 +466,7 @@ func (c *Conn) closeWith(e *Error) {
 	c.closed = true
 	c.mu.Unlock()
 	_ = c.writeFrame(0, &closeFrame{Error: e}, nil)
+	_ = c.release()
 	// Unblock the read loop; the peer's close, if any, is not awaited.
 	_ = c.nc.SetReadDeadline(time.Now())
 }
@@ -858,10 +915,10 @@ func (l *Link) Send(ctx context.Context, m *Message) error {
 	tag := []byte(fmt.Sprintf("%d", id))
 	format := uint32(0)
 	// Frames of one message must not interleave with other frames on
-	// the session's link, so they are written under one lock.
+	// the session's link, so they are written under one lock, in one
+	// write with whatever else is pending.
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
 	for i := uint32(0); i < nframes; i++ {
 		chunk := body
 		if len(chunk) > perFrame {
@@ -872,13 +929,11 @@ func (l *Link) Send(ctx context.Context, m *Message) error {
 		if i == 0 {
 			t.DeliveryID, t.DeliveryTag, t.MessageFormat = &id, tag, &format
 		}
-		b, err := appendFrame(nil, frameAMQP, s.channel, t, chunk)
+		b, err := appendFrame(c.wbuf, frameAMQP, s.channel, t, chunk)
 		if err != nil {
 			return err
 		}
-		if _, err := c.nc.Write(b); err != nil {
-			return err
-		}
+		c.wbuf = b
 	}
-	return nil
+	return c.flushLocked()
 }
