@@ -869,7 +869,22 @@ var ErrLinkDetached = errors.New("amqp: link detached")
 
 // Send sends m on l, which must be a link the peer receives on. It waits,
 // until ctx ends, for the peer to grant credit.
-func (l *Link) Send(ctx context.Context, m *Message) error {
+func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, m, nil) }
+
+// AcceptAndSend settles d as accepted and sends the answer m on l, in one
+// write when l has credit; otherwise d is settled at once and m follows
+// when the credit comes. The settlement always precedes the answer on
+// the wire, as request/response peers expect. If the answer cannot be
+// sent, d is still accepted.
+func (d *Delivery) AcceptAndSend(ctx context.Context, l *Link, m *Message) error {
+	err := l.send(ctx, m, d)
+	if err != nil {
+		_ = d.Accept()
+	}
+	return err
+}
+
+func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 	if l.PeerIsSender {
 		return errors.New("amqp: Send on a link the peer sends on")
 	}
@@ -894,6 +909,15 @@ func (l *Link) Send(ctx context.Context, m *Message) error {
 			break
 		}
 		c.mu.Unlock()
+		if settle != nil {
+			// Settle now rather than after the credit: a peer may
+			// grant credit only once its request is settled (Qpid
+			// Proton's blocking client does).
+			if err := settle.Accept(); err != nil {
+				return err
+			}
+			settle = nil
+		}
 		select {
 		case <-l.creditCh:
 		case <-ctx.Done():
@@ -917,8 +941,21 @@ func (l *Link) Send(ctx context.Context, m *Message) error {
 	// Frames of one message must not interleave with other frames on
 	// the session's link, so they are written under one lock, in one
 	// write with whatever else is pending.
+	if settle != nil {
+		settle.mu.Lock()
+		defer settle.mu.Unlock()
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if settle != nil && !settle.settled {
+		settle.settled = true
+		b, err := appendFrame(c.wbuf, frameAMQP, settle.Link.sess.channel,
+			&disposition{Role: roleReceiver, First: settle.id, Settled: true, State: accepted{}}, nil)
+		if err != nil {
+			return err
+		}
+		c.wbuf = b
+	}
 	for i := uint32(0); i < nframes; i++ {
 		chunk := body
 		if len(chunk) > perFrame {

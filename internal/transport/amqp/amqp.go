@@ -518,12 +518,6 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 		d.refuse(dl, dps.Errorf(dps.CodeBadRequest, "Attach a receiver link to %s/registrations/%s before sending requests.", req.IDScope, req.RegistrationID), log)
 		return
 	}
-	// Settle the request before answering, as MQTT's PUBACK comes
-	// before the response.
-	if err := dl.Accept(); err != nil {
-		log.Debug("amqp accept not delivered", "err", err)
-		return
-	}
 	props := map[string]any{}
 	if !dps.Terminal(res.Operation.Status) {
 		ra := dps.RetryAfterSeconds(res.RetryAfter)
@@ -536,7 +530,9 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, d.s.answerTimeout)
 	defer cancel()
-	if err := reply.Send(sctx, answer); err != nil {
+	// The request is settled before its answer, as MQTT's PUBACK comes
+	// before the response; both leave in one write.
+	if err := dl.AcceptAndSend(sctx, reply, answer); err != nil {
 		log.Debug("amqp answer not delivered", "err", err)
 		return
 	}

@@ -51,6 +51,12 @@ func (f *fakeEngine) OperationStatus(_ context.Context, req provision.Request, o
 // session with the device's two links.
 func dial(t *testing.T, s *Server, user, token string) (*goamqp.Sender, *goamqp.Receiver) {
 	t.Helper()
+	return dialCredit(t, s, user, token, 0)
+}
+
+// dialCredit is dial with the receiver's credit option (-1: manual).
+func dialCredit(t *testing.T, s *Server, user, token string, credit int32) (*goamqp.Sender, *goamqp.Receiver) {
+	t.Helper()
 	client, server := net.Pipe()
 	done := make(chan struct{})
 	go func() {
@@ -72,7 +78,7 @@ func dial(t *testing.T, s *Server, user, token string) (*goamqp.Sender, *goamqp.
 		t.Fatal(err)
 	}
 	props := map[string]any{"com.microsoft:api-version": "2019-03-31"}
-	recv, err := sess.NewReceiver(ctx, "0ne00000001/registrations/dev-1", &goamqp.ReceiverOptions{Properties: props})
+	recv, err := sess.NewReceiver(ctx, "0ne00000001/registrations/dev-1", &goamqp.ReceiverOptions{Properties: props, Credit: credit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,5 +235,34 @@ func TestShutdownRefusesNewRequests(t *testing.T) {
 	defer cancel()
 	if err := s.Close(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A device that grants credit for the answer only after its request is
+// settled (as Qpid Proton's blocking client does) gets the settlement
+// first, then the answer.
+func TestSettlementDoesNotWaitForCredit(t *testing.T) {
+	s, err := New(&fakeEngine{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send, recv := dialCredit(t, s, "0ne00000001/registrations/dev-1", "token", -1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := goamqp.NewMessage(nil)
+	m.Properties = &goamqp.MessageProperties{CorrelationID: "cid-2"}
+	m.ApplicationProperties = map[string]any{"iotdps-operation-type": "iotdps-register"}
+	if err := send.Send(ctx, m, nil); err != nil {
+		t.Fatalf("the request was not settled without credit: %v", err)
+	}
+	if err := recv.IssueCredit(1); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := recv.Receive(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Properties == nil || ans.Properties.CorrelationID != "cid-2" {
+		t.Errorf("answer properties %+v", ans.Properties)
 	}
 }
