@@ -2,7 +2,9 @@
 # Installs what the SDK conformance tests (test/e2e driving test/sdk) need:
 #   - Node.js and npm, from Debian's packages, when `node` is not on PATH;
 #   - the pinned npm packages of test/sdk (`npm ci`), when test/sdk/node_modules
-#     is missing or older than test/sdk/package-lock.json.
+#     is missing or older than test/sdk/package-lock.json;
+#   - Apache Qpid Proton's Python binding (python3-qpid-proton, Debian's), the
+#     independent AMQP client of test/e2e/proton_test.go, for /usr/bin/python3.
 # Idempotent, and a fast no-op when everything is already in place.
 # Needs root (or sudo) only for the apt-get step.
 set -euo pipefail
@@ -33,6 +35,14 @@ elif ! command -v npm >/dev/null 2>&1; then
 	export DEBIAN_FRONTEND=noninteractive
 	as_root apt-get update -qq
 	as_root apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
+# Debian's python3 (not a python3 that may come first on PATH) with proton.
+if ! /usr/bin/python3 -c 'import proton' >/dev/null 2>&1; then
+	log "installing python3-qpid-proton from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends python3 python3-qpid-proton >/dev/null
 fi
 
 # node --test with custom reporters needs Node 18.15 or newer.

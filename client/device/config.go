@@ -23,6 +23,8 @@ const (
 	TransportHTTPS  Transport = "https"
 	TransportMQTT   Transport = "mqtt"
 	TransportMQTTWS Transport = "mqtt-ws"
+	TransportAMQP   Transport = "amqp"
+	TransportAMQPWS Transport = "amqp-ws"
 )
 
 // Defaults applied to a zero Config field.
@@ -50,6 +52,7 @@ const (
 
 	defaultHTTPSPort = "443"
 	defaultMQTTPort  = "8883"
+	defaultAMQPPort  = "5671"
 	// maxRetryAfter caps a service-chosen wait; the C SDK uses 300 s.
 	maxRetryAfter = 5 * time.Minute
 )
@@ -58,8 +61,9 @@ const (
 type Config struct {
 	// ProvisioningHost is the service's host name, optionally with a port
 	// ("dps.example.net" or "127.0.0.2:8443"). The host part is the TLS
-	// server name. Without a port, HTTPS and MQTT over WebSockets use 443
-	// and MQTT uses 8883. Empty means DefaultProvisioningHost.
+	// server name. Without a port, HTTPS and MQTT and AMQP over WebSockets
+	// use 443, MQTT uses 8883 and AMQP 5671. Empty means
+	// DefaultProvisioningHost.
 	ProvisioningHost string
 	// DialAddr, when set, is the host:port actually connected to, while
 	// ProvisioningHost still names the server for TLS and in URLs. It lets a
@@ -216,9 +220,9 @@ func (c *Config) settings() (*settings, error) {
 	switch s.Transport {
 	case "":
 		s.Transport = TransportHTTPS
-	case TransportHTTPS, TransportMQTT, TransportMQTTWS:
+	case TransportHTTPS, TransportMQTT, TransportMQTTWS, TransportAMQP, TransportAMQPWS:
 	default:
-		return nil, fmt.Errorf("device: unknown transport %q (want https, mqtt or mqtt-ws)", s.Transport)
+		return nil, fmt.Errorf("device: unknown transport %q (want https, mqtt, mqtt-ws, amqp or amqp-ws)", s.Transport)
 	}
 	if s.ProvisioningHost == "" {
 		s.ProvisioningHost = DefaultProvisioningHost
@@ -350,8 +354,11 @@ func (c Config) DialAddress() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if s.Transport == TransportMQTT {
+	switch s.Transport {
+	case TransportMQTT:
 		return s.addr(defaultMQTTPort), nil
+	case TransportAMQP:
+		return s.addr(defaultAMQPPort), nil
 	}
 	return s.addr(defaultHTTPSPort), nil
 }

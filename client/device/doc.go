@@ -1,6 +1,7 @@
 // Package device provisions a device with a Device Provisioning Service —
 // dpsd or Azure IoT Hub DPS — the way the Azure device SDKs do: it sends the
-// register request over HTTPS, MQTT or MQTT over WebSockets, polls the
+// register request over HTTPS, MQTT, MQTT over WebSockets, AMQP or AMQP over
+// WebSockets, polls the
 // operation until it is terminal, and returns the registration state.
 //
 // Only symmetric-key attestation is implemented: the device signs a SAS token

@@ -59,6 +59,8 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 		sess, err = openHTTPS(s)
 	case TransportMQTT, TransportMQTTWS:
 		sess, err = openMQTT(ctx, s)
+	case TransportAMQP, TransportAMQPWS:
+		sess, err = openAMQP(ctx, s)
 	}
 	if err != nil {
 		return nil, err

@@ -334,7 +334,7 @@ func TestConfigValidation(t *testing.T) {
 		{"no registration id", Config{IDScope: "s", SymmetricKey: "eA=="}, "RegistrationID"},
 		{"no key", Config{IDScope: "s", RegistrationID: "d"}, "SymmetricKey, GroupKey or Certificate"},
 		{"bad group key", Config{IDScope: "s", RegistrationID: "d", GroupKey: "!!"}, "base64"},
-		{"bad transport", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", Transport: "amqp"}, "unknown transport"},
+		{"bad transport", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", Transport: "coap"}, "unknown transport"},
 		{"bad host", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", ProvisioningHost: "a/b"}, "invalid host"},
 	}
 	for _, tc := range tests {

@@ -31,6 +31,10 @@ const (
 	MQTT = "mqtt"
 	// MQTTWS opens one MQTT over WebSockets connection per registration.
 	MQTTWS = "mqtt-ws"
+	// AMQP opens one AMQP/TLS connection per registration, as devices do.
+	AMQP = "amqp"
+	// AMQPWS opens one AMQP over WebSockets connection per registration.
+	AMQPWS = "amqp-ws"
 )
 
 // Limits that keep a mistyped flag from turning into a runaway.
@@ -47,7 +51,7 @@ type Options struct {
 	// RegistrationID, SymmetricKey, Transport and HTTPClient are set per
 	// registration.
 	Device device.Config
-	// Transport is HTTPS, HTTPSNewConn, MQTT or MQTTWS.
+	// Transport is HTTPS, HTTPSNewConn, MQTT, MQTTWS, AMQP or AMQPWS.
 	Transport string
 	// Registrations is how many devices to provision (bounded).
 	Registrations int
@@ -155,8 +159,12 @@ func deviceTransport(t string) (device.Transport, error) {
 		return device.TransportMQTT, nil
 	case MQTTWS:
 		return device.TransportMQTTWS, nil
+	case AMQP:
+		return device.TransportAMQP, nil
+	case AMQPWS:
+		return device.TransportAMQPWS, nil
 	}
-	return "", fmt.Errorf("bench: unknown transport %q (want %s, %s, %s or %s)", t, HTTPS, HTTPSNewConn, MQTT, MQTTWS)
+	return "", fmt.Errorf("bench: unknown transport %q (want %s, %s, %s, %s, %s or %s)", t, HTTPS, HTTPSNewConn, MQTT, MQTTWS, AMQP, AMQPWS)
 }
 
 // CheckLoopback returns an error unless every address addr's host resolves
@@ -235,7 +243,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	record := func(d time.Duration, err error) {
 		if err == nil {
 			succeeded.Add(1)
-		} else if runCtx.Err() != nil {
+		} else if runCtx.Err() != nil || pastDeadline(runCtx) {
+			// Socket deadlines derived from the run's deadline can
+			// fire a moment before the context reports it.
 			cancelled.Add(1)
 			return
 		} else {
@@ -366,4 +376,10 @@ func errorKind(err error) string {
 		return "websocket"
 	}
 	return "other"
+}
+
+// pastDeadline reports whether ctx's deadline has passed.
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }

@@ -89,7 +89,7 @@ func TestValidate(t *testing.T) {
 		{"too many registrations", func(o *Options) { o.Registrations = MaxRegistrations + 1 }, "registrations"},
 		{"zero concurrency", func(o *Options) { o.Concurrency = 0 }, "concurrency"},
 		{"no group key", func(o *Options) { o.Device.GroupKey = "" }, "GroupKey"},
-		{"unknown transport", func(o *Options) { o.Transport = "amqp" }, "unknown transport"},
+		{"unknown transport", func(o *Options) { o.Transport = "coap" }, "unknown transport"},
 		{"remote host refused", func(o *Options) { o.Device.ProvisioningHost = "192.0.2.1" }, "not a loopback"},
 		{"remote dial refused", func(o *Options) { o.Device.DialAddr = "192.0.2.1:8443" }, "not a loopback"},
 		{"remote mqtt refused", func(o *Options) { o.Transport = MQTT; o.Device.ProvisioningHost = "192.0.2.1" }, "192.0.2.1:8883"},

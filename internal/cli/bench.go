@@ -36,8 +36,8 @@ group, --concurrency at a time, and report registrations per second, latency
 percentiles of the successful registrations, and errors by kind.
 
 Transports: https (keep-alive connections shared by all registrations),
-https-newconn (a new TLS connection per request), mqtt and mqtt-ws (one
-connection per registration, as devices do).
+https-newconn (a new TLS connection per request), mqtt, mqtt-ws, amqp and
+amqp-ws (one connection per registration, as devices do).
 
 The group key comes from --group-key, or --setup creates (or reuses) the
 enrollment group --group-id through the service API first.
@@ -59,10 +59,15 @@ Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 				return err
 			}
 			tr := device.TransportHTTPS
-			if o.Transport == bench.MQTT {
+			switch o.Transport {
+			case bench.MQTT:
 				tr = device.TransportMQTT
-			} else if o.Transport == bench.MQTTWS {
+			case bench.MQTTWS:
 				tr = device.TransportMQTTWS
+			case bench.AMQP:
+				tr = device.TransportAMQP
+			case bench.AMQPWS:
+				tr = device.TransportAMQPWS
 			}
 			o.Device = t.config(tr)
 			o.Device.Timeout = timeout
@@ -113,7 +118,7 @@ Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 	df.register(f)
 	f.IntVar(&o.Registrations, "registrations", 100, "number of devices to provision (at most "+strconv.Itoa(bench.MaxRegistrations)+")")
 	f.IntVar(&o.Concurrency, "concurrency", 10, "registrations in flight at once")
-	f.StringVar(&o.Transport, "transport", bench.HTTPS, "https, https-newconn, mqtt or mqtt-ws")
+	f.StringVar(&o.Transport, "transport", bench.HTTPS, "https, https-newconn, mqtt, mqtt-ws, amqp or amqp-ws")
 	f.DurationVar(&o.Duration, "duration", 10*time.Minute, "stop the run after this long (0: no limit)")
 	f.StringVar(&o.IDPrefix, "id-prefix", "", `registration ID prefix (default "bench-<time>-", new devices every run)`)
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")

@@ -22,7 +22,7 @@ import (
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Act as a device: provision a simulated device over HTTPS, MQTT or MQTT over WebSockets",
+		Short: "Act as a device: provision a simulated device over HTTPS, MQTT, AMQP or either over WebSockets",
 	}
 	cmd.AddCommand(newDeviceProvisionCmd())
 	return cmd
@@ -54,6 +54,7 @@ type deviceTarget struct {
 	host      string
 	httpsDial string // DialAddr for HTTPS and MQTT over WebSockets
 	mqttDial  string // DialAddr for MQTT
+	amqpDial  string // DialAddr for AMQP
 	roots     *x509.CertPool
 	info      *admin.Info // nil when no data directory was read
 }
@@ -62,7 +63,7 @@ type deviceTarget struct {
 // data directory named by flag must be readable; the default one is only
 // consulted when the ID scope is missing.
 func (df *deviceFlags) resolve() (*deviceTarget, error) {
-	t := &deviceTarget{idScope: df.idScope, host: df.provisioningHost, httpsDial: df.dialAddr, mqttDial: df.dialAddr}
+	t := &deviceTarget{idScope: df.idScope, host: df.provisioningHost, httpsDial: df.dialAddr, mqttDial: df.dialAddr, amqpDial: df.dialAddr}
 	dir := df.dataDir
 	if dir == "" {
 		dir = os.Getenv(envDataDir)
@@ -89,6 +90,9 @@ func (df *deviceFlags) resolve() (*deviceTarget, error) {
 				t.host = info.HostName
 				if t.httpsDial == "" {
 					t.httpsDial, t.mqttDial = dialable(info.HTTPSAddr), dialable(info.MQTTAddr)
+					if info.AMQPAddr != "" {
+						t.amqpDial = dialable(info.AMQPAddr)
+					}
 				}
 			}
 			if info.CACertFile != "" {
@@ -121,8 +125,11 @@ func (t *deviceTarget) config(tr device.Transport) device.Config {
 		RootCAs:          t.roots,
 		DialAddr:         t.httpsDial,
 	}
-	if tr == device.TransportMQTT {
+	switch tr {
+	case device.TransportMQTT:
 		c.DialAddr = t.mqttDial
+	case device.TransportAMQP:
+		c.DialAddr = t.amqpDial
 	}
 	return c
 }
@@ -238,7 +245,7 @@ printed).`,
 	f.StringVar(&groupKey, "group-key", "", "base64 key of the device's enrollment group; the device key is derived from it")
 	f.StringVar(&certFile, "certificate", "", "PEM file of the device certificate and its intermediates, for X.509 attestation")
 	f.StringVar(&keyFile, "key", "", "PEM file of the --certificate's private key")
-	f.StringVar(&tr, "transport", string(device.TransportHTTPS), "https, mqtt or mqtt-ws")
+	f.StringVar(&tr, "transport", string(device.TransportHTTPS), "https, mqtt, mqtt-ws, amqp or amqp-ws")
 	f.StringVar(&payload, "payload", "", "custom JSON payload sent with the registration (for custom allocation)")
 	f.StringVar(&apiVersion, "api-version", device.DefaultAPIVersion, "api-version sent to the service")
 	f.DurationVar(&timeout, "timeout", device.DefaultTimeout, "give up after this long")

@@ -50,6 +50,7 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.HostName, "hostname", envOr("DPSD_HOSTNAME", "localhost"), "name or IP clients use to reach dpsd; goes into certificates and connection strings (DPSD_HOSTNAME)")
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", envOr("DPSD_HTTPS_ADDR", ":443"), "listen address of the device and service APIs over HTTPS (DPSD_HTTPS_ADDR)")
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", envOr("DPSD_MQTT_ADDR", ":8883"), "listen address of the device API over MQTT/TLS (DPSD_MQTT_ADDR)")
+	f.StringVar(&cfg.AMQPAddr, "amqp-addr", envOr("DPSD_AMQP_ADDR", ":5671"), "listen address of the device API over AMQP 1.0/TLS (DPSD_AMQP_ADDR)")
 	f.StringVar(&cfg.Store, "store", envOr("DPSD_STORE", "sqlite"), "sqlite (embedded, in the data dir) or a postgres:// URL shared by several nodes (DPSD_STORE)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", envOr("DPSD_TLS_CERT", ""), "server certificate (PEM) instead of one from the local CA (DPSD_TLS_CERT)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", envOr("DPSD_TLS_KEY", ""), "private key of --tls-cert (DPSD_TLS_KEY)")
@@ -112,6 +113,9 @@ func newInfoCmd() *cobra.Command {
 				fmt.Fprintf(w, "CA certificate:             %s\n", info.CACertFile)
 				fmt.Fprintf(w, "HTTPS endpoint:             %s (listening on %s)\n", info.HTTPSEndpoint, info.HTTPSAddr)
 				fmt.Fprintf(w, "MQTT endpoint:              %s (listening on %s)\n", info.MQTTEndpoint, info.MQTTAddr)
+				if info.AMQPEndpoint != "" {
+					fmt.Fprintf(w, "AMQP endpoint:              %s (listening on %s)\n", info.AMQPEndpoint, info.AMQPAddr)
+				}
 				return nil
 			}
 			return fmt.Errorf("-o %q: want table or json", output)

@@ -60,7 +60,7 @@ func New() *Metrics {
 		reg: prometheus.NewRegistry(),
 		deviceRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: DeviceRequestsTotal,
-			Help: "Device API requests that reached the provisioning engine, by transport (https, mqtt, mqtt-ws), operation (register, operation_status, status_lookup) and outcome (the registration status answered, or error_4xx/error_5xx).",
+			Help: "Device API requests that reached the provisioning engine, by transport (https, mqtt, mqtt-ws, amqp, amqp-ws), operation (register, operation_status, status_lookup) and outcome (the registration status answered, or error_4xx/error_5xx).",
 		}, []string{"transport", "operation", "outcome"}),
 		deviceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    DeviceRequestDuration,

@@ -25,9 +25,11 @@ import (
 	"github.com/dpsd/dpsd/internal/metrics"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/store"
+	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
 	"github.com/dpsd/dpsd/internal/transport/https"
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
 	"github.com/dpsd/dpsd/internal/transport/serviceapi"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // Config is how a dpsd node is run.
@@ -36,6 +38,7 @@ type Config struct {
 	HostName  string // the name clients use; goes into certificates and connection strings
 	HTTPSAddr string // device API, service API and MQTT over WebSockets
 	MQTTAddr  string // MQTT over TLS
+	AMQPAddr  string // AMQP 1.0 over TLS
 	// Store is "sqlite" (or empty) for the embedded database in DataDir,
 	// or a postgres:// URL shared by several nodes.
 	Store string
@@ -79,6 +82,7 @@ type Server struct {
 	svc    http.Handler
 	dev    *https.Handler
 	mqtt   *mqtt.Server
+	amqp   *amqptransport.Server
 	hubs   *builtinhub.Manager
 	linked *linkedhub.Registry
 	alog   *alloclog.Log
@@ -87,6 +91,7 @@ type Server struct {
 	https  *http.Server
 	httpsL net.Listener
 	mqttL  net.Listener
+	amqpL  net.Listener
 	info   *Info
 	lock   *os.File // flock on the data directory
 	// effects are what writes cause besides themselves; see
@@ -162,6 +167,9 @@ func (s *Server) listen() (*tls.Config, string, error) {
 	if s.mqttL, err = listen(s.cfg.MQTTAddr, "--mqtt-addr", "127.0.0.1:8883"); err != nil {
 		return nil, "", err
 	}
+	if s.amqpL, err = listen(s.cfg.AMQPAddr, "--amqp-addr", "127.0.0.1:5671"); err != nil {
+		return nil, "", err
+	}
 	return tlsCfg, caFile, nil
 }
 
@@ -225,6 +233,9 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, TLSConfig: tlsCfg}); err != nil {
+		return fmt.Errorf("amqp: %w", err)
+	}
 	s.https = &http.Server{
 		Handler:           http.HandlerFunc(s.route),
 		TLSConfig:         tlsCfg,
@@ -244,9 +255,11 @@ func (s *Server) writeInfo(caFile string) error {
 		CACertFile:              caFile,
 		HTTPSEndpoint:           "https://" + hostPort(s.cfg.HostName, s.httpsL.Addr(), "443"),
 		MQTTEndpoint:            "mqtts://" + hostPort(s.cfg.HostName, s.mqttL.Addr(), ""),
+		AMQPEndpoint:            "amqps://" + hostPort(s.cfg.HostName, s.amqpL.Addr(), "5671"),
 		HostName:                s.cfg.HostName,
 		HTTPSAddr:               s.httpsL.Addr().String(),
 		MQTTAddr:                s.mqttL.Addr().String(),
+		AMQPAddr:                s.amqpL.Addr().String(),
 	}
 	return WriteInfo(s.cfg.DataDir, s.info)
 }
@@ -257,9 +270,10 @@ func (s *Server) Info() *Info { return s.info }
 // Serve serves until ctx ends, then shuts down gracefully: listeners close,
 // requests and registrations in flight finish (bounded), the store closes.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- s.https.Serve(tls.NewListener(s.httpsL, s.https.TLSConfig)) }()
 	go func() { errc <- s.mqtt.Serve(s.mqttL) }()
+	go func() { errc <- s.amqp.Serve(s.amqpL) }()
 	if s.cfg.DebugAddr != "" {
 		dbg := &http.Server{Addr: s.cfg.DebugAddr, Handler: debugHandler(s.prom.Handler()), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
@@ -280,7 +294,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
-	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr)
+	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr, "amqp", s.info.AMQPAddr)
 
 	var serveErr error
 	select {
@@ -295,6 +309,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if err := s.mqtt.Close(sctx); err != nil {
 		s.log.Warn("mqtt shutdown", "err", err)
+	}
+	if err := s.amqp.Close(sctx); err != nil {
+		s.log.Warn("amqp shutdown", "err", err)
 	}
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
@@ -352,6 +369,9 @@ func (s *Server) closeAll() {
 	if s.mqttL != nil {
 		s.mqttL.Close()
 	}
+	if s.amqpL != nil {
+		s.amqpL.Close()
+	}
 	// After a failed Start the hubs may already listen.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -369,6 +389,12 @@ func (s *Server) closeAll() {
 // listener and tells them apart by path, which never overlap.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	if mqtt.IsWebSocketUpgrade(r) {
+		// One WebSocket endpoint for MQTT and AMQP, told apart by the
+		// subprotocol the client offers.
+		if wsconn.Offers(r, amqptransport.WebSocketSubprotocol) {
+			s.amqp.WebSocketHandler().ServeHTTP(w, r)
+			return
+		}
 		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
 		return
 	}
@@ -443,7 +469,7 @@ func (s *Server) tlsConfig() (*tls.Config, string, error) {
 		return cfg, "", nil
 	}
 	names := []string{s.cfg.HostName, "localhost", "127.0.0.1"}
-	for _, a := range []string{s.cfg.HTTPSAddr, s.cfg.MQTTAddr} {
+	for _, a := range []string{s.cfg.HTTPSAddr, s.cfg.MQTTAddr, s.cfg.AMQPAddr} {
 		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
 			names = append(names, h)
 		}
@@ -504,10 +530,11 @@ func (s *Server) printBanner(w io.Writer) {
   ID scope:                    %s
   Service connection string:   %s
   CA certificate:              %s
-  Device + service API:        %s   (HTTPS, MQTT over WebSockets)
+  Device + service API:        %s   (HTTPS, MQTT and AMQP over WebSockets)
   Device API over MQTT:        %s
+  Device API over AMQP:        %s
 Clients must trust the CA certificate, e.g. NODE_EXTRA_CA_CERTS=%s
-`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, orNone(i.CACertFile))
+`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, i.AMQPEndpoint, orNone(i.CACertFile))
 }
 
 func orNone(s string) string {

@@ -56,11 +56,11 @@ const (
 
 // startOutcomeWebhook starts the webhook on 127.0.6.x and reserves a second
 // address for the unreachable row. Both stop when the test ends.
-func startOutcomeWebhook(t *testing.T) *outcomeWebhook {
+func startOutcomeWebhook(t *testing.T, prefix string) *outcomeWebhook {
 	t.Helper()
 	w := &outcomeWebhook{calls: map[string]map[string]int{}}
-	addr := pickSideAddress(t, "8091")
-	w.unreachableAddr = pickSideAddress(t, "8092")
+	addr := pickSideAddressIn(t, prefix, "8091")
+	w.unreachableAddr = pickSideAddressIn(t, prefix, "8092")
 	w.URL = "http://" + addr
 	w.Unreachable = "http://" + w.unreachableAddr
 	l, err := net.Listen("tcp", addr)
@@ -208,9 +208,22 @@ func (w *outcomeWebhook) close() {
 // called: retried rows twice, the others once, a disabled enrollment never.
 func TestCustomAllocationOutcomes(t *testing.T) {
 	t.Parallel()
+	runOutcomes(t, "127.0.3", "127.0.6", []string{"http", "mqtt"})
+}
+
+// TestCustomAllocationOutcomesAMQP is TestCustomAllocationOutcomes over
+// AMQP and AMQP over WebSockets.
+func TestCustomAllocationOutcomesAMQP(t *testing.T) {
+	t.Parallel()
+	runOutcomes(t, amqpPrefix, amqpPrefix, []string{"amqp", "amqpws"})
+}
+
+// runOutcomes runs outcomes.test.js with the transports given against a
+// server in prefix and a webhook in sidePrefix.
+func runOutcomes(t *testing.T, prefix, sidePrefix string, transports []string) {
 	nodeTool(t)
-	srv := startServer(t)
-	wh := startOutcomeWebhook(t)
+	srv := startServerIn(t, prefix)
+	wh := startOutcomeWebhook(t, sidePrefix)
 	// Stop the webhook's listeners after dpsd (cleanups run last first).
 	t.Cleanup(wh.close)
 
@@ -221,6 +234,7 @@ func TestCustomAllocationOutcomes(t *testing.T) {
 		"unreachable": wh.Unreachable,
 		"hub":         srv.Hub,
 		"idsFile":     idsFile,
+		"transports":  transports,
 		"paths": map[string]string{
 			"ok": pathOK, "unauthorized": pathUnauthorized, "emptyHub": pathEmptyHub, "nullHub": pathNullHub,
 			"badRequest": pathBadRequest, "throttleThenOK": pathThrottleThenOK, "errorThenOK": pathErrorThenOK,

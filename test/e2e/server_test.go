@@ -24,8 +24,10 @@ const (
 )
 
 var (
-	addrMu   sync.Mutex
-	nextHost = 1
+	addrMu sync.Mutex
+	// nextHost is the next host number to try in each /24: 127.0.3 for
+	// most suites, 127.0.7 for the AMQP ones (amqp_test.go).
+	nextHost = map[string]int{}
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, "e2e") }
@@ -39,9 +41,10 @@ type dpsdServer struct {
 	InfoPath string
 }
 
-// portsFree reports whether ip:443 and ip:8883 can be bound right now.
+// portsFree reports whether ip:443, ip:8883 and ip:5671 can be bound
+// right now.
 func portsFree(ip string) (bool, error) {
-	for _, port := range []string{"443", "8883"} {
+	for _, port := range []string{"443", "8883", "5671"} {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
 		if err != nil {
 			if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
@@ -55,34 +58,41 @@ func portsFree(ip string) (bool, error) {
 }
 
 // pickAddress returns a loopback address of its own for one test server:
-// 127.0.3.N with 443 and 8883 free. Other test packages use other addresses.
-func pickAddress(t *testing.T) string {
+// 127.0.3.N with 443, 8883 and 5671 free. Other test packages use other
+// addresses.
+func pickAddress(t *testing.T) string { return pickAddressIn(t, "127.0.3") }
+
+// pickAddressIn is pickAddress in the /24 prefix (e.g. "127.0.7").
+func pickAddressIn(t *testing.T, prefix string) string {
 	t.Helper()
 	addrMu.Lock()
 	defer addrMu.Unlock()
-	for ; nextHost <= 254; nextHost++ {
-		ip := fmt.Sprintf("127.0.3.%d", nextHost)
+	for n := max(nextHost[prefix], 1); n <= 254; n++ {
+		ip := fmt.Sprintf("%s.%d", prefix, n)
 		free, err := portsFree(ip)
 		if err != nil {
 			testenv.Missing(t, "cannot bind %s:443 (the SDKs need the standard ports; run as root or grant CAP_NET_BIND_SERVICE): %v", ip, err)
 		}
 		if free {
-			nextHost++
+			nextHost[prefix] = n + 1
 			return ip
 		}
 	}
-	t.Fatal("no free loopback address in 127.0.3.1-254 with ports 443 and 8883 free")
+	t.Fatalf("no free loopback address in %s.1-254 with ports 443, 8883 and 5671 free", prefix)
 	return ""
 }
 
 // startServer builds dpsd, starts "dpsd serve" on a loopback address of its
 // own with a fresh data directory, waits until it serves, links a built-in
 // hub, and stops it (SIGTERM, then SIGKILL) when the test ends.
-func startServer(t *testing.T) *dpsdServer {
+func startServer(t *testing.T) *dpsdServer { t.Helper(); return startServerIn(t, "127.0.3") }
+
+// startServerIn is startServer on an address in the /24 prefix.
+func startServerIn(t *testing.T, prefix string) *dpsdServer {
 	t.Helper()
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		srv, err := tryStart(t, pickAddress(t))
+		srv, err := tryStart(t, pickAddressIn(t, prefix))
 		if err == nil {
 			return srv
 		}
@@ -101,6 +111,7 @@ func tryStart(t *testing.T, ip string) (*dpsdServer, error) {
 			"--hostname", ip,
 			"--https-addr", net.JoinHostPort(ip, "443"),
 			"--mqtt-addr", net.JoinHostPort(ip, "8883"),
+			"--amqp-addr", net.JoinHostPort(ip, "5671"),
 			"--log-level", "debug",
 		},
 	})
@@ -130,7 +141,8 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 		}
 		return out, nil
 	}
-	out, err := run("hub", "create", "e2e-hub", "--address", pickAddress(t), "-o", "json")
+	prefix := s.IP[:strings.LastIndex(s.IP, ".")]
+	out, err := run("hub", "create", "e2e-hub", "--address", pickAddressIn(t, prefix), "-o", "json")
 	if err != nil {
 		return err
 	}

@@ -41,28 +41,35 @@ const (
 	cliTimeout = 90 * time.Second
 )
 
-// Addresses for the extra servers the tests start (webhooks): 127.0.6.N.
+// Addresses for the extra servers the tests start (webhooks): 127.0.6.N,
+// and 127.0.7.200 and up for the AMQP suites.
 var (
 	sideMu   sync.Mutex
-	nextSide = 20
+	nextSide = map[string]int{"127.0.6": 20, amqpPrefix: 200}
 )
 
 // pickSideAddress returns 127.0.6.N:port with nothing listening on it.
 func pickSideAddress(t *testing.T, port string) string {
+	return pickSideAddressIn(t, "127.0.6", port)
+}
+
+// pickSideAddressIn is pickSideAddress in the /24 prefix.
+func pickSideAddressIn(t *testing.T, prefix, port string) string {
 	t.Helper()
 	sideMu.Lock()
 	defer sideMu.Unlock()
-	for ; nextSide <= 254; nextSide++ {
-		addr := net.JoinHostPort(fmt.Sprintf("127.0.6.%d", nextSide), port)
+	first := nextSide[prefix]
+	for n := first; n <= 254; n++ {
+		addr := net.JoinHostPort(fmt.Sprintf("%s.%d", prefix, n), port)
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue
 		}
 		l.Close()
-		nextSide++
+		nextSide[prefix] = n + 1
 		return addr
 	}
-	t.Fatalf("no free address 127.0.6.20-254 with port %s free", port)
+	t.Fatalf("no free address %s.%d-254 with port %s free", prefix, first, port)
 	return ""
 }
 

@@ -24,8 +24,19 @@ import (
 // It does not run in parallel with the other suites because it hands the
 // Node tests their PKI through the environment (t.Setenv).
 func TestX509SDK(t *testing.T) {
+	runX509SDK(t, "127.0.3", []string{"http", "mqtt", "mqttws"})
+}
+
+// TestX509SDKAMQP is TestX509SDK over AMQP and AMQP over WebSockets.
+func TestX509SDKAMQP(t *testing.T) {
+	runX509SDK(t, amqpPrefix, []string{"amqp", "amqpws"})
+}
+
+// runX509SDK runs x509.test.js with the provisioning transports given,
+// against a server on an address in prefix.
+func runX509SDK(t *testing.T, prefix string, transports []string) {
 	nodeTool(t)
-	srv := startServer(t)
+	srv := startServerIn(t, prefix)
 	bin := testenv.Binary(t)
 	dir, err := os.MkdirTemp(testenv.Path(""), "x509-")
 	if err != nil {
@@ -51,7 +62,7 @@ func TestX509SDK(t *testing.T) {
 	run("cert", "root", "--common-name", "dpsd e2e Verified CA", "--out", p("ca-root"))
 	run("cert", "intermediate", "--ca", p("ca-root"), "--common-name", "dpsd e2e CA Intermediate", "--out", p("ca-intermediate"))
 	devices := map[string]string{"x509-revoked": "intermediate"}
-	for _, tr := range []string{"http", "mqtt", "mqttws"} {
+	for _, tr := range transports {
 		devices["x509-individual-"+tr] = "solo-root"
 		devices["x509-inter-"+tr] = "intermediate"
 		devices["x509-ca-"+tr] = "ca-intermediate"
@@ -102,6 +113,7 @@ func TestX509SDK(t *testing.T) {
 	t.Setenv("DPSD_X509_DIR", dir)
 	t.Setenv("DPSD_X509_CA", caName)
 	t.Setenv("DPSD_HUB_ADDR", h.Address)
+	t.Setenv("DPSD_X509_TRANSPORTS", strings.Join(transports, ","))
 	runNodeTests(t, srv, "x509.test.js")
 }
 

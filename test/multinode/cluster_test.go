@@ -173,6 +173,7 @@ func (c *cluster) startNode(t *testing.T, i int, logLevel, dataDir string) (*nod
 			// which ports the node got.
 			"--https-addr", net.JoinHostPort(ip, "0"),
 			"--mqtt-addr", net.JoinHostPort(ip, "0"),
+			"--amqp-addr", net.JoinHostPort(ip, "0"),
 			"--tls-cert", c.certs.CertFile,
 			"--tls-key", c.certs.KeyFile,
 			"--log-level", logLevel,

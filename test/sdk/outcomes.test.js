@@ -173,7 +173,7 @@ async function assertAssignedAfterAssigning(transport, row, path) {
   return { d, result, seen };
 }
 
-for (const transport of ['http', 'mqtt']) {
+for (const transport of (oc && oc.transports) || ['http', 'mqtt']) {
   test(`[${transport}] 200 with a linked hub → assigned with the webhook's payload`, T, async () => {
     const d = await newDevice(transport, 'ok', oc.paths.ok);
     const { done } = observedRegistration(transport, d.id, d.key);

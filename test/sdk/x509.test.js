@@ -16,6 +16,8 @@
 //   DPSD_X509_CA    name of the verified CA certificate (its devices chain to it
 //                   through an intermediate that is not enrolled)
 //   DPSD_HUB_ADDR   the built-in hub's IP address (its host name does not resolve)
+//   DPSD_X509_TRANSPORTS  comma-separated provisioning transports to run
+//                   (default http,mqtt,mqttws; TestX509SDKAMQP: amqp,amqpws)
 //   (the device connects to it by that address: see connectHub)
 
 const { test, after } = require('node:test');
@@ -25,12 +27,13 @@ const path = require('node:path');
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { Mqtt: ProvMqtt, MqttWs: ProvMqttWs } = require('azure-iot-provisioning-device-mqtt');
+const { Amqp: ProvAmqp, AmqpWs: ProvAmqpWs } = require('azure-iot-provisioning-device-amqp');
 const { X509Security } = require('azure-iot-security-x509');
 const { Client, Message } = require('azure-iot-device');
 const { Mqtt: DeviceMqtt } = require('azure-iot-device-mqtt');
 const { Service } = require('./lib/service');
 const {
-  info, host, testHub, withTimeout, expectReject, describeError, dpsErrorBody, safeJSON, closeIdleConnections,
+  info, host, testHub, withTimeout, expectReject, describeError, dpsErrorBody, amqpError, safeJSON, closeIdleConnections,
 } = require('./lib/dpsd');
 
 const dir = process.env.DPSD_X509_DIR;
@@ -40,7 +43,16 @@ const skip = !dir || !caName || !hubAddr ? 'DPSD_X509_DIR, DPSD_X509_CA, DPSD_HU
 
 const T = { timeout: 180000, skip };
 const STEP_MS = 30000;
-const transports = { http: () => new Http(), mqtt: () => new ProvMqtt(), mqttws: () => new ProvMqttWs() };
+const allTransports = {
+  http: () => new Http(),
+  mqtt: () => new ProvMqtt(),
+  mqttws: () => new ProvMqttWs(),
+  amqp: () => new ProvAmqp(),
+  amqpws: () => new ProvAmqpWs(),
+};
+const transports = Object.fromEntries((process.env.DPSD_X509_TRANSPORTS || 'http,mqtt,mqttws').split(',').map((t) => [t, allTransports[t]]));
+// The revoked device needs one transport only.
+const revokedVia = transports.mqtt ? 'mqtt' : Object.keys(transports)[0];
 
 function read(name) {
   return fs.readFileSync(path.join(dir, name), 'utf8');
@@ -91,9 +103,13 @@ async function connectHub(regId, result) {
   }
 }
 
+// Over AMQP the Node transport passes on the rejected delivery's error
+// (condition amqp:unauthorized-access, the DPS error JSON as description).
 function assertUnauthorized(err, what) {
   const connack = /not authori[sz]ed/i.test(String(err && err.message));
-  assert.ok(err && (err.name === 'UnauthorizedError' || connack), `${what}: expected UnauthorizedError, got ${describeError(err)}`);
+  const amqp = amqpError(err);
+  assert.ok(err && (err.name === 'UnauthorizedError' || connack || (amqp && amqp.condition === 'amqp:unauthorized-access')),
+    `${what}: expected UnauthorizedError, got ${describeError(err)}`);
   if (!connack) {
     const body = dpsErrorBody(err);
     assert.ok(body, `${what}: no error body: ${describeError(err)}`);
@@ -187,9 +203,9 @@ for (const t of Object.keys(transports)) {
   });
 }
 
-test('mqtt: a disabled individual enrollment revokes one device of an enabled group', T, async () => {
+test(`${revokedVia}: a disabled individual enrollment revokes one device of an enabled group`, T, async () => {
   await setup();
-  const err = await expectReject(register('mqtt', 'x509-revoked'), 'revoked device');
+  const err = await expectReject(register(revokedVia, 'x509-revoked'), 'revoked device');
   // The Node client reports a "disabled" registration as
   // SyntaxError('status is disabled') carrying the body.
   assert.equal(err && err.message, 'status is disabled', describeError(err));

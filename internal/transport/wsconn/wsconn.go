@@ -2,9 +2,11 @@ package wsconn
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,16 +30,29 @@ func IsUpgrade(r *http.Request) bool { return websocket.IsWebSocketUpgrade(r) }
 // "/$iothub/websocket") and requires the subprotocol "mqtt" in any case
 // (the C SDK sends "MQTT"). On error the client has been answered.
 func Upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
-	var proto string
+	return UpgradeSubprotocol(w, r, Subprotocol)
+}
+
+// Offers reports whether r offers the WebSocket subprotocol want (in any
+// case), so that one listener can route MQTT and AMQP upgrades.
+func Offers(r *http.Request, want string) bool { return offered(r, want) != "" }
+
+func offered(r *http.Request, want string) string {
 	for _, p := range websocket.Subprotocols(r) {
-		if strings.EqualFold(p, Subprotocol) {
-			proto = p
-			break
+		if strings.EqualFold(p, want) {
+			return p
 		}
 	}
+	return ""
+}
+
+// UpgradeSubprotocol is Upgrade for any binary protocol carried as a byte
+// stream, such as AMQP ("AMQPWSB10").
+func UpgradeSubprotocol(w http.ResponseWriter, r *http.Request, want string) (net.Conn, error) {
+	proto := offered(r, want)
 	if proto == "" {
-		http.Error(w, `WebSocket subprotocol "mqtt" required`, http.StatusBadRequest)
-		return nil, errors.New(`mqttws: the client offered no "mqtt" subprotocol`)
+		http.Error(w, "WebSocket subprotocol "+strconv.Quote(want)+" required", http.StatusBadRequest)
+		return nil, fmt.Errorf("mqttws: the client offered no %q subprotocol", want)
 	}
 	up := websocket.Upgrader{
 		// Devices send no Origin and no cookies authenticate them, so a

@@ -1,6 +1,7 @@
 'use strict';
 // The device-side conformance suite, run once per transport by
-// device-http.test.js, device-mqtt.test.js and device-mqttws.test.js.
+// device-http.test.js, device-mqtt.test.js, device-mqttws.test.js,
+// device-amqp.test.js and device-amqpws.test.js.
 // Wire facts: the device protocol notes (device-protocol.md) and service-api.md
 // (§5 webhook, §6.4 precedence).
 
@@ -10,7 +11,7 @@ const http = require('node:http');
 const { Service } = require('./service');
 const { register, sasSecurityClient, timingSummary } = require('./device');
 const {
-  testHub, uid, deriveKey, randomKey, expectReject, describeError, dpsErrorBody, safeJSON, closeIdleConnections,
+  testHub, uid, deriveKey, randomKey, expectReject, describeError, dpsErrorBody, amqpError, safeJSON, closeIdleConnections,
 } = require('./dpsd');
 
 const T = { timeout: 180000 };
@@ -26,12 +27,16 @@ function assertAssigned(result, want, what) {
   assert.ok(result.lastUpdatedDateTimeUtc, `${what}: lastUpdatedDateTimeUtc: ${safeJSON(result)}`);
 }
 
-// assertUnauthorized accepts the two ways a DPS may refuse a device
+// assertUnauthorized accepts the ways a DPS may refuse a device
 // (device-protocol.md §3.4, §5.5): HTTP 401 / MQTT res/401 -> UnauthorizedError
-// with a 401xxx body; MQTT CONNACK 5 -> "Not authorized".
+// with a 401xxx body; MQTT CONNACK 5 -> "Not authorized"; AMQP: the request
+// rejected with amqp:unauthorized-access and the 401xxx body as description,
+// which the Node AMQP transport passes on as the error itself.
 function assertUnauthorized(err, what) {
   const connack = /not authori[sz]ed/i.test(String(err && err.message));
-  assert.ok(err && (err.name === 'UnauthorizedError' || connack), `${what}: expected UnauthorizedError (401), got ${describeError(err)}`);
+  const amqp = amqpError(err);
+  assert.ok(err && (err.name === 'UnauthorizedError' || connack || (amqp && amqp.condition === 'amqp:unauthorized-access')),
+    `${what}: expected UnauthorizedError (401), got ${describeError(err)}`);
   if (!connack) {
     const body = dpsErrorBody(err);
     assert.ok(body && typeof body.errorCode === 'number', `${what}: expected a DPS error body, got ${describeError(err)}`);

@@ -1,11 +1,13 @@
 'use strict';
 // Bounded wrappers around the official device provisioning client
-// (azure-iot-provisioning-device) with its HTTPS, MQTT and MQTT-over-
-// WebSockets transports and symmetric-key security.
+// (azure-iot-provisioning-device) with its HTTPS, MQTT, MQTT-over-
+// WebSockets, AMQP and AMQP-over-WebSockets transports and symmetric-key
+// security.
 
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { Mqtt, MqttWs } = require('azure-iot-provisioning-device-mqtt');
+const { Amqp, AmqpWs } = require('azure-iot-provisioning-device-amqp');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { SharedAccessSignature } = require('azure-iot-common');
 const { info, host, withTimeout } = require('./dpsd');
@@ -16,6 +18,8 @@ const transports = {
   http: () => new Http(),
   mqtt: () => new Mqtt(),
   mqttws: () => new MqttWs(),
+  amqp: () => new Amqp(),
+  amqpws: () => new AmqpWs(),
 };
 
 // sasSecurityClient builds a security client object the SDK accepts (it only

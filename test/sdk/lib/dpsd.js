@@ -97,9 +97,20 @@ function describeError(err) {
   const parts = [`${err.name || 'Error'}: ${err.message}`];
   const status = httpStatus(err);
   if (status) parts.push(`status=${status}`);
+  const amqp = amqpError(err);
+  if (amqp) parts.push(`amqp=${amqp.condition} ${amqp.description || ''}`);
   if (err.responseBody !== undefined) parts.push(`body=${typeof err.responseBody === 'string' ? err.responseBody : safeJSON(err.responseBody)}`);
   if (err.result !== undefined) parts.push(`result=${safeJSON(err.result)}`);
   return parts.join(' ');
+}
+
+// amqpError returns the AMQP error of a refused AMQP request: the Node
+// AMQP transport passes the rejected delivery's error object itself
+// ({condition, description, info}) or, translated, as err.amqpError.
+function amqpError(err) {
+  if (err && typeof err.condition === 'string') return err;
+  if (err && err.amqpError && typeof err.amqpError.condition === 'string') return err.amqpError;
+  return undefined;
 }
 
 function httpStatus(err) {
@@ -111,6 +122,9 @@ function httpStatus(err) {
 // dpsErrorBody parses the DPS error JSON the server sent with an error, if any.
 function dpsErrorBody(err) {
   let body = err && (err.responseBody !== undefined ? err.responseBody : err.result);
+  // Over AMQP the DPS error JSON is the rejected delivery's description.
+  const amqp = amqpError(err);
+  if (body === undefined && amqp) body = amqp.description;
   if (typeof body === 'string') {
     try {
       body = JSON.parse(body);
@@ -152,6 +166,7 @@ module.exports = {
   expectReject,
   describeError,
   httpStatus,
+  amqpError,
   dpsErrorBody,
   assertDpsError,
   safeJSON,
