@@ -79,7 +79,7 @@ func (d *doctor) handler() http.Handler {
 		rep, err := d.check(r.Context(), opt)
 		if err != nil {
 			d.s.log.Error("consistency check failed", "err", err)
-			httperr.Write(w, r, d.s.log, &dps.Error{ErrorCode: dps.CodeServiceUnavailable, Message: "The check could not read the registrations; try again.", RetryAfter: 3 * time.Second})
+			httperr.Write(w, r, d.s.log, httperr.Unavailable())
 			return
 		}
 		httperr.WriteJSON(w, http.StatusOK, rep)
