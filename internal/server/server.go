@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/certs"
+	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/instance"
@@ -68,7 +70,14 @@ type Config struct {
 	DoctorRepair   bool
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
+	// BodyTimeout bounds the reading of a request body on the HTTPS
+	// listener, from the end of its headers; zero means DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout is Config.BodyTimeout's default. Device requests are
+// a few KiB and service API bodies (bulk enrollment) at most a few MiB.
+const DefaultBodyTimeout = 30 * time.Second
 
 // Server is a running dpsd node.
 type Server struct {
@@ -398,6 +407,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
 		return
 	}
+	// The server sets no ReadTimeout, which would also end the WebSocket
+	// connections above; each body gets its own deadline instead. Headers
+	// are bounded by ReadHeaderTimeout.
+	deadline.Body(w, r, cmp.Or(s.cfg.BodyTimeout, DefaultBodyTimeout))
 	path := r.URL.EscapedPath()
 	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
 	switch strings.ToLower(first) {

@@ -30,22 +30,23 @@ import (
 
 // Device topics (iothub-surface.md §2.2).
 const (
-	topicTwinRes         = "$iothub/twin/res/"
-	topicTwinPrefix      = "$iothub/twin/"
-	topicTwinGet         = "$iothub/twin/GET/"
-	topicTwinReported    = "$iothub/twin/PATCH/properties/reported/"
-	topicDesiredPush     = "$iothub/twin/PATCH/properties/desired/"
-	topicMethodsPost     = "$iothub/methods/POST/"
-	topicMethodsRes      = "$iothub/methods/res/"
-	filterTwinRes        = "$iothub/twin/res/#"
-	filterDesired        = "$iothub/twin/PATCH/properties/desired/#"
-	filterMethods        = "$iothub/methods/POST/#"
-	maxMQTTPacket        = 256<<10 + 4<<10 // 256 KiB telemetry plus topic
-	connectTimeout       = 30 * time.Second
-	twinRequestTimeout   = 10 * time.Second
-	listenerTLS          = "mqtts"
-	listenerWebSocket    = "wss"
-	defaultMethodTimeout = 30 * time.Second
+	topicTwinRes          = "$iothub/twin/res/"
+	topicTwinPrefix       = "$iothub/twin/"
+	topicTwinGet          = "$iothub/twin/GET/"
+	topicTwinReported     = "$iothub/twin/PATCH/properties/reported/"
+	topicDesiredPush      = "$iothub/twin/PATCH/properties/desired/"
+	topicMethodsPost      = "$iothub/methods/POST/"
+	topicMethodsRes       = "$iothub/methods/res/"
+	filterTwinRes         = "$iothub/twin/res/#"
+	filterDesired         = "$iothub/twin/PATCH/properties/desired/#"
+	filterMethods         = "$iothub/methods/POST/#"
+	maxMQTTPacket         = 256<<10 + 4<<10 // 256 KiB telemetry plus topic
+	defaultConnectTimeout = 30 * time.Second
+	defaultBodyTimeout    = 30 * time.Second
+	twinRequestTimeout    = 10 * time.Second
+	listenerTLS           = "mqtts"
+	listenerWebSocket     = "wss"
+	defaultMethodTimeout  = 30 * time.Second
 )
 
 // connInfo is what the hub knows about one accepted connection before and
@@ -98,8 +99,8 @@ func (h *Hub) acceptMQTT() {
 		go func() {
 			defer h.wg.Done()
 			tc := tls.Server(c, h.tls)
-			_ = tc.SetDeadline(time.Now().Add(connectTimeout))
-			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+			_ = tc.SetDeadline(time.Now().Add(h.connectTimeout))
+			ctx, cancel := context.WithTimeout(context.Background(), h.connectTimeout)
 			err := tc.HandshakeContext(ctx)
 			cancel()
 			if err != nil {
@@ -114,6 +115,9 @@ func (h *Hub) acceptMQTT() {
 
 // serveMQTT hands one connection to the broker until the session ends.
 func (h *Hub) serveMQTT(c net.Conn, listener string, peers []*x509.Certificate) {
+	// The broker reads the CONNECT under this deadline (a WebSocket has
+	// none of its own), then replaces it with the keep-alive's.
+	_ = c.SetDeadline(time.Now().Add(h.connectTimeout))
 	info := &connInfo{peerCerts: peers}
 	h.mu.Lock()
 	if h.closing {

@@ -9,6 +9,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dpsd/dpsd/internal/deadline"
 )
 
 // session is one accepted device connection.
@@ -20,6 +22,7 @@ type session struct {
 	remoteAddr string
 	transport  string
 	log        *slog.Logger
+	conn       *deadline.Conn
 
 	// ctx ends when the device disconnects or the server gives up on
 	// shutdown, like an HTTP request's context.
@@ -105,6 +108,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		remoteAddr: cs.remoteAddr,
 		transport:  cs.transport,
 		log:        log,
+		conn:       cs.conn,
 		slots:      make(chan struct{}, s.maxInflight),
 	}
 	if pk.Connect.PasswordFlag {

@@ -170,6 +170,13 @@ func (s *Server) respondError(sess *session, rt requestTopic, err error, log *sl
 	if err := s.publish(sess, topic, payload); err != nil {
 		log.Debug("mqtt error response not delivered", "err", err)
 	}
+	if status == http.StatusUnauthorized {
+		// DPS authenticates requests, not the CONNECT, so a wrong key is
+		// known only now. A device with a wrong key has nothing more to
+		// do here; without this it could hold the connection (keep-alive
+		// 0) for as long as the idle bound, unauthenticated.
+		sess.conn.Cut(s.unauthGrace)
+	}
 }
 
 // publish writes a QoS 1 PUBLISH straight to the session's connection,

@@ -1,0 +1,73 @@
+package builtinhub_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/dpsd/dpsd/internal/hub/builtinhub"
+)
+
+// TestConnectionPhasesBounded checks that a device connection that never
+// sends CONNECT, over TLS or over WebSockets, and a REST body that
+// trickles in are ended by the hub.
+func TestConnectionPhasesBounded(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	e := newEnv(t, func(o *builtinhub.Options) {
+		o.ConnectTimeout = bound
+		o.BodyTimeout = bound
+	})
+	h := e.createHub("phases-hub", "127.0.9.3")
+	cfg := e.tlsConfig("127.0.9.3")
+
+	// ended fails the test unless the server ends what read waits for
+	// within a few seconds.
+	ended := func(t *testing.T, read func() error) {
+		t.Helper()
+		start := time.Now()
+		err := read()
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("still open after 10 s (%v)", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("ended after %v, want about %v", d, bound)
+		}
+	}
+
+	t.Run("MQTT over WebSockets without CONNECT", func(t *testing.T) {
+		d := websocket.Dialer{TLSClientConfig: cfg, Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
+		ws, _, err := d.Dial("wss://"+h.HTTPSAddr()+"/$iothub/websocket", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ended(t, func() error { _, _, err := ws.ReadMessage(); return err })
+	})
+	t.Run("MQTT over TLS without CONNECT", func(t *testing.T) {
+		c, err := tls.Dial("tcp", h.MQTTAddr(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ended(t, func() error { _, err := io.ReadAll(c); return errors.Join(err, io.EOF) })
+	})
+	t.Run("REST body", func(t *testing.T) {
+		c, err := tls.Dial("tcp", h.HTTPSAddr(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "PUT /devices/d1?api-version=2021-04-12 HTTP/1.1\r\nHost: 127.0.9.3\r\nContent-Length: 100\r\n\r\n{")
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ended(t, func() error { _, err := io.ReadAll(c); return errors.Join(err, io.EOF) })
+	})
+}

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+const testBodyTimeout = 300 * time.Millisecond
+
+func startLimitedServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	cfg.DataDir = t.TempDir()
+	cfg.HostName = "dps.test"
+	cfg.HTTPSAddr, cfg.MQTTAddr, cfg.AMQPAddr = "127.0.9.2:0", "127.0.9.2:0", "127.0.9.2:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s
+}
+
+func tlsConfig(t *testing.T, info *Info) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(info.CACertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &tls.Config{RootCAs: pool, ServerName: "dps.test"}
+}
+
+// TestSlowBodyCut checks that a body trickled in after the headers cannot
+// hold a connection on the HTTPS listener, while MQTT over WebSockets on
+// the same listener is not bound by the body deadline.
+func TestSlowBodyCut(t *testing.T) {
+	s := startLimitedServer(t, Config{BodyTimeout: testBodyTimeout})
+	info := s.Info()
+
+	t.Run("register body", func(t *testing.T) {
+		c, err := tls.Dial("tcp", info.HTTPSAddr, tlsConfig(t, info))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "PUT /%s/registrations/dev/register?api-version=2019-03-31 HTTP/1.1\r\nHost: dps.test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", info.IDScope)
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadAll(c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("connection still open after 10 s")
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("connection ended after %v, want about %v", d, testBodyTimeout)
+		}
+	})
+
+	t.Run("MQTT over WebSockets outlives it", func(t *testing.T) {
+		d := websocket.Dialer{TLSClientConfig: tlsConfig(t, info), Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
+		ws, _, err := d.Dial("wss://"+info.HTTPSAddr+"/$iothub/websocket", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		time.Sleep(3 * testBodyTimeout)
+		var buf bytes.Buffer
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 4,
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), ClientIdentifier: "dev", Clean: true, Keepalive: 60,
+				UsernameFlag: true, Username: []byte(info.IDScope + "/registrations/dev/api-version=2019-03-31"),
+			},
+		}
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("no CONNACK: %v", err)
+		}
+		if len(msg) != 4 || msg[0] != packets.Connack<<4 || msg[3] != 0 {
+			t.Fatalf("CONNACK % x, want accepted", msg)
+		}
+	})
+}

@@ -1,0 +1,90 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/provision"
+)
+
+// closedWithin reads from c until the server closes it and fails the test
+// unless that happens within bound.
+func closedWithin(t *testing.T, c net.Conn, bound time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(ioTimeout))
+	buf := make([]byte, 512)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open after %v", ioTimeout)
+		}
+		if d := time.Since(start); d > bound {
+			t.Fatalf("connection closed after %v, want within %v", d, bound)
+		}
+		return
+	}
+}
+
+// TestConnectionPhasesBounded checks that no phase of a connection waits
+// for the client forever: the TLS handshake and the CONNECT, the silence
+// of a keep-alive 0 session, and what remains of a connection once its
+// credentials were refused.
+func TestConnectionPhasesBounded(t *testing.T) {
+	unauthorized := &fakeProvisioner{register: func(context.Context, provision.Request) (provision.Result, error) {
+		return provision.Result{}, dps.Errorf(dps.CodeUnauthorizedDevice, "Unauthorized.")
+	}}
+	ts := startServer(t, unauthorized, Options{
+		ConnectTimeout:    300 * time.Millisecond,
+		MaxIdle:           500 * time.Millisecond,
+		UnauthorizedGrace: 300 * time.Millisecond,
+	})
+
+	t.Run("no TLS handshake", func(t *testing.T) {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		closedWithin(t, c, 3*time.Second)
+	})
+	t.Run("no CONNECT", func(t *testing.T) {
+		closedWithin(t, ts.dialTLS(t, nil), 3*time.Second)
+	})
+	t.Run("keep-alive 0 idle", func(t *testing.T) {
+		rc := newRawClient(t, ts.dialTLS(t, nil))
+		ack := rc.connect(connectOpts{clientID: "dev-i", username: testUsername("dev-i"), password: testSAS, clean: true, keepalive: 0})
+		if ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK code %#x", ack.ReasonCode)
+		}
+		closedWithin(t, rc.c, 3*time.Second)
+	})
+	t.Run("keep-alive 0 wrong key", func(t *testing.T) {
+		// An idle bound far away, so only the refusal can close it.
+		ts := startServer(t, unauthorized, Options{MaxIdle: time.Hour, UnauthorizedGrace: 300 * time.Millisecond})
+		rc := newRawClient(t, ts.dialTLS(t, nil))
+		ack := rc.connect(connectOpts{clientID: "dev-w", username: testUsername("dev-w"), password: "SharedAccessSignature sr=x&sig=wrong&se=1", clean: true, keepalive: 0})
+		if ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK code %#x", ack.ReasonCode)
+		}
+		rc.subscribe(7, packets.Subscription{Filter: ResponseFilter, Qos: 1})
+		res := rc.request(1, registerTopic("1"), "")
+		if want := "$dps/registrations/res/401/?$rid=1"; res.TopicName != want {
+			t.Fatalf("topic %q, want %q", res.TopicName, want)
+		}
+		if _, err := rc.recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after 401: %v, want EOF", err)
+		}
+	})
+}
