@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,6 +62,8 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
 	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
+	f.IntVar(&cfg.MaxConns, "max-conns", envInt("DPSD_MAX_CONNS", 0), "cap on open connections across all listeners, built-in hubs' included; 0 means 10000 or 3/4 of the open-file limit if lower, -1 no cap (DPSD_MAX_CONNS)")
+	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", envInt("DPSD_MAX_CONNS_PER_SOURCE", 0), "cap on open connections from one source address; 0 means 512, -1 no cap (DPSD_MAX_CONNS_PER_SOURCE)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd
@@ -71,6 +74,15 @@ also be set with the environment variable named in its help.`,
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
 		return d
+	}
+	return def
+}
+
+// envInt is the integer in the environment variable name, or def when it
+// is unset or not an integer.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
 	}
 	return def
 }

@@ -113,3 +113,30 @@ func TestSlowBodyCut(t *testing.T) {
 		}
 	})
 }
+
+// TestConnectionCaps checks that the caps count the connections of every
+// listener together: with two allowed per source, a third is refused
+// whichever listener it reaches.
+func TestConnectionCaps(t *testing.T) {
+	s := startLimitedServer(t, Config{MaxConnsPerSource: 2})
+	info := s.Info()
+	open := func(addr string) bool {
+		c, err := tls.Dial("tcp", addr, tlsConfig(t, info))
+		if err != nil {
+			return false // closed before or during the handshake
+		}
+		t.Cleanup(func() { c.Close() })
+		// A refused connection may finish no handshake at all; one that
+		// did is open when a read waits.
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		return errors.As(err, &ne) && ne.Timeout()
+	}
+	if !open(info.HTTPSAddr) || !open(info.MQTTAddr) {
+		t.Fatal("connections under the cap refused")
+	}
+	if open(info.AMQPAddr) {
+		t.Fatal("third connection from one source kept with a cap of 2")
+	}
+}

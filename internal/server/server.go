@@ -18,6 +18,7 @@ import (
 
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/certs"
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
@@ -70,6 +71,11 @@ type Config struct {
 	DoctorRepair   bool
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
+	// MaxConns and MaxConnsPerSource cap the connections the node holds
+	// open, in total and per source address, across its listeners and
+	// those of its built-in hubs; zero means connlimit's defaults, a
+	// negative value no cap.
+	MaxConns, MaxConnsPerSource int
 	// BodyTimeout bounds the reading of a request body on the HTTPS
 	// listener, from the end of its headers; zero means DefaultBodyTimeout.
 	BodyTimeout time.Duration
@@ -101,6 +107,7 @@ type Server struct {
 	httpsL net.Listener
 	mqttL  net.Listener
 	amqpL  net.Listener
+	conns  *connlimit.Limiter
 	info   *Info
 	lock   *os.File // flock on the data directory
 	// effects are what writes cause besides themselves; see
@@ -179,6 +186,12 @@ func (s *Server) listen() (*tls.Config, string, error) {
 	if s.amqpL, err = listen(s.cfg.AMQPAddr, "--amqp-addr", "127.0.0.1:5671"); err != nil {
 		return nil, "", err
 	}
+	// Connections over a cap are closed as they are accepted, before any
+	// TLS work is spent on them.
+	s.conns = connlimit.New(s.cfg.MaxConns, s.cfg.MaxConnsPerSource, s.log)
+	s.httpsL = s.conns.Listener(s.httpsL, "https")
+	s.mqttL = s.conns.Listener(s.mqttL, "mqtt")
+	s.amqpL = s.conns.Listener(s.amqpL, "amqp")
 	return tlsCfg, caFile, nil
 }
 
@@ -203,6 +216,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
+		Listener:    s.conns.Listener,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -303,7 +317,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
-	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr, "amqp", s.info.AMQPAddr)
+	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr, "amqp", s.info.AMQPAddr,
+		"maxConns", s.conns.MaxTotal(), "maxConnsPerSource", s.conns.MaxPerSource())
 
 	var serveErr error
 	select {

@@ -190,6 +190,7 @@ type hubOptions struct {
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
 	bodyTimeout    time.Duration
+	listener       func(net.Listener, string) net.Listener
 }
 
 // startHub binds the hub's listeners and serves them.
@@ -222,6 +223,10 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 	if h.mqttL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
 		h.httpsL.Close()
 		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	}
+	if o.listener != nil {
+		h.httpsL = o.listener(h.httpsL, "hub-https")
+		h.mqttL = o.listener(h.mqttL, "hub-mqtt")
 	}
 	if err := h.startBroker(); err != nil {
 		h.httpsL.Close()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 )
 
@@ -70,4 +71,29 @@ func TestConnectionPhasesBounded(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		ended(t, func() error { _, err := io.ReadAll(c); return errors.Join(err, io.EOF) })
 	})
+}
+
+// TestListenerOption checks that the hubs' listeners go through
+// Options.Listener, which the node uses for its connection caps.
+func TestListenerOption(t *testing.T) {
+	lim := connlimit.New(-1, 1, nil)
+	e := newEnv(t, func(o *builtinhub.Options) { o.Listener = lim.Listener })
+	h := e.createHub("capped-hub", "127.0.9.8")
+	open := func() bool {
+		c, err := tls.Dial("tcp", h.MQTTAddr(), e.tlsConfig("127.0.9.8"))
+		if err != nil {
+			return false
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		return errors.As(err, &ne) && ne.Timeout()
+	}
+	if !open() {
+		t.Fatal("first connection refused")
+	}
+	if open() {
+		t.Fatal("second connection kept with a cap of 1 per source")
+	}
 }

@@ -75,6 +75,9 @@ type Options struct {
 	// wait for its CONNECT, over TLS and over WebSockets alike; zero
 	// means 30 s.
 	ConnectTimeout time.Duration
+	// Listener, when set, wraps each hub's listeners (name "hub-https" or
+	// "hub-mqtt"): the node's connection caps.
+	Listener func(l net.Listener, name string) net.Listener
 	// BodyTimeout bounds the reading of a REST request's body, from the
 	// end of its headers; zero means 30 s.
 	BodyTimeout time.Duration
@@ -175,6 +178,7 @@ func (m *Manager) run(cfg Config) error {
 		methodTimeout:  m.opt.MethodTimeout,
 		connectTimeout: m.opt.ConnectTimeout,
 		bodyTimeout:    m.opt.BodyTimeout,
+		listener:       m.opt.Listener,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)
