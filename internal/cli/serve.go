@@ -64,6 +64,9 @@ also be set with the environment variable named in its help.`,
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
 	f.IntVar(&cfg.MaxConns, "max-conns", envInt("DPSD_MAX_CONNS", 0), "cap on open connections across all listeners, built-in hubs' included; 0 means 10000 or 3/4 of the open-file limit if lower, -1 no cap (DPSD_MAX_CONNS)")
 	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", envInt("DPSD_MAX_CONNS_PER_SOURCE", 0), "cap on open connections from one source address; 0 means 512, -1 no cap (DPSD_MAX_CONNS_PER_SOURCE)")
+	f.Float64Var(&cfg.ThrottleRegister, "throttle-register", envFloat("DPSD_THROTTLE_REGISTER", 0), "registers allowed per registration id per second, in bursts of 20 s worth; 0 means 1, -1 no limit (DPSD_THROTTLE_REGISTER)")
+	f.Float64Var(&cfg.ThrottleLookup, "throttle-lookup", envFloat("DPSD_THROTTLE_LOOKUP", 0), "status lookups allowed per registration id per second, in bursts of 10 s worth; 0 means 10, -1 no limit (DPSD_THROTTLE_LOOKUP)")
+	f.Float64Var(&cfg.ThrottlePerSource, "throttle-per-source", envFloat("DPSD_THROTTLE_PER_SOURCE", 0), "device requests allowed per source address per second, in bursts of 2 s worth; 0 means 2000, -1 no limit (DPSD_THROTTLE_PER_SOURCE)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd
@@ -82,6 +85,15 @@ func envDuration(name string, def time.Duration) time.Duration {
 // is unset or not an integer.
 func envInt(name string, def int) int {
 	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
+	}
+	return def
+}
+
+// envFloat is the number in the environment variable name, or def when
+// it is unset or not a number.
+func envFloat(name string, def float64) float64 {
+	if n, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil {
 		return n
 	}
 	return def

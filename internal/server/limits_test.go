@@ -5,17 +5,23 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/throttle"
 )
 
 const testBodyTimeout = 300 * time.Millisecond
@@ -139,4 +145,38 @@ func TestConnectionCaps(t *testing.T) {
 	if open(info.AMQPAddr) {
 		t.Fatal("third connection from one source kept with a cap of 2")
 	}
+}
+
+// TestRegisterStormThrottled checks the per-device limit in front of the
+// engine over the wire: a device that registers in a tight loop gets 429
+// with Retry-After in Azure's error shape once its burst is spent, even
+// with a wrong key (the limit comes before the proof is checked).
+func TestRegisterStormThrottled(t *testing.T) {
+	s := startLimitedServer(t, Config{})
+	info := s.Info()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig(t, info)}}
+	url := "https://" + info.HTTPSAddr + "/" + info.IDScope + "/registrations/storm/register?api-version=2019-03-31"
+	for n := 0; n < 100; n++ {
+		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(`{"registrationId":"storm"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "SharedAccessSignature sr=x&sig=wrong&se=9999999999&skn=registration")
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusTooManyRequests {
+			continue
+		}
+		if n < throttle.DefaultRegister.Burst {
+			t.Fatalf("throttled after %d registers, before the burst of %d", n, throttle.DefaultRegister.Burst)
+		}
+		var e dps.Error
+		if ra := res.Header.Get("Retry-After"); ra == "" || json.Unmarshal(body, &e) != nil || e.ErrorCode != dps.CodeThrottled {
+			t.Fatalf("429 with Retry-After %q and body %s", ra, body)
+		}
+		return
+	}
+	t.Fatal("100 registers of one device in a row, none throttled")
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/dpsd/dpsd/internal/metrics"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/store"
+	"github.com/dpsd/dpsd/internal/throttle"
 	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
 	"github.com/dpsd/dpsd/internal/transport/https"
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
@@ -76,6 +77,12 @@ type Config struct {
 	// those of its built-in hubs; zero means connlimit's defaults, a
 	// negative value no cap.
 	MaxConns, MaxConnsPerSource int
+	// ThrottleRegister, ThrottleLookup and ThrottlePerSource are the
+	// device request rates (per second) allowed per registration id for
+	// registers, per registration id for status lookups, and per source
+	// address for every device request; zero means throttle's defaults, a
+	// negative value no limit.
+	ThrottleRegister, ThrottleLookup, ThrottlePerSource float64
 	// BodyTimeout bounds the reading of a request body on the HTTPS
 	// listener, from the end of its headers; zero means DefaultBodyTimeout.
 	BodyTimeout time.Duration
@@ -249,7 +256,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// decorator, so every device request is counted the same way.
 	s.prom = metrics.New()
 	s.doctor.register(s.prom.Registry())
-	prov := s.prom.Provisioner(s.engine)
+	// Throttled requests are counted too: the limits sit between the
+	// metrics and the engine.
+	prov := s.prom.Provisioner(throttle.New(s.engine, throttle.Options{
+		Register:  throttle.DefaultRegister.Scaled(cfg.ThrottleRegister),
+		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
+		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
+	}))
 	s.dev = https.New(prov, s.log)
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
 	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
