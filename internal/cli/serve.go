@@ -59,6 +59,8 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.AllocationPolicy, "allocation-policy", envOr("DPSD_ALLOCATION_POLICY", "hashed"), "default allocation policy for enrollments that set none: hashed, geoLatency or static (DPSD_ALLOCATION_POLICY)")
 	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
 	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")
+	f.IntVar(&cfg.WebhookMaxConcurrent, "webhook-max-concurrent", envInt("DPSD_WEBHOOK_MAX_CONCURRENT", 0), "custom allocation webhook calls in flight on this node; 0 means 256 (DPSD_WEBHOOK_MAX_CONCURRENT)")
+	f.IntVar(&cfg.WebhookMaxConcurrentPerGroup, "webhook-max-concurrent-per-group", envInt("DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP", 0), "custom allocation webhook calls in flight per enrollment group (individual enrollments: per webhook URL); 0 means 64 (DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
 	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")

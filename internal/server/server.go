@@ -59,6 +59,10 @@ type Config struct {
 	// WebhookCAFiles are PEM files of CAs trusted, beside the system
 	// roots, for HTTPS custom allocation webhooks.
 	WebhookCAFiles []string
+	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
+	// webhook calls in flight, on the node and per enrollment group; zero
+	// means allocate's defaults.
+	WebhookMaxConcurrent, WebhookMaxConcurrentPerGroup int
 	// DebugAddr, when set, serves /debug/pprof and the Prometheus
 	// /metrics on a plain-HTTP listener; keep it on a loopback address.
 	DebugAddr string
