@@ -13,7 +13,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,4 +181,62 @@ func TestRegisterStormThrottled(t *testing.T) {
 		return
 	}
 	t.Fatal("100 registers of one device in a row, none throttled")
+}
+
+// TestDataFilesOwnerOnly checks that the database and its WAL are the
+// owner's only even in a data directory created 0755 beforehand, and that
+// the too-open directory is reported.
+func TestDataFilesOwnerOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Start(ctx, Config{
+		DataDir: dir, HostName: "dps.test", HTTPSAddr: "127.0.9.2:0", MQTTAddr: "127.0.9.2:0", AMQPAddr: "127.0.9.2:0",
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if !strings.Contains(logs.String(), "data directory is open to other users") {
+		t.Errorf("no warning about the 0755 data directory in:\n%s", logs.String())
+	}
+	for _, name := range []string{"dpsd.db", "dpsd.db-wal", "dpsd.db-shm", InfoFile} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %#o, want 0600", name, st.Mode().Perm())
+		}
+	}
+}
+
+// syncBuffer is a log destination tests may read while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -165,6 +166,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 func (s *Server) open(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
+	}
+	// The files inside are the owner's only, but a directory others may
+	// list or enter is a mistake worth saying (one made before dpsd ran,
+	// since MkdirAll leaves an existing directory as it is).
+	if st, err := os.Stat(s.cfg.DataDir); err == nil && runtime.GOOS != "windows" && st.Mode().Perm()&0o077 != 0 {
+		s.log.Warn("the data directory is open to other users; it holds every key", "dir", s.cfg.DataDir,
+			"mode", fmt.Sprintf("%#o", st.Mode().Perm()), "fix", "chmod 700 "+s.cfg.DataDir)
 	}
 	lock, err := lockDataDir(s.cfg.DataDir)
 	if err != nil {
