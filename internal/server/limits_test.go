@@ -240,3 +240,36 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestBannerKeyFirstStartOnly checks that the owner key reaches stdout
+// (a journal, under systemd) on the start that created it only.
+func TestBannerKeyFirstStartOnly(t *testing.T) {
+	dir := t.TempDir()
+	banner := func() string {
+		var out syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := Start(ctx, Config{
+			DataDir: dir, HostName: "dps.test", HTTPSAddr: "127.0.9.2:0", MQTTAddr: "127.0.9.2:0", AMQPAddr: "127.0.9.2:0",
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Banner: &out,
+		})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx) }()
+		for end := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "Clients must trust") && time.Now().Before(end); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		<-done
+		return out.String()
+	}
+	if first := banner(); !strings.Contains(first, "SharedAccessKey=") {
+		t.Fatalf("first start's banner has no connection string:\n%s", first)
+	}
+	second := banner()
+	if strings.Contains(second, "SharedAccessKey") || !strings.Contains(second, "dpsd info") {
+		t.Fatalf("second start's banner shows the key, or not where it is:\n%s", second)
+	}
+}

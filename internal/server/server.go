@@ -121,7 +121,10 @@ type Server struct {
 	amqpL  net.Listener
 	conns  *connlimit.Limiter
 	info   *Info
-	lock   *os.File // flock on the data directory
+	// created says this start created the instance, and with it the
+	// owner key: the only start whose banner shows the key.
+	created bool
+	lock    *os.File // flock on the data directory
 	// effects are what writes cause besides themselves; see
 	// notifyingStore and followChanges.
 	effects *effects
@@ -181,6 +184,9 @@ func (s *Server) open(ctx context.Context) error {
 	s.lock = lock
 	if s.st, err = openStore(ctx, s.cfg); err != nil {
 		return fmt.Errorf("open store: %w", err)
+	}
+	if _, err := instance.Load(ctx, s.st); errors.Is(err, store.ErrNotFound) {
+		s.created = true
 	}
 	if s.inst, err = instance.LoadOrCreate(ctx, s.st); err != nil {
 		return err
@@ -577,8 +583,15 @@ func listen(addr, flag, suggestion string) (net.Listener, error) {
 	return nil, fmt.Errorf("cannot listen on %s: %w (set %s)", addr, err, flag)
 }
 
+// printBanner writes the start-up summary. The service connection string
+// holds the owner key and stdout is often a journal kept for months, so
+// the key is printed on the start that created it only; later starts say
+// where it is (info.json, dpsd info).
 func (s *Server) printBanner(w io.Writer) {
-	i := s.info
+	i := *s.info
+	if !s.created {
+		i.ServiceConnectionString = "in " + filepath.Join(s.cfg.DataDir, InfoFile) + " (dpsd info prints it)"
+	}
 	fmt.Fprintf(w, `dpsd is ready
   ID scope:                    %s
   Service connection string:   %s
