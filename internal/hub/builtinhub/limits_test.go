@@ -97,3 +97,15 @@ func TestListenerOption(t *testing.T) {
 		t.Fatal("second connection kept with a cap of 1 per source")
 	}
 }
+
+// TestColonDeviceID checks that a device id with ':' (valid in IoT Hub,
+// and a DPS registration id may hold one) can be created and connect.
+func TestColonDeviceID(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("colon-hub", "127.0.9.9")
+	createDevice(t, h, "line-3:sensor:7")
+	host := h.Config().HostName
+	if _, _, err := dialDevice(t, e, "line-3:sensor:7", dialOpts{host: host, addr: h.MQTTAddr(), tlsName: host}); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+}
