@@ -1,6 +1,7 @@
 package builtinhub_test
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
@@ -107,5 +109,41 @@ func TestColonDeviceID(t *testing.T) {
 	host := h.Config().HostName
 	if _, _, err := dialDevice(t, e, "line-3:sensor:7", dialOpts{host: host, addr: h.MQTTAddr(), tlsName: host}); err != nil {
 		t.Fatalf("connect: %v", err)
+	}
+}
+
+// TestMQTT311Connack checks that the hub refuses a 3.1.1 client with a
+// 3.1.1 CONNACK return code (1 to 5), not an MQTT 5 reason code.
+func TestMQTT311Connack(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("v311-hub", "127.0.9.10")
+	c, err := tls.Dial("tcp", h.MQTTAddr(), e.tlsConfig("127.0.9.10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var buf bytes.Buffer
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "dev1", Clean: true, Keepalive: 60,
+			UsernameFlag: true, Username: []byte("x/dev1/?api-version=2021-04-12"),
+			WillFlag: true, WillRetain: true, WillTopic: "w", WillPayload: []byte("x"),
+		},
+	}
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil {
+		t.Fatalf("no CONNACK: %v", err)
+	}
+	if ack[0] != packets.Connack<<4 || ack[1] != 2 || ack[3] == 0 || ack[3] > 5 {
+		t.Fatalf("CONNACK % x, want a 3.1.1 refusal (return code 1-5, no properties)", ack)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/mqtt311"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
@@ -182,9 +183,16 @@ func (k *deviceHook) Provides(b byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
+		mqtt.OnPacketEncode,
 		mqtt.StoredClients,
 		mqtt.StoredSubscriptions,
 	}, []byte{b})
+}
+
+// OnPacketEncode answers MQTT 3.1.1 clients in 3.1.1 (mqtt311.Encode): the
+// broker would send them MQTT 5 CONNACK codes and DISCONNECT packets.
+func (k *deviceHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return mqtt311.Encode(cl, pk)
 }
 
 // OnConnect refuses MQTT 5 (IoT Hub speaks 3.1.1) and drops wills, which

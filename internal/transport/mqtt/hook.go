@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/internal/deadline"
+	"github.com/dpsd/dpsd/internal/mqtt311"
 )
 
 // session is one accepted device connection.
@@ -50,7 +51,14 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
+		mqtt.OnPacketEncode,
 	}, []byte{b})
+}
+
+// OnPacketEncode answers MQTT 3.1.1 clients in 3.1.1 (mqtt311.Encode): the
+// broker would send them MQTT 5 CONNACK codes and DISCONNECT packets.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return mqtt311.Encode(cl, pk)
 }
 
 // OnConnect runs after the broker has parsed a valid CONNECT and before it

@@ -88,3 +88,43 @@ func TestConnectionPhasesBounded(t *testing.T) {
 		}
 	})
 }
+
+// TestMQTT311Answers checks that a 3.1.1 client is answered in 3.1.1: a
+// CONNACK return code of 1 to 5, never an MQTT 5 reason code, and the
+// connection closed without a DISCONNECT packet.
+func TestMQTT311Answers(t *testing.T) {
+	ts := startServer(t, &fakeProvisioner{}, Options{})
+
+	t.Run("retained will refused", func(t *testing.T) {
+		rc := newRawClient(t, ts.dialTLS(t, nil))
+		rc.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), ClientIdentifier: "dev-r", Clean: true, Keepalive: 60,
+				UsernameFlag: true, Username: []byte(testUsername("dev-r")), PasswordFlag: true, Password: []byte(testSAS),
+				WillFlag: true, WillRetain: true, WillTopic: "w", WillPayload: []byte("x"),
+			},
+		})
+		ack := rc.mustRecv(packets.Connack)
+		if ack.ReasonCode == 0 || ack.ReasonCode > 5 {
+			t.Fatalf("CONNACK return code %d, want a 3.1.1 refusal (1-5)", ack.ReasonCode)
+		}
+		if pk, err := rc.recv(); err == nil {
+			t.Fatalf("got %s after the refusal, want the connection closed", packets.PacketNames[pk.FixedHeader.Type])
+		}
+	})
+	t.Run("no DISCONNECT", func(t *testing.T) {
+		rc := newRawClient(t, ts.dialTLS(t, nil))
+		rc.connectDevice("dev-d")
+		rc.publish(1, 1, "$dps/registrations/res/200/?$rid=1", `{}`) // not a request topic
+		for {
+			pk, err := rc.recv()
+			if err != nil {
+				break
+			}
+			if pk.FixedHeader.Type == packets.Disconnect {
+				t.Fatal("a 3.1.1 client got a DISCONNECT packet")
+			}
+		}
+	})
+}
