@@ -273,3 +273,25 @@ func TestBannerKeyFirstStartOnly(t *testing.T) {
 		t.Fatalf("second start's banner shows the key, or not where it is:\n%s", second)
 	}
 }
+
+// TestDeepJSONRefused checks the one nesting limit on the device API: a
+// register payload nested 5,000 deep is a 400, as it is on the service
+// API, before any other work.
+func TestDeepJSONRefused(t *testing.T) {
+	s := startLimitedServer(t, Config{})
+	info := s.Info()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig(t, info)}}
+	deep := `{"registrationId":"deep","payload":` + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + `}`
+	req, _ := http.NewRequest(http.MethodPut, "https://"+info.HTTPSAddr+"/"+info.IDScope+"/registrations/deep/register?api-version=2019-03-31", strings.NewReader(deep))
+	req.Header.Set("Content-Type", "application/json")
+	res, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	var e dps.Error
+	if res.StatusCode != http.StatusBadRequest || json.Unmarshal(body, &e) != nil || !strings.Contains(e.Message, "deeper than 32") {
+		t.Fatalf("%d %s; want 400 naming the nesting limit", res.StatusCode, body)
+	}
+}

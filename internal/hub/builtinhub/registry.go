@@ -16,6 +16,7 @@ import (
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -60,6 +61,9 @@ func deviceKey(hubName, id string) string { return hubName + "/" + id }
 
 // decodeJSON decodes with numbers kept exact, as twins need.
 func decodeJSON(data []byte, v any) error {
+	if err := jsonlimit.Check(data); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return dec.Decode(v)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,4 +128,22 @@ func TestMQTT311Answers(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDeepPayloadRefused checks the nesting limit on MQTT register bodies.
+func TestDeepPayloadRefused(t *testing.T) {
+	fp := &fakeProvisioner{}
+	ts := startServer(t, fp, Options{})
+	rc := newRawClient(t, ts.dialTLS(t, nil))
+	rc.connectDevice("dev-deep")
+	deep := `{"payload":` + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + `}`
+	res := rc.request(1, registerTopic("1"), deep)
+	if want := "$dps/registrations/res/400/?$rid=1"; res.TopicName != want {
+		t.Fatalf("topic %q, want %q", res.TopicName, want)
+	}
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	if len(fp.requests) != 0 {
+		t.Fatal("the engine was asked")
+	}
 }

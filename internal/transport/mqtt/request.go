@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -129,6 +130,9 @@ func registerPayload(body []byte) (json.RawMessage, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, nil
+	}
+	if err := jsonlimit.Check(body); err != nil {
+		return nil, err
 	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {
