@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -145,5 +146,38 @@ func TestMQTT311Connack(t *testing.T) {
 	}
 	if ack[0] != packets.Connack<<4 || ack[1] != 2 || ack[3] == 0 || ack[3] > 5 {
 		t.Fatalf("CONNACK % x, want a 3.1.1 refusal (return code 1-5, no properties)", ack)
+	}
+}
+
+// TestSessionFilterCap checks that one session holds at most
+// MaxSessionFilters subscription filters: the ones over are refused in
+// the SUBACK, and the session is not grown by them.
+func TestSessionFilterCap(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("filters-hub", "127.0.9.11")
+	createDevice(t, h, "dev1")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "dev1", dialOpts{host: host, addr: h.MQTTAddr(), tlsName: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	filters := map[string]byte{}
+	for i := range builtinhub.MaxSessionFilters + 10 {
+		filters[fmt.Sprintf("devices/dev1/messages/devicebound/f%d", i)] = 1
+	}
+	tok := dc.SubscribeMultiple(filters, nil)
+	if !tok.WaitTimeout(10 * time.Second) {
+		t.Fatal("SUBACK timed out")
+	}
+	granted, refused := 0, 0
+	for _, code := range tok.(*paho.SubscribeToken).Result() {
+		if code == 0x80 {
+			refused++
+		} else {
+			granted++
+		}
+	}
+	if granted != builtinhub.MaxSessionFilters || refused != 10 {
+		t.Fatalf("granted %d, refused %d; want %d and 10", granted, refused, builtinhub.MaxSessionFilters)
 	}
 }

@@ -374,12 +374,34 @@ func (k *deviceHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	return strings.HasPrefix(topic, "devices/"+id+"/messages/devicebound/")
 }
 
-// OnSubscribe grants at most QoS 1, as IoT Hub does.
-func (k *deviceHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// MaxSessionFilters bounds the subscription filters of one device
+// session. An SDK subscribes to at most four; without a bound a device
+// could grow its session (and the session record rewritten on every
+// SUBSCRIBE) without end.
+const MaxSessionFilters = 32
+
+// refusedFilter stands in for a filter over MaxSessionFilters: it is not a
+// valid filter, so the broker refuses it in the SUBACK (0x80) and
+// subscribes nothing.
+const refusedFilter = "#/over-the-session-limit"
+
+// OnSubscribe grants at most QoS 1, as IoT Hub does, and refuses filters
+// beyond MaxSessionFilters per session (a filter the session already
+// holds is only renewed and does not count).
+func (k *deviceHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	filters := make(packets.Subscriptions, len(pk.Filters))
 	copy(filters, pk.Filters)
+	n := cl.State.Subscriptions.Len()
 	for i := range filters {
 		filters[i].Qos = min(filters[i].Qos, 1)
+		if subscribed(cl, filters[i].Filter) {
+			continue
+		}
+		if n >= MaxSessionFilters {
+			filters[i].Filter = refusedFilter
+			continue
+		}
+		n++
 	}
 	pk.Filters = filters
 	return pk
