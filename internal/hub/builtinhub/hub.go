@@ -185,6 +185,7 @@ type hubOptions struct {
 	httpsPort      string
 	mqttPort       string
 	messages       int
+	messageBytes   int
 	rate           float64
 	burst          int
 	methodTimeout  time.Duration
@@ -201,7 +202,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		log:            o.logger.With("hub", cfg.Name),
 		now:            o.now,
 		limiter:        newLimiter(o.rate, o.burst),
-		msgs:           newMessageBuffer(o.messages),
+		msgs:           newMessageBuffer(o.messages, o.messageBytes),
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
 		bodyTimeout:    o.bodyTimeout,

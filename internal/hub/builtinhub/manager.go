@@ -64,6 +64,9 @@ type Options struct {
 	// MessageBuffer is how many telemetry messages each hub keeps
 	// (default DefaultMessageBuffer).
 	MessageBuffer int
+	// MessageBufferBytes bounds the bytes of telemetry each hub keeps
+	// (default DefaultMessageBufferBytes); the oldest messages go first.
+	MessageBufferBytes int
 	// RESTRate and RESTBurst throttle each hub's REST API (requests per
 	// second, bucket size) with 429 and Retry-After, as real hubs do.
 	// Zero rate means no throttling.
@@ -173,6 +176,7 @@ func (m *Manager) run(cfg Config) error {
 		httpsPort:      m.opt.HTTPSPort,
 		mqttPort:       m.opt.MQTTPort,
 		messages:       m.opt.MessageBuffer,
+		messageBytes:   m.opt.MessageBufferBytes,
 		rate:           m.opt.RESTRate,
 		burst:          m.opt.RESTBurst,
 		methodTimeout:  m.opt.MethodTimeout,
