@@ -74,6 +74,14 @@ type WebhookOptions struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	Now   func() time.Time
 
+	// MaxConcurrent and MaxConcurrentPerGroup bound the calls in flight,
+	// on the node and per enrollment group (individual enrollments: per
+	// webhook URL); defaults DefaultMaxConcurrent and
+	// DefaultMaxConcurrentPerGroup. A call that finds no slot within its
+	// attempt timeout counts as a failed attempt and is retried on the
+	// schedule, like a webhook that answered 429.
+	MaxConcurrent, MaxConcurrentPerGroup int
+
 	// Audit, when set, records every custom allocation.
 	Audit  *alloclog.Log
 	Logger *slog.Logger
@@ -93,9 +101,10 @@ type WebhookOptions struct {
 // followed (a 3xx fails with 400207); Retry-After headers are ignored, as
 // Azure's fixed schedule is documented.
 type Webhook struct {
-	hc  *http.Client
-	opt WebhookOptions
-	log *slog.Logger
+	hc       *http.Client
+	opt      WebhookOptions
+	log      *slog.Logger
+	inflight *inflight
 }
 
 // NewWebhook returns a webhook client.
@@ -127,6 +136,12 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
+	if opt.MaxConcurrent <= 0 {
+		opt.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if opt.MaxConcurrentPerGroup <= 0 {
+		opt.MaxConcurrentPerGroup = DefaultMaxConcurrentPerGroup
+	}
 	hc := opt.HTTPClient
 	if hc == nil {
 		var err error
@@ -134,7 +149,7 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 			return nil, err
 		}
 	}
-	return &Webhook{hc: hc, opt: opt, log: opt.Logger}, nil
+	return &Webhook{hc: hc, opt: opt, log: opt.Logger, inflight: newInflight(opt.MaxConcurrent, opt.MaxConcurrentPerGroup)}, nil
 }
 
 func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
@@ -185,7 +200,11 @@ func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.Allocati
 	regID := req.DeviceRuntimeContext.RegistrationID
 	masked := MaskURL(webhookURL)
 	rec := w.begin(ctx, regID, masked, body)
-	alloc, derr := w.call(ctx, regID, webhookURL, masked, body, req.LinkedHubs, rec)
+	key := "url " + webhookURL
+	if req.EnrollmentGroup != nil {
+		key = "group " + req.EnrollmentGroup.EnrollmentGroupID
+	}
+	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, body, req.LinkedHubs, rec)
 	if derr != nil {
 		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
 		w.log.Warn("custom allocation failed", "registrationId", regID, "webhook", masked, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
@@ -212,13 +231,13 @@ type answer struct {
 	permanent bool  // err is not worth retrying
 }
 
-func (w *Webhook) call(ctx context.Context, regID, webhookURL, masked string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
 	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
-		ans := w.attempt(ctx, webhookURL, body)
+		ans := w.attempt(ctx, webhookURL, key, body)
 		took := w.opt.Now().Sub(start)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
 		if ans.err != nil {
@@ -248,10 +267,16 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, masked string, bo
 	}
 }
 
-// attempt makes one bounded call.
-func (w *Webhook) attempt(ctx context.Context, webhookURL string, body []byte) answer {
+// attempt makes one bounded call, in a slot of key's; waiting for the
+// slot counts against the attempt's timeout.
+func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []byte) answer {
 	actx, cancel := context.WithTimeout(ctx, w.opt.AttemptTimeout)
 	defer cancel()
+	release, err := w.inflight.acquire(actx, key)
+	if err != nil {
+		return answer{err: err}
+	}
+	defer release()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, webhookURL, bytes.NewReader(body))
 	if err != nil {
 		// Checked in call already; not worth retrying either way.

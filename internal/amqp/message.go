@@ -89,6 +89,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			if !ok && val != nil {
 				return nil, malformed("application-properties is a %T", val)
 			}
+			if mp == nil {
+				break // a null section: no properties
+			}
 			m.ApplicationProperties = make(map[string]any, mp.Len())
 			for _, pr := range mp.Pairs {
 				k, ok := pr.Key.(string)

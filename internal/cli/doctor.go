@@ -89,14 +89,7 @@ func printCheckReport(w io.Writer, r *admin.CheckReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nKIND\tREGISTRATION\tHUB\tDEVICE\tREPAIRED\tDETAIL")
 	for _, p := range r.Problems {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", p.Kind, dash(p.RegistrationID), dash(p.Hub), dash(p.DeviceID), p.Repaired, p.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", cell(p.Kind), cell(p.RegistrationID), cell(p.Hub), cell(p.DeviceID), p.Repaired, cell(p.Detail))
 	}
 	return tw.Flush()
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -372,9 +372,23 @@ func hubMessagesCmd(cc *clientCmd) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		msgs, err := c.Messages(cmd.Context(), name, id, after, top)
-		if err != nil {
-			return err
+		// The hub answers a page at a time (at most 4 MiB); page on
+		// from the last sequence number until the list is done.
+		var msgs []builtinhub.Message
+		for {
+			want := 0
+			if top > 0 {
+				want = top - len(msgs)
+			}
+			page, err := c.Messages(cmd.Context(), name, id, after, want)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, page...)
+			if len(page) == 0 || (top > 0 && len(msgs) >= top) {
+				break
+			}
+			after = page[len(page)-1].SequenceNumber
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), nonNil(msgs))

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -69,13 +71,46 @@ func table(w io.Writer, header []string, rows [][]string) error {
 	return tw.Flush()
 }
 
-// cell makes s fit one table cell: never empty, never multi-line.
+// cell makes s fit one table cell: never empty, never multi-line, never
+// a terminal control sequence.
 func cell(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = printable(strings.Join(strings.Fields(s), " "))
 	if s == "" {
 		return "-"
 	}
 	return s
+}
+
+// printable escapes what a terminal would act on rather than show:
+// control characters (an ESC sequence stored in a registration by a
+// webhook or a device could rewrite the screen or the window title) and
+// bytes that are not UTF-8, as Go escapes (\x1b, \u009b, \xff).
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case unicode.IsControl(r):
+			q := strconv.QuoteRune(r) // '\x1b', '\n', '\u009b'
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // field is one line of a detail view.
@@ -86,7 +121,7 @@ func details(w io.Writer, fields []field) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, f := range fields {
 		if f.value != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", f.name, f.value)
+			fmt.Fprintf(tw, "%s:\t%s\n", f.name, printable(f.value))
 		}
 	}
 	return tw.Flush()

@@ -172,3 +172,36 @@ func TestCell(t *testing.T) {
 		t.Error("cell kept a newline")
 	}
 }
+
+// TestTerminalEscapes checks that text from outside (a webhook's answer,
+// a device's payload) reaches the terminal as text: no ESC, BEL, C1
+// control or stray byte leaves the CLI's tables and detail views raw.
+func TestTerminalEscapes(t *testing.T) {
+	hostile := "\x1b]0;owned\x07\x1b[2J\u009b31m\xffok"
+	for in, want := range map[string]string{
+		hostile:          `\x1b]0;owned\a\x1b[2J\u009b31m\xffok`,
+		"plain, ünïcode": "plain, ünïcode",
+	} {
+		if got := cell(in); got != want {
+			t.Errorf("cell(%q) = %q, want %q", in, got, want)
+		}
+	}
+	reg := &dps.DeviceRegistrationState{RegistrationID: "dev", Status: "failed", ErrorMessage: hostile, AssignedHub: hostile}
+	for _, tc := range []struct {
+		name  string
+		print func(*bytes.Buffer) error
+	}{
+		{"show", func(b *bytes.Buffer) error { return printRegistration(b, false, reg) }},
+		{"list", func(b *bytes.Buffer) error { return printRegistrations(b, false, []dps.DeviceRegistrationState{*reg}) }},
+	} {
+		var b bytes.Buffer
+		if err := tc.print(&b); err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"\x1b", "\x07", "\u009b", "\xff"} {
+			if strings.Contains(b.String(), bad) {
+				t.Errorf("%s printed %q raw:\n%q", tc.name, bad, b.String())
+			}
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,9 +59,16 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.AllocationPolicy, "allocation-policy", envOr("DPSD_ALLOCATION_POLICY", "hashed"), "default allocation policy for enrollments that set none: hashed, geoLatency or static (DPSD_ALLOCATION_POLICY)")
 	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
 	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")
+	f.IntVar(&cfg.WebhookMaxConcurrent, "webhook-max-concurrent", envInt("DPSD_WEBHOOK_MAX_CONCURRENT", 0), "custom allocation webhook calls in flight on this node; 0 means 256 (DPSD_WEBHOOK_MAX_CONCURRENT)")
+	f.IntVar(&cfg.WebhookMaxConcurrentPerGroup, "webhook-max-concurrent-per-group", envInt("DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP", 0), "custom allocation webhook calls in flight per enrollment group (individual enrollments: per webhook URL); 0 means 64 (DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
 	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
+	f.IntVar(&cfg.MaxConns, "max-conns", envInt("DPSD_MAX_CONNS", 0), "cap on open connections across all listeners, built-in hubs' included; 0 means 10000 or 3/4 of the open-file limit if lower, -1 no cap (DPSD_MAX_CONNS)")
+	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", envInt("DPSD_MAX_CONNS_PER_SOURCE", 0), "cap on open connections from one source address; 0 means 512, -1 no cap (DPSD_MAX_CONNS_PER_SOURCE)")
+	f.Float64Var(&cfg.ThrottleRegister, "throttle-register", envFloat("DPSD_THROTTLE_REGISTER", 0), "registers allowed per registration id per second, in bursts of 20 s worth; 0 means 1, -1 no limit (DPSD_THROTTLE_REGISTER)")
+	f.Float64Var(&cfg.ThrottleLookup, "throttle-lookup", envFloat("DPSD_THROTTLE_LOOKUP", 0), "status lookups allowed per registration id per second, in bursts of 10 s worth; 0 means 10, -1 no limit (DPSD_THROTTLE_LOOKUP)")
+	f.Float64Var(&cfg.ThrottlePerSource, "throttle-per-source", envFloat("DPSD_THROTTLE_PER_SOURCE", 0), "device requests allowed per source address per second, in bursts of 2 s worth; 0 means 2000, -1 no limit (DPSD_THROTTLE_PER_SOURCE)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd
@@ -71,6 +79,24 @@ also be set with the environment variable named in its help.`,
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
 		return d
+	}
+	return def
+}
+
+// envInt is the integer in the environment variable name, or def when it
+// is unset or not an integer.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
+	}
+	return def
+}
+
+// envFloat is the number in the environment variable name, or def when
+// it is unset or not a number.
+func envFloat(name string, def float64) float64 {
+	if n, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil {
+		return n
 	}
 	return def
 }

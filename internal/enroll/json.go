@@ -7,13 +7,12 @@ import (
 	"fmt"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 )
 
 // MaxJSONDepth is the deepest nesting of objects and arrays a request body
-// may have. An enrollment needs about five levels around an initial twin and
-// IoT Hub limits twins to ten more, so 32 leaves room without letting a
-// hostile body make the decoder work on a million nested brackets.
-const MaxJSONDepth = 32
+// may have: the one limit of every JSON body dpsd accepts.
+const MaxJSONDepth = jsonlimit.MaxDepth
 
 // DecodeJSON decodes a request body into v. Unknown members are ignored, as
 // Azure ignores them. Every failure — an empty body, bad JSON, a member of
@@ -23,8 +22,8 @@ func DecodeJSON(data []byte, v any) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return dps.Errorf(dps.CodeInvalidArgument, "The request body is empty.")
 	}
-	if err := checkDepth(data, MaxJSONDepth); err != nil {
-		return err
+	if jsonlimit.Check(data) != nil {
+		return dps.Errorf(dps.CodeInvalidArgument, "The request body nests objects and arrays deeper than %d levels.", MaxJSONDepth)
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		var syn *json.SyntaxError
@@ -58,39 +57,6 @@ func jsonKind(k string) string {
 		return "a number"
 	}
 	return "a " + k
-}
-
-// checkDepth rejects data whose objects and arrays nest deeper than max. It
-// only tracks brackets outside strings; whether the JSON is otherwise valid
-// is left to the decoder.
-func checkDepth(data []byte, max int) error {
-	depth := 0
-	inString, escaped := false, false
-	for _, c := range data {
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-			if depth > max {
-				return dps.Errorf(dps.CodeInvalidArgument, "The request body nests objects and arrays deeper than %d levels.", max)
-			}
-		case '}', ']':
-			depth--
-		}
-	}
-	return nil
 }
 
 // DecodeEnrollment decodes an IndividualEnrollment request body. It does not

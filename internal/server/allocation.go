@@ -15,7 +15,10 @@ func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, log
 	if err != nil {
 		return nil, err
 	}
-	wh, err := allocate.NewWebhook(allocate.WebhookOptions{Audit: alog, Logger: log, CAFiles: cfg.WebhookCAFiles})
+	wh, err := allocate.NewWebhook(allocate.WebhookOptions{
+		Audit: alog, Logger: log, CAFiles: cfg.WebhookCAFiles,
+		MaxConcurrent: cfg.WebhookMaxConcurrent, MaxConcurrentPerGroup: cfg.WebhookMaxConcurrentPerGroup,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("custom allocation webhooks: %w", err)
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,12 +12,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/certs"
+	"github.com/dpsd/dpsd/internal/connlimit"
+	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/instance"
@@ -25,6 +29,7 @@ import (
 	"github.com/dpsd/dpsd/internal/metrics"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/store"
+	"github.com/dpsd/dpsd/internal/throttle"
 	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
 	"github.com/dpsd/dpsd/internal/transport/https"
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
@@ -55,6 +60,10 @@ type Config struct {
 	// WebhookCAFiles are PEM files of CAs trusted, beside the system
 	// roots, for HTTPS custom allocation webhooks.
 	WebhookCAFiles []string
+	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
+	// webhook calls in flight, on the node and per enrollment group; zero
+	// means allocate's defaults.
+	WebhookMaxConcurrent, WebhookMaxConcurrentPerGroup int
 	// DebugAddr, when set, serves /debug/pprof and the Prometheus
 	// /metrics on a plain-HTTP listener; keep it on a loopback address.
 	DebugAddr string
@@ -68,7 +77,25 @@ type Config struct {
 	DoctorRepair   bool
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
+	// MaxConns and MaxConnsPerSource cap the connections the node holds
+	// open, in total and per source address, across its listeners and
+	// those of its built-in hubs; zero means connlimit's defaults, a
+	// negative value no cap.
+	MaxConns, MaxConnsPerSource int
+	// ThrottleRegister, ThrottleLookup and ThrottlePerSource are the
+	// device request rates (per second) allowed per registration id for
+	// registers, per registration id for status lookups, and per source
+	// address for every device request; zero means throttle's defaults, a
+	// negative value no limit.
+	ThrottleRegister, ThrottleLookup, ThrottlePerSource float64
+	// BodyTimeout bounds the reading of a request body on the HTTPS
+	// listener, from the end of its headers; zero means DefaultBodyTimeout.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout is Config.BodyTimeout's default. Device requests are
+// a few KiB and service API bodies (bulk enrollment) at most a few MiB.
+const DefaultBodyTimeout = 30 * time.Second
 
 // Server is a running dpsd node.
 type Server struct {
@@ -92,8 +119,12 @@ type Server struct {
 	httpsL net.Listener
 	mqttL  net.Listener
 	amqpL  net.Listener
+	conns  *connlimit.Limiter
 	info   *Info
-	lock   *os.File // flock on the data directory
+	// created says this start created the instance, and with it the
+	// owner key: the only start whose banner shows the key.
+	created bool
+	lock    *os.File // flock on the data directory
 	// effects are what writes cause besides themselves; see
 	// notifyingStore and followChanges.
 	effects *effects
@@ -139,6 +170,13 @@ func (s *Server) open(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	// The files inside are the owner's only, but a directory others may
+	// list or enter is a mistake worth saying (one made before dpsd ran,
+	// since MkdirAll leaves an existing directory as it is).
+	if st, err := os.Stat(s.cfg.DataDir); err == nil && runtime.GOOS != "windows" && st.Mode().Perm()&0o077 != 0 {
+		s.log.Warn("the data directory is open to other users; it holds every key", "dir", s.cfg.DataDir,
+			"mode", fmt.Sprintf("%#o", st.Mode().Perm()), "fix", "chmod 700 "+s.cfg.DataDir)
+	}
 	lock, err := lockDataDir(s.cfg.DataDir)
 	if err != nil {
 		return err
@@ -146,6 +184,9 @@ func (s *Server) open(ctx context.Context) error {
 	s.lock = lock
 	if s.st, err = openStore(ctx, s.cfg); err != nil {
 		return fmt.Errorf("open store: %w", err)
+	}
+	if _, err := instance.Load(ctx, s.st); errors.Is(err, store.ErrNotFound) {
+		s.created = true
 	}
 	if s.inst, err = instance.LoadOrCreate(ctx, s.st); err != nil {
 		return err
@@ -170,6 +211,12 @@ func (s *Server) listen() (*tls.Config, string, error) {
 	if s.amqpL, err = listen(s.cfg.AMQPAddr, "--amqp-addr", "127.0.0.1:5671"); err != nil {
 		return nil, "", err
 	}
+	// Connections over a cap are closed as they are accepted, before any
+	// TLS work is spent on them.
+	s.conns = connlimit.New(s.cfg.MaxConns, s.cfg.MaxConnsPerSource, s.log)
+	s.httpsL = s.conns.Listener(s.httpsL, "https")
+	s.mqttL = s.conns.Listener(s.mqttL, "mqtt")
+	s.amqpL = s.conns.Listener(s.amqpL, "amqp")
 	return tlsCfg, caFile, nil
 }
 
@@ -194,6 +241,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
+		Listener:    s.conns.Listener,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -226,7 +274,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// decorator, so every device request is counted the same way.
 	s.prom = metrics.New()
 	s.doctor.register(s.prom.Registry())
-	prov := s.prom.Provisioner(s.engine)
+	// Throttled requests are counted too: the limits sit between the
+	// metrics and the engine.
+	prov := s.prom.Provisioner(throttle.New(s.engine, throttle.Options{
+		Register:  throttle.DefaultRegister.Scaled(cfg.ThrottleRegister),
+		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
+		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
+	}))
 	s.dev = https.New(prov, s.log)
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
 	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
@@ -294,7 +348,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.Banner != nil {
 		s.printBanner(s.cfg.Banner)
 	}
-	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr, "amqp", s.info.AMQPAddr)
+	s.log.Info("dpsd serving", "idScope", s.inst.IDScope, "https", s.info.HTTPSAddr, "mqtt", s.info.MQTTAddr, "amqp", s.info.AMQPAddr,
+		"maxConns", s.conns.MaxTotal(), "maxConnsPerSource", s.conns.MaxPerSource())
 
 	var serveErr error
 	select {
@@ -398,6 +453,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.mqtt.WebSocketHandler().ServeHTTP(w, r)
 		return
 	}
+	// The server sets no ReadTimeout, which would also end the WebSocket
+	// connections above; each body gets its own deadline instead. Headers
+	// are bounded by ReadHeaderTimeout.
+	deadline.Body(w, r, cmp.Or(s.cfg.BodyTimeout, DefaultBodyTimeout))
 	path := r.URL.EscapedPath()
 	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
 	switch strings.ToLower(first) {
@@ -524,8 +583,15 @@ func listen(addr, flag, suggestion string) (net.Listener, error) {
 	return nil, fmt.Errorf("cannot listen on %s: %w (set %s)", addr, err, flag)
 }
 
+// printBanner writes the start-up summary. The service connection string
+// holds the owner key and stdout is often a journal kept for months, so
+// the key is printed on the start that created it only; later starts say
+// where it is (info.json, dpsd info).
 func (s *Server) printBanner(w io.Writer) {
-	i := s.info
+	i := *s.info
+	if !s.created {
+		i.ServiceConnectionString = "in " + filepath.Join(s.cfg.DataDir, InfoFile) + " (dpsd info prints it)"
+	}
 	fmt.Fprintf(w, `dpsd is ready
   ID scope:                    %s
   Service connection string:   %s

@@ -1,6 +1,7 @@
 package builtinhub
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 )
 
 // AdminPathPrefix is where dpsd serves the management API of its built-in
@@ -66,7 +68,7 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		var req CreateRequest
 		body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 		if err == nil && len(strings.TrimSpace(string(body))) > 0 {
-			err = json.Unmarshal(body, &req)
+			err = cmp.Or(jsonlimit.Check(body), json.Unmarshal(body, &req))
 		}
 		if err != nil {
 			httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body is not valid JSON: %v", err))

@@ -16,6 +16,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -126,7 +127,9 @@ type Hub struct {
 	tls    *tls.Config
 	hook   *deviceHook
 
-	methodTimeout time.Duration
+	methodTimeout  time.Duration
+	connectTimeout time.Duration
+	bodyTimeout    time.Duration
 
 	mu      sync.Mutex
 	closing bool
@@ -176,30 +179,36 @@ func (h *Hub) aliases() []string {
 
 // hubOptions are the manager's settings a hub uses.
 type hubOptions struct {
-	logger        *slog.Logger
-	now           func() time.Time
-	cert          tls.Certificate
-	httpsPort     string
-	mqttPort      string
-	messages      int
-	rate          float64
-	burst         int
-	methodTimeout time.Duration
+	logger         *slog.Logger
+	now            func() time.Time
+	cert           tls.Certificate
+	httpsPort      string
+	mqttPort       string
+	messages       int
+	messageBytes   int
+	rate           float64
+	burst          int
+	methodTimeout  time.Duration
+	connectTimeout time.Duration
+	bodyTimeout    time.Duration
+	listener       func(net.Listener, string) net.Listener
 }
 
 // startHub binds the hub's listeners and serves them.
 func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 	h := &Hub{
-		cfg:           cfg,
-		st:            st,
-		log:           o.logger.With("hub", cfg.Name),
-		now:           o.now,
-		limiter:       newLimiter(o.rate, o.burst),
-		msgs:          newMessageBuffer(o.messages),
-		methodTimeout: o.methodTimeout,
-		conns:         make(map[net.Conn]*connInfo),
-		devices:       make(map[string]*devState),
-		methods:       make(map[string]pendingMethod),
+		cfg:            cfg,
+		st:             st,
+		log:            o.logger.With("hub", cfg.Name),
+		now:            o.now,
+		limiter:        newLimiter(o.rate, o.burst),
+		msgs:           newMessageBuffer(o.messages, o.messageBytes),
+		methodTimeout:  o.methodTimeout,
+		connectTimeout: o.connectTimeout,
+		bodyTimeout:    o.bodyTimeout,
+		conns:          make(map[net.Conn]*connInfo),
+		devices:        make(map[string]*devState),
+		methods:        make(map[string]pendingMethod),
 	}
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -215,6 +224,10 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 	if h.mqttL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
 		h.httpsL.Close()
 		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	}
+	if o.listener != nil {
+		h.httpsL = o.listener(h.httpsL, "hub-https")
+		h.mqttL = o.listener(h.mqttL, "hub-mqtt")
 	}
 	if err := h.startBroker(); err != nil {
 		h.httpsL.Close()
@@ -250,6 +263,9 @@ func (h *Hub) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveWebSocket(w, r)
 		return
 	}
+	// No ReadTimeout on the server, which would also end the WebSocket
+	// connections: each body gets its own deadline.
+	deadline.Body(w, r, h.bodyTimeout)
 	h.serveREST(w, r)
 }
 

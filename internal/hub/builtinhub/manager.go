@@ -64,6 +64,9 @@ type Options struct {
 	// MessageBuffer is how many telemetry messages each hub keeps
 	// (default DefaultMessageBuffer).
 	MessageBuffer int
+	// MessageBufferBytes bounds the bytes of telemetry each hub keeps
+	// (default DefaultMessageBufferBytes); the oldest messages go first.
+	MessageBufferBytes int
 	// RESTRate and RESTBurst throttle each hub's REST API (requests per
 	// second, bucket size) with 429 and Retry-After, as real hubs do.
 	// Zero rate means no throttling.
@@ -71,7 +74,17 @@ type Options struct {
 	RESTBurst int
 	// MethodTimeout is the default wait for a direct method's answer.
 	MethodTimeout time.Duration
-	Now           func() time.Time
+	// ConnectTimeout bounds a device connection's TLS handshake and the
+	// wait for its CONNECT, over TLS and over WebSockets alike; zero
+	// means 30 s.
+	ConnectTimeout time.Duration
+	// Listener, when set, wraps each hub's listeners (name "hub-https" or
+	// "hub-mqtt"): the node's connection caps.
+	Listener func(l net.Listener, name string) net.Listener
+	// BodyTimeout bounds the reading of a REST request's body, from the
+	// end of its headers; zero means 30 s.
+	BodyTimeout time.Duration
+	Now         func() time.Time
 }
 
 // Manager runs the built-in hubs of a dpsd node. It is safe for
@@ -107,6 +120,12 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	}
 	if opt.MethodTimeout <= 0 {
 		opt.MethodTimeout = defaultMethodTimeout
+	}
+	if opt.ConnectTimeout <= 0 {
+		opt.ConnectTimeout = defaultConnectTimeout
+	}
+	if opt.BodyTimeout <= 0 {
+		opt.BodyTimeout = defaultBodyTimeout
 	}
 	return &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}, nil
 }
@@ -151,15 +170,19 @@ func (m *Manager) run(cfg Config) error {
 		return fmt.Errorf("hub %s: certificate: %w", cfg.Name, err)
 	}
 	h, err := startHub(cfg, m.st, hubOptions{
-		logger:        m.log,
-		now:           m.opt.Now,
-		cert:          cert,
-		httpsPort:     m.opt.HTTPSPort,
-		mqttPort:      m.opt.MQTTPort,
-		messages:      m.opt.MessageBuffer,
-		rate:          m.opt.RESTRate,
-		burst:         m.opt.RESTBurst,
-		methodTimeout: m.opt.MethodTimeout,
+		logger:         m.log,
+		now:            m.opt.Now,
+		cert:           cert,
+		httpsPort:      m.opt.HTTPSPort,
+		mqttPort:       m.opt.MQTTPort,
+		messages:       m.opt.MessageBuffer,
+		messageBytes:   m.opt.MessageBufferBytes,
+		rate:           m.opt.RESTRate,
+		burst:          m.opt.RESTBurst,
+		methodTimeout:  m.opt.MethodTimeout,
+		connectTimeout: m.opt.ConnectTimeout,
+		bodyTimeout:    m.opt.BodyTimeout,
+		listener:       m.opt.Listener,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)

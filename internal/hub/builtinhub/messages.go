@@ -43,21 +43,52 @@ var systemPropertyNames = map[string]string{
 	"$.sub":  "dt-subject",
 }
 
-// messageBuffer keeps the most recent messages of a hub in a ring, so
-// adding one costs the same however full it is.
+// DefaultMessageBufferBytes is how many bytes of device-to-cloud messages
+// a hub keeps, whatever their number: 1,000 messages of 256 KiB would
+// otherwise hold a quarter of a gigabyte.
+const DefaultMessageBufferBytes = 64 << 20
+
+// maxListBytes bounds one page of a message listing; a client pages on
+// with the last sequence number it got.
+const maxListBytes = 4 << 20
+
+// messageBuffer keeps the most recent messages of a hub, at most max of
+// them and at most maxBytes of them (the newest is always kept).
 type messageBuffer struct {
-	mu   sync.Mutex
-	max  int
-	seq  int64
-	msgs []Message // grows to max, then wraps at next
-	next int       // where the next message goes once full; also the oldest
+	mu       sync.Mutex
+	max      int
+	maxBytes int
+	seq      int64
+	msgs     []keptMessage // oldest first
+	bytes    int
 }
 
-func newMessageBuffer(n int) *messageBuffer {
+type keptMessage struct {
+	Message
+	size int
+}
+
+// size is what m costs in the buffer, roughly: its strings, plus a fixed
+// overhead for the rest.
+func size(m Message) int {
+	n := 128 + len(m.DeviceID) + len(m.Body)
+	for k, v := range m.Properties {
+		n += len(k) + len(v) + 32
+	}
+	for k, v := range m.SystemProperties {
+		n += len(k) + len(v) + 32
+	}
+	return n
+}
+
+func newMessageBuffer(n, maxBytes int) *messageBuffer {
 	if n <= 0 {
 		n = DefaultMessageBuffer
 	}
-	return &messageBuffer{max: n}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMessageBufferBytes
+	}
+	return &messageBuffer{max: n, maxBytes: maxBytes}
 }
 
 func (b *messageBuffer) add(m Message) {
@@ -65,26 +96,39 @@ func (b *messageBuffer) add(m Message) {
 	defer b.mu.Unlock()
 	b.seq++
 	m.SequenceNumber = b.seq
-	if len(b.msgs) < b.max {
-		b.msgs = append(b.msgs, m)
-		return
+	km := keptMessage{Message: m, size: size(m)}
+	b.msgs = append(b.msgs, km)
+	b.bytes += km.size
+	drop := 0
+	for len(b.msgs)-drop > b.max || (b.bytes > b.maxBytes && len(b.msgs)-drop > 1) {
+		b.bytes -= b.msgs[drop].size
+		drop++
 	}
-	b.msgs[b.next] = m
-	b.next = (b.next + 1) % b.max
+	if drop > 0 {
+		// Copying keeps the backing array from holding the dropped
+		// messages' bodies; it costs what the buffer holds, and happens
+		// only when it is full.
+		b.msgs = append(b.msgs[:0:0], b.msgs[drop:]...)
+	}
 }
 
 // list returns up to limit messages after sequence number after, oldest
-// first, for one device if deviceID is not empty.
-func (b *messageBuffer) list(deviceID string, after int64, limit int) []Message {
+// first, for one device if deviceID is not empty, and no more than
+// maxBytes of them (but at least one).
+func (b *messageBuffer) list(deviceID string, after int64, limit, maxBytes int) []Message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := []Message{}
-	for i := range b.msgs {
-		m := b.msgs[(b.next+i)%len(b.msgs)]
+	bytes := 0
+	for _, m := range b.msgs {
 		if m.SequenceNumber <= after || (deviceID != "" && !strings.EqualFold(m.DeviceID, deviceID)) {
 			continue
 		}
-		out = append(out, m)
+		if len(out) > 0 && maxBytes > 0 && bytes+m.size > maxBytes {
+			break
+		}
+		out = append(out, m.Message)
+		bytes += m.size
 		if limit > 0 && len(out) >= limit {
 			break
 		}
@@ -93,9 +137,11 @@ func (b *messageBuffer) list(deviceID string, after int64, limit int) []Message 
 }
 
 // Messages returns up to limit telemetry messages the hub keeps, oldest
-// first, after sequence number after, for one device if deviceID is set.
+// first, after sequence number after, for one device if deviceID is set:
+// one page, of at most 4 MiB of messages. The next page starts after the
+// last sequence number of this one.
 func (h *Hub) Messages(deviceID string, after int64, limit int) []Message {
-	return h.msgs.list(deviceID, after, limit)
+	return h.msgs.list(deviceID, after, limit, maxListBytes)
 }
 
 // recordTelemetry keeps a message published on

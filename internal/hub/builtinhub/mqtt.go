@@ -25,27 +25,29 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/mqtt311"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // Device topics (iothub-surface.md §2.2).
 const (
-	topicTwinRes         = "$iothub/twin/res/"
-	topicTwinPrefix      = "$iothub/twin/"
-	topicTwinGet         = "$iothub/twin/GET/"
-	topicTwinReported    = "$iothub/twin/PATCH/properties/reported/"
-	topicDesiredPush     = "$iothub/twin/PATCH/properties/desired/"
-	topicMethodsPost     = "$iothub/methods/POST/"
-	topicMethodsRes      = "$iothub/methods/res/"
-	filterTwinRes        = "$iothub/twin/res/#"
-	filterDesired        = "$iothub/twin/PATCH/properties/desired/#"
-	filterMethods        = "$iothub/methods/POST/#"
-	maxMQTTPacket        = 256<<10 + 4<<10 // 256 KiB telemetry plus topic
-	connectTimeout       = 30 * time.Second
-	twinRequestTimeout   = 10 * time.Second
-	listenerTLS          = "mqtts"
-	listenerWebSocket    = "wss"
-	defaultMethodTimeout = 30 * time.Second
+	topicTwinRes          = "$iothub/twin/res/"
+	topicTwinPrefix       = "$iothub/twin/"
+	topicTwinGet          = "$iothub/twin/GET/"
+	topicTwinReported     = "$iothub/twin/PATCH/properties/reported/"
+	topicDesiredPush      = "$iothub/twin/PATCH/properties/desired/"
+	topicMethodsPost      = "$iothub/methods/POST/"
+	topicMethodsRes       = "$iothub/methods/res/"
+	filterTwinRes         = "$iothub/twin/res/#"
+	filterDesired         = "$iothub/twin/PATCH/properties/desired/#"
+	filterMethods         = "$iothub/methods/POST/#"
+	maxMQTTPacket         = 256<<10 + 4<<10 // 256 KiB telemetry plus topic
+	defaultConnectTimeout = 30 * time.Second
+	defaultBodyTimeout    = 30 * time.Second
+	twinRequestTimeout    = 10 * time.Second
+	listenerTLS           = "mqtts"
+	listenerWebSocket     = "wss"
+	defaultMethodTimeout  = 30 * time.Second
 )
 
 // connInfo is what the hub knows about one accepted connection before and
@@ -98,8 +100,8 @@ func (h *Hub) acceptMQTT() {
 		go func() {
 			defer h.wg.Done()
 			tc := tls.Server(c, h.tls)
-			_ = tc.SetDeadline(time.Now().Add(connectTimeout))
-			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+			_ = tc.SetDeadline(time.Now().Add(h.connectTimeout))
+			ctx, cancel := context.WithTimeout(context.Background(), h.connectTimeout)
 			err := tc.HandshakeContext(ctx)
 			cancel()
 			if err != nil {
@@ -114,6 +116,9 @@ func (h *Hub) acceptMQTT() {
 
 // serveMQTT hands one connection to the broker until the session ends.
 func (h *Hub) serveMQTT(c net.Conn, listener string, peers []*x509.Certificate) {
+	// The broker reads the CONNECT under this deadline (a WebSocket has
+	// none of its own), then replaces it with the keep-alive's.
+	_ = c.SetDeadline(time.Now().Add(h.connectTimeout))
 	info := &connInfo{peerCerts: peers}
 	h.mu.Lock()
 	if h.closing {
@@ -178,9 +183,16 @@ func (k *deviceHook) Provides(b byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
+		mqtt.OnPacketEncode,
 		mqtt.StoredClients,
 		mqtt.StoredSubscriptions,
 	}, []byte{b})
+}
+
+// OnPacketEncode answers MQTT 3.1.1 clients in 3.1.1 (mqtt311.Encode): the
+// broker would send them MQTT 5 CONNACK codes and DISCONNECT packets.
+func (k *deviceHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return mqtt311.Encode(cl, pk)
 }
 
 // OnConnect refuses MQTT 5 (IoT Hub speaks 3.1.1) and drops wills, which
@@ -362,12 +374,34 @@ func (k *deviceHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	return strings.HasPrefix(topic, "devices/"+id+"/messages/devicebound/")
 }
 
-// OnSubscribe grants at most QoS 1, as IoT Hub does.
-func (k *deviceHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// MaxSessionFilters bounds the subscription filters of one device
+// session. An SDK subscribes to at most four; without a bound a device
+// could grow its session (and the session record rewritten on every
+// SUBSCRIBE) without end.
+const MaxSessionFilters = 32
+
+// refusedFilter stands in for a filter over MaxSessionFilters: it is not a
+// valid filter, so the broker refuses it in the SUBACK (0x80) and
+// subscribes nothing.
+const refusedFilter = "#/over-the-session-limit"
+
+// OnSubscribe grants at most QoS 1, as IoT Hub does, and refuses filters
+// beyond MaxSessionFilters per session (a filter the session already
+// holds is only renewed and does not count).
+func (k *deviceHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	filters := make(packets.Subscriptions, len(pk.Filters))
 	copy(filters, pk.Filters)
+	n := cl.State.Subscriptions.Len()
 	for i := range filters {
 		filters[i].Qos = min(filters[i].Qos, 1)
+		if subscribed(cl, filters[i].Filter) {
+			continue
+		}
+		if n >= MaxSessionFilters {
+			filters[i].Filter = refusedFilter
+			continue
+		}
+		n++
 	}
 	pk.Filters = filters
 	return pk

@@ -16,6 +16,7 @@ import (
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -60,18 +61,23 @@ func deviceKey(hubName, id string) string { return hubName + "/" + id }
 
 // decodeJSON decodes with numbers kept exact, as twins need.
 func decodeJSON(data []byte, v any) error {
+	if err := jsonlimit.Check(data); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return dec.Decode(v)
 }
 
-// validDeviceID checks Azure's device id rules.
+// validDeviceID checks Azure IoT Hub's device id rules: up to 128 ASCII
+// letters, digits and "-.+%_#*?!(),:=@$'". The ':' matters: DPS
+// registration ids may hold it, and become device ids.
 func validDeviceID(id string) error {
 	if id == "" || len(id) > 128 {
 		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id must have 1 to 128 characters.")
 	}
 	for _, r := range id {
-		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-.+%_#*?!(),=@$'", r))
+		ok := r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-.+%_#*?!(),:=@$'", r))
 		if !ok {
 			return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Device id %q contains a character that is not allowed.", id)
 		}

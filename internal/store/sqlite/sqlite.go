@@ -115,6 +115,9 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *Store, err error
 	if s.lock, err = lockFile(abs+".lock", indexed); err != nil {
 		return nil, fmt.Errorf("sqlite: %s: %w", abs, err)
 	}
+	if err := ownerOnly(abs); err != nil {
+		return nil, err
+	}
 
 	// The writer's connection is opened first because it switches the file
 	// to WAL mode, which readers then share.
@@ -392,3 +395,30 @@ func mapErr(err error) error {
 }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// ownerOnly makes the database file, and the WAL and shared-memory files
+// beside it, readable by their owner only: they hold every key. SQLite
+// creates its files with the process's umask (0644, typically) but gives
+// the WAL and shared-memory files the database file's permissions, so
+// the database is created here first, 0600; files an older dpsd left
+// more open are closed down.
+func ownerOnly(db string) error {
+	f, err := os.OpenFile(db, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		f.Close()
+	} else if !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("sqlite: create %s: %w", db, err)
+	}
+	for _, p := range []string{db, db + "-wal", db + "-shm"} {
+		st, err := os.Stat(p)
+		if err != nil {
+			continue // the WAL and shm files come and go
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, 0o600); err != nil {
+				return fmt.Errorf("sqlite: restrict %s to its owner: %w", p, err)
+			}
+		}
+	}
+	return nil
+}

@@ -36,6 +36,7 @@ import (
 	"github.com/dpsd/dpsd/api/dps"
 	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/httperr"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
@@ -607,6 +608,9 @@ func registerPayload(body []byte) (json.RawMessage, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, nil
+	}
+	if err := jsonlimit.Check(body); err != nil {
+		return nil, err
 	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -175,6 +176,9 @@ func decodeRegistration(body []byte, reg *dps.DeviceRegistration) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || string(body) == "null" {
 		return nil
+	}
+	if err := jsonlimit.Check(body); err != nil {
+		return dps.Errorf(dps.CodeInvalidArgument, "The request body is not a valid registration: %v.", err)
 	}
 	if err := json.Unmarshal(body, reg); err != nil {
 		return dps.Errorf(dps.CodeBadRequest, "The request body is not a valid registration: %v", err)

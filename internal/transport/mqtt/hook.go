@@ -9,6 +9,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dpsd/dpsd/internal/deadline"
+	"github.com/dpsd/dpsd/internal/mqtt311"
 )
 
 // session is one accepted device connection.
@@ -20,6 +23,7 @@ type session struct {
 	remoteAddr string
 	transport  string
 	log        *slog.Logger
+	conn       *deadline.Conn
 
 	// ctx ends when the device disconnects or the server gives up on
 	// shutdown, like an HTTP request's context.
@@ -47,7 +51,14 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
+		mqtt.OnPacketEncode,
 	}, []byte{b})
+}
+
+// OnPacketEncode answers MQTT 3.1.1 clients in 3.1.1 (mqtt311.Encode): the
+// broker would send them MQTT 5 CONNACK codes and DISCONNECT packets.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return mqtt311.Encode(cl, pk)
 }
 
 // OnConnect runs after the broker has parsed a valid CONNECT and before it
@@ -105,6 +116,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		remoteAddr: cs.remoteAddr,
 		transport:  cs.transport,
 		log:        log,
+		conn:       cs.conn,
 		slots:      make(chan struct{}, s.maxInflight),
 	}
 	if pk.Connect.PasswordFlag {

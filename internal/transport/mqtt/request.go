@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -130,6 +131,9 @@ func registerPayload(body []byte) (json.RawMessage, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
+	if err := jsonlimit.Check(body); err != nil {
+		return nil, err
+	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {
 		return nil, err
@@ -169,6 +173,13 @@ func (s *Server) respondError(sess *session, rt requestTopic, err error, log *sl
 	topic := responseTopic(status, rt.rid, e.RetryAfter, e.RetryAfter > 0)
 	if err := s.publish(sess, topic, payload); err != nil {
 		log.Debug("mqtt error response not delivered", "err", err)
+	}
+	if status == http.StatusUnauthorized {
+		// DPS authenticates requests, not the CONNECT, so a wrong key is
+		// known only now. A device with a wrong key has nothing more to
+		// do here; without this it could hold the connection (keep-alive
+		// 0) for as long as the idle bound, unauthenticated.
+		sess.conn.Cut(s.unauthGrace)
 	}
 }
 

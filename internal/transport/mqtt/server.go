@@ -14,6 +14,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/provision"
 )
 
@@ -37,6 +38,14 @@ var ErrServerClosed = errors.New("mqttdps: server closed")
 const (
 	DefaultMaxInflight    = 8
 	DefaultConnectTimeout = 30 * time.Second
+	// DefaultMaxIdle is the longest a connection may stay silent, whatever
+	// keep-alive (0 included) it asked for. A DPS flow lasts seconds and
+	// polls every few; the SDKs' keep-alives are well under it.
+	DefaultMaxIdle = 4 * time.Minute
+	// DefaultUnauthorizedGrace is how long a connection stays open after a
+	// request was refused for its credentials: time for the device to read
+	// the 401 and disconnect itself.
+	DefaultUnauthorizedGrace = 2 * time.Second
 )
 
 // maxPacketSize bounds one MQTT packet. DPS requests are a few KiB at most
@@ -64,6 +73,12 @@ type Options struct {
 	// ConnectTimeout bounds the TLS handshake and the wait for CONNECT.
 	// Zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// MaxIdle bounds the silence of an accepted connection, keep-alive 0
+	// included. Zero means DefaultMaxIdle.
+	MaxIdle time.Duration
+	// UnauthorizedGrace bounds how long a connection stays open once a
+	// request was refused with 401. Zero means DefaultUnauthorizedGrace.
+	UnauthorizedGrace time.Duration
 }
 
 // Server is the DPS MQTT transport. Create it with New.
@@ -73,6 +88,8 @@ type Server struct {
 	tlsConfig      *tls.Config
 	maxInflight    int
 	connectTimeout time.Duration
+	maxIdle        time.Duration
+	unauthGrace    time.Duration
 	broker         *mqtt.Server
 
 	// baseCtx is the parent of every connection's context; cancel ends
@@ -97,6 +114,7 @@ type connState struct {
 	transport  string
 	peerCerts  []*x509.Certificate
 	remoteAddr string
+	conn       *deadline.Conn
 	// sess is set once the CONNECT has been accepted.
 	sess *session
 }
@@ -111,6 +129,8 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		log:            opts.Logger,
 		maxInflight:    opts.MaxInflight,
 		connectTimeout: opts.ConnectTimeout,
+		maxIdle:        opts.MaxIdle,
+		unauthGrace:    opts.UnauthorizedGrace,
 		listeners:      make(map[net.Listener]struct{}),
 		active:         make(map[net.Conn]*connState),
 	}
@@ -122,6 +142,12 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	}
 	if s.connectTimeout <= 0 {
 		s.connectTimeout = DefaultConnectTimeout
+	}
+	if s.maxIdle <= 0 {
+		s.maxIdle = DefaultMaxIdle
+	}
+	if s.unauthGrace <= 0 {
+		s.unauthGrace = DefaultUnauthorizedGrace
 	}
 	if opts.TLSConfig != nil {
 		s.tlsConfig = opts.TLSConfig.Clone()
@@ -202,8 +228,9 @@ func (s *Server) serveConn(c net.Conn, transport string, peerCerts []*x509.Certi
 			c = tls.Server(c, s.tlsConfig)
 		}
 	}
-	// The broker reads the CONNECT without a deadline and replaces this one
-	// with the keep-alive deadline (none for keep-alive 0) once it has it.
+	// The broker reads the CONNECT under this deadline, then replaces it
+	// with 1.5 × the keep-alive after every packet (none for keep-alive
+	// 0); dc caps those at maxIdle.
 	_ = c.SetDeadline(time.Now().Add(s.connectTimeout))
 	if tc, ok := c.(*tls.Conn); ok {
 		ctx, cancel := context.WithTimeout(s.baseCtx, s.connectTimeout)
@@ -220,14 +247,15 @@ func (s *Server) serveConn(c net.Conn, transport string, peerCerts []*x509.Certi
 		peerCerts = nil // "no certificate" reads the same on every path
 	}
 
-	cs := &connState{transport: transport, peerCerts: peerCerts, remoteAddr: c.RemoteAddr().String()}
-	if !s.trackConn(c, cs, true) {
+	dc := deadline.Idle(c, s.maxIdle)
+	cs := &connState{transport: transport, peerCerts: peerCerts, remoteAddr: c.RemoteAddr().String(), conn: dc}
+	if !s.trackConn(dc, cs, true) {
 		c.Close()
 		return
 	}
-	defer s.trackConn(c, cs, false)
+	defer s.trackConn(dc, cs, false)
 
-	err := s.broker.EstablishConnection(transport, c)
+	err := s.broker.EstablishConnection(transport, dc)
 	s.endSession(cs)
 	s.log.Debug("mqtt connection ended", "remote", cs.remoteAddr, "transport", transport, "err", err)
 }
