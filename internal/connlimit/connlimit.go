@@ -5,6 +5,7 @@
 package connlimit
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -149,4 +150,23 @@ func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.src) })
 	return err
+}
+
+// Accept waits for the next connection on l. A failing Accept that is not
+// the listener being closed (running out of file descriptors, say) is
+// usually transient: like net/http, Accept logs it and tries again after a
+// backoff that doubles from 5 ms up to 1 s, instead of spinning or giving
+// up. It returns an error only once l is closed. name says whose listener
+// it is in the log.
+func Accept(l net.Listener, log *slog.Logger, name string) (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			return c, err
+		}
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		log.Warn(name+" accept failed; retrying", "err", err, "backoff", backoff)
+		time.Sleep(backoff)
+	}
 }

@@ -2,6 +2,7 @@ package connlimit
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -116,5 +117,41 @@ func TestDefaults(t *testing.T) {
 	}
 	if lim := New(-1, -1, nil); lim.MaxTotal() != -1 || lim.MaxPerSource() != -1 {
 		t.Fatal("negative caps are not 'none'")
+	}
+}
+
+// flakyListener fails its first Accepts with a transient error.
+type flakyListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, errors.New("accept: too many open files")
+	}
+	return l.Listener.Accept()
+}
+
+func TestAcceptRetriesUntilClosed(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.9.200:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &flakyListener{Listener: inner, fails: 3}
+	go func() {
+		if c, err := net.Dial("tcp", inner.Addr().String()); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := Accept(l, slog.New(slog.DiscardHandler), "test")
+	if err != nil || c == nil || l.fails != 0 {
+		t.Fatalf("Accept after transient failures: %v %v (failures left %d)", c, err, l.fails)
+	}
+	c.Close()
+	inner.Close()
+	if _, err := Accept(l, slog.New(slog.DiscardHandler), "test"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept on a closed listener: %v, want net.ErrClosed", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -83,19 +84,11 @@ func (h *Hub) startBroker() error {
 
 // acceptMQTT serves MQTT over TLS until the listener closes.
 func (h *Hub) acceptMQTT() {
-	var backoff time.Duration
 	for {
-		c, err := h.mqttL.Accept()
+		c, err := connlimit.Accept(h.mqttL, h.log, "hub mqtt")
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			h.log.Warn("hub mqtt accept failed; retrying", "err", err)
-			time.Sleep(backoff)
-			continue
+			return
 		}
-		backoff = 0
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()

@@ -35,6 +35,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
@@ -176,22 +177,14 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	defer s.track(l, false)
 	defer l.Close()
-	var backoff time.Duration
 	for {
-		c, err := l.Accept()
+		c, err := connlimit.Accept(l, s.log, "amqp")
 		if err != nil {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("amqp: accept: %w", err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("amqp accept failed; retrying", "err", err, "backoff", backoff)
-			time.Sleep(backoff)
-			continue
+			return fmt.Errorf("amqp: accept: %w", err)
 		}
-		backoff = 0
 		if !s.startConn() {
 			c.Close()
 			return ErrServerClosed

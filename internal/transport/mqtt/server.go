@@ -14,6 +14,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/provision"
 )
@@ -190,25 +191,14 @@ func (s *Server) Serve(l net.Listener) error {
 	defer s.trackListener(l, false)
 	defer l.Close()
 
-	var backoff time.Duration
 	for {
-		c, err := l.Accept()
+		c, err := connlimit.Accept(l, s.log, "mqtt")
 		if err != nil {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("mqttdps: accept: %w", err)
-			}
-			// Like net/http: a failing Accept (e.g. out of file
-			// descriptors) is usually transient; back off instead of
-			// spinning or giving up.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("mqtt accept failed; retrying", "err", err, "backoff", backoff)
-			time.Sleep(backoff)
-			continue
+			return fmt.Errorf("mqttdps: accept: %w", err)
 		}
-		backoff = 0
 		if !s.startConn() {
 			c.Close()
 			return ErrServerClosed
