@@ -62,22 +62,31 @@ func Answer(r *http.Request, log *slog.Logger, err error, trackingID string) *dp
 	return de
 }
 
+// Body is Answer with a new tracking id and the time stamped, and its JSON
+// body: what every transport sends a client that is refused (HTTP bodies,
+// MQTT response payloads, AMQP rejection descriptions). r may be nil.
+func Body(r *http.Request, log *slog.Logger, err error) (*dps.Error, []byte) {
+	e := Answer(r, log, err, "")
+	if e.TimestampUTC.IsZero() {
+		e.TimestampUTC = time.Now().UTC()
+	}
+	data, mErr := json.Marshal(e)
+	if mErr != nil {
+		// Unreachable for a dps.Error; still, every answer must be JSON.
+		data = []byte(`{"errorCode":500000,"message":"Internal server error."}`)
+	}
+	return e, data
+}
+
 // Write answers r with err: Answer, then the error body with the status its
 // code implies, an x-ms-error-code header, and Retry-After when set. log
 // receives the errors that are not a *dps.Error; nil means slog.Default().
 // r may be nil when there is no request to log with.
 func Write(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
-	e := Answer(r, log, err, "")
-	if e.TimestampUTC.IsZero() {
-		e.TimestampUTC = time.Now().UTC()
-	}
+	e, data := Body(r, log, err)
 	w.Header().Set(dps.HeaderErrorCode, strconv.Itoa(e.ErrorCode))
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", RetryAfterSeconds(e.RetryAfter))
-	}
-	data, mErr := json.Marshal(e)
-	if mErr != nil {
-		data = []byte(`{"errorCode":500000,"message":"Internal server error."}`)
 	}
 	w.Header().Set("Content-Type", ContentTypeJSON)
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))

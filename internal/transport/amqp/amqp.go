@@ -547,22 +547,12 @@ func correlationID(m *wire.Message) any {
 // description (the C# SDK parses it from there) and a condition the Node
 // SDK maps to the matching error class; retry-after goes into the info.
 func (d *device) refuse(dl *wire.Delivery, err error, log *slog.Logger) {
-	e := *dps.AsError(err) // a copy: the engine may share its errors
+	e, body := httperr.Body(nil, log, err)
 	status := e.Status()
 	if status >= http.StatusInternalServerError {
 		log.Error("amqp request failed", "status", status, "err", err)
 	} else {
 		log.Debug("amqp request refused", "status", status, "err", err)
-	}
-	if e.TrackingID == "" {
-		e.TrackingID = httperr.NewTrackingID()
-	}
-	if e.TimestampUTC.IsZero() {
-		e.TimestampUTC = time.Now().UTC()
-	}
-	body, merr := json.Marshal(&e)
-	if merr != nil {
-		body = []byte(`{"errorCode":500000,"message":"Internal server error."}`)
 	}
 	we := &wire.Error{Condition: condition(status), Description: string(body)}
 	if e.RetryAfter > 0 {

@@ -9,10 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
 )
@@ -152,23 +152,12 @@ func (s *Server) respondError(sess *session, rt requestTopic, err error, log *sl
 	if log == nil {
 		log = sess.log.With("op", rt.kind.String(), "rid", rt.rid)
 	}
-	e := *dps.AsError(err) // a copy: the engine may share its errors
+	e, payload := httperr.Body(nil, log, err)
 	status := e.Status()
 	if status >= http.StatusInternalServerError {
 		log.Error("mqtt request failed", "status", status, "err", err)
 	} else {
 		log.Debug("mqtt request refused", "status", status, "err", err)
-	}
-	if e.TrackingID == "" {
-		e.TrackingID = uuid.NewString()
-	}
-	if e.TimestampUTC.IsZero() {
-		e.TimestampUTC = time.Now().UTC()
-	}
-	payload, merr := json.Marshal(&e)
-	if merr != nil {
-		// Unreachable for dps.Error; still, every response must be JSON.
-		payload = []byte(`{"errorCode":500000,"message":"Internal server error."}`)
 	}
 	topic := responseTopic(status, rt.rid, e.RetryAfter, e.RetryAfter > 0)
 	if err := s.publish(sess, topic, payload); err != nil {
