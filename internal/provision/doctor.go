@@ -93,34 +93,7 @@ func (e *Engine) Check(ctx context.Context, opt CheckOptions) (*CheckReport, err
 		for _, r := range page {
 			rep.Registrations++
 			if r.Work != nil {
-				if e.alive(r) {
-					rep.InProgress++
-					// Its identities, before and after, are not orphans.
-					nameWork(r, name)
-					continue
-				}
-				p := Problem{Kind: ProblemInterrupted, RegistrationID: r.State.RegistrationID, Detail: "owner " + r.Work.Owner + " is gone"}
-				if opt.Repair {
-					done, err := e.recover(ctx, r)
-					switch {
-					case err == nil || errors.Is(err, errLostRace):
-						p.Repaired = true
-						if done != nil {
-							r = done
-						} else {
-							r = nil
-						}
-					default:
-						p.Detail += "; recovery failed: " + err.Error()
-						nameWork(r, name)
-						r = nil
-					}
-				} else {
-					nameWork(r, name)
-					r = nil
-				}
-				add(rep, opt.MaxProblems, p)
-				if r == nil || r.Work != nil {
+				if r = e.settleWork(ctx, r, opt, rep, name); r == nil {
 					continue
 				}
 			}
@@ -160,6 +133,38 @@ func (e *Engine) Check(ctx context.Context, opt CheckOptions) (*CheckReport, err
 		rep.HubsListed = append(rep.HubsListed, hub)
 	}
 	return rep, nil
+}
+
+// settleWork counts the work in progress in r, and when repairing finishes
+// or undoes work whose owner is gone. It returns the committed record that
+// results, to be checked like any other, or nil when there is none.
+func (e *Engine) settleWork(ctx context.Context, r *enroll.Registration, opt CheckOptions, rep *CheckReport, name func(hub, dev string)) *enroll.Registration {
+	if e.alive(r) {
+		rep.InProgress++
+		// Its identities, before and after, are not orphans.
+		nameWork(r, name)
+		return nil
+	}
+	p := Problem{Kind: ProblemInterrupted, RegistrationID: r.State.RegistrationID, Detail: "owner " + r.Work.Owner + " is gone"}
+	var done *enroll.Registration
+	if opt.Repair {
+		var err error
+		done, err = e.recover(ctx, r)
+		if err == nil || errors.Is(err, errLostRace) {
+			p.Repaired = true
+		} else {
+			p.Detail += "; recovery failed: " + err.Error()
+			done = nil
+		}
+	}
+	if !p.Repaired {
+		nameWork(r, name)
+	}
+	add(rep, opt.MaxProblems, p)
+	if done == nil || done.Work != nil {
+		return nil
+	}
+	return done
 }
 
 // nameWork marks the identities that work in progress may leave: the

@@ -539,10 +539,11 @@ func (e *Engine) OperationStatus(ctx context.Context, req Request, operationID s
 			// The process working on it is gone: take the work over and,
 			// unless that finished it, run the registration again under
 			// the same operation id, so the device's polling goes on.
-			if _, err := e.recover(ctx, r); err != nil && !errors.Is(err, errLostRace) {
-				return Result{}, err
+			latest, err := e.recover(ctx, r)
+			if errors.Is(err, errLostRace) {
+				// Another process got there first: see what it left.
+				latest, err = e.loadRegistration(ctx, req.RegistrationID)
 			}
-			latest, err := e.loadRegistration(ctx, req.RegistrationID)
 			if err != nil {
 				return Result{}, err
 			}
