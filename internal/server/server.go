@@ -20,6 +20,7 @@ import (
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/connlimit"
+	"github.com/dpsd/dpsd/internal/console"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
@@ -114,6 +115,7 @@ type Server struct {
 	linked *linkedhub.Registry
 	alog   *alloclog.Log
 	auth   *serviceapi.Authorizer
+	web    *console.Console
 	ca     *localca.CA
 	https  *http.Server
 	httpsL net.Listener
@@ -290,6 +292,15 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, TLSConfig: tlsCfg}); err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
+	// The console forwards its pages' calls to this node's own handlers,
+	// as the signed-in policy, so they decide what the console may do.
+	s.web = console.New(console.Options{
+		Upstream: http.HandlerFunc(s.routeAPI),
+		Policy:   s.inst.Policy,
+		Audience: cfg.HostName,
+		Info:     func() *Info { return s.info },
+		Logger:   s.log,
+	})
 	s.https = &http.Server{
 		Handler:           http.HandlerFunc(s.route),
 		TLSConfig:         tlsCfg,
@@ -459,6 +470,19 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	deadline.Body(w, r, cmp.Or(s.cfg.BodyTimeout, DefaultBodyTimeout))
 	path := r.URL.EscapedPath()
 	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	if path == "/" || strings.EqualFold(first, "console") {
+		// "/" is no device API path: it leads a browser to the console.
+		s.web.ServeHTTP(w, r)
+		return
+	}
+	s.routeAPI(w, r)
+}
+
+// routeAPI serves the service and device APIs and the extension
+// endpoints: everything but the console and WebSockets.
+func (s *Server) routeAPI(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.EscapedPath()
+	first, _, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
 	switch strings.ToLower(first) {
 	case "enrollments", "enrollmentgroups", "registrations":
 		s.svc.ServeHTTP(w, r)
@@ -497,6 +521,10 @@ func (s *Server) extension(path string) http.Handler {
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "doctor" && len(segs) == 2:
 		return s.doctor.handler()
+	case segs[1] == "registrations" && len(segs) == 2:
+		return s.registrationsHandler()
+	case segs[1] == "stats" && len(segs) == 2:
+		return s.statsHandler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
 		return s.alog.Handler(alloclog.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
 	}
