@@ -60,8 +60,7 @@ async function signOut() {
   try { await api.del('session', { signedOutOK: true }); } catch { /* signed out either way */ }
   state.session = null;
   api.setCSRF('');
-  location.hash = '#/signin';
-  render();
+  navigate('#/signin');
 }
 
 function signInPage(main) {
@@ -79,8 +78,7 @@ function signInPage(main) {
       state.session = r.body;
       api.setCSRF(r.body.csrfToken);
       cs.value = ''; key.value = '';
-      location.hash = '#/overview';
-      render();
+      navigate('#/overview');
     } catch (e) {
       msg.appendChild(errorBox(e));
     }
@@ -99,7 +97,10 @@ let renderSeq = 0;
 
 export async function render() {
   const seq = ++renderSeq;
-  const main = clear(document.getElementById('main'));
+  // Each render draws into a container of its own: a slower render that
+  // a newer one replaced keeps drawing into a detached element.
+  const main = h('div', { class: 'view' });
+  clear(document.getElementById('main')).appendChild(main);
   drawHeader();
   if (!state.session) {
     signInPage(main);

@@ -144,7 +144,7 @@ export async function enrollmentDetailPage(main, kind, id) {
           } catch (err) { out.append(errorBox(err)); }
         } },
           h('p', { class: 'muted' }, 'A device of this group signs with HMAC-SHA256 of its registration id under the group key. Compute it here for a device you set up by hand.'),
-          field('Registration id', regID), h('div', {}, h('button', { type: 'submit' }, 'Compute')), out));
+          field('Registration id', regID), h('div', {}, h('button', { type: 'submit', id: 'derive' }, 'Compute')), out));
     }
   }
 }

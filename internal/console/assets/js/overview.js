@@ -12,7 +12,7 @@ export async function overviewPage(main) {
       try {
         const r = await api.post('connectionstring', {});
         clear(secret).append(h('code', { id: 'connection-string-value' }, r.body.connectionString),
-          h('button', { type: 'button', class: 'secondary', onclick: () => { clear(secret).append(h('span', { class: 'muted' }, 'hidden')); } }, 'Hide'));
+          h('button', { type: 'button', class: 'secondary', id: 'hide-connection-string', onclick: () => { clear(secret).append(h('span', { class: 'muted' }, 'hidden')); } }, 'Hide'));
       } catch (e) { secret.append(errorBox(e)); }
     } }, 'Reveal'));
   } else {
