@@ -4,7 +4,9 @@
 #   - the pinned npm packages of test/sdk (`npm ci`), when test/sdk/node_modules
 #     is missing or older than test/sdk/package-lock.json;
 #   - Apache Qpid Proton's Python binding (python3-qpid-proton, Debian's), the
-#     independent AMQP client of test/e2e/proton_test.go, for /usr/bin/python3.
+#     independent AMQP client of test/e2e/proton_test.go, for /usr/bin/python3;
+#   - Chromium and its driver (Debian's chromium and chromium-driver), the
+#     browser of the console tests (test/console): nothing downloads one.
 # Idempotent, and a fast no-op when everything is already in place.
 # Needs root (or sudo) only for the apt-get step.
 set -euo pipefail
@@ -43,6 +45,13 @@ if ! /usr/bin/python3 -c 'import proton' >/dev/null 2>&1; then
 	export DEBIAN_FRONTEND=noninteractive
 	as_root apt-get update -qq
 	as_root apt-get install -y -qq --no-install-recommends python3 python3-qpid-proton >/dev/null
+fi
+
+if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null 2>&1; then
+	log "installing chromium and chromium-driver from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 
 # node --test with custom reporters needs Node 18.15 or newer.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/internal/instance"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -62,16 +64,23 @@ var (
 	nextIP = 1
 )
 
-// freeIP returns an address of 127.0.11.0/24 where port is free.
-func freeIP(t *testing.T, port string) string {
+// freeIP returns an address of 127.0.11.0/24 where ports are free.
+func freeIP(t *testing.T, ports ...string) string {
 	t.Helper()
 	ipMu.Lock()
 	defer ipMu.Unlock()
 	for ; nextIP < 255; nextIP++ {
 		ip := fmt.Sprintf("%s.%d", prefix, nextIP)
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
-		if err == nil {
+		free := true
+		for _, port := range ports {
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
+			if err != nil {
+				free = false
+				break
+			}
 			l.Close()
+		}
+		if free {
 			nextIP++
 			return ip
 		}
@@ -90,7 +99,8 @@ type node struct {
 
 func startNode(t *testing.T) *node {
 	t.Helper()
-	ip := freeIP(t, "18443")
+	// The npm device client dials HTTPS on port 443 of the host name.
+	ip := freeIP(t, "443", "18883", "15671")
 	dir := testenv.Dir(t, "node-")
 	seedReaderPolicy(t, dir)
 	n, err := testenv.StartNode(t, testenv.NodeOptions{
@@ -98,7 +108,7 @@ func startNode(t *testing.T) *node {
 		DataDir: dir,
 		Args: []string{
 			"--hostname", ip,
-			"--https-addr", net.JoinHostPort(ip, "18443"),
+			"--https-addr", net.JoinHostPort(ip, "443"),
 			"--mqtt-addr", net.JoinHostPort(ip, "18883"),
 			"--amqp-addr", net.JoinHostPort(ip, "15671"),
 		},
@@ -122,7 +132,7 @@ func startNode(t *testing.T) *node {
 		HostName         string `json:"hostName"`
 		ConnectionString string `json:"connectionString"`
 	}
-	if err := json.Unmarshal(run("hub", "create", "console-hub", "--address", freeIP(t, "443"), "-o", "json"), &h); err != nil {
+	if err := json.Unmarshal(run("hub", "create", "console-hub", "--address", freeIP(t, "443", "8883"), "-o", "json"), &h); err != nil {
 		t.Fatal(err)
 	}
 	run("linked-hub", "create", "--connection-string", h.ConnectionString)
@@ -354,20 +364,8 @@ func TestConsole(t *testing.T) {
 		t.Errorf("derived key %q, want %q", got, want)
 	}
 
-	// A device provisions with the derived key.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	state, err := device.Register(ctx, device.Config{
-		ProvisioningHost: strings.TrimPrefix(origin, "https://"),
-		IDScope:          n.Info.IDScope,
-		RegistrationID:   "console-dev-1",
-		SymmetricKey:     want,
-		Transport:        device.TransportHTTPS,
-		RootCAs:          n.roots,
-	})
-	if err != nil {
-		t.Fatalf("device registration: %v", err)
-	}
+	// A device provisions with the derived key, with the official SDK.
+	state := sdkRegister(t, n, "console-dev-1", want)
 	if state.AssignedHub != n.hub {
 		t.Fatalf("device assigned to %q, want %q", state.AssignedHub, n.hub)
 	}
@@ -383,6 +381,45 @@ func TestConsole(t *testing.T) {
 	}
 	b.waitText(t, "#timeline", "assigned")
 	b.screenshot(t, "registration")
+
+	// A group with custom allocation: its webhook fails once, then
+	// answers. The device's timeline shows both attempts.
+	hook := startWebhook(t, n.hub)
+	b.run(t, "create a custom allocation group",
+		chromedp.Navigate(origin+"/console/#/groups/new"),
+		chromedp.WaitVisible(chromedp.CSS("#enrollment-form")),
+		chromedp.SendKeys(chromedp.CSS("#id"), "custom-group"),
+		chromedp.SetValue(chromedp.CSS("#allocation-policy"), "custom"))
+	eval[bool](t, b, `document.querySelector('#allocation-policy').dispatchEvent(new Event('change'))`)
+	b.run(t, "give the webhook",
+		chromedp.WaitVisible(chromedp.CSS("#webhook-url")),
+		chromedp.SendKeys(chromedp.CSS("#webhook-url"), hook.URL+"/allocate"),
+		chromedp.Click(chromedp.CSS("#save")),
+		chromedp.WaitVisible(chromedp.CSS("#show-keys")))
+	b.run(t, "show keys", chromedp.Click(chromedp.CSS("#show-keys")), chromedp.WaitVisible(chromedp.CSS("#primary-key")))
+	customKey, _ := sas.DeriveDeviceKey(b.text(t, "#primary-key"), "console-dev-2")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, port, _ := net.SplitHostPort(n.Info.MQTTAddr)
+	state2, err := device.Register(ctx, device.Config{
+		ProvisioningHost: net.JoinHostPort(n.IP, port),
+		IDScope:          n.Info.IDScope,
+		RegistrationID:   "console-dev-2",
+		SymmetricKey:     customKey,
+		Transport:        device.TransportMQTT,
+		RootCAs:          n.roots,
+	})
+	if err != nil {
+		t.Fatalf("custom allocation device: %v", err)
+	}
+	if state2.AssignedHub != n.hub {
+		t.Fatalf("custom allocation assigned %q, want %q", state2.AssignedHub, n.hub)
+	}
+	b.run(t, "open the custom registration", chromedp.Navigate(origin+"/console/#/registrations/console-dev-2"), chromedp.WaitVisible(chromedp.CSS("#timeline")))
+	for _, want := range []string{"Custom allocation", hook.URL + "/allocate", "Attempt 1", "HTTP 503", "Attempt 2", "HTTP 200", "Retries"} {
+		b.waitText(t, "#timeline", want)
+	}
+	b.screenshot(t, "timeline")
 
 	// A stale edit is refused: someone else changes the group while the
 	// form is open.
@@ -485,6 +522,70 @@ func checkProblems(t *testing.T, b *browser, expected ...string) {
 		}
 	}
 	b.problems = nil
+}
+
+// sdkRegister registers a device with the official Node SDK over HTTPS
+// (test/sdk/console-register.js) and returns its registration state.
+func sdkRegister(t *testing.T, n *node, registrationID, key string) *dps.DeviceRegistrationState {
+	t.Helper()
+	nodeBin, err := exec.LookPath("node")
+	if err != nil {
+		testenv.Missing(t, "node not found on PATH (run scripts/install-test-deps.sh)")
+	}
+	sdk := filepath.Join(testenv.RepoRoot(t), "test", "sdk")
+	if _, err := os.Stat(filepath.Join(sdk, "node_modules", "azure-iot-provisioning-device-http")); err != nil {
+		testenv.Missing(t, "test/sdk packages not installed (run scripts/install-test-deps.sh): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, nodeBin, "console-register.js", registrationID, key)
+	cmd.Dir = sdk
+	cmd.Env = append(os.Environ(), "DPSD_INFO="+filepath.Join(n.DataDir, "info.json"), "NODE_EXTRA_CA_CERTS="+n.Info.CACertFile)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node console-register.js: %v\n%s", err, out)
+	}
+	for line := range strings.Lines(string(out)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
+			var st dps.DeviceRegistrationState
+			if err := json.Unmarshal([]byte(rest), &st); err != nil {
+				t.Fatal(err)
+			}
+			return &st
+		}
+	}
+	t.Fatalf("node console-register.js printed no result:\n%s", out)
+	return nil
+}
+
+// startWebhook serves a custom allocation webhook on an address of this
+// suite's range: it answers its first call with 503 and later ones with
+// hub.
+func startWebhook(t *testing.T, hub string) *httptest.Server {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(freeIP(t, "0"), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if first {
+			http.Error(w, `{"message":"cold start"}`, http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"iotHubHostName":%q,"initialTwin":{"tags":{"allocatedBy":"webhook"}}}`, hub)
+	}))
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // tabThrough presses Tab n times from the top of the page and returns the
