@@ -66,13 +66,23 @@ func TestDependencyRules(t *testing.T) {
 					t.Errorf("%s links %s: clients reach the server through the wire only", p, d)
 				}
 			}
+		case p == "internal/console":
+			// The console reaches the node through its HTTP handlers
+			// only, so they alone decide what a session may do. (It
+			// links the store through instance, for the policy type.)
+			for _, d := range directImports(t, pkg) {
+				if d == "internal/server" || d == "internal/provision" || strings.HasPrefix(d, "internal/store") ||
+					strings.HasPrefix(d, "internal/transport/") || strings.HasPrefix(d, "internal/enroll") {
+					t.Errorf("%s links %s: the console goes through the node's HTTP handlers", p, d)
+				}
+			}
 		case p == "cmd/dpsd":
 			if !slices.Equal(directImports(t, pkg), []string{"internal/cli"}) {
 				t.Errorf("%s imports %v: main only calls internal/cli", p, directImports(t, pkg))
 			}
 		}
 	}
-	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "cmd/dpsd"} {
+	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "internal/console", "cmd/dpsd"} {
 		if _, ok := deps[module+must]; !ok {
 			t.Errorf("package %s not found: update the rules with the layout", must)
 		}

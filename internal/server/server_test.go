@@ -86,6 +86,11 @@ func TestServeRoutesAndRestarts(t *testing.T) {
 		{"device API", "PUT", "/" + info.IDScope + "/registrations/dev/register?api-version=2019-03-31", "", 401, dps.CodeUnauthorized},
 		{"device API, unknown scope", "PUT", "/0ne00000000/registrations/dev/register?api-version=2019-03-31", "", 404, dps.CodeIDScopeNotFound},
 		{"unknown path", "GET", "/nothing/here", "", 404, dps.CodeNotFound},
+		{"all registrations", "GET", "/dpsd/registrations?status=assigned", tok, 200, 0},
+		{"all registrations without token", "GET", "/dpsd/registrations", "", 401, dps.CodeUnauthorized},
+		{"statistics", "GET", "/dpsd/stats", tok, 200, 0},
+		{"statistics without token", "GET", "/dpsd/stats", "", 401, dps.CodeUnauthorized},
+		{"console API signed out", "GET", "/console/api/session", "", 401, dps.CodeUnauthorized},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,6 +117,27 @@ func TestServeRoutesAndRestarts(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// "/" leads a browser to the console, which the binary carries.
+	noRedirect := *hc
+	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := noRedirect.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/console/" {
+		t.Errorf("GET / = %d to %q, want a redirect to /console/", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, err = hc.Get(base + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), `<script type="module" src="/console/static/js/app.js">`) || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Errorf("GET /console/ = %d, CSP %q:\n%s", resp.StatusCode, resp.Header.Get("Content-Security-Policy"), page)
 	}
 
 	cancel()
