@@ -14,8 +14,9 @@
 //	internal/hub/builtinhub   the IoT hubs dpsd serves itself; does not link the engine
 //	internal/store/...        the storage interface, sqlite, postgres, the conformance suite
 //	internal/server           one dpsd node: configuration, listeners, routing, shutdown
+//	internal/console          the web console at /console/; reaches the node through its HTTP handlers
 //	internal/cli              the command line
-//	test/...                  end-to-end suites: e2e, sdk (official Node SDKs), multinode
+//	test/...                  end-to-end suites: e2e, sdk (official Node SDKs), multinode, console (Chromium)
 //
 // A newcomer reads internal/provision first (engine.go), then one transport
 // (internal/transport/https), then internal/server, which wires them.
