@@ -7,5 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="$PWD/docs/console"
 mkdir -p "$out"
 rm -f "$out"/*.png
-DPSD_CONSOLE_SCREENSHOTS="$out" go test -count=1 -run '^TestConsole$' ./test/console/
+DPSD_CONSOLE_SCREENSHOTS="$out" go test -count=1 -run '^TestConsole' ./test/console/
 ls "$out"

@@ -142,7 +142,8 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Write(data)
-	case strings.HasPrefix(path, Prefix+"static/"):
+	case strings.HasPrefix(path, Prefix+"static/") && !strings.HasSuffix(path, "/"):
+		// (Directories are not listed.)
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			c.fail(w, r, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not supported on %s.", r.Method, path))
 			return
@@ -151,7 +152,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.static.ServeHTTP(w, r)
 	case strings.HasPrefix(path, Prefix+"api/"):
 		w.Header().Set("Cache-Control", "no-store")
-		c.serveAPI(w, r, strings.TrimPrefix(path, Prefix+"api/"))
+		c.serveAPI(w, r)
 	default:
 		c.fail(w, r, dps.Errorf(dps.CodeNotFound, "No console page has the path %q.", path))
 	}
@@ -163,7 +164,8 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // serveAPI serves the console's own calls (session, info, derived keys)
 // and forwards the others to Upstream.
-func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, rest string) {
+func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request) {
+	rest := strings.TrimPrefix(r.URL.Path, Prefix+"api/")
 	if !c.sameOrigin(r) {
 		c.fail(w, r, dps.Errorf(dps.CodeForbidden, "The request comes from another origin."))
 		return
@@ -180,6 +182,12 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, rest string) 
 		}
 	}
 	s := c.sessions.get(r)
+	if s == nil && rest == "session" && r.Method == http.MethodGet {
+		// The pages ask on load; being signed out is an answer, not an
+		// error.
+		httperr.WriteJSON(w, http.StatusOK, sessionView{})
+		return
+	}
 	if s == nil {
 		c.fail(w, r, dps.Errorf(dps.CodeUnauthorized, "Not signed in, or the session expired; sign in again."))
 		return
@@ -212,7 +220,7 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, rest string) 
 		httperr.WriteJSON(w, http.StatusOK, s.view(p))
 		return
 	case "info":
-		c.info(w, r, p)
+		c.info(w, r)
 		return
 	case "connectionstring":
 		c.connectionString(w, r, p)
@@ -221,7 +229,9 @@ func (c *Console) serveAPI(w http.ResponseWriter, r *http.Request, rest string) 
 		c.deriveKey(w, r, s)
 		return
 	}
-	c.forward(w, r, s, rest)
+	// Forward the path as the browser encoded it, so that an id holding
+	// an encoded "/" stays one segment.
+	c.forward(w, r, s, strings.TrimPrefix(r.URL.EscapedPath(), Prefix+"api/"))
 }
 
 // sameOrigin refuses requests a browser marks as coming from another
@@ -316,7 +326,7 @@ type infoView struct {
 	CACertFile    string `json:"caCertFile,omitempty"`
 }
 
-func (c *Console) info(w http.ResponseWriter, r *http.Request, _ *instance.Policy) {
+func (c *Console) info(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		c.fail(w, r, dps.Errorf(dps.CodeMethodNotAllowed, "Use GET."))
 		return
@@ -365,11 +375,11 @@ func (c *Console) deriveKey(w http.ResponseWriter, r *http.Request, s *session) 
 		c.fail(w, r, dps.Errorf(dps.CodeBadRequest, "Give the enrollment group id and the device's registration id."))
 		return
 	}
-	inner := httptest.NewRequestWithContext(r.Context(), http.MethodPost,
-		"/enrollmentGroups/"+url.PathEscape(req.GroupID)+"/attestationmechanism", bytes.NewReader(nil))
+	path := "enrollmentGroups/" + url.PathEscape(req.GroupID) + "/attestationmechanism"
+	inner := httptest.NewRequestWithContext(r.Context(), http.MethodPost, "/"+path, bytes.NewReader(nil))
 	inner.Host = r.Host
 	rec := httptest.NewRecorder()
-	c.forward(rec, inner, s, strings.TrimPrefix(inner.URL.EscapedPath(), "/"))
+	c.forward(rec, inner, s, path)
 	if rec.Code != http.StatusOK {
 		for k, v := range rec.Header() {
 			w.Header()[k] = v
@@ -402,16 +412,16 @@ func (c *Console) deriveKey(w http.ResponseWriter, r *http.Request, s *session) 
 	httperr.WriteJSON(w, http.StatusOK, out)
 }
 
-// forward sends the call to Upstream as the session's policy: the path
-// after api/ must be one of the service API's collections or dpsd's own
+// forward sends the call to Upstream at /escaped as the session's policy:
+// the path must be in one of the service API's collections or dpsd's own
 // endpoints, the cookie and CSRF token stay behind, and a fresh SAS token
 // of the session's policy is added.
-func (c *Console) forward(w http.ResponseWriter, r *http.Request, s *session, rest string) {
-	first, _, _ := strings.Cut(rest, "/")
+func (c *Console) forward(w http.ResponseWriter, r *http.Request, s *session, escaped string) {
+	first, _, _ := strings.Cut(escaped, "/")
 	switch strings.ToLower(first) {
 	case "enrollments", "enrollmentgroups", "registrations", "dpsd":
 	default:
-		c.fail(w, r, dps.Errorf(dps.CodeNotFound, "The console API has no path %q.", rest))
+		c.fail(w, r, dps.Errorf(dps.CodeNotFound, "The console API has no path %q.", escaped))
 		return
 	}
 	tok, err := sas.New(c.opt.Audience, s.policy, s.key, c.opt.Now().Add(5*time.Minute))
@@ -420,16 +430,12 @@ func (c *Console) forward(w http.ResponseWriter, r *http.Request, s *session, re
 		return
 	}
 	out := r.Clone(r.Context())
-	escaped := "/" + strings.TrimPrefix(strings.TrimPrefix(r.URL.EscapedPath(), Prefix+"api/"), "/")
-	if !strings.HasPrefix(r.URL.EscapedPath(), Prefix+"api/") {
-		escaped = "/" + rest
-	}
-	p, err := url.PathUnescape(escaped)
+	p, err := url.PathUnescape("/" + escaped)
 	if err != nil {
 		c.fail(w, r, dps.Errorf(dps.CodeBadRequest, "The path is not valid."))
 		return
 	}
-	out.URL.Path, out.URL.RawPath = p, escaped
+	out.URL.Path, out.URL.RawPath = p, "/"+escaped
 	q := out.URL.Query()
 	if q.Get("api-version") == "" && strings.ToLower(first) != "dpsd" {
 		q.Set("api-version", apiVersion)

@@ -186,6 +186,12 @@ func TestSecurityHeaders(t *testing.T) {
 			}
 		}
 	}
+	if w := e.do("GET", "/console/static/js/", "", nil, nil); w.Code != http.StatusNotFound {
+		t.Errorf("a static directory = %d, want 404 (not listed)", w.Code)
+	}
+	if w := e.do("GET", "/console/static/js/app.js", "", nil, nil); w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/javascript") {
+		t.Errorf("app.js = %d %q, want a JavaScript module", w.Code, w.Header().Get("Content-Type"))
+	}
 	if w := e.do("GET", "/", "", nil, nil); w.Code != http.StatusFound || w.Header().Get("Location") != Prefix {
 		t.Errorf("GET / = %d %q, want a redirect to %s", w.Code, w.Header().Get("Location"), Prefix)
 	}
@@ -232,7 +238,8 @@ func TestAuthorization(t *testing.T) {
 		want   int
 	}{
 		{"signed out reads nothing", nil, "GET", "/console/api/enrollmentGroups/g1", "", false, 401},
-		{"signed out session", nil, "GET", "/console/api/session", "", false, 401},
+		{"signed out session", nil, "GET", "/console/api/session", "", false, 200},
+		{"signed out sign-out", nil, "DELETE", "/console/api/session", "", false, 401},
 		{"owner creates", &owner, "PUT", "/console/api/enrollmentGroups/g1", group, true, 200},
 		{"owner reads", &owner, "GET", "/console/api/enrollmentGroups/g1", "", false, 200},
 		{"reader reads", &reader, "GET", "/console/api/enrollmentGroups/g1", "", false, 200},
@@ -277,6 +284,15 @@ func TestAuthorization(t *testing.T) {
 		}
 	})
 
+	t.Run("an encoded slash stays in its segment", func(t *testing.T) {
+		w := e.do("GET", "/console/api/enrollmentGroups/a%2Fb", "", nil, owner.cookie)
+		var body struct{ ErrorCode int }
+		json.Unmarshal(w.Body.Bytes(), &body)
+		if w.Code != http.StatusNotFound || body.ErrorCode != 404204 {
+			t.Fatalf("= %d %s, want 404204 (no such group)", w.Code, w.Body)
+		}
+	})
+
 	t.Run("stale etag is refused", func(t *testing.T) {
 		w := e.do("PUT", "/console/api/enrollmentGroups/g1", group, map[string]string{csrfHeader: owner.csrf, "If-Match": `"stale"`}, owner.cookie)
 		if w.Code != http.StatusPreconditionFailed {
@@ -290,7 +306,7 @@ func TestAuthorization(t *testing.T) {
 		old := *p
 		p.PrimaryKey, p.SecondaryKey = ownerKey, ownerKey
 		defer func() { *p = old }()
-		if w := e.do("GET", "/console/api/session", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
+		if w := e.do("GET", "/console/api/info", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
 			t.Fatalf("session after key rotation = %d, want 401", w.Code)
 		}
 	})
@@ -332,7 +348,7 @@ func TestCSRF(t *testing.T) {
 		if w := e.do("DELETE", "/console/api/session", "", map[string]string{csrfHeader: s.csrf}, s.cookie); w.Code != http.StatusNoContent {
 			t.Fatalf("sign out = %d, want 204", w.Code)
 		}
-		if w := e.do("GET", "/console/api/session", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
+		if w := e.do("GET", "/console/api/info", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
 			t.Fatalf("session after sign-out = %d, want 401", w.Code)
 		}
 	})
@@ -346,7 +362,7 @@ func TestSessionExpiry(t *testing.T) {
 		t.Fatalf("active session = %d", w.Code)
 	}
 	*e.clock = e.clock.Add(DefaultIdleTTL)
-	if w := e.do("GET", "/console/api/session", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
+	if w := e.do("GET", "/console/api/info", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
 		t.Fatalf("idle session = %d, want 401", w.Code)
 	}
 	s = e.signIn(`{"policy":"reader","key":"` + readerKey + `"}`)
@@ -354,7 +370,7 @@ func TestSessionExpiry(t *testing.T) {
 		*e.clock = e.clock.Add(DefaultIdleTTL / 2)
 		e.do("GET", "/console/api/session", "", nil, s.cookie)
 	}
-	if w := e.do("GET", "/console/api/session", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
+	if w := e.do("GET", "/console/api/info", "", nil, s.cookie); w.Code != http.StatusUnauthorized {
 		t.Fatalf("session past its life = %d, want 401", w.Code)
 	}
 }

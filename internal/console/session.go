@@ -32,14 +32,15 @@ type session struct {
 
 // sessionView is what the browser learns of its session.
 type sessionView struct {
-	Policy    string           `json:"policy"`
-	Rights    []instance.Right `json:"rights"`
-	CSRFToken string           `json:"csrfToken"`
-	Expires   time.Time        `json:"expires"`
+	SignedIn  bool             `json:"signedIn"`
+	Policy    string           `json:"policy,omitempty"`
+	Rights    []instance.Right `json:"rights,omitempty"`
+	CSRFToken string           `json:"csrfToken,omitempty"`
+	Expires   time.Time        `json:"expires,omitzero"`
 }
 
 func (s *session) view(p *instance.Policy) sessionView {
-	return sessionView{Policy: p.KeyName, Rights: p.Rights, CSRFToken: s.csrf, Expires: s.expires}
+	return sessionView{SignedIn: true, Policy: p.KeyName, Rights: p.Rights, CSRFToken: s.csrf, Expires: s.expires}
 }
 
 // sessions holds the node's sessions in memory: a restart signs everyone

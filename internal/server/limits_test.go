@@ -265,8 +265,12 @@ func TestBannerKeyFirstStartOnly(t *testing.T) {
 		<-done
 		return out.String()
 	}
-	if first := banner(); !strings.Contains(first, "SharedAccessKey=") {
+	first := banner()
+	if !strings.Contains(first, "SharedAccessKey=") {
 		t.Fatalf("first start's banner has no connection string:\n%s", first)
+	}
+	if !strings.Contains(first, "Web console:") || !strings.Contains(first, "/console/") {
+		t.Errorf("the banner does not say where the console is:\n%s", first)
 	}
 	second := banner()
 	if strings.Contains(second, "SharedAccessKey") || !strings.Contains(second, "dpsd info") {

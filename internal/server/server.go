@@ -627,8 +627,9 @@ func (s *Server) printBanner(w io.Writer) {
   Device + service API:        %s   (HTTPS, MQTT and AMQP over WebSockets)
   Device API over MQTT:        %s
   Device API over AMQP:        %s
+  Web console:                 %s/console/
 Clients must trust the CA certificate, e.g. NODE_EXTRA_CA_CERTS=%s
-`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, i.AMQPEndpoint, orNone(i.CACertFile))
+`, i.IDScope, i.ServiceConnectionString, orNone(i.CACertFile), i.HTTPSEndpoint, i.MQTTEndpoint, i.AMQPEndpoint, i.HTTPSEndpoint, orNone(i.CACertFile))
 }
 
 func orNone(s string) string {

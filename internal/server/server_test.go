@@ -90,7 +90,7 @@ func TestServeRoutesAndRestarts(t *testing.T) {
 		{"all registrations without token", "GET", "/dpsd/registrations", "", 401, dps.CodeUnauthorized},
 		{"statistics", "GET", "/dpsd/stats", tok, 200, 0},
 		{"statistics without token", "GET", "/dpsd/stats", "", 401, dps.CodeUnauthorized},
-		{"console API signed out", "GET", "/console/api/session", "", 401, dps.CodeUnauthorized},
+		{"console API signed out", "GET", "/console/api/enrollmentGroups/g", "", 401, dps.CodeUnauthorized},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

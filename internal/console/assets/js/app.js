@@ -50,7 +50,7 @@ function drawHeader() {
   const here = location.hash || '#/overview';
   top.appendChild(h('nav', { 'aria-label': 'Main' },
     nav.filter(([, , right]) => !right || can(right)).map(([href, label]) =>
-      h('a', { href, 'aria-current': here === href || here.startsWith(href + '/') ? 'page' : null }, label))));
+      h('a', { href, 'aria-current': here === href || here.startsWith(href + '/') || here.startsWith(href + '?') ? 'page' : null }, label))));
   top.appendChild(h('div', { class: 'who' },
     h('span', {}, 'Signed in as ', h('strong', { id: 'policy-name' }, state.session.policy)),
     h('button', { type: 'button', id: 'sign-out', onclick: signOut }, 'Sign out')));
@@ -144,8 +144,10 @@ async function start() {
   });
   try {
     const r = await api.get('session', { signedOutOK: true });
-    state.session = r.body;
-    api.setCSRF(r.body.csrfToken);
+    if (r.body && r.body.signedIn) {
+      state.session = r.body;
+      api.setCSRF(r.body.csrfToken);
+    }
   } catch {
     state.session = null;
   }

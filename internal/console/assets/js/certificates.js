@@ -21,7 +21,7 @@ export async function certificatesPage(main) {
       ['Expires', c => fmtTime(c.properties.expiry)],
       ['Status', c => badge(c.properties.isVerified ? 'verified' : 'unverified')],
       ['', c => h('div', { class: 'toolbar' },
-        c.properties.isVerified ? null : h('button', { type: 'button', class: 'secondary', onclick: () => proof(c) }, 'Prove possession'),
+        c.properties.isVerified ? null : h('button', { type: 'button', class: 'secondary prove', onclick: () => proof(c) }, 'Prove possession'),
         h('button', { type: 'button', class: 'danger', onclick: async () => {
           if (!confirm(`Delete certificate ${c.name}?`)) return;
           try { await api.del('dpsd/certificates/' + api.enc(c.name), { headers: { 'If-Match': c.etag } }); await load(); } catch (e) { clear(msg).append(errorBox(e)); }
@@ -45,7 +45,7 @@ export async function certificatesPage(main) {
             clear(msg).append(okBox(`${c.name} is verified.`));
             await load();
           } catch (e) { msg.append(errorBox(e)); }
-        } }, field('Verification certificate (PEM)', pem), field('or a file', file), h('div', {}, h('button', { type: 'submit' }, 'Verify')))));
+        } }, field('Verification certificate (PEM)', pem), field('or a file', file), h('div', {}, h('button', { type: 'submit', id: 'verify-cert' }, 'Verify')))));
     } catch (e) { msg.append(errorBox(e)); }
   }
   const name = h('input', { type: 'text', id: 'cert-name', spellcheck: 'false' });
@@ -60,6 +60,6 @@ export async function certificatesPage(main) {
       name.value = ''; pem.value = '';
       await load();
     } catch (e) { msg.append(errorBox(e)); }
-  } }, field('Name', name), field('Certificate (PEM)', pem), field('or a file', file), h('div', {}, h('button', { type: 'submit' }, 'Upload'))));
+  } }, field('Name', name), field('Certificate (PEM)', pem), field('or a file', file), h('div', {}, h('button', { type: 'submit', id: 'upload-cert' }, 'Upload'))));
   await load();
 }

@@ -24,7 +24,7 @@ export async function enrollmentListPage(main, kind) {
   const results = h('div', { id: 'results', 'aria-live': 'polite' });
   const tools = h('div', { class: 'toolbar' },
     h('form', { role: 'search', class: 'toolbar', onsubmit: (ev) => { ev.preventDefault(); load(); } },
-      field('Search', search), h('button', { type: 'submit', class: 'secondary' }, 'Search')),
+      field('Search', search), h('button', { type: 'submit', class: 'secondary', id: 'search-button' }, 'Search')),
     can('EnrollmentWrite') ? h('a', { class: 'button', href: k.route + '/new', id: 'create' }, 'Add ' + k.one) : null);
   main.append(tools, results);
 

@@ -34,7 +34,7 @@ export async function linkedHubsPage(main) {
       ['Health', x => badge(x.health)],
       ['Connection string', x => h('code', {}, x.connectionString)],
       ['', x => h('div', { class: 'toolbar' },
-        h('button', { type: 'button', class: 'secondary', onclick: () => editWeight(x) }, 'Change weight'),
+        h('button', { type: 'button', class: 'secondary change-weight', onclick: () => editWeight(x) }, 'Change weight'),
         h('button', { type: 'button', class: 'danger', onclick: async () => {
           if (!confirm(`Unlink ${x.name}? Devices already assigned there keep working; no new device is assigned to it.`)) return;
           try { await api.del('dpsd/linkedhubs/' + api.enc(x.name), { headers: x.etag ? { 'If-Match': x.etag } : {} }); await load(); } catch (e) { clear(msg).append(errorBox(e)); }
