@@ -144,6 +144,12 @@ func sample(t *testing.T, pid int, debugAddr string) stats {
 		}
 	}
 	c := http.Client{Timeout: 10 * time.Second}
+	// A heap profile with gc=1 collects first, so the heap figure is what
+	// is live, not garbage an idle node has not collected yet.
+	if resp, err := c.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1"); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 	resp, err := c.Get("http://" + debugAddr + "/metrics")
 	if err != nil {
 		t.Fatalf("metrics: %v", err)
