@@ -28,6 +28,7 @@ import (
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/metrics"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 	"github.com/dpsd/dpsd/internal/store"
 	"github.com/dpsd/dpsd/internal/throttle"
 	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
@@ -113,14 +114,16 @@ type Server struct {
 	hubs   *builtinhub.Manager
 	linked *linkedhub.Registry
 	alog   *alloclog.Log
-	auth   *serviceapi.Authorizer
-	ca     *localca.CA
-	https  *http.Server
-	httpsL net.Listener
-	mqttL  net.Listener
-	amqpL  net.Listener
-	conns  *connlimit.Limiter
-	info   *Info
+	// refusals keeps the device requests this node refused lately.
+	refusals *refusal.Log
+	auth     *serviceapi.Authorizer
+	ca       *localca.CA
+	https    *http.Server
+	httpsL   net.Listener
+	mqttL    net.Listener
+	amqpL    net.Listener
+	conns    *connlimit.Limiter
+	info     *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
@@ -281,13 +284,14 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
 		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
 	}))
-	s.dev = https.New(prov, s.log)
+	s.refusals = refusal.New(refusal.Options{Logger: s.log})
+	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, TLSConfig: tlsCfg}); err != nil {
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg}); err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
 	s.https = &http.Server{
@@ -499,6 +503,8 @@ func (s *Server) extension(path string) http.Handler {
 		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
 		return s.alog.Handler(alloclog.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
+	case segs[1] == "refusals" && len(segs) == 2:
+		return s.refusals.Handler(refusal.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
 	}
 	return nil
 }
