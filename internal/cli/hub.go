@@ -193,7 +193,8 @@ func hubShowCmd(cc *clientCmd) *cobra.Command {
 		Short: "Show a built-in hub",
 		Args:  cobra.ExactArgs(1),
 	}
-	cmd.Flags().BoolVar(&withCS, "connection-string", false, "print only the hub's iothubowner connection string")
+	// Not --connection-string: that is the persistent flag naming the service.
+	cmd.Flags().BoolVar(&withCS, "show-connection-string", false, "print only the hub's iothubowner connection string")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, asJSON, err := cc.adminClient()
 		if err != nil {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -127,13 +126,23 @@ func newInfoCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			running, err := server.Running(dataDir)
+			if err != nil {
+				return err
+			}
 			w := cmd.OutOrStdout()
 			switch output {
 			case "json":
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(info)
+				return writeJSON(w, struct {
+					*server.Info
+					Running bool `json:"running"`
+				}{info, running})
 			case "table", "":
+				state := "running"
+				if !running {
+					state = "stopped (what follows is from its last start; the addresses may change on the next)"
+				}
+				fmt.Fprintf(w, "State:                      %s\n", state)
 				fmt.Fprintf(w, "ID scope:                   %s\n", info.IDScope)
 				fmt.Fprintf(w, "Service connection string:  %s\n", info.ServiceConnectionString)
 				fmt.Fprintf(w, "CA certificate:             %s\n", info.CACertFile)

@@ -27,3 +27,26 @@ func lockDataDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// Running reports whether a dpsd holds dir's lock now, so that a client
+// reading info.json can tell a running node's facts from those a stopped
+// one left. It takes the lock shared for an instant and never blocks.
+func Running(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, "dpsd.lock"))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("data dir lock: %w", err)
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	switch {
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("data dir lock: %w", err)
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false, nil
+}
