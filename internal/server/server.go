@@ -92,7 +92,17 @@ type Config struct {
 	// BodyTimeout bounds the reading of a request body on the HTTPS
 	// listener, from the end of its headers; zero means DefaultBodyTimeout.
 	BodyTimeout time.Duration
+	// ShutdownGrace bounds how long shutdown waits for registrations still
+	// allocating (a slow webhook) while the listeners keep answering polls;
+	// what is left then goes to the recovery path (provision.Engine.Close).
+	// Zero means DefaultShutdownGrace, a negative value no wait.
+	ShutdownGrace time.Duration
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default: long enough for a
+// webhook that answers within Azure's 30 s timeout of one attempt, well
+// inside systemd's 90 s stop timeout.
+const DefaultShutdownGrace = 30 * time.Second
 
 // DefaultBodyTimeout is Config.BodyTimeout's default. Device requests are
 // a few KiB and service API bodies (bulk enrollment) at most a few MiB.
@@ -360,6 +370,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
+	s.drain()
 	s.log.Info("dpsd shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -402,6 +413,32 @@ func (s *Server) followChanges(ctx context.Context) (stop func()) {
 		cancel()
 		<-done
 	}
+}
+
+// drain lets the registrations still allocating finish, up to the grace
+// period, with the listeners open so that their devices' polls are
+// answered; new registrations are refused with 503 meanwhile.
+func (s *Server) drain() {
+	grace := cmp.Or(s.cfg.ShutdownGrace, DefaultShutdownGrace)
+	n := s.engine.Pending()
+	if grace < 0 || n == 0 {
+		s.engine.Drain(doneContext())
+		return
+	}
+	s.log.Info("dpsd draining: waiting for registrations still allocating and their devices' polls", "registrations", n, "grace", grace)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if !s.engine.Drain(ctx) {
+		s.log.Warn("shutdown grace over: registrations still running go to the recovery path",
+			"registrations", s.engine.Pending(), "grace", grace)
+	}
+}
+
+// doneContext is a context that has already ended.
+func doneContext() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
 
 // closeHubs stops the built-in hubs, once.
