@@ -184,6 +184,18 @@ func hoistGlobalFlags(args []string) []string {
 		return args
 	}
 	rest := args[i:]
+	if rest[0] == "linked-hub" {
+		// There --connection-string is the hub's; the service's is
+		// --dps-connection-string.
+		for j, a := range lead {
+			if name, v, ok := strings.Cut(a, "="); name == "--connection-string" {
+				lead[j] = "--dps-connection-string"
+				if ok {
+					lead[j] += "=" + v
+				}
+			}
+		}
+	}
 	// Before a "--" that ends the flags, if any.
 	if j := slices.Index(rest, "--"); j >= 0 {
 		out := slices.Concat(rest[:j], lead, rest[j:])
