@@ -275,7 +275,7 @@ func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 func hubDeleteCmd(cc *clientCmd) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Stop a built-in hub and delete it with its devices",
+		Short: "Unlink a built-in hub from the provisioning service, stop it and delete it with its devices",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, _, err := cc.adminClient()

@@ -578,7 +578,9 @@ func (e *Engine) execute(ctx context.Context, h *holder, base *enroll.Registrati
 		e.log.Warn("hub registration failed", "registrationId", base.State.RegistrationID, "hub", p.dev.Hub, "err", err)
 		var de *dps.Error
 		if !errors.As(err, &de) {
-			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed: %v", p.dev.Hub, err)
+			// Not err's text: it names internal addresses (the hub's URL,
+			// a dial error). The log line above has it for the operator.
+			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed; the service's log says why.", p.dev.Hub)
 		}
 		failed := *base
 		e.fail(&failed, de)

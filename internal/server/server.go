@@ -255,6 +255,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 		Listener:    s.conns.Listener,
+		OnDelete:    s.unlinkDeletedHub,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -432,6 +433,19 @@ func (s *Server) drain() {
 		s.log.Warn("shutdown grace over: registrations still running go to the recovery path",
 			"registrations", s.engine.Pending(), "grace", grace)
 	}
+}
+
+// unlinkDeletedHub unlinks a built-in hub that is being deleted, so that
+// allocation never sends a device to it; a hub that was not linked is fine.
+func (s *Server) unlinkDeletedHub(ctx context.Context, hostName string) error {
+	err := s.linked.Delete(ctx, hostName, "")
+	if err != nil && !errors.Is(err, linkedhub.ErrNotFound) {
+		return fmt.Errorf("unlink %s: %w", hostName, err)
+	}
+	if err == nil {
+		s.log.Info("built-in hub unlinked as it is deleted", "hub", hostName)
+	}
+	return nil
 }
 
 // doneContext is a context that has already ended.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -117,5 +118,41 @@ func TestShutdownWaitsForSlowWebhook(t *testing.T) {
 	log := testenv.Tail(srv.LogPath, 400)
 	if !strings.Contains(log, "dpsd draining") || strings.Contains(log, "shutdown grace over") {
 		t.Errorf("log does not show a complete drain:\n%s", log)
+	}
+}
+
+// TestDeletedHubIsUnlinked: deleting a built-in hub unlinks it, so
+// allocation no longer sends devices to it, and what a device is told
+// names no internal address.
+func TestDeletedHubIsUnlinked(t *testing.T) {
+	srv := startServerIn(t, "127.0.12")
+	if out := dpsdCLI(t, srv, "linked-hub", "list", "--query", "[].name", "-o", "tsv"); strings.TrimSpace(out) != srv.Hub {
+		t.Fatalf("linked hubs before: %q, want %s", out, srv.Hub)
+	}
+	dpsdCLI(t, srv, "hub", "delete", "e2e-hub")
+	if out := dpsdCLI(t, srv, "linked-hub", "list", "--query", "[].name", "-o", "tsv"); strings.TrimSpace(out) != "" {
+		t.Fatalf("linked hubs after the hub's delete: %q, want none", out)
+	}
+
+	var e dps.IndividualEnrollment
+	decodeJSON(t, "enrollment create", dpsdCLI(t, srv, "enrollment", "create", "--registration-id", "after-delete", "-o", "json"), &e)
+	pem, err := os.ReadFile(srv.Info.CACertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = device.Register(ctx, device.Config{
+		ProvisioningHost: srv.IP, IDScope: srv.Info.IDScope, RegistrationID: "after-delete",
+		SymmetricKey: e.Attestation.SymmetricKey.PrimaryKey, RootCAs: roots,
+	})
+	var de *dps.Error
+	if !errors.As(err, &de) || de.ErrorCode != dps.CodeNoHubForAllocation {
+		t.Fatalf("register with the only hub deleted: %v, want %d", err, dps.CodeNoHubForAllocation)
+	}
+	if strings.Contains(de.Message, "127.") || strings.Contains(de.Message, "://") {
+		t.Errorf("the device was told an internal address: %q", de.Message)
 	}
 }
