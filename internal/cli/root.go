@@ -69,6 +69,8 @@ enrollment list").`,
 		newCertificateCmd(),
 		newCertCmd(),
 		newVersionCmd(),
+		newBackupCmd(),
+		newRestoreCmd(),
 	)
 	refuseUnknownSubcommands(root)
 	return root
