@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v2"
 )
 
 // TestDockerfile checks the Dockerfile without a container builder (the
@@ -94,5 +97,65 @@ func TestDockerfile(t *testing.T) {
 	v, err := exec.Command(out, "--version").Output()
 	if err != nil || string(v) != "dpsd v9.8.7-test (commit 0123abcd)\n" {
 		t.Errorf("dpsd --version = %q, %v", v, err)
+	}
+}
+
+// TestCompose checks compose.yaml without a container engine: PostgreSQL,
+// two dpsd nodes on it with the same host name and certificate and their
+// own data volumes, and a TCP load balancer sending every dpsd port to
+// both.
+func TestCompose(t *testing.T) {
+	data, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Services map[string]struct {
+			Build       any               `yaml:"build"`
+			Image       string            `yaml:"image"`
+			Environment map[string]string `yaml:"environment"`
+			Volumes     []string          `yaml:"volumes"`
+			Ports       []string          `yaml:"ports"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	nodes := []string{"dpsd-1", "dpsd-2"}
+	for _, n := range nodes {
+		s, ok := c.Services[n]
+		if !ok {
+			t.Fatalf("no service %s", n)
+		}
+		env := s.Environment
+		if !strings.HasPrefix(env["DPSD_STORE"], "postgres://") || env["DPSD_TLS_CERT"] == "" || env["DPSD_HOSTNAME"] == "" || s.Build == nil {
+			t.Errorf("%s: environment %v, build %v", n, env, s.Build)
+		}
+		if !slices.Contains(s.Volumes, n+"-data:/data") {
+			t.Errorf("%s: volumes %v, want its own data volume", n, s.Volumes)
+		}
+	}
+	if c.Services["dpsd-1"].Environment["DPSD_HOSTNAME"] != c.Services["dpsd-2"].Environment["DPSD_HOSTNAME"] {
+		t.Error("the nodes have different host names")
+	}
+	if _, ok := c.Services["postgres"]; !ok {
+		t.Error("no postgres service")
+	}
+	cfg, err := os.ReadFile(filepath.Join("deploy", "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []string{"443", "8883", "5671"} {
+		if !slices.Contains(c.Services["lb"].Ports, port+":"+port) {
+			t.Errorf("the load balancer does not publish %s", port)
+		}
+		for _, n := range nodes {
+			if !strings.Contains(string(cfg), n+":"+port+" check") {
+				t.Errorf("haproxy.cfg does not send %s to %s", port, n)
+			}
+		}
+	}
+	if !strings.Contains(string(cfg), "mode tcp") {
+		t.Error("haproxy.cfg does not balance TCP")
 	}
 }
