@@ -71,6 +71,8 @@ enrollment list").`,
 		newVersionCmd(),
 		newBackupCmd(),
 		newRestoreCmd(),
+		newExportCmd(),
+		newApplyCmd(),
 	)
 	refuseUnknownSubcommands(root)
 	return root
