@@ -73,7 +73,6 @@ func normalizeAttestation(a *dps.AttestationMechanism, keys bool) {
 	}
 }
 
-
 // readFleet reads a fleet file (YAML or JSON; "-" is standard input).
 func readFleet(path string, stdin io.Reader) (*fleet, error) {
 	var data []byte
