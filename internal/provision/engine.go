@@ -375,6 +375,7 @@ const maxRegisterRounds = 4
 // operation to continue under the same id (a device polling an operation
 // whose owner died).
 func (e *Engine) register(ctx context.Context, req *Request, opID string) (Result, error) {
+	lost := false
 	for range maxRegisterRounds {
 		prev, err := e.loadRegistration(ctx, req.RegistrationID)
 		if err != nil {
@@ -396,8 +397,16 @@ func (e *Engine) register(ctx context.Context, req *Request, opID string) (Resul
 			}
 			continue
 		}
+		if lost && prev != nil && dps.Terminal(prev.State.Status) {
+			// This request lost the record to another register of the
+			// same device, which has finished since: a registration made
+			// while this one waited is its answer too, as a device that
+			// sends two registers at once expects, rather than a third.
+			return e.registerAnswer(prev), nil
+		}
 		res, err := e.start(ctx, req, who, prev, opID)
 		if errors.Is(err, errLostRace) {
+			lost = true
 			continue
 		}
 		return res, err
