@@ -50,12 +50,19 @@ type AllocationAttempt struct {
 	// Error says why there was no usable answer (timeout, connection
 	// refused, body too large).
 	Error string `json:"error,omitempty"`
-	// Body is the answer's body: JSON as sent when it is valid JSON no
-	// longer than alloclog.MaxBodyBytes, otherwise a JSON string of its
-	// first alloclog.MaxBodyBytes (BodyTruncated when cut).
-	Body          json.RawMessage `json:"body,omitempty"`
-	BodyTruncated bool            `json:"bodyTruncated,omitempty"`
-	DurationMs    int64           `json:"durationMs"`
+	// Body is the body of an accepted answer (the allocation response):
+	// JSON as sent when it is valid JSON no longer than
+	// alloclog.MaxBodyBytes, otherwise a JSON string of its first
+	// alloclog.MaxBodyBytes (BodyTruncated when cut).
+	Body json.RawMessage `json:"body,omitempty"`
+	// WebhookText is the start of an answer that was not accepted (a
+	// refusal, an error page, anything that is not an allocation
+	// response): the webhook's own words, untrusted, at most
+	// alloclog.MaxWebhookTextBytes bytes with control characters
+	// replaced (BodyTruncated when cut).
+	WebhookText   string `json:"webhookText,omitempty"`
+	BodyTruncated bool   `json:"bodyTruncated,omitempty"`
+	DurationMs    int64  `json:"durationMs"`
 	// RetryAfterMs is the wait before the next attempt, when one follows.
 	RetryAfterMs int64 `json:"retryAfterMs,omitempty"`
 }

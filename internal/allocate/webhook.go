@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
@@ -58,9 +57,13 @@ type WebhookOptions struct {
 	// CAFiles are PEM files of CA certificates trusted in addition to the
 	// system roots (or to CAPool).
 	CAFiles []string
-	// HTTPClient replaces the built-in client (CAPool and CAFiles are then
-	// ignored). Its redirects should be disabled, as the built-in ones are.
+	// HTTPClient replaces the built-in client (CAPool, CAFiles and
+	// Targets are then ignored). Its redirects should be disabled, as the
+	// built-in ones are.
 	HTTPClient *http.Client
+	// Targets decides which addresses webhooks may be called at; nil
+	// means ParseTargets("") (TargetsLocal, nothing of the node's own).
+	Targets *Targets
 
 	AttemptTimeout   time.Duration // default DefaultAttemptTimeout
 	MaxResponseBytes int64         // default DefaultMaxResponseBytes
@@ -142,17 +145,20 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 	if opt.MaxConcurrentPerGroup <= 0 {
 		opt.MaxConcurrentPerGroup = DefaultMaxConcurrentPerGroup
 	}
+	if opt.Targets == nil {
+		opt.Targets = &Targets{mode: TargetsLocal}
+	}
 	hc := opt.HTTPClient
 	if hc == nil {
 		var err error
-		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles); err != nil {
+		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets); err != nil {
 			return nil, err
 		}
 	}
 	return &Webhook{hc: hc, opt: opt, log: opt.Logger, inflight: newInflight(opt.MaxConcurrent, opt.MaxConcurrentPerGroup)}, nil
 }
 
-func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
+func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if roots != nil || len(files) > 0 {
 		// CA files add to the system roots, so public webhooks keep
@@ -165,12 +171,17 @@ func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = tc
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Every address dialled is checked, after resolution. A proxy would
+	// dial in our place, out of reach of that check: webhooks are called
+	// directly, whatever HTTPS_PROXY says.
+	t.Proxy = nil
+	t.DialContext = targets.dialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
 	t.TLSHandshakeTimeout = 10 * time.Second
 	return &http.Client{
 		Transport: t,
 		// A redirected POST would either lose its body (301/302) or go to a
-		// place nobody configured; the webhook URL must be the real one.
+		// place nobody configured (a refused target among them); the
+		// webhook URL must be the real one.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}, nil
 }
@@ -239,17 +250,24 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked strin
 		start := w.opt.Now()
 		ans := w.attempt(ctx, webhookURL, key, body)
 		took := w.opt.Now().Sub(start)
+		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
 		if ans.err != nil {
 			a.Error = ans.err.Error()
 		}
-		a.Body, a.BodyTruncated = alloclog.Clip(ans.body, alloclog.MaxBodyBytes)
-		a.BodyTruncated = a.BodyTruncated || ans.tooLarge
+		if derr == nil {
+			// An accepted answer is the allocation itself: kept whole.
+			a.Body, a.BodyTruncated = alloclog.Clip(ans.body, alloclog.MaxBodyBytes)
+		} else {
+			// Anything else is whatever the target sent: its start only,
+			// as text, marked as the webhook's.
+			a.WebhookText, a.BodyTruncated = alloclog.WebhookText(ans.body)
+			a.BodyTruncated = a.BodyTruncated || ans.tooLarge
+		}
 		rec.Attempt(ctx, a)
 		w.log.Debug("custom allocation webhook attempt", "registrationId", regID, "webhook", masked,
 			"attempt", attempt+1, "status", ans.status, "err", ans.err, "took", took)
 
-		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		if !retry {
 			return alloc, derr
 		}
@@ -287,7 +305,8 @@ func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []by
 	req.Header.Set("User-Agent", UserAgent)
 	resp, err := w.hc.Do(req)
 	if err != nil {
-		return answer{err: err, permanent: untrusted(err)}
+		var re *RefusedError
+		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, w.opt.MaxResponseBytes+1))
@@ -320,6 +339,8 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 		switch {
 		case ans.permanent && untrusted(ans.err):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's TLS certificate is not trusted."), false
+		case ans.permanent && errors.As(ans.err, new(*RefusedError)):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's address is not an allowed webhook target."), false
 		case ans.permanent:
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook could not be called."), false
 		case errors.Is(ans.err, context.DeadlineExceeded) || isTimeout(ans.err):
@@ -334,46 +355,18 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 	case s == http.StatusUnauthorized:
 		return nil, dps.Errorf(dps.CodeCustomAllocationUnauthorizedAccess, "Custom allocation failed with status code: 401. The webhook refused the request as unauthorized."), false
 	case s >= http.StatusTooManyRequests:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), true
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), true
 	default:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), false
+		// What the webhook said is not passed on: its answer is whatever
+		// the URL's target sent, and the device is no place for it. The
+		// allocation log keeps its start, marked as the webhook's text.
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), false
 	}
 	if ans.tooLarge {
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's answer is larger than %d bytes.", len(ans.body)), false
 	}
 	alloc, derr := parseResponse(ans.body, candidates)
 	return alloc, derr, false
-}
-
-// maxAnswerText bounds how much of a webhook's refusal goes into the
-// registration's error message.
-const maxAnswerText = 200
-
-// answerText quotes what a webhook said when it refused a device, so the
-// reason reaches the registration state and not only the allocation log
-// (". The webhook answered: Unrecognized device registration."). It keeps
-// Azure's "status code: N" prefix intact and adds nothing for an empty or
-// unprintable answer.
-func answerText(body []byte) string {
-	text := string(body)
-	var msg struct {
-		Message string `json:"message"`
-	}
-	var str string
-	switch {
-	case json.Unmarshal(body, &msg) == nil && msg.Message != "":
-		text = msg.Message
-	case json.Unmarshal(body, &str) == nil:
-		text = str
-	}
-	text = strings.Join(strings.Fields(text), " ")
-	if text == "" || !utf8.ValidString(text) {
-		return ""
-	}
-	if r := []rune(text); len(r) > maxAnswerText {
-		text = string(r[:maxAnswerText]) + "…"
-	}
-	return ". The webhook answered: " + strings.TrimSuffix(text, ".") + "."
 }
 
 func isTimeout(err error) bool {

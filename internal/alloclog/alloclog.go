@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/api/admin"
@@ -29,8 +31,13 @@ const (
 	MaxRecordBytes = 256 << 10
 	// MaxRequestBytes bounds the stored copy of a webhook request.
 	MaxRequestBytes = 8 << 10
-	// MaxBodyBytes bounds the stored copy of each webhook answer's body.
+	// MaxBodyBytes bounds the stored copy of each accepted webhook
+	// answer's body.
 	MaxBodyBytes = 2 << 10
+	// MaxWebhookTextBytes bounds what is kept of an answer that was not
+	// accepted: enough for a refusal's reason, too little to read a
+	// service back through a webhook URL pointed at it.
+	MaxWebhookTextBytes = 200
 )
 
 // Outcomes of an entry.
@@ -306,4 +313,27 @@ func newID() string {
 		panic("audit: crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// WebhookText returns what the log keeps of an answer that was not
+// accepted: its first MaxWebhookTextBytes bytes (cut at a character
+// boundary) as text, invalid UTF-8 and control characters but for
+// newlines and tabs replaced with U+FFFD, and whether it was cut.
+func WebhookText(b []byte) (text string, truncated bool) {
+	if len(b) > MaxWebhookTextBytes {
+		b, truncated = b[:MaxWebhookTextBytes], true
+		for i := 0; i < utf8.UTFMax && len(b) > 0 && !utf8.Valid(b); i++ {
+			b = b[:len(b)-1]
+		}
+	}
+	var sb strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		b = b[n:]
+		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\n' && r != '\t') {
+			r = utf8.RuneError
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String(), truncated
 }

@@ -282,6 +282,10 @@ func printAllocationLog(w io.Writer, asJSON bool, r *admin.AllocationLog) error 
 				wait = (time.Duration(a.RetryAfterMs) * time.Millisecond).String()
 			}
 			body := compactJSON(a.Body)
+			if a.WebhookText != "" {
+				// Marked as the webhook's words, not dpsd's.
+				body = "webhook text: " + strconv.Quote(a.WebhookText)
+			}
 			if len(body) > 120 {
 				body = body[:117] + "..."
 			}

@@ -60,6 +60,12 @@ type Config struct {
 	// WebhookCAFiles are PEM files of CAs trusted, beside the system
 	// roots, for HTTPS custom allocation webhooks.
 	WebhookCAFiles []string
+	// WebhookTargets decides where custom allocation webhooks may be
+	// called (see allocate.ParseTargets): "" or "local" refuses
+	// link-local and cloud metadata addresses and the node's own
+	// listeners; "public" refuses loopback and private addresses too; a
+	// list of CIDRs and host names allows only those.
+	WebhookTargets string
 	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
 	// webhook calls in flight, on the node and per enrollment group; zero
 	// means allocate's defaults.
@@ -233,7 +239,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// itself; writes go through the API's registry below.
 	readLinked := linkedhub.New(st)
 	hubList := newHubListCache(readLinked)
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}

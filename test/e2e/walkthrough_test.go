@@ -229,7 +229,8 @@ type registrationWithLog struct {
 			Attempts     []struct {
 				Status int             `json:"status"`
 				Error  string          `json:"error"`
-				Body   json.RawMessage `json:"body"`
+				Body        json.RawMessage `json:"body"`
+				WebhookText string          `json:"webhookText"`
 			} `json:"attempts"`
 		} `json:"entries"`
 	} `json:"allocationLog"`
@@ -457,7 +458,7 @@ func TestContosoWalkthrough(t *testing.T) {
 		}
 		last := entries[len(entries)-1]
 		a := last.Attempts[len(last.Attempts)-1]
-		if last.Outcome != "failed" || last.ErrorCode != 400207 || a.Status != 400 || !strings.Contains(string(a.Body), "Unrecognized device registration.") {
+		if last.Outcome != "failed" || last.ErrorCode != 400207 || a.Status != 400 || !strings.Contains(a.WebhookText, "Unrecognized device registration.") {
 			t.Errorf("%s: allocation log entry %+v, want failed 400207 after a 400 saying \"Unrecognized device registration.\"", stranger, last)
 		}
 		// The table form prints the same for people.
