@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/provision"
 )
@@ -33,7 +34,11 @@ type Options struct {
 	// Webhook calls custom allocation webhooks; nil gives one built with
 	// zero WebhookOptions (system roots, Azure's retry schedule, no audit).
 	Webhook *Webhook
-	Logger  *slog.Logger
+	// Policies holds the in-process allocation policies that
+	// customAllocationDefinition.webhookUrl "policy:NAME" selects; nil
+	// makes every such enrollment fail to allocate (400207).
+	Policies *allocpolicy.Registry
+	Logger   *slog.Logger
 }
 
 // Allocator implements provision.Allocator over linked hubs. It is safe for
@@ -43,6 +48,7 @@ type Allocator struct {
 	defaultPolicy string
 	geo           *geoMap
 	webhook       *Webhook
+	policies      *allocpolicy.Registry
 	log           *slog.Logger
 }
 
@@ -75,6 +81,7 @@ func New(opt Options) (*Allocator, error) {
 		defaultPolicy: def,
 		geo:           newGeoMap(opt.Networks),
 		webhook:       wh,
+		policies:      opt.Policies,
 		log:           opt.Logger,
 	}, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
@@ -472,6 +473,9 @@ func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, c
 	req, webhookURL, err := BuildRequest(in, cands)
 	if err != nil {
 		return nil, err
+	}
+	if name, ok := allocpolicy.NameOf(webhookURL); ok {
+		return a.policy(ctx, name, req)
 	}
 	return a.webhook.Call(ctx, webhookURL, req)
 }

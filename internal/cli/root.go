@@ -54,6 +54,7 @@ func NewRootCommand() *cobra.Command {
 		newBenchCmd(),
 		newHubCmd(),
 		newLinkedHubCmd(),
+		newAllocationPolicyCmd(),
 		newCertificateCmd(),
 		newCertCmd(),
 	)

@@ -8,13 +8,14 @@ import (
 
 	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 )
 
 // newAllocator builds the allocation policies over the linked hubs, with
 // the custom allocation webhook client recording into the audit log and
 // refusing to call the node's own listeners (own) or the targets
 // cfg.WebhookTargets refuses.
-func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
+func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
 	policy, nets, err := allocationSettings(&cfg)
 	if err != nil {
 		return nil, err
@@ -48,5 +49,5 @@ func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, log
 	if err != nil {
 		return nil, fmt.Errorf("custom allocation webhooks: %w", err)
 	}
-	return allocate.New(allocate.Options{Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Logger: log})
+	return allocate.New(allocate.Options{Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Policies: policies, Logger: log})
 }

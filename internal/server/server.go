@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/deadline"
@@ -119,14 +120,17 @@ type Server struct {
 	hubs   *builtinhub.Manager
 	linked *linkedhub.Registry
 	alog   *alloclog.Log
-	auth   *serviceapi.Authorizer
-	ca     *localca.CA
-	https  *http.Server
-	httpsL net.Listener
-	mqttL  net.Listener
-	amqpL  net.Listener
-	conns  *connlimit.Limiter
-	info   *Info
+	// policies are the in-process allocation policies, read by the
+	// allocator and written through /dpsd/allocationPolicies.
+	policies *allocpolicy.Registry
+	auth     *serviceapi.Authorizer
+	ca       *localca.CA
+	https    *http.Server
+	httpsL   net.Listener
+	mqttL    net.Listener
+	amqpL    net.Listener
+	conns    *connlimit.Limiter
+	info     *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
@@ -239,7 +243,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// itself; writes go through the API's registry below.
 	readLinked := linkedhub.New(st)
 	hubList := newHubListCache(readLinked)
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	s.policies = allocpolicy.New(st, 0)
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
@@ -501,6 +506,8 @@ func (s *Server) extension(path string) http.Handler {
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "allocationpolicies" && len(segs) <= 3:
+		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "doctor" && len(segs) == 2:
 		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
