@@ -227,8 +227,8 @@ type registrationWithLog struct {
 			ErrorCode    int             `json:"errorCode"`
 			ErrorMessage string          `json:"errorMessage"`
 			Attempts     []struct {
-				Status int             `json:"status"`
-				Error  string          `json:"error"`
+				Status      int             `json:"status"`
+				Error       string          `json:"error"`
 				Body        json.RawMessage `json:"body"`
 				WebhookText string          `json:"webhookText"`
 			} `json:"attempts"`
