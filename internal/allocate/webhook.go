@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/webhooksig"
 )
 
 // Azure's retry policy for webhooks that answer 429 or 5xx: up to 10
@@ -86,9 +88,19 @@ type WebhookOptions struct {
 	// schedule, like a webhook that answered 429.
 	MaxConcurrent, MaxConcurrentPerGroup int
 
+	// Signer, when set, gives the secrets every request is signed with
+	// (Standard Webhooks headers; see package webhooksig).
+	Signer Signer
+
 	// Audit, when set, records every custom allocation.
 	Audit  *alloclog.Log
 	Logger *slog.Logger
+}
+
+// Signer gives the secrets webhook requests are signed with now;
+// *webhooksig.Keeper is one.
+type Signer interface {
+	Secrets(ctx context.Context) ([]string, error)
 }
 
 // Webhook calls custom allocation webhooks with Azure's contract:
@@ -216,7 +228,10 @@ func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.Allocati
 	if req.EnrollmentGroup != nil {
 		key = "group " + req.EnrollmentGroup.EnrollmentGroupID
 	}
-	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, body, req.LinkedHubs, rec)
+	// One message id for every attempt, as Standard Webhooks has it, so a
+	// webhook can tell a retry from a new allocation.
+	msgID := webhooksig.NewID()
+	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, rec)
 	if derr != nil {
 		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
 		w.log.Warn("custom allocation failed", "registrationId", regID, "webhook", masked, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
@@ -243,13 +258,13 @@ type answer struct {
 	permanent bool  // err is not worth retrying
 }
 
-func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
 	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
-		ans := w.attempt(ctx, webhookURL, key, body)
+		ans := w.attempt(ctx, webhookURL, key, msgID, body)
 		took := w.opt.Now().Sub(start)
 		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
@@ -288,7 +303,7 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked strin
 
 // attempt makes one bounded call, in a slot of key's; waiting for the
 // slot counts against the attempt's timeout.
-func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []byte) answer {
+func (w *Webhook) attempt(ctx context.Context, webhookURL, key, msgID string, body []byte) answer {
 	actx, cancel := context.WithTimeout(ctx, w.opt.AttemptTimeout)
 	defer cancel()
 	release, err := w.inflight.acquire(actx, key)
@@ -304,6 +319,20 @@ func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []by
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
+	if w.opt.Signer != nil {
+		secrets, err := w.opt.Signer.Secrets(actx)
+		if err != nil {
+			return answer{err: fmt.Errorf("reading the signing secret: %w", err)}
+		}
+		ts := w.opt.Now()
+		sig, err := webhooksig.Signature(secrets, msgID, ts, body)
+		if err != nil {
+			return answer{err: fmt.Errorf("signing the request: %w", err), permanent: true}
+		}
+		req.Header.Set(webhooksig.HeaderID, msgID)
+		req.Header.Set(webhooksig.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+		req.Header.Set(webhooksig.HeaderSignature, sig)
+	}
 	resp, err := w.hc.Do(req)
 	if err != nil {
 		var re *RefusedError

@@ -36,6 +36,7 @@ import (
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
 	"github.com/dpsd/dpsd/internal/transport/serviceapi"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
+	"github.com/dpsd/dpsd/internal/webhooksig"
 )
 
 // Config is how a dpsd node is run.
@@ -123,14 +124,16 @@ type Server struct {
 	// policies are the in-process allocation policies, read by the
 	// allocator and written through /dpsd/allocationPolicies.
 	policies *allocpolicy.Registry
-	auth     *serviceapi.Authorizer
-	ca       *localca.CA
-	https    *http.Server
-	httpsL   net.Listener
-	mqttL    net.Listener
-	amqpL    net.Listener
-	conns    *connlimit.Limiter
-	info     *Info
+	// signing keeps the secret webhook requests are signed with.
+	signing *webhooksig.Keeper
+	auth    *serviceapi.Authorizer
+	ca      *localca.CA
+	https   *http.Server
+	httpsL  net.Listener
+	mqttL   net.Listener
+	amqpL   net.Listener
+	conns   *connlimit.Limiter
+	info    *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
@@ -244,7 +247,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	readLinked := linkedhub.New(st)
 	hubList := newHubListCache(readLinked)
 	s.policies = allocpolicy.New(st, 0)
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	s.signing = webhooksig.NewKeeper(st, nil)
+	// The secret exists from the first start, so it can be given to
+	// webhooks before the first device registers.
+	if _, err := s.signing.Get(ctx, false); err != nil {
+		return fmt.Errorf("webhook signing secret: %w", err)
+	}
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
@@ -508,6 +517,8 @@ func (s *Server) extension(path string) http.Handler {
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "allocationpolicies" && len(segs) <= 3:
 		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "webhooksigning" && len(segs) <= 3:
+		return s.signing.Handler(webhooksig.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "doctor" && len(segs) == 2:
 		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
