@@ -55,6 +55,7 @@ func NewRootCommand() *cobra.Command {
 		newHubCmd(),
 		newLinkedHubCmd(),
 		newAllocationPolicyCmd(),
+		newWebhookSecretCmd(),
 		newCertificateCmd(),
 		newCertCmd(),
 	)
