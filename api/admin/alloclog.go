@@ -66,3 +66,44 @@ type AllocationAttempt struct {
 	// RetryAfterMs is the wait before the next attempt, when one follows.
 	RetryAfterMs int64 `json:"retryAfterMs,omitempty"`
 }
+
+// WebhookTestRequest is the body of POST /dpsd/webhookTest: the device
+// whose allocation is tried, without registering it.
+type WebhookTestRequest struct {
+	// Exactly one of EnrollmentGroupID and EnrollmentID (the individual
+	// enrollment's registration id) names the enrollment.
+	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
+	EnrollmentID      string `json:"enrollmentId,omitempty"`
+	RegistrationID    string `json:"registrationId"`
+	// Payload is the custom payload the device would send.
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+// WebhookTestResult is what trying one allocation found: the request
+// dpsd sent (or gave the policy), the answer, how long it took, and which
+// row of Azure's custom allocation outcome table it falls in.
+type WebhookTestResult struct {
+	AllocationPolicy string          `json:"allocationPolicy"`
+	WebhookURL       string          `json:"webhookUrl,omitempty"`
+	Request          json.RawMessage `json:"request,omitempty"`
+	// Status is the webhook's HTTP status (200 for a policy's answer); 0
+	// when there was no answer.
+	Status int `json:"status,omitempty"`
+	// Answer is an accepted answer; WebhookText the start of any other
+	// (see AllocationAttempt).
+	Answer      json.RawMessage `json:"answer,omitempty"`
+	WebhookText string          `json:"webhookText,omitempty"`
+	// Error says why there was no usable answer, or the policy's reason.
+	Error     string  `json:"error,omitempty"`
+	LatencyMs float64 `json:"latencyMs"`
+	// Outcome is "assigned", "failed" or "retried" (a registration would
+	// retry on Azure's schedule).
+	Outcome string `json:"outcome"`
+	// Row names the row of the outcome table, e.g. "401 → 400209".
+	Row          string          `json:"row"`
+	Hub          string          `json:"iotHubHostName,omitempty"`
+	InitialTwin  json.RawMessage `json:"initialTwin,omitempty"`
+	Payload      json.RawMessage `json:"payload,omitempty"`
+	ErrorCode    int             `json:"errorCode,omitempty"`
+	ErrorMessage string          `json:"errorMessage,omitempty"`
+}

@@ -27,7 +27,9 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 	}
 	regID := req.DeviceRuntimeContext.RegistrationID
 	rec := a.webhook.begin(ctx, regID, allocpolicy.Prefix+name, body)
-	alloc, derr, err := a.evalPolicy(ctx, name, req, rec)
+	var at alloclog.Attempt
+	alloc, derr, err := a.evalPolicy(ctx, name, req, &at)
+	rec.Attempt(ctx, at)
 	if err != nil {
 		// The store failed, not the policy: the registration is retried.
 		rec.Finish(ctx, "", dps.CodeCustomAllocationFailed, err.Error())
@@ -43,14 +45,12 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 	return alloc, nil
 }
 
-func (a *Allocator) evalPolicy(ctx context.Context, name string, req *dps.AllocationRequest, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error, error) {
+// evalPolicy evaluates the policy once, describing the evaluation in at.
+func (a *Allocator) evalPolicy(ctx context.Context, name string, req *dps.AllocationRequest, at *alloclog.Attempt) (*provision.Allocation, *dps.Error, error) {
 	now := a.webhook.opt.Now
 	start := now()
-	at := alloclog.Attempt{Started: start}
-	defer func() {
-		at.DurationMs = now().Sub(start).Milliseconds()
-		rec.Attempt(ctx, at)
-	}()
+	at.Started = start
+	defer func() { at.DurationMs = now().Sub(start).Milliseconds() }()
 	if a.policies == nil {
 		at.Error = "allocation policies are not enabled on this node"
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the allocation policy %s does not exist.", name), nil

@@ -224,10 +224,7 @@ func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.Allocati
 	regID := req.DeviceRuntimeContext.RegistrationID
 	masked := MaskURL(webhookURL)
 	rec := w.begin(ctx, regID, masked, body)
-	key := "url " + webhookURL
-	if req.EnrollmentGroup != nil {
-		key = "group " + req.EnrollmentGroup.EnrollmentGroupID
-	}
+	key := webhookKey(webhookURL, req)
 	// One message id for every attempt, as Standard Webhooks has it, so a
 	// webhook can tell a retry from a new allocation.
 	msgID := webhooksig.NewID()
@@ -259,8 +256,8 @@ type answer struct {
 }
 
 func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
-	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
+	if derr := checkURL(webhookURL, masked); derr != nil {
+		return nil, derr
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
@@ -299,6 +296,23 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgI
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message)
 		}
 	}
+}
+
+// webhookKey is the key of the slots a call waits for: its group's, or
+// for an individual enrollment its URL's.
+func webhookKey(webhookURL string, req *dps.AllocationRequest) string {
+	if req.EnrollmentGroup != nil {
+		return "group " + req.EnrollmentGroup.EnrollmentGroupID
+	}
+	return "url " + webhookURL
+}
+
+// checkURL refuses a webhook URL that is not absolute http or https.
+func checkURL(webhookURL, masked string) *dps.Error {
+	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
+	}
+	return nil
 }
 
 // attempt makes one bounded call, in a slot of key's; waiting for the

@@ -56,6 +56,7 @@ func NewRootCommand() *cobra.Command {
 		newLinkedHubCmd(),
 		newAllocationPolicyCmd(),
 		newWebhookSecretCmd(),
+		newWebhookCmd(),
 		newCertificateCmd(),
 		newCertCmd(),
 	)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/certs"
@@ -126,6 +127,7 @@ type Server struct {
 	policies *allocpolicy.Registry
 	// signing keeps the secret webhook requests are signed with.
 	signing *webhooksig.Keeper
+	alloc   *allocate.Allocator
 	auth    *serviceapi.Authorizer
 	ca      *localca.CA
 	https   *http.Server
@@ -257,6 +259,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
+	s.alloc = alloc
 	s.hubs, err = builtinhub.NewManager(st, builtinhub.Options{
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
@@ -517,6 +520,8 @@ func (s *Server) extension(path string) http.Handler {
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "allocationpolicies" && len(segs) <= 3:
 		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "webhooktest" && len(segs) == 2:
+		return webhookTestHandler(s.st, s.alloc, authorize(instance.RightServiceConfig), s.log)
 	case segs[1] == "webhooksigning" && len(segs) <= 3:
 		return s.signing.Handler(webhooksig.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "doctor" && len(segs) == 2:
