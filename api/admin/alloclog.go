@@ -18,13 +18,29 @@ type AllocationLog struct {
 	Entries        []AllocationLogEntry `json:"entries"`
 }
 
-// AllocationLogEntry is one custom allocation of one device.
+// AllocationLogEntry is one allocation of one device: a custom one's
+// webhook calls or policy evaluation, or why a hashed, static or
+// geoLatency allocation chose its hub.
 type AllocationLogEntry struct {
 	ID             string    `json:"id"`
 	RegistrationID string    `json:"registrationId"`
 	Started        time.Time `json:"startedUtc"`
-	// WebhookURL is the URL called, its query string shown as "?****".
-	WebhookURL string `json:"webhookUrl"`
+	// AllocationPolicy is the policy applied: hashed, static, geoLatency
+	// or custom.
+	AllocationPolicy string `json:"allocationPolicy,omitempty"`
+	// Candidates are the hubs the policy chose among, with what it
+	// weighed (custom allocations: the request's linkedHubs).
+	Candidates []AllocationCandidate `json:"candidates,omitempty"`
+	// Reason says why the policy chose the hub (or none).
+	Reason string `json:"reason,omitempty"`
+	// PreviousHub is the device's hub before this registration, and
+	// Reprovision what the enrollment's reprovision policy does about it:
+	// whether the device moves, and whether its twin is migrated or reset.
+	PreviousHub string `json:"previousHub,omitempty"`
+	Reprovision string `json:"reprovision,omitempty"`
+	// WebhookURL is the URL called, its query string shown as "?****", or
+	// policy:NAME; empty for the other policies.
+	WebhookURL string `json:"webhookUrl,omitempty"`
 	// Request is the body sent, or a JSON string of its first
 	// alloclog.MaxRequestBytes when it was larger (RequestTruncated).
 	Request          json.RawMessage     `json:"request,omitempty"`
@@ -40,6 +56,14 @@ type AllocationLogEntry struct {
 	Finished     time.Time `json:"finishedUtc,omitzero"`
 	// DurationMs is the time from start to outcome, retries included.
 	DurationMs int64 `json:"durationMs,omitempty"`
+}
+
+// AllocationCandidate is one hub an allocation could choose.
+type AllocationCandidate struct {
+	Name                  string `json:"name"`
+	AllocationWeight      int    `json:"allocationWeight"`
+	Location              string `json:"location,omitempty"`
+	ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
 }
 
 // AllocationAttempt is one call of the webhook.

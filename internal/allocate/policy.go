@@ -17,7 +17,7 @@ import (
 // answer, same allocation log entry (its "webhook" reads policy:NAME).
 // What the device sees of a refusal or a failure is Azure's 400207; the
 // policy's reason and errors are in the allocation log.
-func (a *Allocator) policy(ctx context.Context, name string, req *dps.AllocationRequest) (*provision.Allocation, error) {
+func (a *Allocator) policy(ctx context.Context, name string, req *dps.AllocationRequest, describe func(e *alloclog.Entry, hub string)) (*provision.Allocation, error) {
 	if req.LinkedHubs == nil {
 		req.LinkedHubs = []string{}
 	}
@@ -30,6 +30,13 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 	var at alloclog.Attempt
 	alloc, derr, err := a.evalPolicy(ctx, name, req, &at)
 	rec.Attempt(ctx, at)
+	if describe != nil {
+		hub := ""
+		if alloc != nil {
+			hub = alloc.Hub
+		}
+		rec.Describe(func(e *alloclog.Entry) { describe(e, hub) })
+	}
 	if err != nil {
 		// The store failed, not the policy: the registration is retried.
 		rec.Finish(ctx, "", dps.CodeCustomAllocationFailed, err.Error())

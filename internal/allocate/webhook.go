@@ -214,6 +214,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 // chosen hub must be one of req.LinkedHubs; the allocation names it as
 // spelled there. Every error is a *dps.Error the engine can record.
 func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.AllocationRequest) (*provision.Allocation, error) {
+	return w.call0(ctx, webhookURL, req, nil)
+}
+
+// call0 is Call, with describe filling the allocation log entry's
+// description once the outcome is known (hub "" for none).
+func (w *Webhook) call0(ctx context.Context, webhookURL string, req *dps.AllocationRequest, describe func(e *alloclog.Entry, hub string)) (*provision.Allocation, error) {
 	if req.LinkedHubs == nil {
 		req.LinkedHubs = []string{} // Azure always sends the member
 	}
@@ -229,6 +235,13 @@ func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.Allocati
 	// webhook can tell a retry from a new allocation.
 	msgID := webhooksig.NewID()
 	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, rec)
+	if describe != nil {
+		hub := ""
+		if alloc != nil {
+			hub = alloc.Hub
+		}
+		rec.Describe(func(e *alloclog.Entry) { describe(e, hub) })
+	}
 	if derr != nil {
 		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
 		w.log.Warn("custom allocation failed", "registrationId", regID, "webhook", masked, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
@@ -517,10 +530,11 @@ func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, c
 	if err != nil {
 		return nil, err
 	}
+	desc := func(e *alloclog.Entry, hub string) { describe(e, in, dps.AllocationCustom, cands, hub) }
 	if name, ok := allocpolicy.NameOf(webhookURL); ok {
-		return a.policy(ctx, name, req)
+		return a.policy(ctx, name, req, desc)
 	}
-	return a.webhook.Call(ctx, webhookURL, req)
+	return a.webhook.call0(ctx, webhookURL, req, desc)
 }
 
 // BuildRequest returns the body Azure sends a custom allocation webhook for

@@ -85,7 +85,7 @@ func New(st store.Store, opt Options) *Log {
 }
 
 // List returns a registration's entries, oldest first; none (and no error)
-// when the device never had a custom allocation.
+// when the device was never allocated.
 func (l *Log) List(ctx context.Context, registrationID string) ([]Entry, error) {
 	r, _, err := l.get(ctx, registrationID)
 	if err != nil {
@@ -122,11 +122,34 @@ func (l *Log) Begin(ctx context.Context, registrationID, webhookURL string, requ
 	return rec
 }
 
+// Record writes a finished entry in one write: an allocation that called
+// nothing (hashed, static, geoLatency), described by e. Its id and times
+// are filled in; like Begin, it never fails the allocation.
+func (l *Log) Record(ctx context.Context, e Entry) {
+	now := l.now().UTC()
+	e.ID, e.Started, e.Finished = newID(), now, now
+	if e.Attempts == nil {
+		e.Attempts = []Attempt{}
+	}
+	if err := l.upsert(ctx, e); err != nil {
+		l.log.Warn("allocation log: recording failed", "registrationId", e.RegistrationID, "err", err)
+	}
+}
+
 // Recorder fills one entry as an allocation proceeds. A nil *Recorder
 // records nothing, so callers without a log need no checks.
 type Recorder struct {
 	l *Log
 	e Entry
+}
+
+// Describe lets f fill the entry's description (policy, candidates,
+// reprovisioning); it is written with the next Waiting or Finish.
+func (r *Recorder) Describe(f func(*Entry)) {
+	if r == nil || f == nil {
+		return
+	}
+	f(&r.e)
 }
 
 // ID is the entry's id ("" for a nil Recorder).

@@ -30,15 +30,17 @@ func registrationShowCmd(cc *clientCmd) *cobra.Command {
 		Use:   "show",
 		Short: "Show the registration record of a device",
 		Long: `Show the registration record of a device. With --allocation-log, also show
-what every custom allocation of the device did: the request sent to the
-webhook (enrollment without keys, webhook URL with its query string masked,
-device runtime context, linked hubs), each attempt's status and answer, and
-the outcome. With -o json the answer is then
+why each allocation of the device chose its hub: the policy, the candidate hubs
+with their weights and locations, the reason, and for a device that already had
+a hub what reprovisioning did (moved or stayed, twin migrated or reset); for
+custom allocations also the request sent to the webhook or policy (enrollment
+without keys, webhook URL with its query string masked, device runtime context,
+linked hubs), each attempt's status and answer, and the outcome. With -o json the answer is then
 {"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}}.`,
 		Args: cobra.NoArgs,
 	}
 	registrationIDFlag(cmd, &id)
-	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the custom allocation log (webhook requests and answers)")
+	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the allocation log: why each allocation chose its hub (policy, candidates, reprovisioning), and custom allocations' webhook requests and answers")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
