@@ -26,29 +26,38 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 		return nil, fmt.Errorf("allocate: encode allocation request: %w", err)
 	}
 	regID := req.DeviceRuntimeContext.RegistrationID
-	rec := a.webhook.begin(ctx, regID, allocpolicy.Prefix+name, body)
 	var at alloclog.Attempt
 	alloc, derr, err := a.evalPolicy(ctx, name, req, &at)
-	rec.Attempt(ctx, at)
+	// An evaluation is instant: its entry is written once, complete.
+	e := alloclog.Entry{RegistrationID: regID, WebhookURL: allocpolicy.Prefix + name, Attempts: []alloclog.Attempt{at}}
+	e.Request, e.RequestTruncated = alloclog.Clip(body, alloclog.MaxRequestBytes)
+	hub := ""
+	if alloc != nil {
+		hub = alloc.Hub
+	}
 	if describe != nil {
-		hub := ""
-		if alloc != nil {
-			hub = alloc.Hub
-		}
-		rec.Describe(func(e *alloclog.Entry) { describe(e, hub) })
+		describe(&e, hub)
+	}
+	switch {
+	case err != nil:
+		// The store failed, not the policy: the registration is retried.
+		e.Outcome, e.ErrorCode, e.ErrorMessage = alloclog.OutcomeFailed, dps.CodeCustomAllocationFailed, err.Error()
+	case derr != nil:
+		e.Outcome, e.ErrorCode, e.ErrorMessage = alloclog.OutcomeFailed, derr.ErrorCode, derr.Message
+	default:
+		e.Outcome, e.Hub = alloclog.OutcomeAssigned, hub
+	}
+	if log := a.webhook.opt.Audit; log != nil {
+		log.Record(ctx, e)
 	}
 	if err != nil {
-		// The store failed, not the policy: the registration is retried.
-		rec.Finish(ctx, "", dps.CodeCustomAllocationFailed, err.Error())
 		return nil, err
 	}
 	if derr != nil {
-		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
-		a.log.Warn("allocation policy failed", "registrationId", regID, "policy", name, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
+		a.log.Warn("allocation policy failed", "registrationId", regID, "policy", name, "errorCode", derr.ErrorCode, "message", derr.Message)
 		return nil, derr
 	}
-	rec.Finish(ctx, alloc.Hub, 0, "")
-	a.log.Debug("allocation policy", "registrationId", regID, "policy", name, "hub", alloc.Hub, "auditEntry", rec.ID())
+	a.log.Debug("allocation policy", "registrationId", regID, "policy", name, "hub", alloc.Hub)
 	return alloc, nil
 }
 
