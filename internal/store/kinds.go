@@ -22,6 +22,7 @@ var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA,
+	KindHealth,
 }
 
 // Watched lists the kinds whose writes a store shared by several nodes
