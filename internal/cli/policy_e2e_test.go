@@ -84,7 +84,7 @@ func TestPoliciesAndWebhookTestCLI(t *testing.T) {
 		calls++
 		body, _ := io.ReadAll(r.Body)
 		if webhooksig.Verify(signing.Secret, r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp"), r.Header.Get("webhook-signature"), body, timeNow(), 5*time.Minute) != nil {
-			http.Error(w, "bad signature", 401)
+			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return
 		}
 		switch r.URL.Path {
@@ -93,9 +93,9 @@ func TestPoliciesAndWebhookTestCLI(t *testing.T) {
 		case "/empty":
 			io.WriteString(w, `{"iotHubHostName":null}`)
 		case "/busy":
-			w.WriteHeader(503)
+			w.WriteHeader(http.StatusServiceUnavailable)
 		default:
-			http.Error(w, "Unrecognized device registration.", 400)
+			http.Error(w, "Unrecognized device registration.", http.StatusBadRequest)
 		}
 	})}}
 	wh.Start()
