@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"sync"
+	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
@@ -48,9 +49,16 @@ type Registry struct {
 }
 
 type compiled struct {
-	etag string
-	prg  *Program
+	etag    string
+	prg     *Program
+	checked time.Time // when the store last said etag is current
 }
+
+// recheckAfter is how long an allocation uses a compiled policy without
+// asking the store whether it changed: a store read per allocation would
+// cost more than the evaluation. Changes made through this registry apply
+// at once; other nodes' within this time.
+const recheckAfter = time.Second
 
 // New returns a registry over st; costLimit <= 0 means DefaultCostLimit.
 func New(st store.Store, costLimit uint64) *Registry {
@@ -145,6 +153,9 @@ func (r *Registry) Put(ctx context.Context, name string, def Definition, ifMatch
 	case err != nil:
 		return nil, false, fmt.Errorf("save allocation policy %q: %w", name, err)
 	}
+	r.mu.Lock()
+	delete(r.compiled, name)
+	r.mu.Unlock()
 	p, err = decode(rec)
 	return p, cond.MustNotExist, err
 }
@@ -170,14 +181,21 @@ func (r *Registry) Delete(ctx context.Context, name, ifMatch string) error {
 // Program returns the compiled current version of the policy name, and
 // its etag: compiled once per version.
 func (r *Registry) Program(ctx context.Context, name string) (*Program, string, error) {
+	r.mu.Lock()
+	c, ok := r.compiled[name]
+	r.mu.Unlock()
+	if ok && time.Since(c.checked) < recheckAfter {
+		return c.prg, c.etag, nil
+	}
 	p, err := r.Get(ctx, name)
 	if err != nil {
 		return nil, "", err
 	}
-	r.mu.Lock()
-	c, ok := r.compiled[name]
-	r.mu.Unlock()
 	if ok && c.etag == p.ETag {
+		r.mu.Lock()
+		c.checked = time.Now()
+		r.compiled[name] = c
+		r.mu.Unlock()
 		return c.prg, p.ETag, nil
 	}
 	prg, err := Compile(name, p.Expression, r.costLimit)
@@ -188,7 +206,7 @@ func (r *Registry) Program(ctx context.Context, name string) (*Program, string, 
 	if len(r.compiled) >= MaxPolicies {
 		clear(r.compiled)
 	}
-	r.compiled[name] = compiled{etag: p.ETag, prg: prg}
+	r.compiled[name] = compiled{etag: p.ETag, prg: prg, checked: time.Now()}
 	r.mu.Unlock()
 	return prg, p.ETag, nil
 }
