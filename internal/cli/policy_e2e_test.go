@@ -90,6 +90,8 @@ func TestPoliciesAndWebhookTestCLI(t *testing.T) {
 		switch r.URL.Path {
 		case "/ok":
 			io.WriteString(w, `{"iotHubHostName":"`+hub+`","initialTwin":{"tags":{"deviceType":"toaster"}}}`)
+		case "/elsewhere":
+			io.WriteString(w, `{"iotHubHostName":"not-linked.example"}`)
 		case "/empty":
 			io.WriteString(w, `{"iotHubHostName":null}`)
 		case "/busy":
@@ -102,7 +104,7 @@ func TestPoliciesAndWebhookTestCLI(t *testing.T) {
 	t.Cleanup(wh.Close)
 
 	mustRun("linked-hub", "create", "--connection-string", "HostName="+hub+";SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5")
-	for _, g := range []string{"ok", "empty", "busy", "refuse"} {
+	for _, g := range []string{"ok", "empty", "elsewhere", "busy", "refuse"} {
 		mustRun("enrollment-group", "create", "--enrollment-group-id", "g-"+g, "--attestation-type", "symmetrickey",
 			"--allocation-policy", "custom", "--webhook-url", wh.URL+"/"+g, "--iot-hubs", hub)
 	}
@@ -141,6 +143,7 @@ func TestPoliciesAndWebhookTestCLI(t *testing.T) {
 	}{
 		{"g-ok", "breakroom499-contoso-tstrsd-007", "assigned", "assigned to " + hub, false},
 		{"g-empty", "dev-1", "failed", "400208", true},
+		{"g-elsewhere", "dev-4", "failed", "400210", true},
 		{"g-refuse", "dev-2", "failed", "400207", true},
 		{"g-busy", "dev-3", "retried", "retried", true},
 		{"g-policy", "breakroom499-contoso-tstrsd-007", "assigned", "assigned to " + hub, false},
