@@ -137,3 +137,21 @@ func jsonEqual(t *testing.T, got []byte, want string) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+// BenchmarkContosoEval is one evaluation of the Contoso policy.
+func BenchmarkContosoEval(b *testing.B) {
+	src, err := os.ReadFile(filepath.Join("..", "..", "examples", "policies", "contoso.cel"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := Compile("contoso", string(src), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := request("breakroom499-contoso-tstrsd-007", toasters, heatpumps)
+	for b.Loop() {
+		if _, err := p.Eval(b.Context(), req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
