@@ -187,8 +187,12 @@ func StartSimulatorBridge(t testing.TB, tpm *SWTPM, host string) *SimulatorBridg
 			}
 		}()
 	}
+	// swtpm serves one connection at a time: every client of the bridge
+	// shares one, a command at a time.
+	shared := &sharedTPM{tpm: tpm}
+	t.Cleanup(shared.close)
 	serve(cmdL, func(c net.Conn) {
-		if err := bridgeCommands(c, tpm); err != nil && !errors.Is(err, io.EOF) {
+		if err := bridgeCommands(c, shared); err != nil && !errors.Is(err, io.EOF) {
 			t.Logf("simulator bridge: %v", err)
 		}
 	})
@@ -207,13 +211,40 @@ func StartSimulatorBridge(t testing.TB, tpm *SWTPM, host string) *SimulatorBridg
 	return &SimulatorBridge{Host: host, Port: cmdL.Addr().(*net.TCPAddr).Port}
 }
 
-func bridgeCommands(c net.Conn, tpm *SWTPM) error {
-	var conn *TPMConn
-	defer func() {
-		if conn != nil {
-			conn.Close()
+// sharedTPM is one connection to swtpm, opened on first use.
+type sharedTPM struct {
+	tpm  *SWTPM
+	mu   sync.Mutex
+	conn *TPMConn
+}
+
+func (s *sharedTPM) send(cmd []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		c, err := s.tpm.Open()
+		if err != nil {
+			return nil, err
 		}
-	}()
+		s.conn = c
+	}
+	resp, err := s.conn.Send(cmd)
+	if err != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	return resp, err
+}
+
+func (s *sharedTPM) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		s.conn.Close()
+	}
+}
+
+func bridgeCommands(c net.Conn, tpm *sharedTPM) error {
 	u32 := func() (uint32, error) {
 		var b [4]byte
 		_, err := io.ReadFull(c, b[:])
@@ -253,12 +284,7 @@ func bridgeCommands(c net.Conn, tpm *SWTPM) error {
 			if _, err := io.ReadFull(c, cmd); err != nil {
 				return err
 			}
-			if conn == nil {
-				if conn, err = tpm.Open(); err != nil {
-					return err
-				}
-			}
-			resp, err := conn.Send(cmd)
+			resp, err := tpm.send(cmd)
 			if err != nil {
 				return err
 			}
