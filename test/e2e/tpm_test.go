@@ -40,7 +40,8 @@ func hubAddress(t *testing.T, srv *dpsdServer) string {
 
 // TestTPMSDK runs test/sdk/tpm.test.js: the official Node TPM security
 // client on Debian's swtpm, through the simulator-protocol bridge, over
-// HTTPS; then the device on the built-in hub with TPM-signed tokens.
+// HTTPS, AMQP and AMQP over WebSockets (the SDKs offer no TPM over MQTT);
+// then the device on the built-in hub with TPM-signed tokens.
 func TestTPMSDK(t *testing.T) {
 	nodeTool(t)
 	sw := testenv.StartSWTPM(t)
@@ -49,6 +50,7 @@ func TestTPMSDK(t *testing.T) {
 	t.Setenv("DPSD_TPM_HOST", br.Host)
 	t.Setenv("DPSD_TPM_PORT", strconv.Itoa(br.Port))
 	t.Setenv("DPSD_HUB_ADDR", hubAddress(t, srv))
+	t.Setenv("DPSD_TPM_TRANSPORTS", "http,amqp,amqpws")
 	runNodeTests(t, srv, "tpm.test.js")
 }
 

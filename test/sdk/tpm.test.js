@@ -122,6 +122,11 @@ for (const transport of transports) {
     await svc.deleteEnrollment(id);
   });
 
+  // Over AMQP the refusal is the SASL outcome "auth", which the Node
+  // SDK's TPM flow never reports (its register call waits forever), so
+  // this case runs over HTTPS only; internal/transport/amqp tests the
+  // refusal on the wire.
+  if (transport !== 'http') continue;
   test(`[${transport}] a TPM whose endorsement key is not the enrolled one gets no challenge`, T, async () => {
     const id = uid(`tpm-${transport}-other`);
     const security = tpmClient(id);
