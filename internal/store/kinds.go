@@ -20,6 +20,7 @@ var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA,
+	KindHealth,
 }
 
 // Watched lists the kinds whose writes a store shared by several nodes

@@ -38,6 +38,7 @@ type dpsdServer struct {
 	*testenv.Node
 	// Hub is the host name of the built-in hub linked to the server.
 	Hub      string
+	HubAddr  string // the hub's loopback address
 	InfoPath string
 }
 
@@ -87,12 +88,13 @@ func pickAddressIn(t *testing.T, prefix string) string {
 // hub, and stops it (SIGTERM, then SIGKILL) when the test ends.
 func startServer(t *testing.T) *dpsdServer { t.Helper(); return startServerIn(t, "127.0.3") }
 
-// startServerIn is startServer on an address in the /24 prefix.
-func startServerIn(t *testing.T, prefix string) *dpsdServer {
+// startServerIn is startServer on an address in the /24 prefix, with
+// extra flags for "dpsd serve".
+func startServerIn(t *testing.T, prefix string, extra ...string) *dpsdServer {
 	t.Helper()
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		srv, err := tryStart(t, pickAddressIn(t, prefix))
+		srv, err := tryStart(t, pickAddressIn(t, prefix), extra...)
 		if err == nil {
 			return srv
 		}
@@ -103,17 +105,17 @@ func startServerIn(t *testing.T, prefix string) *dpsdServer {
 	return nil
 }
 
-func tryStart(t *testing.T, ip string) (*dpsdServer, error) {
+func tryStart(t *testing.T, ip string, extra ...string) (*dpsdServer, error) {
 	t.Helper()
 	n, err := testenv.StartNode(t, testenv.NodeOptions{
 		IP: ip,
-		Args: []string{
+		Args: append([]string{
 			"--hostname", ip,
 			"--https-addr", net.JoinHostPort(ip, "443"),
 			"--mqtt-addr", net.JoinHostPort(ip, "8883"),
 			"--amqp-addr", net.JoinHostPort(ip, "5671"),
 			"--log-level", "debug",
-		},
+		}, extra...),
 	})
 	if err != nil {
 		return nil, err
@@ -142,7 +144,8 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 		return out, nil
 	}
 	prefix := s.IP[:strings.LastIndex(s.IP, ".")]
-	out, err := run("hub", "create", "e2e-hub", "--address", pickAddressIn(t, prefix), "-o", "json")
+	addr := pickAddressIn(t, prefix)
+	out, err := run("hub", "create", "e2e-hub", "--address", addr, "-o", "json")
 	if err != nil {
 		return err
 	}
@@ -156,6 +159,6 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	if _, err := run("linked-hub", "create", "--connection-string", h.ConnectionString); err != nil {
 		return err
 	}
-	s.Hub = h.HostName
+	s.Hub, s.HubAddr = h.HostName, addr
 	return nil
 }
