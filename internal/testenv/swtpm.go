@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dpsd/dpsd/client/tpm"
 )
 
 // SWTPM is a software TPM 2.0 (Debian's swtpm) started for one test. Its
@@ -69,56 +71,17 @@ func StartSWTPM(t testing.TB) *SWTPM {
 
 // Open connects to the TPM's command channel. swtpm serves one connection
 // at a time.
-func (s *SWTPM) Open() (*TPMConn, error) {
+func (s *SWTPM) Open() (*tpm.Conn, error) {
 	c, err := net.Dial("unix", s.socket)
 	if err != nil {
 		return nil, fmt.Errorf("connect to swtpm: %w", err)
 	}
-	return &TPMConn{c: c}, nil
+	return tpm.NewConn(c), nil
 }
 
-// TPMConn sends raw TPM 2.0 commands and reads whole responses; it
-// satisfies go-tpm's transport.TPM.
-type TPMConn struct {
-	mu sync.Mutex
-	c  net.Conn
-}
-
-// maxTPMResponse bounds a response read from the TPM.
-const maxTPMResponse = 64 * 1024
-
-// Send sends one command and returns its response.
-func (t *TPMConn) Send(cmd []byte) ([]byte, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	_ = t.c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := t.c.Write(cmd); err != nil {
-		return nil, fmt.Errorf("tpm send: %w", err)
-	}
-	return readTPMResponse(t.c)
-}
-
-// Close closes the connection.
-func (t *TPMConn) Close() error { return t.c.Close() }
-
-// readTPMResponse reads a response: a tag, a 32-bit size of the whole
-// response, and the rest.
-func readTPMResponse(r io.Reader) ([]byte, error) {
-	hdr := make([]byte, 6)
-	if _, err := io.ReadFull(r, hdr); err != nil {
-		return nil, fmt.Errorf("tpm response header: %w", err)
-	}
-	n := binary.BigEndian.Uint32(hdr[2:])
-	if n < 6 || n > maxTPMResponse {
-		return nil, fmt.Errorf("tpm response size %d", n)
-	}
-	resp := make([]byte, n)
-	copy(resp, hdr)
-	if _, err := io.ReadFull(r, resp[6:]); err != nil {
-		return nil, fmt.Errorf("tpm response: %w", err)
-	}
-	return resp, nil
-}
+// Addr is the TPM's address as client/tpm.Open and "dpsd device
+// provision --tpm" take it.
+func (s *SWTPM) Addr() string { return "unix:" + s.socket }
 
 // SimulatorBridge serves the Microsoft TPM simulator's TCP protocol, which
 // the official TSS libraries (tss.js, TSS.MSR) speak, on a command port and
@@ -215,7 +178,7 @@ func StartSimulatorBridge(t testing.TB, tpm *SWTPM, host string) *SimulatorBridg
 type sharedTPM struct {
 	tpm  *SWTPM
 	mu   sync.Mutex
-	conn *TPMConn
+	conn *tpm.Conn
 }
 
 func (s *sharedTPM) send(cmd []byte) ([]byte, error) {
@@ -277,7 +240,7 @@ func bridgeCommands(c net.Conn, tpm *sharedTPM) error {
 			if err != nil {
 				return err
 			}
-			if n > maxTPMResponse {
+			if n > 64*1024 {
 				return fmt.Errorf("command of %d bytes", n)
 			}
 			cmd := make([]byte, n)

@@ -13,12 +13,14 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/client/tpm"
 	"github.com/dpsd/dpsd/internal/testenv"
 )
 
@@ -60,7 +62,7 @@ type tpmWire struct {
 	t     *testing.T
 	srv   *dpsdServer
 	hc    *http.Client
-	dev   *testenv.TPMDevice
+	dev   *tpm.Device
 	regID string
 }
 
@@ -217,5 +219,36 @@ func TestTPMWire(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(pb), `"assigned"`) {
 		t.Fatalf("operation status: %d %s", resp.StatusCode, pb)
+	}
+}
+
+// TestTPMSimulator is "dpsd device provision --tpm" against swtpm, as a
+// user runs it: the endorsement key printed by "dpsd device
+// endorsement-key" enrolled with the CLI, then provisioned.
+func TestTPMSimulator(t *testing.T) {
+	sw := testenv.StartSWTPM(t)
+	srv := startServerIn(t, tpmPrefix)
+	out, err := exec.Command(testenv.Binary(t), "device", "endorsement-key", "--tpm", sw.Addr()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dpsd device endorsement-key: %v\n%s", err, out)
+	}
+	ek := strings.TrimSpace(string(out))
+	dpsdCLI(t, srv, "enrollment", "create", "--registration-id", "tpm-sim-1", "--attestation-type", "tpm",
+		"--endorsement-key", ek, "--allocation-policy", "static", "--iot-hubs", srv.Hub)
+	for range 2 { // the second registration keeps the identity key
+		out := dpsdCLI(t, srv, "device", "provision", "--registration-id", "tpm-sim-1", "--tpm", sw.Addr())
+		if !strings.Contains(out, "Registration Information received from service: "+srv.Hub+", deviceId: tpm-sim-1") {
+			t.Fatalf("device provision --tpm:\n%s", out)
+		}
+	}
+	// Another TPM's key is refused with the Azure error.
+	other := testenv.StartSWTPM(t)
+	stdout, errOut, err := dpsdCLIResult(t, srv, "device", "provision", "--registration-id", "tpm-sim-1", "--tpm", other.Addr())
+	if err == nil || !strings.Contains(stdout+errOut, "401") {
+		t.Fatalf("a foreign TPM: %v\n%s\n%s", err, stdout, errOut)
+	}
+	// TPM attestation is https only in this client, and says so.
+	if _, errOut, err := dpsdCLIResult(t, srv, "device", "provision", "--registration-id", "tpm-sim-1", "--tpm", sw.Addr(), "--transport", "mqtt"); err == nil || !strings.Contains(errOut, "https only") {
+		t.Fatalf("--tpm over mqtt: %v\n%s", err, errOut)
 	}
 }
