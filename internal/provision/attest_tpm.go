@@ -32,22 +32,22 @@ func (c *TPMChallenge) Error() string {
 // device learns nothing.
 func (e *Engine) tpmChallenge(ctx context.Context, req *Request) error {
 	if len(e.opt.DeviceKeySecret) == 0 {
-		return errUnauthorized()
+		return errUnauthorized("a TPM device, and this engine has no device key secret")
 	}
 	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
 	switch {
 	case isNotFound(err):
-		return errUnauthorized()
+		return errUnauthorized("a TPM device without an individual enrollment")
 	case err != nil:
 		return unavailable(err)
 	}
 	enrolledEK, ok := tpmEnrollmentEK(ie)
 	if !ok {
-		return errUnauthorized()
+		return errUnauthorized("a TPM device whose enrollment is not a TPM enrollment")
 	}
 	sentEK, err := decodePublic(req.TPM.EndorsementKey)
 	if err != nil || !hmac.Equal(sentEK, enrolledEK) {
-		return errUnauthorized()
+		return errUnauthorized("the TPM's endorsement key is not the enrolled one")
 	}
 	blob, err := e.tpmActivation(req, ie, enrolledEK)
 	if err != nil {
@@ -100,16 +100,16 @@ func (e *Engine) tpmKey(regID string, ekArea []byte) []byte {
 func (e *Engine) verifyTPM(req *Request, tok *sas.Token, ie *dps.IndividualEnrollment) (*vouched, error) {
 	ekArea, ok := tpmEnrollmentEK(ie)
 	if !ok || len(e.opt.DeviceKeySecret) == 0 {
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("a TPM enrollment, and this engine has no device key secret")
 	}
 	if req.TPM != nil && req.TPM.EndorsementKey != "" {
 		if sent, err := decodePublic(req.TPM.EndorsementKey); err != nil || !hmac.Equal(sent, ekArea) {
-			return nil, errUnauthorized()
+			return nil, errUnauthorized("the TPM's endorsement key is not the enrolled one")
 		}
 	}
 	key := e.tpmKey(ie.RegistrationID, ekArea)
 	if tok.VerifyAny(key, nil) < 0 {
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("the SAS token is not signed with the TPM's identity key")
 	}
 	v := &vouched{
 		enrollment:   ie,
