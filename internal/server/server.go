@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -292,12 +293,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		return err
 	}
 	s.engine = provision.New(st, provision.Options{
-		IDScope:   s.inst.IDScope,
-		Logger:    s.log,
-		PollFirst: cfg.PollFirst,
-		Allocator: alloc,
-		Registrar: registrar,
-		Node:      node,
+		IDScope:         s.inst.IDScope,
+		Logger:          s.log,
+		PollFirst:       cfg.PollFirst,
+		DeviceKeySecret: deviceKeySecret(s.inst),
+		Allocator:       alloc,
+		Registrar:       registrar,
+		Node:            node,
 	})
 	s.doctor = &doctor{s: s}
 	// The service API and the linked-hub endpoints write through svcStore,
@@ -694,4 +696,13 @@ func orNone(s string) string {
 		return "(configured certificate)"
 	}
 	return s
+}
+
+// deviceKeySecret is the instance's secret for TPM identity keys, decoded.
+func deviceKeySecret(in *instance.Instance) []byte {
+	b, err := base64.StdEncoding.DecodeString(in.DeviceKeySecret)
+	if err != nil {
+		return nil
+	}
+	return b
 }
