@@ -30,6 +30,7 @@ import (
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/store"
 	"github.com/dpsd/dpsd/internal/throttle"
+	"github.com/dpsd/dpsd/internal/tlsmux"
 	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
 	"github.com/dpsd/dpsd/internal/transport/https"
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
@@ -111,6 +112,9 @@ type Server struct {
 	mqtt   *mqtt.Server
 	amqp   *amqptransport.Server
 	hubs   *builtinhub.Manager
+	// hubRouter is hubs, kept after shutdown clears hubs, for requests
+	// still being routed.
+	hubRouter *builtinhub.Manager
 	linked *linkedhub.Registry
 	alog   *alloclog.Log
 	auth   *serviceapi.Authorizer
@@ -242,10 +246,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 		Listener:    s.conns.Listener,
+		Shared:      s.sharedHubEndpoint(),
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
+	s.hubRouter = s.hubs
+	s.shareListeners()
 	if err := s.hubs.Start(ctx); err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
@@ -443,6 +450,12 @@ func (s *Server) closeAll() {
 // and service APIs on different host names; dpsd serves both on one
 // listener and tells them apart by path, which never overlap.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if s.hubRouter != nil && s.hubRouter.ServesHost(r.Host) {
+		// A built-in hub's request from a client that sent no TLS server
+		// name (it dialled the address) but names the hub in Host.
+		s.hubRouter.ServeHTTP(w, r)
+		return
+	}
 	if mqtt.IsWebSocketUpgrade(r) {
 		// One WebSocket endpoint for MQTT and AMQP, told apart by the
 		// subprotocol the client offers.
@@ -557,6 +570,44 @@ func (s *Server) serviceHostNames() []string {
 		names = append(names, h, net.JoinHostPort(h, port))
 	}
 	return names
+}
+
+// helloTimeout bounds the wait for a connection's TLS ClientHello on the
+// shared listeners.
+const helloTimeout = 10 * time.Second
+
+// sharedHubEndpoint is where the built-in hubs without an address of
+// their own are served: the node's own listeners, whose connections for a
+// hub's host name (TLS server name) shareListeners hands to the hubs.
+func (s *Server) sharedHubEndpoint() *builtinhub.Shared {
+	ip := "127.0.0.1" // a listener on every address is reached on loopback
+	if h, _, err := net.SplitHostPort(s.httpsL.Addr().String()); err == nil && !net.ParseIP(h).IsUnspecified() {
+		ip = h
+	}
+	return &builtinhub.Shared{
+		Address:   ip,
+		HTTPSAddr: s.httpsL.Addr().String(),
+		MQTTAddr:  s.mqttL.Addr().String(),
+		AMQPAddr:  s.amqpL.Addr().String(),
+	}
+}
+
+// shareListeners puts the node's listeners in front of the built-in hubs
+// too: each connection's TLS server name is read first, and those naming
+// a hub go to it, the others to the provisioning service.
+func (s *Server) shareListeners() {
+	split := func(l net.Listener, p builtinhub.Protocol) net.Listener {
+		hubs := s.hubs
+		return tlsmux.Split(l, func(name string) func(net.Conn) {
+			if !hubs.ServesHost(name) {
+				return nil
+			}
+			return func(c net.Conn) { hubs.ServeConn(p, c) }
+		}, helloTimeout, s.log)
+	}
+	s.httpsL = split(s.httpsL, builtinhub.ProtocolHTTPS)
+	s.mqttL = split(s.mqttL, builtinhub.ProtocolMQTT)
+	s.amqpL = split(s.amqpL, builtinhub.ProtocolAMQP)
 }
 
 // hostPort joins the public host name with the port a listener got,

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -73,9 +75,10 @@ type Config struct {
 	// HostName is the name devices and services use; it need not resolve
 	// (clients can dial Address), but the hosts-file line makes it.
 	HostName string `json:"hostName"`
-	// Address is the IP address the hub listens on, with the standard
-	// ports (443 and 8883) unless the manager says otherwise.
-	Address  string    `json:"address"`
+	// Address, when set, is the IP address the hub listens on by itself,
+	// with the standard ports (443 and 8883) unless the manager says
+	// otherwise. Empty: the hub is served on the endpoint all hubs share.
+	Address  string    `json:"address,omitempty"`
 	Policies []Policy  `json:"policies"`
 	Created  time.Time `json:"created"`
 }
@@ -97,10 +100,6 @@ func (c *Config) ConnectionString() *sas.ConnectionString {
 	}
 	return &sas.ConnectionString{HostName: c.HostName, SharedAccessKeyName: p.KeyName, SharedAccessKey: p.PrimaryKey}
 }
-
-// HostsLine is the /etc/hosts line that makes the host name resolve to the
-// hub's address.
-func (c *Config) HostsLine() string { return c.Address + " " + c.HostName }
 
 func decodeKey(k string) []byte {
 	b, err := base64.StdEncoding.DecodeString(k)
@@ -125,7 +124,9 @@ type Hub struct {
 	httpsL net.Listener
 	mqttL  net.Listener
 	tls    *tls.Config
+	cert   tls.Certificate
 	hook   *deviceHook
+	shared *Shared // the shared endpoint, or nil for a hub with its own listeners
 
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
@@ -159,22 +160,75 @@ func (h *Hub) Config() Config { return h.cfg }
 func (h *Hub) Name() string { return h.cfg.Name }
 
 // HTTPSAddr is the address the REST API and MQTT over WebSockets listen on.
-func (h *Hub) HTTPSAddr() string { return h.httpsL.Addr().String() }
+func (h *Hub) HTTPSAddr() string {
+	if h.shared != nil {
+		return h.shared.HTTPSAddr
+	}
+	return h.httpsL.Addr().String()
+}
 
 // MQTTAddr is the address MQTT over TLS listens on.
-func (h *Hub) MQTTAddr() string { return h.mqttL.Addr().String() }
+func (h *Hub) MQTTAddr() string {
+	if h.shared != nil {
+		return h.shared.MQTTAddr
+	}
+	return h.mqttL.Addr().String()
+}
 
 // aliases are the names clients may address the hub by, in tokens and
-// MQTT user names.
+// MQTT user names: its host name and address, with or without a port.
 func (h *Hub) aliases() []string {
-	out := []string{h.cfg.HostName, h.cfg.Address}
-	for _, l := range []net.Listener{h.httpsL, h.mqttL} {
-		if l != nil {
-			_, port, _ := net.SplitHostPort(l.Addr().String())
-			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(h.cfg.Address, port))
+	addr := h.cfg.Address
+	if h.shared != nil {
+		addr = h.shared.Address
+	}
+	out := []string{h.cfg.HostName, addr}
+	for _, a := range []string{h.HTTPSAddr(), h.MQTTAddr()} {
+		if _, port, err := net.SplitHostPort(a); err == nil {
+			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(addr, port))
 		}
 	}
 	return out
+}
+
+// enter counts a connection handed over by the shared endpoint in the
+// hub's wait group; false means the hub is closing.
+func (h *Hub) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+// listenError is a hub's failure to bind its own address.
+type listenError struct {
+	addr string
+	err  error
+}
+
+func (e *listenError) Error() string {
+	switch {
+	case errors.Is(e.err, os.ErrPermission):
+		return fmt.Sprintf("cannot listen on %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE, e.g. sudo setcap cap_net_bind_service=+ep on the dpsd binary); or create the hub without --address to share dpsd's own listeners", e.addr)
+	case errors.Is(e.err, syscall.EADDRINUSE):
+		return fmt.Sprintf("cannot listen on %s: the address is already in use; choose another --address, or none to share dpsd's own listeners", e.addr)
+	case errors.Is(e.err, syscall.EADDRNOTAVAIL):
+		return fmt.Sprintf("cannot listen on %s: the address is not one of this machine's", e.addr)
+	}
+	return fmt.Sprintf("cannot listen on %s: %v", e.addr, e.err)
+}
+
+func (e *listenError) Unwrap() error { return e.err }
+
+func listenTCP(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, &listenError{addr: addr, err: err}
+	}
+	return l, nil
 }
 
 // hubOptions are the manager's settings a hub uses.
@@ -192,6 +246,7 @@ type hubOptions struct {
 	connectTimeout time.Duration
 	bodyTimeout    time.Duration
 	listener       func(net.Listener, string) net.Listener
+	shared         *Shared // set: no listeners of its own
 }
 
 // startHub binds the hub's listeners and serves them.
@@ -209,6 +264,8 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		conns:          make(map[net.Conn]*connInfo),
 		devices:        make(map[string]*devState),
 		methods:        make(map[string]pendingMethod),
+		cert:           o.cert,
+		shared:         o.shared,
 	}
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -217,13 +274,20 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"http/1.1"},
 	}
-	var err error
-	if h.httpsL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
-		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	if h.shared != nil {
+		if err := h.startBroker(); err != nil {
+			return nil, err
+		}
+		h.log.Info("built-in hub serving on the shared endpoint", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr())
+		return h, nil
 	}
-	if h.mqttL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
+	var err error
+	if h.httpsL, err = listenTCP(net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
+	if h.mqttL, err = listenTCP(net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
 		h.httpsL.Close()
-		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
 	}
 	if o.listener != nil {
 		h.httpsL = o.listener(h.httpsL, "hub-https")
@@ -278,9 +342,12 @@ func (h *Hub) close(ctx context.Context) error {
 		c.Close()
 	}
 	h.mu.Unlock()
-	err := h.http.Shutdown(ctx)
-	h.mqttL.Close()
-	h.http.Close()
+	var err error
+	if h.http != nil {
+		err = h.http.Shutdown(ctx)
+		h.mqttL.Close()
+		h.http.Close()
+	}
 	done := make(chan struct{})
 	go func() { h.wg.Wait(); close(done) }()
 	select {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -84,7 +85,11 @@ type Options struct {
 	// BodyTimeout bounds the reading of a REST request's body, from the
 	// end of its headers; zero means 30 s.
 	BodyTimeout time.Duration
-	Now         func() time.Time
+	// Shared, when set, is the endpoint hubs created without an address
+	// share (Manager.ServeConn takes its connections); when nil, such a
+	// hub gets the next free loopback address.
+	Shared *Shared
+	Now    func() time.Time
 }
 
 // Manager runs the built-in hubs of a dpsd node. It is safe for
@@ -93,6 +98,8 @@ type Manager struct {
 	st  store.Store
 	opt Options
 	log *slog.Logger
+
+	front *front // nil without Options.Shared
 
 	mu     sync.Mutex
 	hubs   map[string]*Hub   // running hubs by lower-cased name
@@ -127,7 +134,52 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	if opt.BodyTimeout <= 0 {
 		opt.BodyTimeout = defaultBodyTimeout
 	}
-	return &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}, nil
+	m := &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}
+	if opt.Shared != nil {
+		m.front = newFront(m)
+	}
+	return m, nil
+}
+
+// ServesHost reports whether name (a host name, with or without a port) is
+// a running hub's: the node's listeners hand such connections to
+// ServeConn.
+func (m *Manager) ServesHost(name string) bool { return m.byHost(hostOnly(name)) != nil }
+
+// ServeConn serves a connection accepted on the shared endpoint, before
+// its TLS handshake, and returns when it ends. It is for connections whose
+// TLS server name is a hub's (ServesHost), or any connection on listeners
+// of the hubs alone; without Options.Shared it closes c.
+func (m *Manager) ServeConn(p Protocol, c net.Conn) {
+	if m.front == nil {
+		c.Close()
+		return
+	}
+	m.front.serveConn(p, c)
+}
+
+// ServeListener serves every connection of l, a listener of the hubs alone
+// (an address the operator chose for all hubs), as the shared endpoint's
+// protocol p, until l is closed.
+func (m *Manager) ServeListener(p Protocol, l net.Listener) error {
+	for {
+		c, err := connlimit.Accept(l, m.log, "hub "+string(p))
+		if err != nil {
+			return err
+		}
+		go m.ServeConn(p, c)
+	}
+}
+
+// ServeHTTP serves a request that reached the node's own HTTPS server but
+// names a hub in its Host header (a client that dialled the address and
+// sent no TLS server name); ServesHost says which requests those are.
+func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := m.hubOfRequest(r); h != nil {
+		h.serveHTTP(w, r)
+		return
+	}
+	http.NotFound(w, r)
 }
 
 // Start runs every hub kept in the store. A hub that cannot start (its
@@ -157,6 +209,9 @@ func (m *Manager) Close(ctx context.Context) error {
 	clear(m.hubs)
 	m.mu.Unlock()
 	var errs []error
+	if m.front != nil {
+		errs = append(errs, m.front.close(ctx))
+	}
 	for _, h := range hubs {
 		errs = append(errs, h.close(ctx))
 	}
@@ -164,7 +219,19 @@ func (m *Manager) Close(ctx context.Context) error {
 }
 
 func (m *Manager) run(cfg Config) error {
-	cert, err := m.opt.Certificate("hub-"+cfg.Name, []string{cfg.HostName, cfg.Address})
+	var shared *Shared
+	if cfg.Address == "" {
+		if shared = m.opt.Shared; shared == nil {
+			err := errors.New("iothub: this node has no shared endpoint for hubs without an address")
+			m.setFailed(cfg.Name, err)
+			return err
+		}
+	}
+	names := []string{cfg.HostName, cfg.Address}
+	if shared != nil {
+		names = []string{cfg.HostName, shared.Address}
+	}
+	cert, err := m.opt.Certificate("hub-"+cfg.Name, names)
 	if err != nil {
 		m.setFailed(cfg.Name, err)
 		return fmt.Errorf("hub %s: certificate: %w", cfg.Name, err)
@@ -183,6 +250,7 @@ func (m *Manager) run(cfg Config) error {
 		connectTimeout: m.opt.ConnectTimeout,
 		bodyTimeout:    m.opt.BodyTimeout,
 		listener:       m.opt.Listener,
+		shared:         shared,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)
@@ -232,8 +300,10 @@ func (m *Manager) configs(ctx context.Context) ([]Config, error) {
 type CreateOptions struct {
 	// HostName defaults to {name}.azure-devices.internal.
 	HostName string
-	// Address is an IP address of this machine; default: the next free
-	// loopback address from 127.0.0.10 on.
+	// Address is an IP address of this machine for the hub alone, on
+	// which it listens itself; default: the endpoint all hubs share
+	// (Options.Shared), or without one the next free loopback address
+	// from 127.0.0.10 on.
 	Address string
 }
 
@@ -270,11 +340,14 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		used[c.Address] = true
 	}
 	addr := o.Address
-	if addr == "" {
+	switch {
+	case addr == "" && m.opt.Shared != nil:
+		// Shared: nothing to bind, nothing to resolve but the one address.
+	case addr == "":
 		if addr, err = m.freeAddress(used); err != nil {
 			return nil, err
 		}
-	} else {
+	default:
 		ip := net.ParseIP(addr)
 		if ip == nil || ip.IsUnspecified() {
 			return nil, fmt.Errorf("%w: address %q must be a specific IP address", ErrInvalid, addr)
@@ -301,9 +374,14 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		m.mu.Lock()
 		delete(m.failed, strings.ToLower(name))
 		m.mu.Unlock()
+		var le *listenError
+		if errors.As(err, &le) {
+			// The operator's address: say why it cannot be used.
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, le)
+		}
 		return nil, err
 	}
-	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", addr, "hosts", cfg.HostsLine())
+	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", m.address(cfg), "hosts", m.hostsLine(cfg))
 	return m.info(cfg), nil
 }
 
@@ -391,8 +469,20 @@ func (m *Manager) deleteAll(ctx context.Context, kind store.Kind, ref string) er
 // Info is the wire form of a built-in hub, defined in api/admin.
 type Info = admin.Hub
 
+// address is where clients reach a hub: its own address, or the shared
+// endpoint's.
+func (m *Manager) address(cfg Config) string {
+	if cfg.Address == "" && m.opt.Shared != nil {
+		return m.opt.Shared.Address
+	}
+	return cfg.Address
+}
+
+// hostsLine is the hosts-file line that makes a hub's host name resolve.
+func (m *Manager) hostsLine(cfg Config) string { return m.address(cfg) + " " + cfg.HostName }
+
 func (m *Manager) info(cfg Config) *Info {
-	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: cfg.Address, HostsLine: cfg.HostsLine(), Created: cfg.Created}
+	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: m.address(cfg), HostsLine: m.hostsLine(cfg), Created: cfg.Created, Shared: cfg.Address == ""}
 	if cs := cfg.ConnectionString(); cs != nil {
 		in.ConnectionString = cs.String()
 	}
@@ -457,6 +547,20 @@ func (m *Manager) byHost(host string) *Hub {
 		}
 	}
 	return nil
+}
+
+// anyHub returns a running hub on the shared endpoint, the one first by
+// name, or nil.
+func (m *Manager) anyHub() *Hub {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first *Hub
+	for _, h := range m.hubs {
+		if h.shared != nil && (first == nil || h.cfg.Name < first.cfg.Name) {
+			first = h
+		}
+	}
+	return first
 }
 
 // Registry returns the built-in hub with host name hostName for in-process
