@@ -115,16 +115,16 @@ type Server struct {
 	// hubRouter is hubs, kept after shutdown clears hubs, for requests
 	// still being routed.
 	hubRouter *builtinhub.Manager
-	linked *linkedhub.Registry
-	alog   *alloclog.Log
-	auth   *serviceapi.Authorizer
-	ca     *localca.CA
-	https  *http.Server
-	httpsL net.Listener
-	mqttL  net.Listener
-	amqpL  net.Listener
-	conns  *connlimit.Limiter
-	info   *Info
+	linked    *linkedhub.Registry
+	alog      *alloclog.Log
+	auth      *serviceapi.Authorizer
+	ca        *localca.CA
+	https     *http.Server
+	httpsL    net.Listener
+	mqttL     net.Listener
+	amqpL     net.Listener
+	conns     *connlimit.Limiter
+	info      *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
