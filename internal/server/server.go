@@ -252,7 +252,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
 	s.hubRouter = s.hubs
-	s.shareListeners()
+	s.shareListeners(tlsCfg)
 	if err := s.hubs.Start(ctx); err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
@@ -594,20 +594,39 @@ func (s *Server) sharedHubEndpoint() *builtinhub.Shared {
 
 // shareListeners puts the node's listeners in front of the built-in hubs
 // too: each connection's TLS server name is read first, and those naming
-// a hub go to it, the others to the provisioning service.
-func (s *Server) shareListeners() {
-	split := func(l net.Listener, p builtinhub.Protocol) net.Listener {
-		hubs := s.hubs
-		return tlsmux.Split(l, func(name string) func(net.Conn) {
-			if !hubs.ServesHost(name) {
+// a hub go to it, the others to the provisioning service. Clients that
+// name no server (a device dialling an IP address as GatewayHostName) are
+// told apart later: over HTTPS by the Host header (route), over MQTT by
+// the CONNECT's user name, read here after the node's own handshake.
+func (s *Server) shareListeners(tlsCfg *tls.Config) {
+	hubs := s.hubs
+	split := func(l net.Listener, p builtinhub.Protocol, noName func(net.Conn, *tlsmux.Listener)) *tlsmux.Listener {
+		return tlsmux.Split(l, func(name string) func(net.Conn, *tlsmux.Listener) {
+			switch {
+			case name == "" && noName != nil && hubs.Running():
+				return noName
+			case name == "" || !hubs.ServesHost(name):
 				return nil
 			}
-			return func(c net.Conn) { hubs.ServeConn(p, c) }
+			return func(c net.Conn, _ *tlsmux.Listener) { hubs.ServeConn(p, c) }
 		}, helloTimeout, s.log)
 	}
-	s.httpsL = split(s.httpsL, builtinhub.ProtocolHTTPS)
-	s.mqttL = split(s.mqttL, builtinhub.ProtocolMQTT)
-	s.amqpL = split(s.amqpL, builtinhub.ProtocolAMQP)
+	s.httpsL = split(s.httpsL, builtinhub.ProtocolHTTPS, nil)
+	s.mqttL = split(s.mqttL, builtinhub.ProtocolMQTT, func(c net.Conn, l *tlsmux.Listener) {
+		tc := tls.Server(c, tlsCfg)
+		ctx, cancel := context.WithTimeout(context.Background(), helloTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Debug("mqtt TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		if rest, claimed := hubs.ClaimMQTT(tc); !claimed {
+			l.Deliver(rest)
+		}
+	})
+	s.amqpL = split(s.amqpL, builtinhub.ProtocolAMQP, nil)
 }
 
 // hostPort joins the public host name with the port a listener got,

@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,6 +16,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -120,11 +122,42 @@ func TestHubsOnTheNodeListeners(t *testing.T) {
 		t.Fatal("the hub did not get the telemetry")
 	})
 
-	t.Run("the provisioning service's MQTT still answers", func(t *testing.T) {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", info.MQTTAddr, &tls.Config{RootCAs: pool, ServerName: "dps.test"})
-		if err != nil {
-			t.Fatalf("TLS to the node's MQTT listener as dps.test: %v", err)
+	t.Run("device MQTT by IP (GatewayHostName), told apart by user name", func(t *testing.T) {
+		tok, _ := sas.New(url.QueryEscape(cs.HostName+"/devices/dev-1"), "", key, time.Now().Add(time.Hour))
+		opts := paho.NewClientOptions().AddBroker("ssl://"+info.MQTTAddr).SetClientID("dev-1").
+			SetUsername(cs.HostName+"/dev-1/?api-version=2021-04-12").SetPassword(tok).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10*time.Second).
+			SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.10.3"}) // an IP: no SNI
+		c := paho.NewClient(opts)
+		if tk := c.Connect(); !tk.WaitTimeout(15*time.Second) || tk.Error() != nil {
+			t.Fatalf("connect: %v", tk.Error())
 		}
-		c.Close()
+		c.Disconnect(100)
 	})
+
+	// The provisioning service answers on the same listeners, with a
+	// server name and without (its MQTT user names name no hub).
+	for _, tr := range []device.Transport{device.TransportMQTT, device.TransportHTTPS} {
+		for _, host := range []string{"dps.test", "127.0.10.3"} {
+			t.Run("provisioning over "+string(tr)+" as "+host, func(t *testing.T) {
+				rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+				defer rcancel()
+				_, err := device.Register(rctx, device.Config{
+					ProvisioningHost: host, DialAddr: addrFor(tr, info), IDScope: info.IDScope, RegistrationID: "nobody",
+					SymmetricKey: key, Transport: tr, RootCAs: pool, Timeout: 30 * time.Second,
+				})
+				var de *dps.Error
+				if !errors.As(err, &de) || de.ErrorCode/1000 != 401 {
+					t.Fatalf("register an unknown device: %v, want the service's 401 answer", err)
+				}
+			})
+		}
+	}
+}
+
+func addrFor(tr device.Transport, info *Info) string {
+	if tr == device.TransportMQTT {
+		return info.MQTTAddr
+	}
+	return info.HTTPSAddr
 }

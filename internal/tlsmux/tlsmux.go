@@ -67,10 +67,11 @@ type replayConn struct {
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// Divert decides where a connection goes by its server name: a non-nil
-// function takes the connection over (and must close it); nil leaves it
-// to the listener's own server.
-type Divert func(serverName string) func(net.Conn)
+// Divert decides where a connection goes by its server name ("" for
+// none): a non-nil function takes the connection over (and must close it,
+// or give it back to the listener it is passed with Deliver); nil leaves
+// it to the listener's own server.
+type Divert func(serverName string) func(net.Conn, *Listener)
 
 // Listener is a net.Listener whose Accept returns the connections Divert
 // left to it.
@@ -107,14 +108,18 @@ func (l *Listener) run() {
 
 func (l *Listener) route(c net.Conn) {
 	name, rc := ServerName(c, l.timeout)
-	if name != "" {
-		if serve := l.divert(name); serve != nil {
-			serve(rc)
-			return
-		}
+	if serve := l.divert(name); serve != nil {
+		serve(rc, l)
+		return
 	}
+	l.Deliver(rc)
+}
+
+// Deliver queues c for Accept; it waits until Accept takes it, or closes
+// it if the listener closes first.
+func (l *Listener) Deliver(c net.Conn) {
 	select {
-	case l.conns <- rc:
+	case l.conns <- c:
 	case <-l.done:
 		c.Close()
 	}
@@ -148,3 +153,18 @@ func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
 func Prepend(c net.Conn, b []byte) net.Conn {
 	return &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(b), c)}
 }
+
+// TLSReplayConn is a server-side TLS connection whose first bytes, read
+// to decide where it goes, are read again; it still answers for its TLS
+// state.
+type TLSReplayConn struct {
+	*tls.Conn
+	r io.Reader
+}
+
+// PrependTLS returns tc reading b first.
+func PrependTLS(tc *tls.Conn, b []byte) *TLSReplayConn {
+	return &TLSReplayConn{Conn: tc, r: io.MultiReader(bytes.NewReader(b), tc)}
+}
+
+func (c *TLSReplayConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -36,11 +36,14 @@ func TestSplitBySNI(t *testing.T) {
 		}
 		_, _ = io.WriteString(tc, who)
 	}
-	l := Split(inner, func(name string) func(net.Conn) {
-		if name != "hub.example" {
-			return nil
+	l := Split(inner, func(name string) func(net.Conn, *Listener) {
+		switch name {
+		case "hub.example":
+			return func(c net.Conn, _ *Listener) { diverted <- name; echo(c, "hub") }
+		case "back.example": // looked at, then given back
+			return func(c net.Conn, l *Listener) { l.Deliver(c) }
 		}
-		return func(c net.Conn) { diverted <- name; echo(c, "hub") }
+		return nil
 	}, 5*time.Second, slog.Default())
 	defer l.Close()
 	go func() {
@@ -55,9 +58,10 @@ func TestSplitBySNI(t *testing.T) {
 	for _, tc := range []struct{ serverName, want string }{
 		{"hub.example", "hub"},
 		{"node.example", "node"},
+		{"back.example", "node"},
 		{"", "node"}, // no SNI (a client dialing an IP address)
 	} {
-		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: tc.serverName}
+		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: tc.serverName, InsecureSkipVerify: tc.serverName == "back.example"}
 		if tc.serverName == "" {
 			cfg.ServerName = "127.0.0.1" // verified against the IP SAN; Go sends no SNI for IPs
 		}
@@ -94,7 +98,7 @@ func TestCloseEndsAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := Split(inner, func(string) func(net.Conn) { return nil }, time.Second, slog.Default())
+	l := Split(inner, func(string) func(net.Conn, *Listener) { return nil }, time.Second, slog.Default())
 	errc := make(chan error, 1)
 	go func() { _, err := l.Accept(); errc <- err }()
 	l.Close()

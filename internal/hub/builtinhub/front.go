@@ -129,7 +129,7 @@ func (f *front) serveMQTT(c net.Conn) {
 	if h == nil {
 		// No server name: the CONNECT's user name, {hubHostName}/{deviceId}/…
 		user, read, err := mqttUserName(tc, maxMQTTPacket)
-		conn = tlsmux.Prepend(tc, read)
+		conn = tlsmux.PrependTLS(tc, read)
 		host, _, _ := strings.Cut(user, "/")
 		if h = f.m.byHost(host); h == nil {
 			f.m.log.Info("hub mqtt connection for no hub", "remote", c.RemoteAddr().String(), "userName", user, "err", err)
@@ -143,6 +143,27 @@ func (f *front) serveMQTT(c net.Conn) {
 	}
 	defer h.wg.Done()
 	h.serveMQTT(conn, listenerTLS, state.PeerCertificates)
+}
+
+// ClaimMQTT takes an MQTT connection whose TLS handshake (done) named no
+// server, as a device dialling an IP address (GatewayHostName) does. It
+// reads the CONNECT and, when its user name ({hubHostName}/{deviceId}/…)
+// is a hub's, serves the connection until it ends and returns true.
+// Otherwise it returns the connection, its bytes intact, for the node's
+// own MQTT server.
+func (m *Manager) ClaimMQTT(tc *tls.Conn) (net.Conn, bool) {
+	_ = tc.SetReadDeadline(time.Now().Add(m.opt.ConnectTimeout))
+	user, read, _ := mqttUserName(tc, maxMQTTPacket)
+	_ = tc.SetReadDeadline(time.Time{})
+	rc := tlsmux.PrependTLS(tc, read)
+	host, _, _ := strings.Cut(user, "/")
+	h := m.byHost(hostOnly(host))
+	if h == nil || !h.enter() {
+		return rc, false
+	}
+	defer h.wg.Done()
+	h.serveMQTT(rc, listenerTLS, tc.ConnectionState().PeerCertificates)
+	return nil, true
 }
 
 // serveHTTP gives a request on the shared HTTPS endpoint to its hub.

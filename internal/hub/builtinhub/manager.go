@@ -146,6 +146,13 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 // ServeConn.
 func (m *Manager) ServesHost(name string) bool { return m.byHost(hostOnly(name)) != nil }
 
+// Running reports whether any hub runs.
+func (m *Manager) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.hubs) > 0
+}
+
 // ServeConn serves a connection accepted on the shared endpoint, before
 // its TLS handshake, and returns when it ends. It is for connections whose
 // TLS server name is a hub's (ServesHost), or any connection on listeners
