@@ -101,9 +101,9 @@ func TestHubsOnTheNodeListeners(t *testing.T) {
 
 	t.Run("device MQTT by SNI on the node's MQTT listener", func(t *testing.T) {
 		tok, _ := sas.New(url.QueryEscape(cs.HostName+"/devices/dev-1"), "", key, time.Now().Add(time.Hour))
-		opts := paho.NewClientOptions().AddBroker("ssl://"+info.MQTTAddr).SetClientID("dev-1").
-			SetUsername(cs.HostName+"/dev-1/?api-version=2021-04-12").SetPassword(tok).
-			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10*time.Second).
+		opts := paho.NewClientOptions().AddBroker("ssl://" + info.MQTTAddr).SetClientID("dev-1").
+			SetUsername(cs.HostName + "/dev-1/?api-version=2021-04-12").SetPassword(tok).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 			SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: cs.HostName})
 		c := paho.NewClient(opts)
 		if tk := c.Connect(); !tk.WaitTimeout(15*time.Second) || tk.Error() != nil {
@@ -124,9 +124,9 @@ func TestHubsOnTheNodeListeners(t *testing.T) {
 
 	t.Run("device MQTT by IP (GatewayHostName), told apart by user name", func(t *testing.T) {
 		tok, _ := sas.New(url.QueryEscape(cs.HostName+"/devices/dev-1"), "", key, time.Now().Add(time.Hour))
-		opts := paho.NewClientOptions().AddBroker("ssl://"+info.MQTTAddr).SetClientID("dev-1").
-			SetUsername(cs.HostName+"/dev-1/?api-version=2021-04-12").SetPassword(tok).
-			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10*time.Second).
+		opts := paho.NewClientOptions().AddBroker("ssl://" + info.MQTTAddr).SetClientID("dev-1").
+			SetUsername(cs.HostName + "/dev-1/?api-version=2021-04-12").SetPassword(tok).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 			SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.10.3"}) // an IP: no SNI
 		c := paho.NewClient(opts)
 		if tk := c.Connect(); !tk.WaitTimeout(15*time.Second) || tk.Error() != nil {
