@@ -159,7 +159,16 @@ would do, so devices can be allocated to it at once.`,
 			}
 		}
 		if in.Shared {
-			_, err = fmt.Fprintf(w, "\nMake the host names of all hubs resolve with the one line \"dpsd hub hosts-line\" prints, in /etc/hosts\n(Windows: C:\\Windows\\System32\\drivers\\etc\\hosts); it is now:\n  %s\n", in.HostsLine)
+			// One line for every hub on the shared address, this one included.
+			line := in.HostsLine
+			if list, err := builtinhub.AdminClientFor(c).List(cmd.Context()); err == nil {
+				for _, l := range hostsLines(list) {
+					if strings.HasPrefix(l, in.Address+" ") {
+						line = l
+					}
+				}
+			}
+			_, err = fmt.Fprintf(w, "\nMake the host names of all hubs resolve with this one line in /etc/hosts (Windows:\nC:\\Windows\\System32\\drivers\\etc\\hosts); \"dpsd hub hosts-line\" prints it again:\n  %s\n", line)
 			return err
 		}
 		_, err = fmt.Fprintf(w, "\nMake the host name resolve by adding this line to /etc/hosts (Windows: C:\\Windows\\System32\\drivers\\etc\\hosts):\n  %s\n", in.HostsLine)
