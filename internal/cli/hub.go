@@ -33,7 +33,8 @@ One hosts-file line ("dpsd hub hosts-line") makes every hub's name resolve.`,
 	device.AddCommand(hubDeviceListCmd(cc), hubDeviceShowCmd(cc))
 	twin := &cobra.Command{Use: "twin", Short: "Show device twins of a built-in hub", Args: cobra.NoArgs}
 	twin.AddCommand(hubTwinShowCmd(cc))
-	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc))
+	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc),
+		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc))
 	return cmd
 }
 
@@ -487,11 +488,11 @@ func hubMessagesCmd(cc *clientCmd) *cobra.Command {
 }
 
 func hubNameFlag(cmd *cobra.Command, name *string) {
-	cmd.Flags().StringVar(name, "hub-name", "", "name of the built-in hub")
+	cmd.Flags().StringVarP(name, "hub-name", "n", "", "name of the built-in hub")
 	_ = cmd.MarkFlagRequired("hub-name")
 }
 
 func hubDeviceIDFlag(cmd *cobra.Command, id *string) {
-	cmd.Flags().StringVar(id, "device-id", "", "device ID")
+	cmd.Flags().StringVarP(id, "device-id", "d", "", "device ID")
 	_ = cmd.MarkFlagRequired("device-id")
 }

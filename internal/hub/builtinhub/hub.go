@@ -118,6 +118,7 @@ type Hub struct {
 	now     func() time.Time
 	limiter *limiter
 	msgs    *messageBuffer
+	c2d     *c2dQueues
 
 	broker *mqtt.Server
 	http   *http.Server
@@ -258,6 +259,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		now:            o.now,
 		limiter:        newLimiter(o.rate, o.burst),
 		msgs:           newMessageBuffer(o.messages, o.messageBytes),
+		c2d:            newC2DQueues(),
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
 		bodyTimeout:    o.bodyTimeout,

@@ -378,6 +378,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 		}
 		h.disconnect(d.DeviceID)
 		h.forget(d.DeviceID)
+		h.c2d.drop(d.DeviceID)
 		h.dropSession(ctx, d.DeviceID)
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil

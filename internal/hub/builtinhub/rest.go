@@ -39,6 +39,14 @@ func (h *Hub) serveREST(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Malformed path."))
 		return
 	}
+	if dr := h.deviceRoute(r.Method, segs); dr != nil {
+		if err := h.authorizeDevice(r.Context(), r, segs[1]); err != nil {
+			h.writeError(w, reqID, err)
+			return
+		}
+		dr(w, r, reqID, segs)
+		return
+	}
 	route, right := h.route(r.Method, segs)
 	if route == nil {
 		h.writeError(w, reqID, azurehub.Errorf(http.StatusNotFound, "NotFound", "No such resource: %s %s", r.Method, r.URL.Path))

@@ -1,0 +1,218 @@
+package builtinhub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+)
+
+// Bounds of cloud-to-device messaging, IoT Hub's.
+const (
+	// MaxC2DQueue is how many messages wait for one device; a send over
+	// it is refused (IoT Hub: 50, DeviceMaximumQueueDepthExceeded).
+	MaxC2DQueue = 50
+	// MaxC2DBody bounds a message's body (IoT Hub: 64 KiB).
+	MaxC2DBody = 64 << 10
+	// c2dLock is how long a message received over HTTPS stays locked
+	// before it is delivered again (IoT Hub's default, 1 minute).
+	c2dLock = time.Minute
+	// c2dTTL is a message's default time to live (IoT Hub: 1 hour).
+	c2dTTL = time.Hour
+	// maxDeliveries is how often a message is delivered before it is
+	// dead-lettered (IoT Hub's default max delivery count, 10).
+	maxDeliveries = 10
+)
+
+// C2DMessage is a cloud-to-device message as a service sends it.
+type C2DMessage struct {
+	MessageID     string            `json:"messageId,omitempty"`
+	CorrelationID string            `json:"correlationId,omitempty"`
+	UserID        string            `json:"userId,omitempty"`
+	ContentType   string            `json:"contentType,omitempty"`
+	ContentEnc    string            `json:"contentEncoding,omitempty"`
+	Ack           string            `json:"ack,omitempty"` // none, positive, negative, full
+	Expiry        time.Time         `json:"expiryTimeUtc,omitzero"`
+	Properties    map[string]string `json:"properties,omitempty"`
+	Body          []byte            `json:"body"`
+}
+
+// queued is a message waiting in a device's queue.
+type queued struct {
+	C2DMessage
+	seq         int64
+	enqueued    time.Time
+	lockToken   string // set while locked
+	lockedUntil time.Time
+	deliveries  int
+}
+
+// c2dQueues holds the cloud-to-device messages of a hub's devices, in
+// memory: messages not yet delivered are lost when dpsd stops.
+type c2dQueues struct {
+	mu     sync.Mutex
+	seq    int64
+	queues map[string][]*queued // by lower-cased device id
+}
+
+func newC2DQueues() *c2dQueues { return &c2dQueues{queues: map[string][]*queued{}} }
+
+// SendC2D queues a message for a device and delivers it at once if the
+// device is connected over MQTT and subscribed.
+func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
+	if _, err := h.load(ctx, id); err != nil {
+		return err
+	}
+	if len(m.Body) > MaxC2DBody {
+		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "MessageTooLarge", "The message body is larger than %d bytes.", MaxC2DBody)
+	}
+	now := h.now()
+	q := &queued{C2DMessage: *m, enqueued: now}
+	if q.MessageID == "" {
+		q.MessageID = newToken()
+	}
+	if q.Expiry.IsZero() {
+		q.Expiry = now.Add(c2dTTL)
+	}
+	h.c2d.mu.Lock()
+	key := strings.ToLower(id)
+	h.c2d.expire(key, now)
+	if len(h.c2d.queues[key]) >= MaxC2DQueue {
+		h.c2d.mu.Unlock()
+		return azurehub.Errorf(http.StatusForbidden, "DeviceMaximumQueueDepthExceeded", "Device %s already has %d messages waiting.", id, MaxC2DQueue)
+	}
+	h.c2d.seq++
+	q.seq = h.c2d.seq
+	h.c2d.queues[key] = append(h.c2d.queues[key], q)
+	h.c2d.mu.Unlock()
+	h.log.Debug("cloud-to-device message queued", "deviceId", id, "messageId", q.MessageID)
+	h.deliverC2D(id)
+	return nil
+}
+
+// expire drops the expired messages of a queue; mu is held.
+func (c *c2dQueues) expire(key string, now time.Time) {
+	q := c.queues[key]
+	kept := q[:0]
+	for _, m := range q {
+		if now.Before(m.Expiry) && m.deliveries < maxDeliveries {
+			kept = append(kept, m)
+		}
+	}
+	clear(q[len(kept):])
+	if len(kept) == 0 {
+		delete(c.queues, key)
+		return
+	}
+	c.queues[key] = kept
+}
+
+// next locks the oldest message of a device that is not locked and
+// returns it, or nil.
+func (c *c2dQueues) next(id string, now time.Time) *queued {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := strings.ToLower(id)
+	c.expire(key, now)
+	for _, m := range c.queues[key] {
+		if m.lockToken != "" && now.Before(m.lockedUntil) {
+			continue
+		}
+		m.lockToken, m.lockedUntil = newToken(), now.Add(c2dLock)
+		m.deliveries++
+		cp := *m
+		return &cp
+	}
+	return nil
+}
+
+// settle completes (remove), rejects (remove, dead-letter) or abandons
+// (unlock) the locked message with lockToken; false if there is none.
+func (c *c2dQueues) settle(id, lockToken string, remove bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := strings.ToLower(id)
+	q := c.queues[key]
+	for i, m := range q {
+		if m.lockToken != lockToken || lockToken == "" {
+			continue
+		}
+		if remove {
+			c.queues[key] = append(q[:i:i], q[i+1:]...)
+			if len(c.queues[key]) == 0 {
+				delete(c.queues, key)
+			}
+		} else {
+			m.lockToken = ""
+		}
+		return true
+	}
+	return false
+}
+
+// drop forgets a deleted device's messages.
+func (c *c2dQueues) drop(id string) {
+	c.mu.Lock()
+	delete(c.queues, strings.ToLower(id))
+	c.mu.Unlock()
+}
+
+// deliverC2D sends a device's waiting messages over its MQTT connection,
+// when it has one subscribed to its cloud-to-device topic. Messages go out
+// at QoS 0 and count as completed once written.
+func (h *Hub) deliverC2D(id string) {
+	cl := h.client(id)
+	if cl == nil || !subscribed(cl, "devices/"+cl.ID+"/messages/devicebound/#") {
+		return
+	}
+	for range MaxC2DQueue {
+		m := h.c2d.next(id, h.now())
+		if m == nil {
+			return
+		}
+		h.writeTo(cl, "devices/"+cl.ID+"/messages/devicebound/"+c2dPropertyBag(id, m), m.Body)
+		h.c2d.settle(id, m.lockToken, true)
+	}
+}
+
+// c2dPropertyBag is the topic's property bag of a message: system
+// properties as "$.xx" keys, then the application properties.
+func c2dPropertyBag(id string, m *queued) string {
+	v := url.Values{}
+	set := func(k, val string) {
+		if val != "" {
+			v.Set(k, val)
+		}
+	}
+	set("$.mid", m.MessageID)
+	set("$.cid", m.CorrelationID)
+	set("$.uid", m.UserID)
+	set("$.ct", m.ContentType)
+	set("$.ce", m.ContentEnc)
+	set("$.to", "/devices/"+id+"/messages/deviceBound")
+	if !m.Expiry.IsZero() {
+		set("$.exp", m.Expiry.UTC().Format(time.RFC3339))
+	}
+	keys := make([]string, 0, len(m.Properties))
+	for k := range m.Properties {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v.Set(k, m.Properties[k])
+	}
+	return strings.ReplaceAll(v.Encode(), "+", "%20")
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
