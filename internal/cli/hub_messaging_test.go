@@ -285,4 +285,3 @@ func TestHubC2DOverHTTPS(t *testing.T) {
 		t.Error("a message to a device that does not exist was accepted")
 	}
 }
-
