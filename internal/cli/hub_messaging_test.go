@@ -33,6 +33,7 @@ type hubCLIEnv struct {
 	caFile   string
 	cs       string // service connection string for --connection-string
 	hubsAddr string // the shared HTTPS endpoint of the hubs
+	mqttAddr string // and the MQTT one
 }
 
 func newHubCLIEnv(t *testing.T) *hubCLIEnv {
@@ -55,11 +56,11 @@ func newHubCLIEnv(t *testing.T) *hubCLIEnv {
 		t.Cleanup(func() { l.Close() })
 		return l
 	}
-	adminL, hubsL := listen(), listen()
+	adminL, hubsL, mqttL := listen(), listen(), listen()
 	m, err := builtinhub.NewManager(st, builtinhub.Options{
 		Logger:      slog.New(slog.DiscardHandler),
 		Certificate: ca.ServerCertificate,
-		Shared:      &builtinhub.Shared{Address: "127.0.10.30", HTTPSAddr: hubsL.Addr().String(), MQTTAddr: hubsL.Addr().String()},
+		Shared:      &builtinhub.Shared{Address: "127.0.10.30", HTTPSAddr: hubsL.Addr().String(), MQTTAddr: mqttL.Addr().String()},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +71,7 @@ func newHubCLIEnv(t *testing.T) *hubCLIEnv {
 		_ = m.Close(ctx)
 	})
 	go func() { _ = m.ServeListener(builtinhub.ProtocolHTTPS, hubsL) }()
+	go func() { _ = m.ServeListener(builtinhub.ProtocolMQTT, mqttL) }()
 	cert, err := ca.ServerCertificate("admin", []string{"127.0.10.30"})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +82,7 @@ func newHubCLIEnv(t *testing.T) *hubCLIEnv {
 	t.Setenv(envConnectionString, "")
 	t.Setenv(envDataDir, "")
 	return &hubCLIEnv{
-		t: t, m: m, ca: ca, caFile: ca.CertFile(), hubsAddr: hubsL.Addr().String(),
+		t: t, m: m, ca: ca, caFile: ca.CertFile(), hubsAddr: hubsL.Addr().String(), mqttAddr: mqttL.Addr().String(),
 		cs: "HostName=" + adminL.Addr().String() + ";SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=c2VydmljZS1rZXk=",
 	}
 }
