@@ -83,8 +83,8 @@ func TestHubAzLikeCommands(t *testing.T) {
 	// invoke-device-method on the device connected over MQTT with its
 	// connection string's key.
 	mtok, _ := sas.New(url.QueryEscape(host+"/devices/sensor-1"), "", key, time.Now().Add(time.Hour))
-	opts := paho.NewClientOptions().AddBroker("ssl://"+e.mqttAddr).SetClientID("sensor-1").
-		SetUsername(host+"/sensor-1/?api-version=2021-04-12").SetPassword(mtok).SetProtocolVersion(4).
+	opts := paho.NewClientOptions().AddBroker("ssl://" + e.mqttAddr).SetClientID("sensor-1").
+		SetUsername(host + "/sensor-1/?api-version=2021-04-12").SetPassword(mtok).SetProtocolVersion(4).
 		SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 		SetTLSConfig(&tls.Config{RootCAs: e.ca.Pool(), ServerName: host})
 	c := paho.NewClient(opts)
