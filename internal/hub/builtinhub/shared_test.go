@@ -1,12 +1,16 @@
 package builtinhub_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -158,5 +162,68 @@ func TestCreateWithUnusableAddressSaysWhy(t *testing.T) {
 	}
 	if _, err := e.m.Info(context.Background(), "own-address"); !errors.Is(err, builtinhub.ErrHubNotFound) {
 		t.Errorf("the hub that could not listen was kept: %v", err)
+	}
+}
+
+// TestTelemetryStreamAndBatch: a batch of telemetry over the device HTTPS
+// API reaches a follower of the management API's event stream.
+func TestTelemetryStreamAndBatch(t *testing.T) {
+	e, shared := sharedEnv(t)
+	if _, err := e.m.Create(context.Background(), "stream-hub", builtinhub.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := e.hub("stream-hub")
+	createDevice(t, h, "dev1")
+	host := h.Config().HostName
+
+	admin := httptest.NewUnstartedServer(e.m.Handler())
+	adminL, err := net.Listen("tcp", "127.0.10.20:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin.Listener.Close()
+	admin.Listener = adminL
+	admin.Start()
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, admin.URL+"/dpsd/hubs/stream-hub/messages?deviceId=dev1", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+
+	batch := `[{"body":"b25l","base64Encoded":true,"properties":{"iothub-app-Kind":"first","iothub-messageid":"m1"}},{"body":"two","properties":{}}]`
+	tok, _ := sas.New(url.QueryEscape(host+"/devices/dev1"), "", testKey1, time.Now().Add(time.Hour))
+	post, _ := http.NewRequest(http.MethodPost, "https://"+shared.HTTPSAddr+"/devices/dev1/messages/events?api-version=2020-09-30", strings.NewReader(batch))
+	post.Host = host
+	post.Header.Set("Authorization", tok)
+	post.Header.Set("Content-Type", "application/vnd.microsoft.iothub.json")
+	tr := &http.Transport{TLSClientConfig: e.tlsConfig(host)}
+	defer tr.CloseIdleConnections()
+	pr, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(post)
+	if err != nil || pr.StatusCode != http.StatusNoContent {
+		t.Fatalf("batch: %v %v", pr, err)
+	}
+	pr.Body.Close()
+
+	sc := bufio.NewScanner(resp.Body)
+	var got []builtinhub.Message
+	for len(got) < 2 && sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var m builtinhub.Message
+			if err := json.Unmarshal([]byte(data), &m); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, m)
+		}
+	}
+	if len(got) != 2 || got[0].Body != "one" || got[0].Properties["Kind"] != "first" || got[0].SystemProperties["messageId"] != "m1" || got[1].Body != "two" {
+		t.Fatalf("streamed %+v (scan: %v)", got, sc.Err())
 	}
 }
