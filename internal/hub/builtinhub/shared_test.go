@@ -3,8 +3,8 @@ package builtinhub_test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
