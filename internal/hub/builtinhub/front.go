@@ -53,12 +53,15 @@ type front struct {
 	http *http.Server
 	conn chan net.Conn // raw HTTPS connections for http
 	done chan struct{}
+	ctx  context.Context // ends with close: the AMQP connections' context
+	stop context.CancelFunc
 	once sync.Once
 	wg   sync.WaitGroup
 }
 
 func newFront(m *Manager) *front {
 	f := &front{m: m, conn: make(chan net.Conn), done: make(chan struct{})}
+	f.ctx, f.stop = context.WithCancel(context.Background())
 	f.tls = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: f.certificate,
@@ -105,6 +108,8 @@ func (f *front) serveConn(p Protocol, c net.Conn) {
 		}
 	case ProtocolMQTT:
 		f.serveMQTT(c)
+	case ProtocolAMQP:
+		f.serveAMQP(c)
 	default:
 		f.m.log.Debug("built-in hubs: no shared endpoint for protocol", "protocol", p, "remote", c.RemoteAddr().String())
 		c.Close()
@@ -205,7 +210,7 @@ func hostOnly(hostPort string) string {
 }
 
 func (f *front) close(ctx context.Context) error {
-	f.once.Do(func() { close(f.done) })
+	f.once.Do(func() { close(f.done); f.stop() })
 	err := f.http.Shutdown(ctx)
 	f.http.Close()
 	f.wg.Wait()

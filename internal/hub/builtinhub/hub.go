@@ -184,7 +184,11 @@ func (h *Hub) aliases() []string {
 		addr = h.shared.Address
 	}
 	out := []string{h.cfg.HostName, addr}
-	for _, a := range []string{h.HTTPSAddr(), h.MQTTAddr()} {
+	addrs := []string{h.HTTPSAddr(), h.MQTTAddr()}
+	if h.shared != nil {
+		addrs = append(addrs, h.shared.AMQPAddr)
+	}
+	for _, a := range addrs {
 		if _, port, err := net.SplitHostPort(a); err == nil {
 			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(addr, port))
 		}

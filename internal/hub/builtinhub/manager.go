@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -99,7 +100,8 @@ type Manager struct {
 	opt Options
 	log *slog.Logger
 
-	front *front // nil without Options.Shared
+	front *front       // nil without Options.Shared
+	amqp  *wire.Server // the shared endpoint's AMQP server
 
 	mu     sync.Mutex
 	hubs   map[string]*Hub   // running hubs by lower-cased name
@@ -137,6 +139,7 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	m := &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}
 	if opt.Shared != nil {
 		m.front = newFront(m)
+		m.amqp = m.newAMQPServer()
 	}
 	return m, nil
 }

@@ -31,12 +31,13 @@ func sharedEnv(t *testing.T) (*env, *builtinhub.Shared) {
 		t.Cleanup(func() { l.Close() })
 		return l
 	}
-	httpsL, mqttL := listen(), listen()
-	shared := &builtinhub.Shared{Address: "127.0.10.20", HTTPSAddr: httpsL.Addr().String(), MQTTAddr: mqttL.Addr().String()}
+	httpsL, mqttL, amqpL := listen(), listen(), listen()
+	shared := &builtinhub.Shared{Address: "127.0.10.20", HTTPSAddr: httpsL.Addr().String(), MQTTAddr: mqttL.Addr().String(), AMQPAddr: amqpL.Addr().String()}
 	e := newEnv(t, func(o *builtinhub.Options) { o.Shared = shared })
 	m := e.m
 	go func() { _ = m.ServeListener(builtinhub.ProtocolHTTPS, httpsL) }()
 	go func() { _ = m.ServeListener(builtinhub.ProtocolMQTT, mqttL) }()
+	go func() { _ = m.ServeListener(builtinhub.ProtocolAMQP, amqpL) }()
 	return e, shared
 }
 

@@ -1,0 +1,79 @@
+'use strict';
+// Cloud-to-device messages through a dpsd built-in hub with the official
+// Node SDKs: the azure-iothub service Client (over AMQP: $cbs put-token,
+// /messages/devicebound) sends, an azure-iot-device client over MQTT
+// receives and completes.
+//
+// Run by the Go test TestNodeSDKCloudToDevice (internal/hub/builtinhub),
+// which serves a hub on a shared endpoint and passes:
+//   DPSD_HUB_DEVICE_CONNECTION_STRING  HostName=<hub host>;DeviceId=…;SharedAccessKey=…;GatewayHostName=<ip:mqtt port>
+//   DPSD_HUB_CONNECTION_STRING         the hub's iothubowner connection string, HostName=<hub host>:<amqp port>
+//   DPSD_HUB_IP                        the address the hub's host name stands for
+//   NODE_EXTRA_CA_CERTS                the local CA
+// The hub's host name does not resolve here, and the service client has
+// no gateway option: this test code (only) looks the hub's names up as
+// DPSD_HUB_IP.
+
+const test = require('node:test');
+const assert = require('node:assert');
+const dns = require('node:dns');
+
+const deviceCS = process.env.DPSD_HUB_DEVICE_CONNECTION_STRING;
+const hubCS = process.env.DPSD_HUB_CONNECTION_STRING;
+const hubIP = process.env.DPSD_HUB_IP;
+const skip = !deviceCS || !hubCS || !hubIP ? 'DPSD_HUB_* not set (run via go test ./internal/hub/builtinhub -run NodeSDKCloudToDevice)' : false;
+
+if (!skip) {
+  const lookup = dns.lookup;
+  dns.lookup = (host, opts, cb) => {
+    if (typeof opts === 'function') { cb = opts; opts = {}; }
+    if (/\.azure-devices\.internal$/i.test(host)) {
+      return opts && opts.all ? cb(null, [{ address: hubIP, family: 4 }]) : cb(null, hubIP, 4);
+    }
+    return lookup(host, opts, cb);
+  };
+}
+
+const { Client: DeviceClient } = require('azure-iot-device');
+const { Mqtt } = require('azure-iot-device-mqtt');
+const { Client: ServiceClient } = require('azure-iothub');
+const { Message } = require('azure-iot-common');
+
+const STEP_MS = 20000;
+
+function within(promise, what, ms = STEP_MS) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+test('azure-iothub Client.send reaches the device over MQTT', { skip }, async () => {
+  const deviceId = /DeviceId=([^;]+)/.exec(deviceCS)[1];
+  const device = DeviceClient.fromConnectionString(deviceCS, Mqtt);
+  const service = ServiceClient.fromConnectionString(hubCS);
+  try {
+    const received = new Promise((resolve) => device.on('message', (msg) => {
+      device.complete(msg, () => {});
+      resolve(msg);
+    }));
+    await within(device.open(), 'device open');
+    await within(service.open(), 'service Client.open (AMQP, $cbs put-token)');
+    const m = new Message('{"command":"toast"}');
+    m.messageId = 'c2d-node-1';
+    m.properties.add('priority', 'high');
+    m.ack = 'full';
+    await within(service.send(deviceId, m), 'service Client.send');
+    const got = await within(received, 'the device receiving the message');
+    assert.equal(got.data.toString(), '{"command":"toast"}');
+    assert.equal(got.messageId, 'c2d-node-1');
+    assert.equal(got.properties.getValue('priority'), 'high');
+
+    // A device that does not exist: the send is refused.
+    await assert.rejects(within(service.send('no-such-device', new Message('x')), 'send to nobody'));
+  } finally {
+    await within(service.close(), 'service close').catch(() => {});
+    await within(device.close(), 'device close').catch(() => {});
+  }
+});
