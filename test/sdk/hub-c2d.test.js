@@ -2,7 +2,7 @@
 // Cloud-to-device messages through a dpsd built-in hub with the official
 // Node SDKs: the azure-iothub service Client (over AMQP: $cbs put-token,
 // /messages/devicebound) sends, an azure-iot-device client over MQTT
-// receives and completes.
+// receives and completes, and the service reads the delivery's feedback.
 //
 // Run by the Go test TestNodeSDKCloudToDevice (internal/hub/builtinhub),
 // which serves a hub on a shared endpoint and passes:
@@ -60,6 +60,12 @@ test('azure-iothub Client.send reaches the device over MQTT', { skip }, async ()
     }));
     await within(device.open(), 'device open');
     await within(service.open(), 'service Client.open (AMQP, $cbs put-token)');
+    const feedbackReceiver = await within(new Promise((resolve, reject) =>
+      service.getFeedbackReceiver((err, rcv) => (err ? reject(err) : resolve(rcv)))), 'getFeedbackReceiver');
+    const feedback = new Promise((resolve) => feedbackReceiver.on('message', (msg) => {
+      feedbackReceiver.complete(msg, () => {});
+      resolve(JSON.parse(msg.data.toString()));
+    }));
     const m = new Message('{"command":"toast"}');
     m.messageId = 'c2d-node-1';
     m.properties.add('priority', 'high');
@@ -69,6 +75,13 @@ test('azure-iothub Client.send reaches the device over MQTT', { skip }, async ()
     assert.equal(got.data.toString(), '{"command":"toast"}');
     assert.equal(got.messageId, 'c2d-node-1');
     assert.equal(got.properties.getValue('priority'), 'high');
+
+    // ack 'full': the delivery's outcome comes back as feedback.
+    const records = await within(feedback, 'feedback');
+    const rec = records.find((r) => r.originalMessageId === 'c2d-node-1');
+    assert.ok(rec, `feedback for c2d-node-1 in ${JSON.stringify(records)}`);
+    assert.equal(rec.deviceId, deviceId);
+    assert.equal(rec.statusCode, 'Success');
 
     // A device that does not exist: the send is refused.
     await assert.rejects(within(service.send('no-such-device', new Message('x')), 'send to nobody'));

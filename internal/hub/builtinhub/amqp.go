@@ -20,8 +20,8 @@ import (
 // The hub's AMQP endpoint, as the Azure service SDKs use it: claims-based
 // security ($cbs put-token with a policy's SAS token), cloud-to-device
 // sends on /messages/devicebound, and the feedback link
-// /messages/serviceBound/feedback (attached; no feedback is generated
-// yet). Device links are not served over AMQP yet.
+// /messages/serviceBound/feedback, on which delivery outcomes go out as
+// the messages' ack asks. Device links are not served over AMQP yet.
 const (
 	amqpCBS      = "$cbs"
 	amqpC2D      = "/messages/devicebound"
@@ -74,7 +74,8 @@ type amqpLinks struct {
 
 	mu      sync.Mutex
 	cbsOut  *wire.Link
-	service time.Time // a service token's expiry, zero if none
+	service time.Time    // a service token's expiry, zero if none
+	fbLinks []*wire.Link // feedback links, removed from the hub at Close
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
@@ -89,6 +90,12 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 	case l.Address == amqpC2D && l.PeerIsSender, l.Address == amqpFeedback && !l.PeerIsSender:
 		if !a.authorized() {
 			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a service token on $cbs first"}
+		}
+		if l.Address == amqpFeedback {
+			a.mu.Lock()
+			a.fbLinks = append(a.fbLinks, l)
+			a.mu.Unlock()
+			a.h.addFeedbackLink(l)
 		}
 		return nil
 	}
@@ -194,6 +201,7 @@ func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
 }
 
 func (a *amqpLinks) Detach(l *wire.Link) {
+	a.h.removeFeedbackLink(l)
 	a.mu.Lock()
 	if a.cbsOut == l {
 		a.cbsOut = nil
@@ -201,7 +209,15 @@ func (a *amqpLinks) Detach(l *wire.Link) {
 	a.mu.Unlock()
 }
 
-func (a *amqpLinks) Close(error) {}
+func (a *amqpLinks) Close(error) {
+	a.mu.Lock()
+	links := a.fbLinks
+	a.fbLinks = nil
+	a.mu.Unlock()
+	for _, l := range links {
+		a.h.removeFeedbackLink(l)
+	}
+}
 
 func anyString(v any) string {
 	switch x := v.(type) {

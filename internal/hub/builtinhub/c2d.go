@@ -134,8 +134,9 @@ func (c *c2dQueues) next(id string, now time.Time) *queued {
 }
 
 // settle completes (remove), rejects (remove, dead-letter) or abandons
-// (unlock) the locked message with lockToken; false if there is none.
-func (c *c2dQueues) settle(id, lockToken string, remove bool) bool {
+// (unlock) the locked message with lockToken and returns it; nil if there
+// is none.
+func (c *c2dQueues) settle(id, lockToken string, remove bool) *queued {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	key := strings.ToLower(id)
@@ -152,9 +153,9 @@ func (c *c2dQueues) settle(id, lockToken string, remove bool) bool {
 		} else {
 			m.lockToken = ""
 		}
-		return true
+		return m
 	}
-	return false
+	return nil
 }
 
 // drop forgets a deleted device's messages.
@@ -178,7 +179,9 @@ func (h *Hub) deliverC2D(id string) {
 			return
 		}
 		h.writeTo(cl, "devices/"+cl.ID+"/messages/devicebound/"+c2dPropertyBag(id, m), m.Body)
-		h.c2d.settle(id, m.lockToken, true)
+		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
+			h.feedback(id, done, "Success", "Success")
+		}
 	}
 }
 

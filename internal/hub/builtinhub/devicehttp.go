@@ -215,9 +215,16 @@ func (h *Hub) deviceReceive(w http.ResponseWriter, r *http.Request, reqID string
 func (h *Hub) deviceSettle(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
 	id, lock := segs[1], strings.Trim(segs[4], `"`)
 	remove := r.Method == http.MethodDelete // complete, or reject with ?reject
-	if !h.c2d.settle(id, lock, remove) {
+	m := h.c2d.settle(id, lock, remove)
+	if m == nil {
 		h.writeError(w, reqID, azurehub.Errorf(http.StatusPreconditionFailed, "DeviceMessageLockLost", "No message of device %s is locked with %s.", id, lock))
 		return
+	}
+	switch {
+	case remove && r.URL.Query().Has("reject"):
+		h.feedback(id, m, "Rejected", "Message rejected")
+	case remove:
+		h.feedback(id, m, "Success", "Success")
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -119,6 +119,7 @@ type Hub struct {
 	limiter *limiter
 	msgs    *messageBuffer
 	c2d     *c2dQueues
+	fb      *feedbackHub
 
 	broker *mqtt.Server
 	http   *http.Server
@@ -264,6 +265,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		limiter:        newLimiter(o.rate, o.burst),
 		msgs:           newMessageBuffer(o.messages, o.messageBytes),
 		c2d:            newC2DQueues(),
+		fb:             newFeedbackHub(),
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
 		bodyTimeout:    o.bodyTimeout,
