@@ -9,6 +9,8 @@
 //   DPSD_HUB_DEVICE_CONNECTION_STRING  HostName=<hub host>;DeviceId=…;SharedAccessKey=…;GatewayHostName=<ip:mqtt port>
 //   DPSD_HUB_CONNECTION_STRING         the hub's iothubowner connection string, HostName=<hub host>:<amqp port>
 //   DPSD_HUB_IP                        the address the hub's host name stands for
+//   DPSD_HUB_HTTP_DEVICE_CONNECTION_STRING  a second device's, for the HTTP transport
+//   DPSD_HUB_HTTPS_PORT                the port of the hub's HTTPS endpoint
 //   NODE_EXTRA_CA_CERTS                the local CA
 // The hub's host name does not resolve here, and the service client has
 // no gateway option: this test code (only) looks the hub's names up as
@@ -36,6 +38,8 @@ if (!skip) {
 
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
+const { Http } = require('azure-iot-device-http');
+const https = require('node:https');
 const { Client: ServiceClient } = require('azure-iothub');
 const { Message } = require('azure-iot-common');
 
@@ -88,5 +92,43 @@ test('azure-iothub Client.send reaches the device over MQTT', { skip }, async ()
   } finally {
     await within(service.close(), 'service close').catch(() => {});
     await within(device.close(), 'device close').catch(() => {});
+  }
+});
+
+test('a device over HTTPS (azure-iot-device-http) sends telemetry and receives, completes cloud-to-device messages', { skip }, async () => {
+  const cs = process.env.DPSD_HUB_HTTP_DEVICE_CONNECTION_STRING;
+  const deviceId = /DeviceId=([^;]+)/.exec(cs)[1];
+  // The HTTP transport has no port option; an agent gives the test port.
+  const agent = new https.Agent({ keepAlive: false });
+  agent.defaultPort = Number(process.env.DPSD_HUB_HTTPS_PORT);
+  const device = DeviceClient.fromConnectionString(cs, Http);
+  const service = ServiceClient.fromConnectionString(hubCS);
+  try {
+    await within(device.setOptions({ http: { agent, receivePolicy: { interval: 1 } } }), 'device setOptions');
+    await within(device.open(), 'device open');
+    const t = new Message('{"temperature":22.5}');
+    t.messageId = 'http-m-1';
+    t.properties.add('source', 'http');
+    await within(device.sendEvent(t), 'sendEvent over HTTPS');
+    await within(device.sendEventBatch([new Message('b1'), new Message('b2')]), 'sendEventBatch over HTTPS');
+
+    const received = new Promise((resolve) => device.on('message', (msg) => {
+      device.complete(msg, () => resolve(msg));
+    }));
+    await within(service.open(), 'service open');
+    const m = new Message('hello over https');
+    m.messageId = 'c2d-http-1';
+    m.properties.add('kind', 'greeting');
+    await within(service.send(deviceId, m), 'service send');
+    const got = await within(received, 'the device polling the message');
+    assert.equal(got.data.toString(), 'hello over https');
+    assert.equal(got.messageId, 'c2d-http-1');
+    // The HTTP transport keeps the header's full name as the key.
+    assert.equal(got.properties.getValue('iothub-app-kind'), 'greeting');
+  } finally {
+    device.removeAllListeners('message');
+    await within(service.close(), 'service close').catch(() => {});
+    await within(device.close(), 'device close').catch(() => {});
+    agent.destroy();
   }
 });

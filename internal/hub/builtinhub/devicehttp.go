@@ -72,10 +72,12 @@ func (h *Hub) authorizeDevice(ctx context.Context, r *http.Request, id string) e
 	return azurehub.Errorf(http.StatusUnauthorized, azurehub.CodeUnauthorized, "Device %s is not authorized: %v", id, err)
 }
 
-// wireMessage is one message of a telemetry batch.
+// wireMessage is one message of a telemetry batch. Its body is base64
+// unless base64Encoded is false: the Node SDK sends base64 bodies without
+// the flag.
 type wireMessage struct {
 	Body          string            `json:"body"`
-	Base64Encoded bool              `json:"base64Encoded"`
+	Base64Encoded *bool             `json:"base64Encoded"`
 	Properties    map[string]string `json:"properties"`
 }
 
@@ -96,7 +98,7 @@ func (h *Hub) deviceTelemetry(w http.ResponseWriter, r *http.Request, reqID stri
 		msgs := make([]Message, 0, len(batch))
 		for _, b := range batch {
 			payload := []byte(b.Body)
-			if b.Base64Encoded {
+			if b.Base64Encoded == nil || *b.Base64Encoded {
 				if payload, err = base64.StdEncoding.DecodeString(b.Body); err != nil {
 					h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "A batch message's body is not base64: %v", err))
 					return

@@ -199,7 +199,7 @@ func TestTelemetryStreamAndBatch(t *testing.T) {
 		t.Fatalf("stream: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 
-	batch := `[{"body":"b25l","base64Encoded":true,"properties":{"iothub-app-Kind":"first","iothub-messageid":"m1"}},{"body":"two","properties":{}}]`
+	batch := `[{"body":"b25l","base64Encoded":true,"properties":{"iothub-app-Kind":"first","iothub-messageid":"m1"}},{"body":"two","base64Encoded":false,"properties":{}}]`
 	tok, _ := sas.New(url.QueryEscape(host+"/devices/dev1"), "", testKey1, time.Now().Add(time.Hour))
 	post, _ := http.NewRequest(http.MethodPost, "https://"+shared.HTTPSAddr+"/devices/dev1/messages/events?api-version=2020-09-30", strings.NewReader(batch))
 	post.Host = host
