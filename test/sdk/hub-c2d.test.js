@@ -11,6 +11,7 @@
 //   DPSD_HUB_IP                        the address the hub's host name stands for
 //   DPSD_HUB_HTTP_DEVICE_CONNECTION_STRING  a second device's, for the HTTP transport
 //   DPSD_HUB_HTTPS_PORT                the port of the hub's HTTPS endpoint
+//   DPSD_HUB_AMQP_DEVICE_CONNECTION_STRING  a third device's, GatewayHostName=<ip:amqp port>
 //   NODE_EXTRA_CA_CERTS                the local CA
 // The hub's host name does not resolve here, and the service client has
 // no gateway option: this test code (only) looks the hub's names up as
@@ -39,6 +40,7 @@ if (!skip) {
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Http } = require('azure-iot-device-http');
+const { Amqp } = require('azure-iot-device-amqp');
 const https = require('node:https');
 const { Client: ServiceClient } = require('azure-iothub');
 const { Message } = require('azure-iot-common');
@@ -130,5 +132,36 @@ test('a device over HTTPS (azure-iot-device-http) sends telemetry and receives, 
     await within(service.close(), 'service close').catch(() => {});
     await within(device.close(), 'device close').catch(() => {});
     agent.destroy();
+  }
+});
+
+test('a device over AMQP (azure-iot-device-amqp) sends telemetry and receives cloud-to-device messages', { skip }, async () => {
+  const cs = process.env.DPSD_HUB_AMQP_DEVICE_CONNECTION_STRING;
+  const deviceId = /DeviceId=([^;]+)/.exec(cs)[1];
+  const device = DeviceClient.fromConnectionString(cs, Amqp);
+  const service = ServiceClient.fromConnectionString(hubCS);
+  try {
+    await within(device.open(), 'device open (AMQP, $cbs put-token with the device key)');
+    const t = new Message('{"humidity":40}');
+    t.messageId = 'amqp-m-1';
+    t.properties.add('source', 'amqp');
+    await within(device.sendEvent(t), 'sendEvent over AMQP');
+
+    const received = new Promise((resolve) => device.on('message', (msg) => {
+      device.complete(msg, () => resolve(msg));
+    }));
+    await within(service.open(), 'service open');
+    const m = new Message('hello over amqp');
+    m.messageId = 'c2d-amqp-1';
+    m.properties.add('kind', 'greeting');
+    await within(service.send(deviceId, m), 'service send');
+    const got = await within(received, 'the device receiving the message over AMQP');
+    assert.equal(got.data.toString(), 'hello over amqp');
+    assert.equal(got.messageId, 'c2d-amqp-1');
+    assert.equal(got.properties.getValue('kind'), 'greeting');
+  } finally {
+    device.removeAllListeners('message');
+    await within(service.close(), 'service close').catch(() => {});
+    await within(device.close(), 'device close').catch(() => {});
   }
 });

@@ -17,11 +17,15 @@ import (
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
-// The hub's AMQP endpoint, as the Azure service SDKs use it: claims-based
-// security ($cbs put-token with a policy's SAS token), cloud-to-device
-// sends on /messages/devicebound, and the feedback link
+// The hub's AMQP endpoint, as the Azure SDKs use it: claims-based
+// security ($cbs put-token with a policy's SAS token for services, a
+// device's for devices); for services cloud-to-device sends on
+// /messages/devicebound and the feedback link
 // /messages/serviceBound/feedback, on which delivery outcomes go out as
-// the messages' ack asks. Device links are not served over AMQP yet.
+// the messages' ack asks; for devices telemetry on
+// /devices/{id}/messages/events and cloud-to-device messages on
+// /devices/{id}/messages/devicebound (settled when sent: the peer's
+// dispositions are not read). Twins and methods over AMQP are not served.
 const (
 	amqpCBS      = "$cbs"
 	amqpC2D      = "/messages/devicebound"
@@ -60,22 +64,59 @@ func (a amqpHandler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 	if h == nil {
 		h = a.m.byHost(hostOnly(c.Hostname()))
 	}
-	if h == nil {
-		return nil, &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("no built-in hub is named %q", c.Hostname())}
-	}
-	return &amqpLinks{h: h, conn: c}, nil
+	// No hub yet (a device that dialled an IP address as its gateway):
+	// the first put-token's audience names it.
+	return &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}, nil
 }
 
 // amqpLinks is one AMQP connection to a hub: what its tokens allow, and
 // its $cbs reply link.
 type amqpLinks struct {
-	h    *Hub
+	m    *Manager
+	h    *Hub // nil until known; set once
 	conn *wire.Conn
 
 	mu      sync.Mutex
 	cbsOut  *wire.Link
-	service time.Time    // a service token's expiry, zero if none
-	fbLinks []*wire.Link // feedback links, removed from the hub at Close
+	service time.Time            // a service token's expiry, zero if none
+	devices map[string]time.Time // devices' token expiries, by lower-cased id
+	fbLinks []*wire.Link         // feedback links, removed from the hub at Close
+	c2d     []amqpC2DLink        // devices' cloud-to-device links, likewise
+}
+
+type amqpC2DLink struct {
+	id   string
+	link *wire.Link
+}
+
+// hub returns the connection's hub, nil until known.
+func (a *amqpLinks) hub() *Hub {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.h
+}
+
+// deviceAuthorized reports whether a device token for id is in force.
+func (a *amqpLinks) deviceAuthorized(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.h != nil && a.h.now().Before(a.devices[strings.ToLower(id)])
+}
+
+// deviceLink parses /devices/{id}/messages/{kind}.
+func deviceLink(addr string) (id, kind string, ok bool) {
+	rest, ok := strings.CutPrefix(addr, "/devices/")
+	if !ok {
+		return "", "", false
+	}
+	id, tail, ok := strings.Cut(rest, "/messages/")
+	if !ok || id == "" {
+		return "", "", false
+	}
+	if u, err := url.PathUnescape(id); err == nil {
+		id = u
+	}
+	return id, strings.ToLower(tail), true
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
@@ -87,6 +128,23 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 			a.mu.Unlock()
 		}
 		return nil
+	case strings.HasPrefix(l.Address, "/devices/"):
+		id, kind, ok := deviceLink(l.Address)
+		switch {
+		case !ok || !(kind == "events" && l.PeerIsSender || kind == "devicebound" && !l.PeerIsSender):
+			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("no such node %q on a built-in hub", l.Address)}
+		case !a.deviceAuthorized(id):
+			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
+		}
+		if kind == "devicebound" {
+			a.mu.Lock()
+			a.c2d = append(a.c2d, amqpC2DLink{id: id, link: l})
+			a.mu.Unlock()
+			a.hub().addAMQPC2D(id, l)
+		}
+		return nil
+	case a.hub() == nil:
+		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub named: connect by its host name or put a token on $cbs first"}
 	case l.Address == amqpC2D && l.PeerIsSender, l.Address == amqpFeedback && !l.PeerIsSender:
 		if !a.authorized() {
 			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a service token on $cbs first"}
@@ -95,7 +153,7 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 			a.mu.Lock()
 			a.fbLinks = append(a.fbLinks, l)
 			a.mu.Unlock()
-			a.h.addFeedbackLink(l)
+			a.hub().addFeedbackLink(l)
 		}
 		return nil
 	}
@@ -105,15 +163,17 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 func (a *amqpLinks) authorized() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.h.now().Before(a.service)
+	return a.h != nil && a.h.now().Before(a.service)
 }
 
 func (a *amqpLinks) Message(ctx context.Context, d *wire.Delivery) {
-	switch d.Link.Address {
-	case amqpCBS:
+	switch {
+	case d.Link.Address == amqpCBS:
 		a.putToken(ctx, d)
-	case amqpC2D:
+	case d.Link.Address == amqpC2D:
 		a.sendC2D(ctx, d)
+	case strings.HasPrefix(d.Link.Address, "/devices/"):
+		a.telemetry(d)
 	default:
 		_ = d.Reject(&wire.Error{Condition: "amqp:not-allowed", Description: "this link takes no messages"})
 	}
@@ -129,12 +189,8 @@ func (a *amqpLinks) putToken(ctx context.Context, d *wire.Delivery) {
 	tokStr := string(m.Body())
 	if op != cbsPutToken {
 		status, desc = 400, "unsupported operation "+op
-	} else if exp, err := a.h.checkServiceToken(tokStr, RightServiceConnect); err != nil {
+	} else if err := a.authorize(ctx, tokStr); err != nil {
 		status, desc = 401, err.Error()
-	} else {
-		a.mu.Lock()
-		a.service = exp
-		a.mu.Unlock()
 	}
 	_ = d.Accept()
 	a.mu.Lock()
@@ -150,8 +206,84 @@ func (a *amqpLinks) putToken(ctx context.Context, d *wire.Delivery) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := out.Send(sctx, reply); err != nil {
-		a.h.log.Debug("cbs reply failed", "err", err)
+		a.m.log.Debug("cbs reply failed", "err", err)
 	}
+}
+
+// authorize takes a put-token's token: a device's (sr {host}/devices/{id},
+// signed with its key) or a service policy's. The first token names the
+// hub of a connection that did not.
+func (a *amqpLinks) authorize(ctx context.Context, s string) error {
+	tok, err := sas.Parse(s)
+	if err != nil {
+		return fmt.Errorf("malformed SharedAccessSignature: %w", err)
+	}
+	res, err := tok.DecodedResource()
+	if err != nil {
+		return fmt.Errorf("malformed SharedAccessSignature: %w", err)
+	}
+	host, path, _ := strings.Cut(res, "/")
+	a.mu.Lock()
+	if a.h == nil {
+		a.h = a.m.byHost(hostOnly(host))
+	}
+	h := a.h
+	a.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("no built-in hub is named %q", host)
+	}
+	if id, ok := strings.CutPrefix(path, "devices/"); ok && tok.KeyName == "" {
+		id = strings.TrimSuffix(id, "/")
+		d, err := h.load(ctx, id)
+		if err != nil {
+			return fmt.Errorf("device %s: %v", id, err)
+		}
+		if d.Status != azurehub.StatusEnabled {
+			return fmt.Errorf("device %s is disabled", id)
+		}
+		if err := h.checkDeviceToken(d, s); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.devices[strings.ToLower(id)] = time.Unix(tok.Expiry, 0)
+		a.mu.Unlock()
+		return nil
+	}
+	exp, err := h.checkServiceToken(s, RightServiceConnect)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.service = exp
+	a.mu.Unlock()
+	return nil
+}
+
+// telemetry keeps a message a device sent on /devices/{id}/messages/events.
+func (a *amqpLinks) telemetry(d *wire.Delivery) {
+	id, _, _ := deviceLink(d.Link.Address)
+	h := a.hub()
+	if h == nil || !a.deviceAuthorized(id) {
+		_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the device token expired"})
+		return
+	}
+	m := d.Message
+	props := map[string]string{}
+	if v := anyString(m.Properties.MessageID); v != "" {
+		props["iothub-messageid"] = v
+	}
+	if v := anyString(m.Properties.CorrelationID); v != "" {
+		props["iothub-correlationid"] = v
+	}
+	if m.Properties.ContentType != "" {
+		props["iothub-contenttype"] = string(m.Properties.ContentType)
+	}
+	for k, v := range m.ApplicationProperties {
+		props["iothub-app-"+k] = anyString(v)
+	}
+	h.msgs.add(h.httpMessage(id, props, m.Body()))
+	h.touch(id)
+	_ = d.Accept()
 }
 
 // sendC2D queues a message the service sent to /messages/devicebound,
@@ -182,7 +314,7 @@ func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
 		}
 		msg.Properties[k] = anyString(v)
 	}
-	if err := a.h.SendC2D(ctx, id, msg); err != nil {
+	if err := a.hub().SendC2D(ctx, id, msg); err != nil {
 		cond, desc := wire.Symbol("amqp:internal-error"), "internal error"
 		var he *azurehub.Error
 		if errors.As(err, &he) {
@@ -201,7 +333,12 @@ func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
 }
 
 func (a *amqpLinks) Detach(l *wire.Link) {
-	a.h.removeFeedbackLink(l)
+	if h := a.hub(); h != nil {
+		h.removeFeedbackLink(l)
+		if id, kind, ok := deviceLink(l.Address); ok && kind == "devicebound" {
+			h.removeAMQPC2D(id, l)
+		}
+	}
 	a.mu.Lock()
 	if a.cbsOut == l {
 		a.cbsOut = nil
@@ -213,9 +350,18 @@ func (a *amqpLinks) Close(error) {
 	a.mu.Lock()
 	links := a.fbLinks
 	a.fbLinks = nil
+	c2d := a.c2d
+	a.c2d = nil
+	h := a.h
 	a.mu.Unlock()
+	if h == nil {
+		return
+	}
 	for _, l := range links {
-		a.h.removeFeedbackLink(l)
+		h.removeFeedbackLink(l)
+	}
+	for _, c := range c2d {
+		h.removeAMQPC2D(c.id, c.link)
 	}
 }
 

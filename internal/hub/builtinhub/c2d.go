@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 )
 
@@ -166,11 +167,15 @@ func (c *c2dQueues) drop(id string) {
 }
 
 // deliverC2D sends a device's waiting messages over its MQTT connection,
-// when it has one subscribed to its cloud-to-device topic. Messages go out
-// at QoS 0 and count as completed once written.
+// when it has one subscribed to its cloud-to-device topic, or else its
+// AMQP link. Messages go out at QoS 0 (MQTT) or settled (AMQP) and count
+// as completed once written.
 func (h *Hub) deliverC2D(id string) {
 	cl := h.client(id)
 	if cl == nil || !subscribed(cl, "devices/"+cl.ID+"/messages/devicebound/#") {
+		if l := h.amqpC2DLink(id); l != nil {
+			h.deliverAMQP(id, l)
+		}
 		return
 	}
 	for range MaxC2DQueue {
@@ -218,4 +223,69 @@ func newToken() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// addAMQPC2D records a device's AMQP cloud-to-device link (the newest
+// wins) and delivers what waits.
+func (h *Hub) addAMQPC2D(id string, l *wire.Link) {
+	h.mu.Lock()
+	if h.amqpC2D == nil {
+		h.amqpC2D = map[string]*wire.Link{}
+	}
+	h.amqpC2D[strings.ToLower(id)] = l
+	h.mu.Unlock()
+	go h.deliverC2D(id)
+}
+
+func (h *Hub) removeAMQPC2D(id string, l *wire.Link) {
+	h.mu.Lock()
+	if h.amqpC2D[strings.ToLower(id)] == l {
+		delete(h.amqpC2D, strings.ToLower(id))
+	}
+	h.mu.Unlock()
+}
+
+func (h *Hub) amqpC2DLink(id string) *wire.Link {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.amqpC2D[strings.ToLower(id)]
+}
+
+// deliverAMQP sends a device's waiting messages on its AMQP link; each
+// counts as completed once sent.
+func (h *Hub) deliverAMQP(id string, l *wire.Link) {
+	for range MaxC2DQueue {
+		m := h.c2d.next(id, h.now())
+		if m == nil {
+			return
+		}
+		app := map[string]any{}
+		for k, v := range m.Properties {
+			app[k] = v
+		}
+		msg := &wire.Message{
+			Properties: wire.Properties{MessageID: m.MessageID, To: "/devices/" + id + "/messages/deviceBound",
+				CorrelationID: nilIfEmpty(m.CorrelationID), ContentType: wire.Symbol(m.ContentType)},
+			ApplicationProperties: app,
+			Data:                  [][]byte{m.Body},
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := l.Send(ctx, msg)
+		cancel()
+		if err != nil {
+			h.c2d.settle(id, m.lockToken, false) // abandoned: delivered again later
+			h.log.Debug("cloud-to-device message not sent over AMQP", "deviceId", id, "err", err)
+			return
+		}
+		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
+			h.feedback(id, done, "Success", "Success")
+		}
+	}
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }

@@ -18,6 +18,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -139,6 +140,7 @@ type Hub struct {
 	conns   map[net.Conn]*connInfo   // open device connections
 	devices map[string]*devState     // by lower-cased device id
 	methods map[string]pendingMethod // by request id
+	amqpC2D map[string]*wire.Link    // devices' AMQP cloud-to-device links, by lower-cased id
 	wg      sync.WaitGroup
 }
 

@@ -107,6 +107,7 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 	h := e.hub("c2d-node-hub")
 	createDevice(t, h, "lamp-1")
 	createDevice(t, h, "meter-1")
+	createDevice(t, h, "hygro-1")
 	cfg := h.Config()
 	_, amqpPort, _ := net.SplitHostPort(shared.AMQPAddr)
 	hubCS := cfg.ConnectionString()
@@ -114,6 +115,7 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 	deviceCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "lamp-1", SharedAccessKey: testKey1, GatewayHostName: shared.MQTTAddr}
 	httpCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "meter-1", SharedAccessKey: testKey1}
 	_, httpsPort, _ := net.SplitHostPort(shared.HTTPSAddr)
+	amqpCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "hygro-1", SharedAccessKey: testKey1, GatewayHostName: shared.AMQPAddr}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -125,6 +127,7 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 		"DPSD_HUB_IP="+shared.Address,
 		"DPSD_HUB_HTTP_DEVICE_CONNECTION_STRING="+httpCS.String(),
 		"DPSD_HUB_HTTPS_PORT="+httpsPort,
+		"DPSD_HUB_AMQP_DEVICE_CONNECTION_STRING="+amqpCS.String(),
 		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
 	)
 	out, err := cmd.CombinedOutput()
@@ -132,7 +135,7 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("node tests failed: %v", err)
 	}
-	if !strings.Contains(string(out), "# pass 2") {
+	if !strings.Contains(string(out), "# pass 3") {
 		t.Fatal("node tests were skipped")
 	}
 	// The telemetry the HTTP transport sent, one message and a batch.
@@ -140,5 +143,9 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 	if len(msgs) != 3 || msgs[0].SystemProperties["messageId"] != "http-m-1" || msgs[0].Properties["source"] != "http" ||
 		msgs[0].Body != `{"temperature":22.5}` || msgs[1].Body != "b1" || msgs[2].Body != "b2" {
 		t.Fatalf("telemetry over HTTPS %+v", msgs)
+	}
+	msgs = h.Messages("hygro-1", 0, 0)
+	if len(msgs) != 1 || msgs[0].SystemProperties["messageId"] != "amqp-m-1" || msgs[0].Properties["source"] != "amqp" || msgs[0].Body != `{"humidity":40}` {
+		t.Fatalf("telemetry over AMQP %+v", msgs)
 	}
 }
