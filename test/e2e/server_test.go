@@ -57,12 +57,9 @@ func portsFree(ip string) (bool, error) {
 	return true, nil
 }
 
-// pickAddress returns a loopback address of its own for one test server:
-// 127.0.3.N with 443, 8883 and 5671 free. Other test packages use other
-// addresses.
-func pickAddress(t *testing.T) string { return pickAddressIn(t, "127.0.3") }
-
-// pickAddressIn is pickAddress in the /24 prefix (e.g. "127.0.7").
+// pickAddressIn returns a loopback address of its own for one test
+// server, in the /24 prefix (e.g. "127.0.3"): prefix.N with 443, 8883 and
+// 5671 free. Other test packages use other addresses.
 func pickAddressIn(t *testing.T, prefix string) string {
 	t.Helper()
 	addrMu.Lock()
