@@ -4,6 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"sort"
@@ -13,6 +17,7 @@ import (
 
 	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // Bounds of cloud-to-device messaging, IoT Hub's.
@@ -55,15 +60,93 @@ type queued struct {
 	deliveries  int
 }
 
-// c2dQueues holds the cloud-to-device messages of a hub's devices, in
-// memory: messages not yet delivered are lost when dpsd stops.
+// c2dQueues holds the cloud-to-device messages of a hub's devices. They
+// are served from memory and written through to the store, one record per
+// device queue, so waiting messages survive a restart (their locks do
+// not: a message received but not settled is delivered again). A store
+// shared by several nodes is not kept coherent between them: each node
+// reads the queues at start.
 type c2dQueues struct {
+	st  store.Store // nil: memory only (tests)
+	hub string
+	log *slog.Logger
+
 	mu     sync.Mutex
 	seq    int64
 	queues map[string][]*queued // by lower-cased device id
 }
 
-func newC2DQueues() *c2dQueues { return &c2dQueues{queues: map[string][]*queued{}} }
+func newC2DQueues(st store.Store, hub string, log *slog.Logger) *c2dQueues {
+	return &c2dQueues{st: st, hub: hub, log: log, queues: map[string][]*queued{}}
+}
+
+// storedC2D is a waiting message as the store keeps it.
+type storedC2D struct {
+	C2DMessage
+	Seq        int64     `json:"seq"`
+	Enqueued   time.Time `json:"enqueued"`
+	Deliveries int       `json:"deliveries"`
+}
+
+// save writes a device's queue through to the store, or removes it when
+// it is empty; c.mu is held, so writes of one queue keep their order.
+func (c *c2dQueues) save(key string) {
+	if c.st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id := deviceKey(c.hub, key)
+	q := c.queues[key]
+	if len(q) == 0 {
+		if err := c.st.Delete(ctx, KindC2D, id, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
+			c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+		}
+		return
+	}
+	out := make([]storedC2D, len(q))
+	for i, m := range q {
+		out[i] = storedC2D{C2DMessage: m.C2DMessage, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries}
+	}
+	data, err := json.Marshal(out)
+	if err == nil {
+		_, err = c.st.Put(ctx, store.Record{Kind: KindC2D, ID: id, Ref: c.hub, Data: data}, store.Condition{})
+	}
+	if err != nil {
+		c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+	}
+}
+
+// load reads the stored queues of the hub.
+func (c *c2dQueues) load(ctx context.Context) error {
+	if c.st == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	opt := store.ListOptions{Ref: c.hub}
+	for {
+		recs, more, err := c.st.List(ctx, KindC2D, opt)
+		if err != nil {
+			return fmt.Errorf("cloud-to-device queues: %w", err)
+		}
+		for _, rec := range recs {
+			var ms []storedC2D
+			if err := json.Unmarshal(rec.Data, &ms); err != nil {
+				return fmt.Errorf("cloud-to-device queue %s: %w", rec.ID, err)
+			}
+			key := strings.ToLower(strings.TrimPrefix(rec.ID, c.hub+"/"))
+			for _, m := range ms {
+				c.queues[key] = append(c.queues[key], &queued{C2DMessage: m.C2DMessage, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries})
+				c.seq = max(c.seq, m.Seq)
+			}
+		}
+		if !more || len(recs) == 0 {
+			return nil
+		}
+		opt.After = recs[len(recs)-1].ID
+	}
+}
 
 // SendC2D queues a message for a device and delivers it at once if the
 // device is connected over MQTT and subscribed.
@@ -92,6 +175,7 @@ func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
 	h.c2d.seq++
 	q.seq = h.c2d.seq
 	h.c2d.queues[key] = append(h.c2d.queues[key], q)
+	h.c2d.save(key)
 	h.c2d.mu.Unlock()
 	h.log.Debug("cloud-to-device message queued", "deviceId", id, "messageId", q.MessageID)
 	h.deliverC2D(id)
@@ -107,12 +191,16 @@ func (c *c2dQueues) expire(key string, now time.Time) {
 			kept = append(kept, m)
 		}
 	}
+	dropped := len(q) - len(kept)
 	clear(q[len(kept):])
 	if len(kept) == 0 {
 		delete(c.queues, key)
-		return
+	} else {
+		c.queues[key] = kept
 	}
-	c.queues[key] = kept
+	if dropped > 0 {
+		c.save(key)
+	}
 }
 
 // next locks the oldest message of a device that is not locked and
@@ -128,6 +216,7 @@ func (c *c2dQueues) next(id string, now time.Time) *queued {
 		}
 		m.lockToken, m.lockedUntil = newToken(), now.Add(c2dLock)
 		m.deliveries++
+		c.save(key) // the delivery count, which bounds redeliveries
 		cp := *m
 		return &cp
 	}
@@ -151,6 +240,7 @@ func (c *c2dQueues) settle(id, lockToken string, remove bool) *queued {
 			if len(c.queues[key]) == 0 {
 				delete(c.queues, key)
 			}
+			c.save(key)
 		} else {
 			m.lockToken = ""
 		}
@@ -163,6 +253,7 @@ func (c *c2dQueues) settle(id, lockToken string, remove bool) *queued {
 func (c *c2dQueues) drop(id string) {
 	c.mu.Lock()
 	delete(c.queues, strings.ToLower(id))
+	c.save(strings.ToLower(id))
 	c.mu.Unlock()
 }
 

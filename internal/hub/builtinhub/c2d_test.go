@@ -7,9 +7,11 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 func TestC2DOverMQTT(t *testing.T) {
@@ -68,4 +70,64 @@ func TestC2DBounds(t *testing.T) {
 func hubErrorIs(err error, status int, code string) bool {
 	var he *azurehub.Error
 	return errors.As(err, &he) && he.StatusCode == status && (code == "" || he.Code == code)
+}
+
+// TestC2DSurvivesRestart: waiting messages are kept in the store; a
+// device that comes back after a restart gets them, once.
+func TestC2DSurvivesRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("c2d-restart", "127.0.10.43")
+	createDevice(t, h, "dev1")
+	for _, body := range []string{"one", "two"} {
+		if err := h.SendC2D(context.Background(), "dev1", &builtinhub.C2DMessage{MessageID: body, Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.restart()
+	h = e.hub("c2d-restart")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "dev1", dialOpts{host: host, addr: mqttAddr(h), tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.subscribe(t, "devices/dev1/messages/devicebound/#", 1)
+	for _, want := range []string{"one", "two"} {
+		if m := dc.next(t, "devices/dev1/messages/devicebound/"); string(m.Payload()) != want {
+			t.Fatalf("after a restart got %q, want %q", m.Payload(), want)
+		}
+	}
+	dc.Disconnect(100)
+	// Delivered: nothing is left for the next start.
+	e.restart()
+	h = e.hub("c2d-restart")
+	dc, _, err = dialDevice(t, e, "dev1", dialOpts{host: host, addr: mqttAddr(h), tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.subscribe(t, "devices/dev1/messages/devicebound/#", 1)
+	select {
+	case m := <-dc.msgs:
+		t.Fatalf("a delivered message came again after a restart: %s %q", m.Topic(), m.Payload())
+	case <-time.After(300 * time.Millisecond):
+	}
+	// Deleting the device drops its stored queue.
+	dc.Disconnect(100)
+	for range 50 { // until the hub has seen the disconnection
+		if d, _ := h.GetDevice(context.Background(), "dev1"); d != nil && d.ConnectionState == azurehub.Disconnected {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := h.SendC2D(context.Background(), "dev1", &builtinhub.C2DMessage{Body: []byte("three")}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _, _ := e.st.List(context.Background(), builtinhub.KindC2D, store.ListOptions{Ref: "c2d-restart"}); len(recs) != 1 {
+		t.Fatalf("stored queues %d, want the waiting message's", len(recs))
+	}
+	if err := h.DeleteDevice(context.Background(), "dev1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _, _ := e.st.List(context.Background(), builtinhub.KindC2D, store.ListOptions{Ref: "c2d-restart"}); len(recs) != 0 {
+		t.Errorf("a deleted device's queue is still stored: %d records", len(recs))
+	}
 }

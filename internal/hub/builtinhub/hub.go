@@ -266,7 +266,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		now:            o.now,
 		limiter:        newLimiter(o.rate, o.burst),
 		msgs:           newMessageBuffer(o.messages, o.messageBytes),
-		c2d:            newC2DQueues(),
+		c2d:            newC2DQueues(st, cfg.Name, o.logger.With("hub", cfg.Name)),
 		fb:             newFeedbackHub(),
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
@@ -284,6 +284,12 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"http/1.1"},
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := h.c2d.load(ctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
 	if h.shared != nil {
 		if err := h.startBroker(); err != nil {
 			return nil, err
@@ -291,7 +297,6 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		h.log.Info("built-in hub serving on the shared endpoint", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr())
 		return h, nil
 	}
-	var err error
 	if h.httpsL, err = listenTCP(net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
 		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
 	}
