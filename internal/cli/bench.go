@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -15,6 +18,8 @@ import (
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/internal/bench"
+	"github.com/dpsd/dpsd/internal/bench/floor"
+	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
@@ -24,7 +29,8 @@ func newBenchCmd() *cobra.Command {
 		o                                   bench.Options
 		groupKey, payload, connStr, groupID string
 		hubs                                []string
-		setup                               bool
+		setup, withFloor                    bool
+		rounds                              int
 		timeout, maxPollWait                time.Duration
 	)
 	cmd := &cobra.Command{
@@ -43,7 +49,14 @@ The group key comes from --group-key, or --setup creates (or reuses) the
 enrollment group --group-id through the service API first.
 
 Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
---allow-remote is given.`,
+--allow-remote is given.
+
+With --floor, the same load also goes to a do-nothing provisioning service
+started in this process: dpsd's own transports, with the target's CA and
+host name, answering every device of the group "assigned" after checking
+its SAS token, storing nothing. The runs alternate, --rounds of each, and
+the report gives both and their ratio: what dpsd costs over the protocol
+itself on this machine. It needs the target's --data-dir (for its CA).`,
 		Example: `  dpsd bench --data-dir ./dpsd-data --setup --registrations 2000 --concurrency 50 --transport https`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -96,6 +109,9 @@ Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 			if !asJSON {
 				o.Progress = cmd.ErrOrStderr()
 			}
+			if withFloor {
+				return runFloorComparison(cmd, o, t, df.dataDir, rounds, hubs, asJSON)
+			}
 			res, err := bench.Run(ctx, o)
 			if err != nil {
 				return err
@@ -130,6 +146,8 @@ Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 	f.StringVar(&payload, "payload", "", "custom JSON payload every device sends")
 	f.DurationVar(&timeout, "timeout", time.Minute, "give up on one registration after this long")
 	f.DurationVar(&maxPollWait, "max-poll-wait", 0, "poll sooner than the service's Retry-After, at most after this long (0: honour Retry-After)")
+	f.BoolVar(&withFloor, "floor", false, "also run the load against a do-nothing service in this process, alternating, and report the ratio")
+	f.IntVar(&rounds, "rounds", 3, "with --floor: rounds against each")
 	f.StringP("output", "o", formatTable, "output format: table or json")
 	cmd.PreRun = func(*cobra.Command, []string) {
 		if o.IDPrefix == "" {
@@ -184,6 +202,85 @@ func setupGroup(ctx context.Context, t *deviceTarget, connStr, groupID string, h
 		return "", err
 	}
 	return bench.SetupGroup(ctx, svc, bench.GroupSpec{ID: groupID, IoTHubs: hubs})
+}
+
+// runFloorComparison starts the floor on the target's CA and host name and
+// runs alternating rounds against both.
+func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, dataDir string, rounds int, hubs []string, asJSON bool) error {
+	if t.info == nil || dataDir == "" {
+		return errors.New("--floor needs the target's --data-dir: the floor serves a certificate from its CA")
+	}
+	if o.AllowRemote {
+		return errors.New("--floor measures the machine it runs on: the target must be a loopback address")
+	}
+	ca, err := localca.LoadOrCreate(filepath.Join(dataDir, "tls"))
+	if err != nil {
+		return err
+	}
+	// A certificate of its own from the same CA, so the target's files
+	// stay as they are; the same key type makes the same TLS work.
+	cert, err := ca.ServerCertificate("bench-floor", []string{t.host})
+	if err != nil {
+		return err
+	}
+	key, err := base64.StdEncoding.DecodeString(o.Device.GroupKey)
+	if err != nil {
+		return fmt.Errorf("group key: %w", err)
+	}
+	ip := "127.0.0.1"
+	if h, _, err := net.SplitHostPort(dialable(t.info.HTTPSAddr)); err == nil && net.ParseIP(h) != nil {
+		ip = h
+	}
+	hub := "floor-hub.azure-devices.net"
+	if len(hubs) > 0 {
+		hub = hubs[0]
+	}
+	fl, err := floor.Start(floor.Options{
+		IP: ip,
+		TLS: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			ClientAuth:   tls.RequestClientCert,
+			NextProtos:   []string{"http/1.1"},
+			Certificates: []tls.Certificate{cert},
+		},
+		IDScope:   t.idScope,
+		GroupKey:  key,
+		Hub:       hub,
+		PollFirst: false,
+	})
+	if err != nil {
+		return err
+	}
+	defer fl.Close()
+	fo := o
+	switch o.Transport {
+	case bench.MQTT:
+		fo.Device.DialAddr = fl.MQTTAddr()
+	case bench.AMQP:
+		fo.Device.DialAddr = fl.AMQPAddr()
+	default:
+		fo.Device.DialAddr = fl.HTTPSAddr()
+	}
+	c, err := bench.Compare(cmd.Context(), o, fo, rounds)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		target, fl := make([]any, len(c.Target)), make([]any, len(c.Floor))
+		for i := range c.Target {
+			target[i], fl[i] = benchJSON(c.Target[i]), benchJSON(c.Floor[i])
+		}
+		err = writeJSON(cmd.OutOrStdout(), map[string]any{"dpsd": target, "floor": fl, "ratio": c.Ratio()})
+	} else {
+		c.Print(cmd.OutOrStdout())
+	}
+	if err != nil {
+		return err
+	}
+	if c.Failed() > 0 {
+		return &exitError{code: 1}
+	}
+	return nil
 }
 
 // benchJSON is the -o json form of a result, durations in milliseconds.

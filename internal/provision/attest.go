@@ -227,9 +227,6 @@ func (c *vouchCache) invalidate() { c.groups.Invalidate() }
 // lost, for example while the listener reconnects.
 const groupListTTL = 200 * time.Millisecond
 
-// minReload spaces out the reloads that a device no group vouches for asks.
-const minReload = 10 * time.Millisecond
-
 // attestGroup finds the symmetric-key group whose derived key signed tok.
 // With boundTo set, only that group may vouch (the device's registration
 // record names it); otherwise any group, the one that vouched last time
@@ -240,12 +237,6 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, bou
 		g, err := c.group(ctx, boundTo)
 		if err != nil && !isNotFound(err) {
 			return nil, unavailable(err)
-		}
-		if g == nil {
-			// Read once more: the group may have been created a moment ago.
-			if g, err = c.freshGroup(ctx, boundTo); err != nil {
-				return nil, unavailable(err)
-			}
 		}
 		if g != nil {
 			if v := verifyGroup(tok, g, regID); v != nil {
@@ -273,23 +264,24 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, bou
 		}
 	}
 
-	// 2. Every symmetric-key group, most recently successful first. When
-	// none vouches, the list is read again once, so a group created a moment
-	// ago is found.
-	for attempt := 0; attempt < 2; attempt++ {
-		groups, err := c.groupList(ctx, attempt > 0)
-		if err != nil {
-			return nil, unavailable(err)
+	// 2. Every symmetric-key group, most recently successful first. The
+	// list is not read again when none vouches: a storm of wrong keys must
+	// not be able to make the node read and decode every group document
+	// at will, which would make a failed proof cost more the larger the
+	// enrollment data. A group created a moment ago is in the list all the
+	// same: writes invalidate it at once (see groupListTTL).
+	groups, err := c.groupList(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	for _, g := range groups {
+		if strings.EqualFold(g.EnrollmentGroupID, remembered) {
+			continue
 		}
-		for _, g := range groups {
-			if strings.EqualFold(g.EnrollmentGroupID, remembered) {
-				continue
-			}
-			if v := verifyGroup(tok, g, regID); v != nil {
-				c.remember(key, g.EnrollmentGroupID)
-				c.promote(g)
-				return v, nil
-			}
+		if v := verifyGroup(tok, g, regID); v != nil {
+			c.remember(key, g.EnrollmentGroupID)
+			c.promote(g)
+			return v, nil
 		}
 	}
 	return nil, errUnauthorized()
@@ -297,16 +289,7 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, bou
 
 // group returns one group from the list, nil when it does not exist.
 func (c *vouchCache) group(ctx context.Context, id string) (*dps.EnrollmentGroup, error) {
-	groups, err := c.groupList(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	return findGroup(groups, id), nil
-}
-
-// freshGroup is group from a list read again (at most once per minReload).
-func (c *vouchCache) freshGroup(ctx context.Context, id string) (*dps.EnrollmentGroup, error) {
-	groups, err := c.groupList(ctx, true)
+	groups, err := c.groupList(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -353,13 +336,8 @@ func encodeKey(b []byte) string {
 }
 
 // groupList returns the symmetric-key groups as they were at most
-// groupListTTL ago, reading them again when older or when reload is set
-// (at most once per minReload, so devices with wrong keys cannot turn
-// every request into a scan of the groups).
-func (c *vouchCache) groupList(ctx context.Context, reload bool) ([]*dps.EnrollmentGroup, error) {
-	if reload {
-		return c.groups.ListFresh(ctx, minReload)
-	}
+// groupListTTL ago.
+func (c *vouchCache) groupList(ctx context.Context) ([]*dps.EnrollmentGroup, error) {
 	return c.groups.List(ctx)
 }
 

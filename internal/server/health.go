@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/internal/httperr"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // healthTimeout bounds the store check of /healthz: a probe that hangs is
@@ -22,22 +23,28 @@ type pinger interface {
 
 // healthz answers load balancers and orchestrators: 200 {"status":"ok"}
 // when the node can serve, 503 in Azure's error shape when its store does
-// not answer, so that traffic moves to nodes that can answer it.
+// not answer or cannot write (a registration is a write), so that traffic
+// moves to nodes that can serve it.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	if p, ok := s.st.(pinger); ok {
-		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
-		defer cancel()
-		if err := p.Ping(ctx); err != nil {
-			// The cause stays in the log: it may name hosts and users of
-			// the database.
-			e := httperr.Unavailable()
-			e.TrackingID = httperr.NewTrackingID()
-			e.Message = "The store does not answer."
-			e.Info = map[string]string{"status": "unavailable"}
-			s.log.Warn("health check: store unavailable", "trackingId", e.TrackingID, "err", err)
-			httperr.Write(w, r, nil, e)
-			return
-		}
+	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+	defer cancel()
+	var err error
+	switch st := s.st.(type) {
+	case store.WriteChecker:
+		err = st.CheckWrite(ctx)
+	case pinger:
+		err = st.Ping(ctx)
+	}
+	if err != nil {
+		// The cause stays in the log: it may name hosts and users of the
+		// database.
+		e := httperr.Unavailable()
+		e.TrackingID = httperr.NewTrackingID()
+		e.Message = "The store does not answer or cannot write."
+		e.Info = map[string]string{"status": "unavailable"}
+		s.log.Warn("health check: store unavailable or not writable", "trackingId", e.TrackingID, "err", err)
+		httperr.Write(w, r, nil, e)
+		return
 	}
 	httperr.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }

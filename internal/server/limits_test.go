@@ -30,7 +30,9 @@ const testBodyTimeout = 300 * time.Millisecond
 
 func startLimitedServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
-	cfg.DataDir = t.TempDir()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
 	cfg.HostName = "dps.test"
 	cfg.HTTPSAddr, cfg.MQTTAddr, cfg.AMQPAddr = "127.0.9.2:0", "127.0.9.2:0", "127.0.9.2:0"
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -21,6 +21,7 @@ var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
+	KindHealth,
 }
 
 // Watched lists the kinds whose writes a store shared by several nodes

@@ -88,6 +88,12 @@ func nodeTimeout() time.Duration {
 // each node test as a Go subtest.
 func runNodeTests(t *testing.T, srv *dpsdServer, file string) {
 	t.Helper()
+	runNodeTestsEnv(t, srv, file)
+}
+
+// runNodeTestsEnv is runNodeTests with extra environment for node.
+func runNodeTestsEnv(t *testing.T, srv *dpsdServer, file string, env ...string) {
+	t.Helper()
 	node := nodeTool(t)
 	sdk := filepath.Join(testenv.RepoRoot(t), "test", "sdk")
 
@@ -102,6 +108,7 @@ func runNodeTests(t *testing.T, srv *dpsdServer, file string) {
 		"NODE_EXTRA_CA_CERTS="+srv.Info.CACertFile,
 		"DPSD_TEST_HUB="+srv.Hub,
 	)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.WaitDelay = 10 * time.Second
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

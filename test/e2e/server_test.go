@@ -38,6 +38,7 @@ type dpsdServer struct {
 	*testenv.Node
 	// Hub is the host name of the built-in hub linked to the server.
 	Hub      string
+	HubAddr  string // the address the hub is reached on: the node's own
 	InfoPath string
 }
 
@@ -57,9 +58,12 @@ func portsFree(ip string) (bool, error) {
 	return true, nil
 }
 
-// pickAddressIn returns a loopback address of its own for one test
-// server, in the /24 prefix (e.g. "127.0.3"): prefix.N with 443, 8883 and
-// 5671 free. Other test packages use other addresses.
+// pickAddress returns a loopback address of its own for one test server:
+// 127.0.3.N with 443, 8883 and 5671 free. Other test packages use other
+// addresses.
+func pickAddress(t *testing.T) string { return pickAddressIn(t, "127.0.3") }
+
+// pickAddressIn is pickAddress in the /24 prefix (e.g. "127.0.7").
 func pickAddressIn(t *testing.T, prefix string) string {
 	t.Helper()
 	addrMu.Lock()
@@ -84,12 +88,13 @@ func pickAddressIn(t *testing.T, prefix string) string {
 // hub, and stops it (SIGTERM, then SIGKILL) when the test ends.
 func startServer(t *testing.T) *dpsdServer { t.Helper(); return startServerIn(t, "127.0.3") }
 
-// startServerIn is startServer on an address in the /24 prefix.
-func startServerIn(t *testing.T, prefix string) *dpsdServer {
+// startServerIn is startServer on an address in the /24 prefix, with
+// extra flags for "dpsd serve".
+func startServerIn(t *testing.T, prefix string, extra ...string) *dpsdServer {
 	t.Helper()
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		srv, err := tryStart(t, pickAddressIn(t, prefix))
+		srv, err := tryStart(t, pickAddressIn(t, prefix), extra...)
 		if err == nil {
 			return srv
 		}
@@ -100,17 +105,17 @@ func startServerIn(t *testing.T, prefix string) *dpsdServer {
 	return nil
 }
 
-func tryStart(t *testing.T, ip string) (*dpsdServer, error) {
+func tryStart(t *testing.T, ip string, extra ...string) (*dpsdServer, error) {
 	t.Helper()
 	n, err := testenv.StartNode(t, testenv.NodeOptions{
 		IP: ip,
-		Args: []string{
+		Args: append([]string{
 			"--hostname", ip,
 			"--https-addr", net.JoinHostPort(ip, "443"),
 			"--mqtt-addr", net.JoinHostPort(ip, "8883"),
 			"--amqp-addr", net.JoinHostPort(ip, "5671"),
 			"--log-level", "debug",
-		},
+		}, extra...),
 	})
 	if err != nil {
 		return nil, err
@@ -144,6 +149,7 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	}
 	var h struct {
 		HostName         string `json:"hostName"`
+		Address          string `json:"address"` // dpsd's own: the hub shares its listeners
 		ConnectionString string `json:"connectionString"`
 	}
 	if err := json.Unmarshal(out, &h); err != nil || h.HostName == "" || h.ConnectionString == "" {
@@ -152,6 +158,6 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	if _, err := run("linked-hub", "create", "--connection-string", h.ConnectionString); err != nil {
 		return err
 	}
-	s.Hub = h.HostName
+	s.Hub, s.HubAddr = h.HostName, h.Address
 	return nil
 }

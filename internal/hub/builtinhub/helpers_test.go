@@ -131,13 +131,14 @@ type deviceClient struct {
 }
 
 type dialOpts struct {
-	host     string // host name in user name and token
-	key      string
-	clean    bool
-	scheme   string // "ssl" or "wss"
-	addr     string
-	tlsName  string
-	username string // overrides the computed user name
+	host      string // host name in user name and token
+	key       string
+	clean     bool
+	scheme    string // "ssl" or "wss"
+	addr      string
+	tlsName   string
+	username  string // overrides the computed user name
+	keepAlive int64  // seconds; 0 means paho's default, -1 none
 }
 
 func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, bool, error) {
@@ -169,6 +170,12 @@ func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, boo
 		SetConnectTimeout(10 * time.Second).
 		SetTLSConfig(e.tlsConfig(o.tlsName)).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { dc.msgs <- m })
+	switch {
+	case o.keepAlive < 0:
+		opts.SetKeepAlive(0)
+	case o.keepAlive > 0:
+		opts.SetKeepAlive(time.Duration(o.keepAlive) * time.Second)
+	}
 	if o.scheme == "wss" {
 		opts.Servers[0].Path = "/$iothub/websocket"
 	}

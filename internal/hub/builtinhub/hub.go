@@ -134,6 +134,7 @@ type Hub struct {
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
 	bodyTimeout    time.Duration
+	maxKeepAlive   uint16 // seconds
 
 	mu      sync.Mutex
 	closing bool
@@ -253,6 +254,7 @@ type hubOptions struct {
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
 	bodyTimeout    time.Duration
+	maxKeepAlive   uint16
 	listener       func(net.Listener, string) net.Listener
 	shared         *Shared // set: no listeners of its own
 }
@@ -271,6 +273,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
 		bodyTimeout:    o.bodyTimeout,
+		maxKeepAlive:   max(o.maxKeepAlive, 1),
 		conns:          make(map[net.Conn]*connInfo),
 		devices:        make(map[string]*devState),
 		methods:        make(map[string]pendingMethod),

@@ -113,6 +113,31 @@ func TestColonDeviceID(t *testing.T) {
 	}
 }
 
+// TestSilentDeviceClosed checks that an authenticated device that asked
+// for no keep-alive, and so never pings, is closed after 1.5 times the
+// hub's maximum keep-alive of silence rather than held forever.
+func TestSilentDeviceClosed(t *testing.T) {
+	e := newEnv(t, func(o *builtinhub.Options) { o.MaxKeepAlive = 2 * time.Second })
+	h := e.createHub("silent-hub", "127.0.9.12")
+	createDevice(t, h, "quiet")
+	host := h.Config().HostName
+	lost := make(chan time.Time, 1)
+	dc, _, err := dialDevice(t, e, "quiet", dialOpts{host: host, addr: h.MQTTAddr(), tlsName: host, keepAlive: -1})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	start := time.Now()
+	go func() {
+		for dc.IsConnectionOpen() && time.Since(start) < 20*time.Second {
+			time.Sleep(50 * time.Millisecond)
+		}
+		lost <- time.Now()
+	}()
+	if d := (<-lost).Sub(start); dc.IsConnectionOpen() || d > 15*time.Second {
+		t.Fatalf("a silent device without keep-alive is still connected after %v", d)
+	}
+}
+
 // TestMQTT311Connack checks that the hub refuses a 3.1.1 client with a
 // 3.1.1 CONNACK return code (1 to 5), not an MQTT 5 reason code.
 func TestMQTT311Connack(t *testing.T) {

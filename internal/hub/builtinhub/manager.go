@@ -80,6 +80,12 @@ type Options struct {
 	// wait for its CONNECT, over TLS and over WebSockets alike; zero
 	// means 30 s.
 	ConnectTimeout time.Duration
+	// MaxKeepAlive is the longest MQTT keep-alive a device may ask for:
+	// a longer one, or none (0), is cut to it, and a connection silent
+	// for 1.5 times it is closed, so an authenticated device cannot hold
+	// a connection without a sign of life forever. Zero means 1177 s,
+	// IoT Hub's own maximum.
+	MaxKeepAlive time.Duration
 	// Listener, when set, wraps each hub's listeners (name "hub-https" or
 	// "hub-mqtt"): the node's connection caps.
 	Listener func(l net.Listener, name string) net.Listener
@@ -132,6 +138,9 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	}
 	if opt.ConnectTimeout <= 0 {
 		opt.ConnectTimeout = defaultConnectTimeout
+	}
+	if opt.MaxKeepAlive <= 0 {
+		opt.MaxKeepAlive = defaultMaxKeepAlive
 	}
 	if opt.BodyTimeout <= 0 {
 		opt.BodyTimeout = defaultBodyTimeout
@@ -258,6 +267,7 @@ func (m *Manager) run(cfg Config) error {
 		burst:          m.opt.RESTBurst,
 		methodTimeout:  m.opt.MethodTimeout,
 		connectTimeout: m.opt.ConnectTimeout,
+		maxKeepAlive:   keepAliveSeconds(m.opt.MaxKeepAlive),
 		bodyTimeout:    m.opt.BodyTimeout,
 		listener:       m.opt.Listener,
 		shared:         shared,

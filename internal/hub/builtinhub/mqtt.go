@@ -45,6 +45,7 @@ const (
 	maxMQTTPacket         = 256<<10 + 4<<10 // 256 KiB telemetry plus topic
 	defaultConnectTimeout = 30 * time.Second
 	defaultBodyTimeout    = 30 * time.Second
+	defaultMaxKeepAlive   = 1177 * time.Second
 	twinRequestTimeout    = 10 * time.Second
 	listenerTLS           = "mqtts"
 	listenerWebSocket     = "wss"
@@ -196,7 +197,17 @@ func (k *deviceHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return packets.ErrUnsupportedProtocolVersion
 	}
 	cl.Properties.Will = mqtt.Will{}
+	// The broker closes a connection silent for 1.5 times the keep-alive,
+	// and never one that asked for none: IoT Hub caps both.
+	if ka := cl.State.Keepalive; ka == 0 || ka > k.h.maxKeepAlive {
+		cl.State.Keepalive = k.h.maxKeepAlive
+	}
 	return nil
+}
+
+// keepAliveSeconds turns MaxKeepAlive into the seconds MQTT counts in.
+func keepAliveSeconds(d time.Duration) uint16 {
+	return uint16(min(max(d/time.Second, 1), 1<<15))
 }
 
 // OnConnectAuthenticate checks the device's SAS token or certificate.

@@ -62,9 +62,14 @@ type Store struct {
 	// listenHook, when set (by tests), is told the backend process id of
 	// each connection that starts listening.
 	listenHook func(pid uint32)
+
+	health store.WriteHealth
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store        = (*Store)(nil)
+	_ store.WriteChecker = (*Store)(nil)
+)
 
 // Open connects to the database that dsn names, a URL
 // ("postgres://user:password@host:5432/dpsd?sslmode=verify-full") or a
@@ -233,6 +238,12 @@ func scanRecord(row pgx.Row, kind store.Kind) (store.Record, error) {
 // (the connection broke), Put reads the record back: its etag is new and
 // random, so finding it proves the write committed.
 func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Condition) (store.Record, error) {
+	out, err := s.put(ctx, rec, cond)
+	s.health.Observe(err)
+	return out, err
+}
+
+func (s *Store) put(ctx context.Context, rec store.Record, cond store.Condition) (store.Record, error) {
 	if rec.ID == "" {
 		return store.Record{}, fmt.Errorf("put %s: empty id", rec.Kind)
 	}
@@ -310,6 +321,12 @@ func (s *Store) resolve(kind store.Kind, id, etag string) (store.Record, bool) {
 // caller once sent; an error means it may not have happened (and, only
 // when the connection broke mid-way, that it may have).
 func (s *Store) Delete(ctx context.Context, kind store.Kind, id string, cond store.Condition) error {
+	err := s.delete(ctx, kind, id, cond)
+	s.health.Observe(err)
+	return err
+}
+
+func (s *Store) delete(ctx context.Context, kind store.Kind, id string, cond store.Condition) error {
 	if s.closed.Load() {
 		return errClosed
 	}
@@ -376,6 +393,15 @@ func (s *Store) write(ctx context.Context, fn func(*pgxpool.Conn, context.Contex
 		}
 	}
 	return err
+}
+
+// CheckWrite implements store.WriteChecker: a server that answers can
+// still refuse writes (a full disk, a read-only replica after a failover).
+func (s *Store) CheckWrite(ctx context.Context) error {
+	return s.health.Check(ctx, func(ctx context.Context) error {
+		_, err := s.put(ctx, store.Record{Kind: store.KindHealth, ID: "probe", Data: []byte("{}")}, store.Condition{})
+		return err
+	})
 }
 
 // Ping checks that the database answers, for health checks.

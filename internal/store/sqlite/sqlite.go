@@ -59,14 +59,18 @@ type Store struct {
 	listStmt    *sql.Stmt
 	listRefStmt *sql.Stmt
 
-	w *writer
+	w      *writer
+	health store.WriteHealth
 
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store        = (*Store)(nil)
+	_ store.WriteChecker = (*Store)(nil)
+)
 
 // An Option changes how Open opens a database.
 type Option func(*options)
@@ -295,6 +299,7 @@ func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Condition)
 		return store.Record{}, fmt.Errorf("put %q: empty kind", rec.ID)
 	}
 	res, err := s.w.do(ctx, &op{put: true, rec: rec, cond: cond})
+	s.health.Observe(err)
 	if err != nil {
 		return store.Record{}, fmt.Errorf("put %s %q: %w", rec.Kind, rec.ID, err)
 	}
@@ -303,10 +308,21 @@ func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Condition)
 
 // Delete implements store.Store, with the same guarantees as Put.
 func (s *Store) Delete(ctx context.Context, kind store.Kind, id string, cond store.Condition) error {
-	if _, err := s.w.do(ctx, &op{rec: store.Record{Kind: kind, ID: id}, cond: cond}); err != nil {
+	_, err := s.w.do(ctx, &op{rec: store.Record{Kind: kind, ID: id}, cond: cond})
+	s.health.Observe(err)
+	if err != nil {
 		return fmt.Errorf("delete %s %q: %w", kind, id, err)
 	}
 	return nil
+}
+
+// CheckWrite implements store.WriteChecker: SQLite answers reads from a
+// full disk or a file system remounted read-only, so only a write tells.
+func (s *Store) CheckWrite(ctx context.Context) error {
+	return s.health.Check(ctx, func(ctx context.Context) error {
+		_, err := s.w.do(ctx, &op{put: true, rec: store.Record{Kind: store.KindHealth, ID: "probe", Data: []byte("{}")}})
+		return err
+	})
 }
 
 // Close waits for queued writes to commit and closes the database. Writes

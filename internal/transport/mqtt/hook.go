@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -31,6 +32,9 @@ type session struct {
 	cancel context.CancelFunc
 	// slots bounds the requests this connection has in the engine.
 	slots chan struct{}
+	// answered is set once a request got a success answer: until then
+	// the device has proved nothing, and a refusal ends the connection.
+	answered atomic.Bool
 }
 
 // hook adapts the broker to DPS. The broker calls it from each connection's

@@ -88,6 +88,26 @@ func TestConnectionPhasesBounded(t *testing.T) {
 			t.Fatalf("after 401: %v, want EOF", err)
 		}
 	})
+	t.Run("throttled before any success", func(t *testing.T) {
+		// A wrong-key storm meets the throttle before the key is checked:
+		// a 429 to a connection that never had an answer is a refusal too.
+		throttled := &fakeProvisioner{register: func(context.Context, provision.Request) (provision.Result, error) {
+			e := dps.Errorf(dps.CodeThrottled, "Too many requests.")
+			e.RetryAfter = time.Second
+			return provision.Result{}, e
+		}}
+		ts := startServer(t, throttled, Options{MaxIdle: time.Hour, UnauthorizedGrace: 300 * time.Millisecond})
+		rc := newRawClient(t, ts.dialTLS(t, nil))
+		rc.connect(connectOpts{clientID: "dev-t", username: testUsername("dev-t"), password: testSAS, clean: true, keepalive: 0})
+		rc.subscribe(7, packets.Subscription{Filter: ResponseFilter, Qos: 1})
+		res := rc.request(1, registerTopic("1"), "")
+		if !strings.HasPrefix(res.TopicName, "$dps/registrations/res/429/") {
+			t.Fatalf("topic %q, want a 429", res.TopicName)
+		}
+		if _, err := rc.recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after a 429 with nothing answered before: %v, want EOF", err)
+		}
+	})
 }
 
 // TestMQTT311Answers checks that a 3.1.1 client is answered in 3.1.1: a

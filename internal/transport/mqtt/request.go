@@ -114,6 +114,7 @@ func (s *Server) handle(sess *session, rt requestTopic, body []byte) {
 	// 202 always carries retry-after (0 when the engine wants an immediate
 	// poll); a terminal 200 never does.
 	topic := responseTopic(status, rt.rid, res.RetryAfter, status == http.StatusAccepted)
+	sess.answered.Store(true)
 	if err := s.publish(sess, topic, payload); err != nil {
 		log.Debug("mqtt response not delivered", "err", err)
 		return
@@ -163,11 +164,15 @@ func (s *Server) respondError(sess *session, rt requestTopic, err error, log *sl
 	if err := s.publish(sess, topic, payload); err != nil {
 		log.Debug("mqtt error response not delivered", "err", err)
 	}
-	if status == http.StatusUnauthorized {
+	if status == http.StatusUnauthorized || status == http.StatusTooManyRequests && !sess.answered.Load() {
 		// DPS authenticates requests, not the CONNECT, so a wrong key is
 		// known only now. A device with a wrong key has nothing more to
 		// do here; without this it could hold the connection (keep-alive
-		// 0) for as long as the idle bound, unauthenticated.
+		// 0) for as long as the idle bound, unauthenticated. A throttled
+		// first request is the same: the throttle answers before the key
+		// is checked, so a storm of wrong keys meets it instead of a 401.
+		// A device already answered keeps its connection through a 429
+		// (polling too fast), as the SDKs retry on it.
 		sess.conn.Cut(s.unauthGrace)
 	}
 }
