@@ -597,7 +597,8 @@ func (s *Server) sharedHubEndpoint() *builtinhub.Shared {
 // a hub go to it, the others to the provisioning service. Clients that
 // name no server (a device dialling an IP address as GatewayHostName) are
 // told apart later: over HTTPS by the Host header (route), over MQTT by
-// the CONNECT's user name, read here after the node's own handshake.
+// the CONNECT's user name, read here after the node's own handshake. While
+// no hub runs, nothing is read: the listeners are the service's alone.
 func (s *Server) shareListeners(tlsCfg *tls.Config) {
 	hubs := s.hubs
 	split := func(l net.Listener, p builtinhub.Protocol, noName func(net.Conn, *tlsmux.Listener)) *tlsmux.Listener {
@@ -609,7 +610,7 @@ func (s *Server) shareListeners(tlsCfg *tls.Config) {
 				return nil
 			}
 			return func(c net.Conn, _ *tlsmux.Listener) { hubs.ServeConn(p, c) }
-		}, helloTimeout, s.log)
+		}, hubs.Running, helloTimeout, s.log)
 	}
 	s.httpsL = split(s.httpsL, builtinhub.ProtocolHTTPS, nil)
 	s.mqttL = split(s.mqttL, builtinhub.ProtocolMQTT, func(c net.Conn, l *tlsmux.Listener) {

@@ -78,6 +78,7 @@ type Divert func(serverName string) func(net.Conn, *Listener)
 type Listener struct {
 	inner   net.Listener
 	divert  Divert
+	active  func() bool
 	timeout time.Duration
 	log     *slog.Logger
 	conns   chan net.Conn
@@ -88,9 +89,10 @@ type Listener struct {
 // Split starts accepting from inner. Each connection's ClientHello is read
 // (within timeout) in a goroutine of its own, so a slow client delays no
 // other; connections divert does not take come out of the returned
-// listener's Accept.
-func Split(inner net.Listener, divert Divert, timeout time.Duration, log *slog.Logger) *Listener {
-	l := &Listener{inner: inner, divert: divert, timeout: timeout, log: log, conns: make(chan net.Conn), done: make(chan struct{})}
+// listener's Accept. While active (when not nil) reports false, nothing
+// is read: every connection goes straight to Accept.
+func Split(inner net.Listener, divert Divert, active func() bool, timeout time.Duration, log *slog.Logger) *Listener {
+	l := &Listener{inner: inner, divert: divert, active: active, timeout: timeout, log: log, conns: make(chan net.Conn), done: make(chan struct{})}
 	go l.run()
 	return l
 }
@@ -107,6 +109,10 @@ func (l *Listener) run() {
 }
 
 func (l *Listener) route(c net.Conn) {
+	if l.active != nil && !l.active() {
+		l.Deliver(c)
+		return
+	}
 	name, rc := ServerName(c, l.timeout)
 	if serve := l.divert(name); serve != nil {
 		serve(rc, l)

@@ -44,7 +44,7 @@ func TestSplitBySNI(t *testing.T) {
 			return func(c net.Conn, l *Listener) { l.Deliver(c) }
 		}
 		return nil
-	}, 5*time.Second, slog.Default())
+	}, nil, 5*time.Second, slog.Default())
 	defer l.Close()
 	go func() {
 		for {
@@ -98,7 +98,7 @@ func TestCloseEndsAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := Split(inner, func(string) func(net.Conn, *Listener) { return nil }, time.Second, slog.Default())
+	l := Split(inner, func(string) func(net.Conn, *Listener) { return nil }, nil, time.Second, slog.Default())
 	errc := make(chan error, 1)
 	go func() { _, err := l.Accept(); errc <- err }()
 	l.Close()
@@ -109,5 +109,36 @@ func TestCloseEndsAccept(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Accept did not return after Close")
+	}
+}
+
+// TestInactiveReadsNothing: while no server wants diverted connections,
+// a connection reaches Accept at once, even one that sends nothing.
+func TestInactiveReadsNothing(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.10.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Split(inner, func(string) func(net.Conn, *Listener) {
+		t.Error("divert asked while inactive")
+		return nil
+	}, func() bool { return false }, time.Hour, slog.Default())
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan net.Conn, 1)
+	go func() {
+		if ac, err := l.Accept(); err == nil {
+			got <- ac
+		}
+	}()
+	select {
+	case ac := <-got:
+		ac.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("a silent connection was held while inactive")
 	}
 }

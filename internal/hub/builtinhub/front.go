@@ -132,11 +132,10 @@ func (f *front) serveMQTT(c net.Conn) {
 	var conn net.Conn = tc
 	h := f.m.byHost(state.ServerName)
 	if h == nil {
-		// No server name: the CONNECT's user name, {hubHostName}/{deviceId}/…
-		user, read, err := mqttUserName(tc, maxMQTTPacket)
+		// No server name: the CONNECT says which hub.
+		id, user, read, err := mqttConnect(tc, maxMQTTPacket)
 		conn = tlsmux.PrependTLS(tc, read)
-		host, _, _ := strings.Cut(user, "/")
-		if h = f.m.byHost(host); h == nil {
+		if h = f.m.hubOfConnect(id, user); h == nil {
 			f.m.log.Info("hub mqtt connection for no hub", "remote", c.RemoteAddr().String(), "userName", user, "err", err)
 			c.Close()
 			return
@@ -158,17 +157,57 @@ func (f *front) serveMQTT(c net.Conn) {
 // own MQTT server.
 func (m *Manager) ClaimMQTT(tc *tls.Conn) (net.Conn, bool) {
 	_ = tc.SetReadDeadline(time.Now().Add(m.opt.ConnectTimeout))
-	user, read, _ := mqttUserName(tc, maxMQTTPacket)
+	id, user, read, err := mqttConnect(tc, maxMQTTPacket)
 	_ = tc.SetReadDeadline(time.Time{})
+	if errors.Is(err, errShortConnect) {
+		// No whole CONNECT in the time either server would wait for it.
+		tc.Close()
+		return nil, true
+	}
 	rc := tlsmux.PrependTLS(tc, read)
-	host, _, _ := strings.Cut(user, "/")
-	h := m.byHost(hostOnly(host))
+	h := m.hubOfConnect(id, user)
 	if h == nil || !h.enter() {
 		return rc, false
 	}
 	defer h.wg.Done()
 	h.serveMQTT(rc, listenerTLS, tc.ConnectionState().PeerCertificates)
 	return nil, true
+}
+
+// hubOfConnect finds the hub an MQTT CONNECT is for: the one whose host
+// name starts the user name ({hubHostName}/{deviceId}/…); or, when the
+// user name starts with an IP address (a device that names its hub by
+// dpsd's address, as X.509 devices of the Node SDK must), the one hub
+// that has a device with the client id.
+func (m *Manager) hubOfConnect(clientID, user string) *Hub {
+	host, _, _ := strings.Cut(user, "/")
+	host = hostOnly(host)
+	if h := m.byHost(host); h != nil {
+		return h
+	}
+	if net.ParseIP(host) == nil || clientID == "" {
+		return nil
+	}
+	m.mu.Lock()
+	hubs := make([]*Hub, 0, len(m.hubs))
+	for _, h := range m.hubs {
+		if h.isAlias(host) {
+			hubs = append(hubs, h)
+		}
+	}
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), twinRequestTimeout)
+	defer cancel()
+	var found *Hub
+	for _, h := range hubs {
+		if _, err := h.load(ctx, clientID); err == nil {
+			if found != nil {
+				return nil // ambiguous: the user name must name the hub
+			}
+			found = h
+		}
+	}
+	return found
 }
 
 // serveHTTP gives a request on the shared HTTPS endpoint to its hub.
@@ -233,15 +272,19 @@ func (l chanListener) Accept() (net.Conn, error) {
 func (l chanListener) Close() error   { return nil }
 func (l chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4zero} }
 
-// mqttUserName reads the MQTT CONNECT packet at the start of r and returns
-// its user name and every byte it read. At most limit bytes are read.
-func mqttUserName(r io.Reader, limit int) (string, []byte, error) {
+// errShortConnect is a connection that did not send a whole CONNECT.
+var errShortConnect = errors.New("no whole CONNECT")
+
+// mqttConnect reads the MQTT CONNECT packet at the start of r and returns
+// its client id and user name, and every byte it read. At most limit
+// bytes are read. Read failures are errShortConnect.
+func mqttConnect(r io.Reader, limit int) (string, string, []byte, error) {
 	var head [5]byte
 	if _, err := io.ReadFull(r, head[:2]); err != nil {
-		return "", head[:0], fmt.Errorf("read CONNECT: %w", err)
+		return "", "", head[:0], fmt.Errorf("%w: %v", errShortConnect, err)
 	}
 	if head[0] != 0x10 {
-		return "", head[:2], errors.New("first packet is not CONNECT")
+		return "", "", head[:2], errors.New("first packet is not CONNECT")
 	}
 	// Remaining length: up to four 7-bit groups.
 	n, size, mult := 1, 0, 1
@@ -252,23 +295,23 @@ func mqttUserName(r io.Reader, limit int) (string, []byte, error) {
 			break
 		}
 		if n == 4 {
-			return "", head[:n+1], errors.New("malformed remaining length")
+			return "", "", head[:n+1], errors.New("malformed remaining length")
 		}
 		mult *= 128
 		n++
 		if _, err := io.ReadFull(r, head[n:n+1]); err != nil {
-			return "", head[:n], fmt.Errorf("read CONNECT: %w", err)
+			return "", "", head[:n], fmt.Errorf("%w: %v", errShortConnect, err)
 		}
 	}
 	read := slices.Clone(head[:n+1])
 	if size > limit {
-		return "", read, fmt.Errorf("CONNECT of %d bytes", size)
+		return "", "", read, fmt.Errorf("CONNECT of %d bytes", size)
 	}
 	body := make([]byte, size)
 	m, err := io.ReadFull(r, body)
 	read = append(read, body[:m]...)
 	if err != nil {
-		return "", read, fmt.Errorf("read CONNECT: %w", err)
+		return "", "", read, fmt.Errorf("%w: %v", errShortConnect, err)
 	}
 	p := bytes.NewReader(body)
 	str := func() ([]byte, error) {
@@ -281,33 +324,34 @@ func mqttUserName(r io.Reader, limit int) (string, []byte, error) {
 		return b, err
 	}
 	if _, err := str(); err != nil { // protocol name
-		return "", read, errors.New("malformed CONNECT")
+		return "", "", read, errors.New("malformed CONNECT")
 	}
 	var fixed [4]byte // level, flags, keep-alive
 	if _, err := io.ReadFull(p, fixed[:]); err != nil {
-		return "", read, errors.New("malformed CONNECT")
+		return "", "", read, errors.New("malformed CONNECT")
 	}
 	if fixed[0] >= 5 {
-		return "", read, errors.New("MQTT 5 CONNECT")
+		return "", "", read, errors.New("MQTT 5 CONNECT")
 	}
 	flags := fixed[1]
-	if _, err := str(); err != nil { // client id
-		return "", read, errors.New("malformed CONNECT")
+	id, err := str()
+	if err != nil {
+		return "", "", read, errors.New("malformed CONNECT")
 	}
 	if flags&0x04 != 0 { // will topic and message
 		if _, err := str(); err != nil {
-			return "", read, errors.New("malformed CONNECT")
+			return "", "", read, errors.New("malformed CONNECT")
 		}
 		if _, err := str(); err != nil {
-			return "", read, errors.New("malformed CONNECT")
+			return "", "", read, errors.New("malformed CONNECT")
 		}
 	}
 	if flags&0x80 == 0 {
-		return "", read, errors.New("CONNECT has no user name")
+		return string(id), "", read, errors.New("CONNECT has no user name")
 	}
 	user, err := str()
 	if err != nil {
-		return "", read, errors.New("malformed CONNECT")
+		return "", "", read, errors.New("malformed CONNECT")
 	}
-	return string(user), read, nil
+	return string(id), string(user), read, nil
 }

@@ -80,6 +80,22 @@ func TestHubsShareOneAddress(t *testing.T) {
 		dc.publish(t, "devices/dev-shared-b/messages/events/", 1, "to-b")
 		waitMessage(t, b, "dev-shared-b", "to-b")
 	})
+	t.Run("MQTT by user name of the shared address: the hub that has the device", func(t *testing.T) {
+		// What X.509 devices of the Node SDK send: HostName=<address>.
+		dc, _, err := dialDevice(t, e, "dev-shared-b", dialOpts{host: shared.Address, addr: shared.MQTTAddr, tlsName: shared.Address, clean: true})
+		if err != nil {
+			t.Fatalf("device of hub b naming the shared address: %v", err)
+		}
+		dc.publish(t, "devices/dev-shared-b/messages/events/", 1, "by-address")
+		waitMessage(t, b, "dev-shared-b", "by-address")
+	})
+	t.Run("MQTT by shared address, device in two hubs: refused", func(t *testing.T) {
+		createDevice(t, a, "dev-twice")
+		createDevice(t, b, "dev-twice")
+		if _, _, err := dialDevice(t, e, "dev-twice", dialOpts{host: shared.Address, addr: shared.MQTTAddr, tlsName: shared.Address, clean: true}); err == nil {
+			t.Fatal("an ambiguous device was given to one of its hubs")
+		}
+	})
 	t.Run("MQTT device of one hub refused by another", func(t *testing.T) {
 		_, _, err := dialDevice(t, e, "dev-shared-a", dialOpts{host: bHost, addr: shared.MQTTAddr, tlsName: bHost, clean: true})
 		if err == nil {
