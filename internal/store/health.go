@@ -40,6 +40,7 @@ const (
 // WriteHealth follows the outcome of a store's writes, for CheckWrite. The
 // zero value is ready to use and safe for concurrent use.
 type WriteHealth struct {
+	probing  sync.Mutex // held while a probe runs, so checks share one
 	mu       sync.Mutex
 	lastOK   time.Time
 	lastFail time.Time
@@ -68,24 +69,15 @@ func (h *WriteHealth) Observe(err error) {
 // recently; else the outcome of probe, a small write that is not observed,
 // run at most once per probeEvery.
 func (h *WriteHealth) Check(ctx context.Context, probe func(context.Context) error) error {
-	now := time.Now()
-	h.mu.Lock()
-	if h.failErr != nil && h.lastFail.After(h.lastOK) && now.Sub(h.lastFail) < failureMemory {
-		err := h.failErr
-		h.mu.Unlock()
-		return fmt.Errorf("the last write failed %v ago: %w", now.Sub(h.lastFail).Round(time.Millisecond), err)
-	}
-	if !h.lastOK.IsZero() && now.Sub(h.lastOK) < recentSuccess {
-		h.mu.Unlock()
-		return nil
-	}
-	if !h.probeAt.IsZero() && now.Sub(h.probeAt) < probeEvery {
-		err := h.probeErr
-		h.mu.Unlock()
+	if done, err := h.known(); done {
 		return err
 	}
-	h.mu.Unlock()
-
+	h.probing.Lock()
+	defer h.probing.Unlock()
+	// A probe that finished while this check waited answers it too.
+	if done, err := h.known(); done {
+		return err
+	}
 	err := probe(ctx)
 	if err != nil {
 		err = fmt.Errorf("write probe: %w", err)
@@ -94,4 +86,21 @@ func (h *WriteHealth) Check(ctx context.Context, probe func(context.Context) err
 	h.probeAt, h.probeErr = time.Now(), err
 	h.mu.Unlock()
 	return err
+}
+
+// known is Check's answer when it needs no probe.
+func (h *WriteHealth) known() (done bool, err error) {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failErr != nil && h.lastFail.After(h.lastOK) && now.Sub(h.lastFail) < failureMemory {
+		return true, fmt.Errorf("the last write failed %v ago: %w", now.Sub(h.lastFail).Round(time.Millisecond), h.failErr)
+	}
+	if !h.lastOK.IsZero() && now.Sub(h.lastOK) < recentSuccess {
+		return true, nil
+	}
+	if !h.probeAt.IsZero() && now.Sub(h.probeAt) < probeEvery {
+		return true, h.probeErr
+	}
+	return false, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -61,5 +63,27 @@ func TestWriteHealthProbesSparingly(t *testing.T) {
 	}
 	if probes != 1 {
 		t.Errorf("100 checks made %d probes, want 1", probes)
+	}
+}
+
+// TestWriteHealthConcurrentChecksShareAProbe checks that health checks
+// arriving together while no answer is known make one probe between them.
+func TestWriteHealthConcurrentChecksShareAProbe(t *testing.T) {
+	var h WriteHealth
+	var probes atomic.Int32
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = h.Check(t.Context(), func(context.Context) error { probes.Add(1); <-release; return nil })
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	if n := probes.Load(); n != 1 {
+		t.Errorf("20 concurrent checks made %d probes, want 1", n)
 	}
 }
