@@ -63,6 +63,13 @@ func TestDependencyRules(t *testing.T) {
 					t.Errorf("%s links %s: the engine knows nothing of its callers or of hubs", p, d)
 				}
 			}
+		case p == "internal/refusal":
+			// The engine and every transport use it: it must not lead back.
+			for _, d := range ds {
+				if strings.HasPrefix(d, "internal/transport/") || d == "internal/provision" || d == "internal/server" {
+					t.Errorf("%s links %s: refusals are a leaf the engine and the transports share", p, d)
+				}
+			}
 		case p == "internal/store":
 			if len(ds) > 0 {
 				t.Errorf("%s links %v: the storage interface imports nothing of dpsd", p, ds)

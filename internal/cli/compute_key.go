@@ -11,6 +11,19 @@ import (
 )
 
 func newComputeDeviceKeyCmd() *cobra.Command {
+	cmd := computeDeviceKeyCmd()
+	flagAliases(cmd, map[string]string{"rid": "registration-id", "enrollment-id": "enrollment-group-id", "eid": "enrollment-group-id"})
+	return cmd
+}
+
+// groupComputeKeyCmd is az's spelling, "enrollment-group compute-device-key".
+func groupComputeKeyCmd() *cobra.Command {
+	cmd := computeDeviceKeyCmd()
+	cmd.Example = "  dpsd enrollment-group compute-device-key --eid contoso-custom-allocated-devices --rid breakroom499-contoso-tstrsd-007"
+	return cmd
+}
+
+func computeDeviceKeyCmd() *cobra.Command {
 	var key, regID, groupID string
 	cmd := &cobra.Command{
 		Use:   "compute-device-key",

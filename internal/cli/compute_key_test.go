@@ -14,7 +14,7 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
-	root.SetArgs(args)
+	setArgs(root, args)
 	err := root.ExecuteContext(context.Background())
 	return out.String(), err
 }

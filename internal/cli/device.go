@@ -41,7 +41,7 @@ type deviceFlags struct {
 func (df *deviceFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&df.idScope, "id-scope", "", "ID scope of the provisioning service (default: from --data-dir)")
 	fs.StringVar(&df.provisioningHost, "provisioning-host", "",
-		"device endpoint host name, optionally with :port (default: from --data-dir, else "+device.DefaultProvisioningHost+")")
+		"device endpoint host name, optionally with :port (default: the local dpsd of --data-dir; Azure's is "+device.DefaultProvisioningHost+")")
 	fs.StringVar(&df.dialAddr, "dial-addr", "", "host:port to connect to instead of the provisioning host's address (TLS still checks the host name)")
 	fs.StringVar(&df.caFile, "ca-file", "", "PEM file of a CA certificate to trust for the service's TLS")
 	fs.StringVar(&df.dataDir, "data-dir", "",
@@ -60,15 +60,17 @@ type deviceTarget struct {
 }
 
 // resolve fills in what the flags leave open from a dpsd data directory. A
-// data directory named by flag must be readable; the default one is only
-// consulted when the ID scope is missing.
+// data directory named by flag must be readable; the default one is
+// consulted when the ID scope or the provisioning host is missing. Without
+// a provisioning host the device talks to the local dpsd, never to Azure's
+// public endpoint by default: that takes --provisioning-host.
 func (df *deviceFlags) resolve() (*deviceTarget, error) {
 	t := &deviceTarget{idScope: df.idScope, host: df.provisioningHost, httpsDial: df.dialAddr, mqttDial: df.dialAddr, amqpDial: df.dialAddr}
 	dir := df.dataDir
 	if dir == "" {
 		dir = os.Getenv(envDataDir)
 	}
-	if dir == "" && t.idScope == "" {
+	if dir == "" && (t.idScope == "" || t.host == "") {
 		dir = defaultDataDir
 	}
 	var caFiles []string
@@ -79,6 +81,9 @@ func (df *deviceFlags) resolve() (*deviceTarget, error) {
 			return nil, err
 		case err != nil && t.idScope == "":
 			return nil, fmt.Errorf("no ID scope: give --id-scope, or --data-dir of a running dpsd: %w", err)
+		case err != nil && t.host == "":
+			return nil, fmt.Errorf("no provisioning host: give --data-dir of a running dpsd, or --provisioning-host (%s for Azure): %w",
+				device.DefaultProvisioningHost, err)
 		case err == nil:
 			t.info = info
 			if t.idScope == "" {

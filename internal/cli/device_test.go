@@ -71,7 +71,7 @@ func runDeviceCLI(t *testing.T, args ...string) (stdout, stderr string, err erro
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
-	root.SetArgs(args)
+	setArgs(root, args)
 	err = root.ExecuteContext(context.Background())
 	return out.String(), errOut.String(), err
 }

@@ -14,6 +14,7 @@ func newEnrollmentGroupCmd() *cobra.Command {
 		group:      true,
 		idFlag:     groupIDFlag,
 		newItem:    func(id string) *dps.EnrollmentGroup { return &dps.EnrollmentGroup{EnrollmentGroupID: id} },
+		idOf:       func(g *dps.EnrollmentGroup) string { return g.EnrollmentGroupID },
 		view:       groupShared,
 		apply:      (*enrollmentFlags).applyGroup,
 		forUpdate:  func(g *dps.EnrollmentGroup, etag string) { g.ETag = etag },
@@ -32,6 +33,6 @@ func newEnrollmentGroupCmd() *cobra.Command {
 
 // groupIDFlag adds the required --enrollment-group-id flag.
 func groupIDFlag(cmd *cobra.Command, id *string) {
-	cmd.Flags().StringVar(id, "enrollment-group-id", "", "ID of the enrollment group")
+	cmd.Flags().StringVar(id, "enrollment-group-id", "", "ID of the enrollment group (az: --enrollment-id, --eid)")
 	_ = cmd.MarkFlagRequired("enrollment-group-id")
 }

@@ -61,7 +61,7 @@ func writeTestCert(t *testing.T) (pemPath, derPath, pemText string) {
 func applyFlags(t *testing.T, group bool, start string, args []string) (string, error) {
 	t.Helper()
 	cmd := &cobra.Command{Use: "test"}
-	ef := addEnrollmentFlags(cmd, group)
+	ef := addEnrollmentFlags(cmd, group, false)
 	if err := cmd.ParseFlags(args); err != nil {
 		return "", err
 	}

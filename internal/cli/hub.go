@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dpsd/dpsd/api/admin"
+	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/linkedhub"
@@ -36,7 +38,37 @@ One hosts-file line ("dpsd hub hosts-line") makes every hub's name resolve.`,
 	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc),
 		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc), hubDeviceIdentityCmd(cc), hubDeviceTwinCmd(cc),
 		hubInvokeMethodCmd(cc), hubGenerateSASCmd(cc))
+	names := completeFrom(cc, builtinHubNames)
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if c.Name() == "show" || c.Name() == "delete" {
+			if c.Parent() == cmd {
+				c.ValidArgsFunction = completeOnce(names)
+				_ = c.RegisterFlagCompletionFunc("name", names)
+			}
+		}
+		if c.Flags().Lookup("hub-name") != nil {
+			_ = c.RegisterFlagCompletionFunc("hub-name", names)
+		}
+	}
+	walk(cmd)
 	return cmd
+}
+
+// builtinHubNames lists the built-in hubs' names.
+func builtinHubNames(ctx context.Context, c *service.Client) ([]string, error) {
+	list, err := builtinhub.AdminClientFor(c).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(list))
+	for _, h := range list {
+		names = append(names, h.Name)
+	}
+	return names, nil
 }
 
 // adminClient connects to the hub management API of the dpsd that the
@@ -270,7 +302,8 @@ func hubShowCmd(cc *clientCmd) *cobra.Command {
 		Short: "Show a built-in hub",
 		Args:  cobra.ExactArgs(1),
 	}
-	cmd.Flags().BoolVar(&withCS, "connection-string", false, "print only the hub's iothubowner connection string")
+	// Not --connection-string: that is the persistent flag naming the service.
+	cmd.Flags().BoolVar(&withCS, "show-connection-string", false, "print only the hub's iothubowner connection string")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, asJSON, err := cc.adminClient()
 		if err != nil {
@@ -292,6 +325,7 @@ func hubShowCmd(cc *clientCmd) *cobra.Command {
 		}
 		return printHub(w, in, false)
 	}
+	nameFlag(cmd, "name", "n", "the hub's name, instead of NAME (as az's -n)")
 	return cmd
 }
 
@@ -316,9 +350,9 @@ func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 }
 
 func hubDeleteCmd(cc *clientCmd) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Stop a built-in hub and delete it with its devices",
+		Short: "Unlink a built-in hub from the provisioning service, stop it and delete it with its devices",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, _, err := cc.adminClient()
@@ -328,6 +362,8 @@ func hubDeleteCmd(cc *clientCmd) *cobra.Command {
 			return c.Delete(cmd.Context(), args[0])
 		},
 	}
+	nameFlag(cmd, "name", "n", "the hub's name, instead of NAME (as az's -n)")
+	return cmd
 }
 
 func hubDeviceListCmd(cc *clientCmd) *cobra.Command {

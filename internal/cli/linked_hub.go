@@ -45,6 +45,12 @@ func newLinkedHubCmd() *cobra.Command {
 	out := addOutputFlag(cmd)
 	lc := &linkedHubCmd{&clientCmd{conn: cf, out: out}}
 	cmd.AddCommand(lc.create(), lc.list(), lc.show(), lc.update(), lc.delete())
+	for _, sub := range cmd.Commands() {
+		if sub.Name() != "create" && sub.Name() != "list" {
+			sub.ValidArgsFunction = completeOnce(completeFrom(lc.clientCmd, linkedHubNames))
+			_ = sub.RegisterFlagCompletionFunc("linked-hub", completeFrom(lc.clientCmd, linkedHubNames))
+		}
+	}
 	return cmd
 }
 
@@ -148,6 +154,7 @@ func (lc *linkedHubCmd) show() *cobra.Command {
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
 	}
+	nameFlag(cmd, "linked-hub", "", "the linked hub's host name, instead of NAME (as az)")
 	return cmd
 }
 
@@ -176,6 +183,7 @@ func (lc *linkedHubCmd) update() *cobra.Command {
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
 	}
+	nameFlag(cmd, "linked-hub", "", "the linked hub's host name, instead of NAME (as az)")
 	return cmd
 }
 
@@ -194,6 +202,7 @@ func (lc *linkedHubCmd) delete() *cobra.Command {
 		}
 		return c.do(cmd.Context(), fmt.Sprintf("delete linked hub %q", args[0]), http.MethodDelete, hubPath(args[0]), nil, nil, etag)
 	}
+	nameFlag(cmd, "linked-hub", "", "the linked hub's host name, instead of NAME (as az)")
 	return cmd
 }
 

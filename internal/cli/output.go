@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,38 +18,77 @@ import (
 	"github.com/dpsd/dpsd/api/dps"
 )
 
-// Output formats of the client commands.
+// Output formats of the client commands, as az names them.
 const (
 	formatTable = "table"
 	formatJSON  = "json"
+	formatJSONC = "jsonc" // JSON with colours
+	formatTSV   = "tsv"
+	formatYAML  = "yaml"
+	formatNone  = "none"
 )
 
-// outputFlags holds -o/--output.
+var formats = []string{formatTable, formatJSON, formatJSONC, formatTSV, formatYAML, formatNone}
+
+// outputFlags holds -o/--output and --query.
 type outputFlags struct {
 	format string
+	query  string
 }
 
-// addOutputFlag registers -o/--output as a persistent flag of cmd.
+// addOutputFlag registers -o/--output and --query as persistent flags of
+// cmd, and makes its subcommands' structured output follow them.
 func addOutputFlag(cmd *cobra.Command) *outputFlags {
 	of := &outputFlags{}
-	cmd.PersistentFlags().StringVarP(&of.format, "output", "o", formatTable, "output format: table (for people) or json (for scripts)")
+	cmd.PersistentFlags().StringVarP(&of.format, "output", "o", formatTable,
+		"output format: table (for people), json, jsonc (coloured), tsv, yaml or none")
+	cmd.PersistentFlags().StringVar(&of.query, "query", "",
+		"JMESPath query applied to the JSON output, as az's --query (e.g. \"[?provisioningStatus=='enabled'].registrationId\")")
+	prev := cmd.PersistentPreRunE
+	cmd.PersistentPreRunE = func(c *cobra.Command, args []string) error {
+		if prev != nil {
+			if err := prev(c, args); err != nil {
+				return err
+			}
+		}
+		if _, err := of.json(); err != nil {
+			return err
+		}
+		f := strings.ToLower(of.format)
+		if f == formatTable && of.query == "" {
+			return nil
+		}
+		q, err := compileQuery(of.query)
+		if err != nil {
+			return err
+		}
+		c.SetOut(&formatWriter{w: c.OutOrStdout(), format: f, query: q})
+		return nil
+	}
 	return of
 }
 
-// json reports whether JSON output was asked for, rejecting unknown formats.
+// json reports whether structured output was asked for (any format but
+// table, or a query), rejecting unknown formats. The printers then hand
+// their value to writeJSON, which renders the format.
 func (of *outputFlags) json() (bool, error) {
-	switch strings.ToLower(of.format) {
-	case formatTable, "":
-		return false, nil
-	case formatJSON:
-		return true, nil
+	f := strings.ToLower(of.format)
+	if f == "" {
+		f = formatTable
 	}
-	return false, fmt.Errorf("unknown output format %q (want table or json)", of.format)
+	if !slices.Contains(formats, f) {
+		return false, fmt.Errorf("unknown output format %q (want %s)", of.format, strings.Join(formats, ", "))
+	}
+	return f != formatTable || of.query != "", nil
 }
 
 // writeJSON prints v as indented JSON, the objects exactly as the service
-// API returned them.
+// API returned them; through a formatWriter (-o and --query), in the
+// format asked, after the query.
 func writeJSON(w io.Writer, v any) error {
+	if fw, ok := w.(*formatWriter); ok {
+		return fw.render(v)
+	}
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode output: %w", err)

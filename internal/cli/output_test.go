@@ -154,7 +154,8 @@ func TestOutputFormatFlag(t *testing.T) {
 		json    bool
 		wantErr bool
 	}{
-		{format: "table"}, {format: "TABLE"}, {format: "json", json: true}, {format: "yaml", wantErr: true},
+		{format: "table"}, {format: "TABLE"}, {format: "json", json: true}, {format: "yaml", json: true},
+		{format: "jsonc", json: true}, {format: "tsv", json: true}, {format: "none", json: true}, {format: "xml", wantErr: true},
 	}
 	for _, tt := range tests {
 		got, err := (&outputFlags{format: tt.format}).json()

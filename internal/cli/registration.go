@@ -2,7 +2,12 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -24,61 +29,169 @@ func newRegistrationCmd() *cobra.Command {
 }
 
 func registrationShowCmd(cc *clientCmd) *cobra.Command {
-	var id string
+	var id, trackingID string
 	var withLog bool
 	cmd := &cobra.Command{
 		Use:   "show",
-		Short: "Show the registration record of a device",
-		Long: `Show the registration record of a device. With --allocation-log, also show
-what every custom allocation of the device did: the request sent to the
-webhook (enrollment without keys, webhook URL with its query string masked,
-device runtime context, linked hubs), each attempt's status and answer, and
-the outcome. With -o json the answer is then
-{"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}}.`,
+		Short: "Show the registration record of a device, and the requests of it that were refused",
+		Long: `Show the registration record of a device, followed by the device's requests
+the node refused lately: each with the tracking id the device was told, and
+the reason it was not told (a wrong key and an unknown registration id both
+read "Unauthorized" to the device). A device that was never registered has
+no record; its refusals are still shown, and the command exits 1.
+
+With --tracking-id instead of --registration-id, show the refusal a device
+was told that tracking id with. Each node keeps its latest 1,000 refusals in
+memory: ask the node the device talked to.
+
+With --allocation-log, also show what every custom allocation of the device
+did: the request sent to the webhook (enrollment without keys, webhook URL
+with its query string masked, device runtime context, linked hubs), each
+attempt's status and answer, and the outcome.
+
+With -o json the answer is the record alone; with --allocation-log it is
+{"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}},
+and with --refusals the object also has "refusals": [...] (registration is
+null for a device without a record). --tracking-id prints {"refusals": [...]}.`,
 		Args: cobra.NoArgs,
 	}
-	registrationIDFlag(cmd, &id)
+	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
+	cmd.Flags().StringVar(&trackingID, "tracking-id", "", "find the refused request a device was told this tracking id with")
+	cmd.MarkFlagsOneRequired("registration-id", "tracking-id")
+	cmd.MarkFlagsMutuallyExclusive("registration-id", "tracking-id")
 	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the custom allocation log (webhook requests and answers)")
+	var withRefusals bool
+	cmd.Flags().BoolVar(&withRefusals, "refusals", false, "with -o json: also list the device's refused requests")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
-		r, err := c.GetRegistration(cmd.Context(), id)
-		if err != nil {
-			return err
+		ctx, w := cmd.Context(), cmd.OutOrStdout()
+		ext := extClient{c}
+		if trackingID != "" {
+			rs, err := fetchRefusals(ctx, ext, "", trackingID)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(w, rs)
+			}
+			if len(rs.Refusals) == 0 {
+				return fmt.Errorf("this node refused no request with tracking id %s lately (each node keeps its latest refusals; ask the node the device talked to)", trackingID)
+			}
+			return printRefusals(w, rs.Refusals)
 		}
-		if !withLog {
-			return printRegistration(cmd.OutOrStdout(), asJSON, r)
+		r, getErr := c.GetRegistration(ctx, id)
+		if getErr != nil && !isNotFound(getErr) {
+			return getErr
 		}
-		// The log lives in dpsd's extension API, which the Azure-shaped
-		// methods do not cover.
-		lg, err := fetchAllocationLog(cmd.Context(), extClient{c}, r.RegistrationID)
-		if err != nil {
-			return err
+		// Refusals are wanted in the table view always, as JSON when asked.
+		var refusals *admin.Refusals
+		if !asJSON || withRefusals {
+			if refusals, err = fetchRefusals(ctx, ext, id, ""); err != nil {
+				return err
+			}
 		}
-		return printRegistrationWithLog(cmd, asJSON, r, lg)
+		var lg *admin.AllocationLog
+		if withLog && r != nil {
+			// The log lives in dpsd's extension API, which the Azure-shaped
+			// methods do not cover.
+			if lg, err = fetchAllocationLog(ctx, ext, r.RegistrationID); err != nil {
+				return err
+			}
+		}
+		if asJSON {
+			switch {
+			case withRefusals:
+				if err := writeJSON(w, struct {
+					Registration  *dps.DeviceRegistrationState `json:"registration"`
+					AllocationLog *admin.AllocationLog         `json:"allocationLog,omitempty"`
+					Refusals      []admin.Refusal              `json:"refusals"`
+				}{r, lg, refusals.Refusals}); err != nil {
+					return err
+				}
+				return getErr
+			case getErr != nil:
+				return getErr
+			case withLog:
+				return printRegistrationWithLog(cmd, true, r, lg)
+			}
+			return printRegistration(w, true, r)
+		}
+		if r != nil {
+			if withLog {
+				err = printRegistrationWithLog(cmd, false, r, lg)
+			} else {
+				err = printRegistration(w, false, r)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if len(refusals.Refusals) > 0 {
+			if r == nil {
+				fmt.Fprintf(w, "No registration record for %s; the device's requests were refused.\n", id)
+			}
+			fmt.Fprintln(w, "\nRefused requests (latest first, this node):")
+			if err := printRefusals(w, refusals.Refusals); err != nil {
+				return err
+			}
+		}
+		return getErr
 	}
 	return cmd
 }
 
-// printRegistrationWithLog prints a registration record followed by its
-// allocation log; as JSON, both in one object so scripts parse one value.
-func printRegistrationWithLog(cmd *cobra.Command, asJSON bool, r *dps.DeviceRegistrationState, lg *admin.AllocationLog) error {
-	w := cmd.OutOrStdout()
-	if asJSON {
-		return writeJSON(w, struct {
-			Registration  *dps.DeviceRegistrationState `json:"registration"`
-			AllocationLog *admin.AllocationLog         `json:"allocationLog"`
-		}{r, lg})
+// isNotFound reports whether err is the service's 404.
+func isNotFound(err error) bool {
+	var de *dps.Error
+	return errors.As(err, &de) && de.Status() == http.StatusNotFound
+}
+
+// fetchRefusals reads the refusals the node kept of a registration id or
+// with a tracking id.
+func fetchRefusals(ctx context.Context, c extClient, registrationID, trackingID string) (*admin.Refusals, error) {
+	q := url.Values{}
+	if registrationID != "" {
+		q.Set("registrationId", registrationID)
 	}
-	if err := printRegistration(w, false, r); err != nil {
-		return err
+	if trackingID != "" {
+		q.Set("trackingId", trackingID)
 	}
-	if _, err := fmt.Fprintln(w, "\nAllocation log:"); err != nil {
-		return err
+	ctx, cancel := context.WithTimeout(ctx, extTimeout)
+	defer cancel()
+	var rs admin.Refusals
+	if err := c.svc.Do(ctx, http.MethodGet, "/dpsd/refusals", q, nil, &rs, ""); err != nil {
+		return nil, fmt.Errorf("list refused requests: %w", err)
 	}
-	return printAllocationLog(w, false, lg)
+	if rs.Refusals == nil {
+		rs.Refusals = []admin.Refusal{}
+	}
+	return &rs, nil
+}
+
+// printRefusals prints refused requests, one block each.
+func printRefusals(w io.Writer, list []admin.Refusal) error {
+	for i, r := range list {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		err := details(w, []field{
+			{"Time", r.Time.UTC().Format(time.RFC3339)},
+			{"Tracking ID", r.TrackingID},
+			{"Registration ID", r.RegistrationID},
+			{"Transport", r.Transport},
+			{"Operation", r.Operation},
+			{"Device was told", fmt.Sprintf("%d %s", r.ErrorCode, r.ErrorMessage)},
+			{"Reason", r.Reason},
+			{"Remote address", r.RemoteAddr},
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func registrationListCmd(cc *clientCmd) *cobra.Command {
@@ -125,4 +238,23 @@ func registrationDeleteCmd(cc *clientCmd) *cobra.Command {
 		return c.DeleteRegistration(cmd.Context(), id, etag)
 	}
 	return cmd
+}
+
+// printRegistrationWithLog prints a registration record followed by its
+// allocation log; as JSON, both in one object so scripts parse one value.
+func printRegistrationWithLog(cmd *cobra.Command, asJSON bool, r *dps.DeviceRegistrationState, lg *admin.AllocationLog) error {
+	w := cmd.OutOrStdout()
+	if asJSON {
+		return writeJSON(w, struct {
+			Registration  *dps.DeviceRegistrationState `json:"registration"`
+			AllocationLog *admin.AllocationLog         `json:"allocationLog"`
+		}{r, lg})
+	}
+	if err := printRegistration(w, false, r); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(w, "\nAllocation log:"); err != nil {
+		return err
+	}
+	return printAllocationLog(w, false, lg)
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,6 +24,7 @@ func envOr(name, def string) string {
 func newServeCmd() *cobra.Command {
 	var cfg server.Config
 	var level, format string
+	var grace time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the provisioning service (device API over HTTPS and MQTT, service API)",
@@ -39,6 +39,10 @@ also be set with the environment variable named in its help.`,
 			}
 			cfg.Logger = log
 			cfg.Banner = cmd.OutOrStdout()
+			cfg.ShutdownGrace = grace
+			if grace <= 0 {
+				cfg.ShutdownGrace = -1 // no wait
+			}
 			s, err := server.Start(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -69,6 +73,7 @@ also be set with the environment variable named in its help.`,
 	f.Float64Var(&cfg.ThrottleRegister, "throttle-register", envFloat("DPSD_THROTTLE_REGISTER", 0), "registers allowed per registration id per second, in bursts of 20 s worth; 0 means 1, -1 no limit (DPSD_THROTTLE_REGISTER)")
 	f.Float64Var(&cfg.ThrottleLookup, "throttle-lookup", envFloat("DPSD_THROTTLE_LOOKUP", 0), "status lookups allowed per registration id per second, in bursts of 10 s worth; 0 means 10, -1 no limit (DPSD_THROTTLE_LOOKUP)")
 	f.Float64Var(&cfg.ThrottlePerSource, "throttle-per-source", envFloat("DPSD_THROTTLE_PER_SOURCE", 0), "device requests allowed per source address per second, in bursts of 2 s worth; 0 means 2000, -1 no limit (DPSD_THROTTLE_PER_SOURCE)")
+	f.DurationVar(&grace, "shutdown-grace", envDuration("DPSD_SHUTDOWN_GRACE", server.DefaultShutdownGrace), "on SIGTERM, wait this long for registrations still allocating (a slow webhook), answering their polls, before handing them to the recovery path; 0 does not wait (DPSD_SHUTDOWN_GRACE)")
 	f.StringVar(&level, "log-level", envOr("DPSD_LOG_LEVEL", "info"), "debug, info, warn or error (DPSD_LOG_LEVEL)")
 	f.StringVar(&format, "log-format", envOr("DPSD_LOG_FORMAT", "text"), "text or json (DPSD_LOG_FORMAT)")
 	return cmd
@@ -127,13 +132,23 @@ func newInfoCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			running, err := server.Running(dataDir)
+			if err != nil {
+				return err
+			}
 			w := cmd.OutOrStdout()
 			switch output {
 			case "json":
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(info)
+				return writeJSON(w, struct {
+					*server.Info
+					Running bool `json:"running"`
+				}{info, running})
 			case "table", "":
+				state := "running"
+				if !running {
+					state = "stopped (what follows is from its last start; the addresses may change on the next)"
+				}
+				fmt.Fprintf(w, "State:                      %s\n", state)
 				fmt.Fprintf(w, "ID scope:                   %s\n", info.IDScope)
 				fmt.Fprintf(w, "Service connection string:  %s\n", info.ServiceConnectionString)
 				fmt.Fprintf(w, "CA certificate:             %s\n", info.CACertFile)

@@ -160,6 +160,11 @@ func (k *docKind[T]) delete(ctx context.Context, st store.Store, id, ifMatch str
 	case errors.Is(err, store.ErrNotFound):
 		return k.errNotFound(id)
 	case errors.Is(err, store.ErrPrecondition):
+		// The store says the same for a record that is not there: a
+		// delete of nothing is 404, whatever the If-Match.
+		if _, gerr := st.Get(ctx, k.kind, id); errors.Is(gerr, store.ErrNotFound) {
+			return k.errNotFound(id)
+		}
 		return dps.Errorf(dps.CodePreconditionFailed, "The %s %q has changed: If-Match %s does not match its etag.", k.noun, id, ifMatch)
 	case err != nil:
 		return fmt.Errorf("delete %s %q: %w", k.noun, id, err)

@@ -166,6 +166,10 @@ func DeleteRegistration(ctx context.Context, st store.Store, registrationID, ifM
 	case errors.Is(err, store.ErrNotFound):
 		return ErrRegistrationNotFound
 	case errors.Is(err, store.ErrPrecondition):
+		// The store says the same for a record that is not there.
+		if _, gerr := st.Get(ctx, store.KindRegistration, registrationID); errors.Is(gerr, store.ErrNotFound) {
+			return ErrRegistrationNotFound
+		}
 		return dps.Errorf(dps.CodePreconditionFailed, "The registration's etag does not match If-Match.")
 	case err != nil:
 		return fmt.Errorf("delete registration %q: %w", registrationID, err)

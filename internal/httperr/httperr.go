@@ -81,8 +81,9 @@ func Body(r *http.Request, log *slog.Logger, err error) (*dps.Error, []byte) {
 // Write answers r with err: Answer, then the error body with the status its
 // code implies, an x-ms-error-code header, and Retry-After when set. log
 // receives the errors that are not a *dps.Error; nil means slog.Default().
-// r may be nil when there is no request to log with.
-func Write(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+// r may be nil when there is no request to log with. It returns the answer
+// sent.
+func Write(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) *dps.Error {
 	e, data := Body(r, log, err)
 	w.Header().Set(dps.HeaderErrorCode, strconv.Itoa(e.ErrorCode))
 	if e.RetryAfter > 0 {
@@ -92,4 +93,5 @@ func Write(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) 
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(e.Status())
 	w.Write(data)
+	return e
 }

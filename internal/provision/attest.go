@@ -13,6 +13,7 @@ import (
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/listcache"
+	"github.com/dpsd/dpsd/internal/refusal"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -56,9 +57,10 @@ func (v *vouched) attestationType() string {
 }
 
 // errUnauthorized is the one answer to every failed proof, so a caller
-// cannot tell an unknown registration id from a wrong key.
-func errUnauthorized() error {
-	return dps.Errorf(dps.CodeUnauthorized, "Unauthorized.")
+// cannot tell an unknown registration id from a wrong key; the reason goes
+// to the operator's log only (refusal.Because).
+func errUnauthorized(format string, args ...any) error {
+	return refusal.Because(dps.Errorf(dps.CodeUnauthorized, "Unauthorized."), format, args...)
 }
 
 // attest finds the enrollment that applies to the device and verifies the
@@ -84,18 +86,23 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 		if len(req.PeerCertificates) > 0 {
 			return e.attestX509(ctx, req, prev)
 		}
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("the request has neither a SAS token nor a TLS client certificate")
 	}
 	tok, err := sas.Parse(req.SASToken)
 	if err != nil {
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("the SAS token does not parse: %v", err)
 	}
+	want := req.IDScope + "/registrations/" + req.RegistrationID
 	aud, err := tok.DecodedResource()
-	if err != nil || !strings.EqualFold(aud, req.IDScope+"/registrations/"+req.RegistrationID) {
-		return nil, errUnauthorized()
+	if err != nil {
+		return nil, errUnauthorized("the SAS token's resource (sr) does not decode: %v", err)
+	}
+	if !strings.EqualFold(aud, want) {
+		return nil, errUnauthorized("the SAS token is for %q, not %q (wrong ID scope or registration id in sr)", aud, want)
 	}
 	if tok.ExpiredAt(e.opt.Now()) {
-		return nil, dps.Errorf(dps.CodeUnauthorized, "Unauthorized: the SAS token has expired.")
+		return nil, refusal.Because(dps.Errorf(dps.CodeUnauthorized, "Unauthorized: the SAS token has expired."),
+			"the SAS token expired (se %s; is the device's clock right?)", time.Unix(tok.Expiry, 0).UTC().Format(time.RFC3339))
 	}
 
 	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
@@ -151,7 +158,7 @@ func bound(prev *enroll.Registration) string {
 func (e *Engine) checkBinding(req *Request, prev *enroll.Registration) error {
 	if binds(prev) && prev.EnrollmentGroupID == "" {
 		e.refusedByBinding(req, prev, "")
-		return errUnauthorized()
+		return errUnauthorized("the device's registration record binds it to an individual enrollment that no longer exists; delete the record to let a group vouch for it")
 	}
 	return nil
 }
@@ -177,11 +184,15 @@ func isNotFound(err error) bool {
 func verifyIndividual(tok *sas.Token, ie *dps.IndividualEnrollment) (*vouched, error) {
 	a := ie.Attestation
 	if a == nil || !strings.EqualFold(a.Type, dps.AttestationSymmetricKey) || a.SymmetricKey == nil {
-		return nil, errUnauthorized()
+		typ := "no"
+		if a != nil {
+			typ = a.Type
+		}
+		return nil, errUnauthorized("individual enrollment %q has %s attestation, and the device sent a SAS token", ie.RegistrationID, typ)
 	}
 	p, s := decodeKey(a.SymmetricKey.PrimaryKey), decodeKey(a.SymmetricKey.SecondaryKey)
 	if tok.VerifyAny(p, s) < 0 {
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("the SAS token is signed with neither key of individual enrollment %q", ie.RegistrationID)
 	}
 	return &vouched{
 		enrollment:   ie,
@@ -242,8 +253,9 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, bou
 			if v := verifyGroup(tok, g, regID); v != nil {
 				return v, nil
 			}
+			return nil, errUnauthorized("the SAS token is not signed with a key derived from enrollment group %q, which the device's registration record binds it to", boundTo)
 		}
-		return nil, errUnauthorized()
+		return nil, errUnauthorized("the device's registration record binds it to enrollment group %q, which is not a symmetric-key group or no longer exists", boundTo)
 	}
 	c.mu.Lock()
 	remembered := c.byID[key]
@@ -284,7 +296,7 @@ func (c *vouchCache) attestGroup(ctx context.Context, tok *sas.Token, regID, bou
 			return v, nil
 		}
 	}
-	return nil, errUnauthorized()
+	return nil, errUnauthorized("no individual enrollment %q, and no symmetric-key enrollment group's derived key signed the SAS token", regID)
 }
 
 // group returns one group from the list, nil when it does not exist.

@@ -184,6 +184,13 @@ type Engine struct {
 	wg       sync.WaitGroup
 	bg       context.Context // parent of background work; cancelled by Close
 	stopBG   context.CancelFunc
+	// draining refuses new registrations while shutdown waits for the
+	// background ones (Drain).
+	draining atomic.Bool
+	// awaiting holds the background operations whose device has not been
+	// answered their outcome yet: operation id → when the work finished
+	// (zero while it runs). Drain waits for the devices' polls.
+	awaiting map[string]time.Time
 }
 
 // New returns an engine over st.
@@ -226,16 +233,98 @@ func New(st store.Store, opt Options) *Engine {
 		x509Groups: listcache.New(groupListTTL, loadX509),
 		polls:      newPollLimiter(opt.Now, 10, 2),
 		inflight:   make(map[string]chan struct{}),
+		awaiting:   make(map[string]time.Time),
 		owner:      opt.Node + "/" + randomHex(6),
 	}
 	e.bg, e.stopBG = context.WithCancel(context.Background())
 	return e
 }
 
-// Close stops background registrations (custom allocations waiting on a
-// webhook), undoes their "assigning" records so devices retry afresh, and
-// waits for that until ctx ends.
+// Drain is the first step of a graceful shutdown: from now on new
+// registrations are refused with 503 and a Retry-After (a device retries,
+// through a load balancer on another node), while polls and status lookups
+// are still answered. It waits until the registrations in the background
+// (custom allocations waiting on a webhook, hub writes) finish and each of
+// their devices has polled once since — a device learns its result only by
+// polling — or ctx ends, and reports whether all that happened.
+func (e *Engine) Drain(ctx context.Context) bool {
+	e.draining.Store(true)
+	if e.Wait(ctx) != nil {
+		return false
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for e.awaitingPolls() > 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
+// awaitPollFor is how long after its background work finished a device is
+// expected to poll: it was told to wait PollInterval, and may be slow.
+func (e *Engine) awaitPollFor() time.Duration { return 3*e.opt.PollInterval + 2*time.Second }
+
+// awaitingPolls counts the background operations that finished lately and
+// whose devices have not been answered the outcome; it forgets the older.
+func (e *Engine) awaitingPolls() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n, now := 0, e.opt.Now()
+	for op, finished := range e.awaiting {
+		switch {
+		case finished.IsZero():
+			n++ // still running
+		case now.Sub(finished) > e.awaitPollFor():
+			delete(e.awaiting, op) // the device is not coming back soon
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// awaitStarted and awaitFinished note a background operation's life;
+// answered notes that its device was told the outcome.
+func (e *Engine) awaitStarted(opID string) {
+	e.awaitingPolls() // forgets the old ones, so the map stays small
+	e.mu.Lock()
+	e.awaiting[opID] = time.Time{}
+	e.mu.Unlock()
+}
+
+func (e *Engine) awaitFinished(opID string) {
+	e.mu.Lock()
+	if _, ok := e.awaiting[opID]; ok {
+		e.awaiting[opID] = e.opt.Now()
+	}
+	e.mu.Unlock()
+}
+
+func (e *Engine) answered(opID string) {
+	e.mu.Lock()
+	delete(e.awaiting, opID)
+	e.mu.Unlock()
+}
+
+// Pending is how many registrations Drain would wait for now: those in
+// the background, and those that finished lately whose devices have not
+// polled for the outcome yet.
+func (e *Engine) Pending() int { return e.awaitingPolls() }
+
+// Close stops the background registrations and hands what they leave to
+// the recovery path, then waits for that until ctx ends. A registration
+// still allocating (no hub touched) gets its prior record back, as the
+// recovery path would do, so the device's next register starts afresh on
+// any node. One whose hub write was under way stays recorded with that
+// write and its lease ends at once: the next node to see it (a device's
+// poll or register, the doctor's sweep, this node's next start) repeats the
+// write and commits, or undoes it. Call Drain first to let them finish.
 func (e *Engine) Close(ctx context.Context) error {
+	e.draining.Store(true)
 	e.stopBG()
 	return e.Wait(ctx)
 }
@@ -271,6 +360,10 @@ func (e *Engine) Register(ctx context.Context, req Request) (Result, error) {
 	if err := e.checkRequest(&req); err != nil {
 		return Result{}, err
 	}
+	if e.draining.Load() {
+		return Result{}, &dps.Error{ErrorCode: dps.CodeServiceUnavailable,
+			Message: "The service is shutting down; try again.", RetryAfter: time.Second}
+	}
 	return e.register(ctx, &req, "")
 }
 
@@ -282,6 +375,7 @@ const maxRegisterRounds = 4
 // operation to continue under the same id (a device polling an operation
 // whose owner died).
 func (e *Engine) register(ctx context.Context, req *Request, opID string) (Result, error) {
+	lost := false
 	for range maxRegisterRounds {
 		prev, err := e.loadRegistration(ctx, req.RegistrationID)
 		if err != nil {
@@ -303,8 +397,16 @@ func (e *Engine) register(ctx context.Context, req *Request, opID string) (Resul
 			}
 			continue
 		}
+		if lost && prev != nil && dps.Terminal(prev.State.Status) {
+			// This request lost the record to another register of the
+			// same device, which has finished since: a registration made
+			// while this one waited is its answer too, as a device that
+			// sends two registers at once expects, rather than a third.
+			return e.registerAnswer(prev), nil
+		}
 		res, err := e.start(ctx, req, who, prev, opID)
 		if errors.Is(err, errLostRace) {
+			lost = true
 			continue
 		}
 		return res, err
@@ -469,11 +571,25 @@ func (e *Engine) execute(ctx context.Context, h *holder, base *enroll.Registrati
 	err := e.opt.Registrar.RegisterDevice(hctx, p.dev)
 	cancel()
 	final := p.final
+	if err != nil && e.bg.Err() != nil {
+		// Shutdown cut the hub write short: its outcome is unknown, and
+		// the device must not be told it failed. The recovery path
+		// repeats the write and commits, or undoes it.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer ccancel()
+		if herr := h.handOver(cctx); herr != nil {
+			e.log.Warn("handing an interrupted registration over failed; it is recovered when its lease ends",
+				"registrationId", base.State.RegistrationID, "err", herr)
+		}
+		return nil, errHandedOver
+	}
 	if err != nil {
 		e.log.Warn("hub registration failed", "registrationId", base.State.RegistrationID, "hub", p.dev.Hub, "err", err)
 		var de *dps.Error
 		if !errors.As(err, &de) {
-			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed: %v", p.dev.Hub, err)
+			// Not err's text: it names internal addresses (the hub's URL,
+			// a dial error). The log line above has it for the operator.
+			de = dps.Errorf(dps.CodeHubRegistrationFailed, "Registering the device in hub %s failed; the service's log says why.", p.dev.Hub)
 		}
 		failed := *base
 		e.fail(&failed, de)
@@ -517,10 +633,17 @@ func (e *Engine) registerAnswer(r *enroll.Registration) Result {
 }
 
 // OperationStatus answers a device polling its register operation.
-func (e *Engine) OperationStatus(ctx context.Context, req Request, operationID string) (Result, error) {
+func (e *Engine) OperationStatus(ctx context.Context, req Request, operationID string) (res Result, err error) {
 	if err := e.checkRequest(&req); err != nil {
 		return Result{}, err
 	}
+	defer func() {
+		// The device is being told the outcome while the listeners are
+		// still open: shutdown need not wait for it any longer.
+		if (err == nil && res.Operation != nil && dps.Terminal(res.Operation.Status)) || isNotFound(err) {
+			e.answered(operationID)
+		}
+	}()
 	r, err := e.loadRegistration(ctx, req.RegistrationID)
 	if err != nil {
 		return Result{}, err
@@ -742,10 +865,12 @@ func (e *Engine) fail(r *enroll.Registration, err error) {
 // base is the registration as started, before any outcome.
 // done is the channel track returned for the operation; it is closed here.
 func (e *Engine) startBackground(stored *enroll.Registration, done chan struct{}, base *enroll.Registration, in *AllocationInput, who *vouched) <-chan struct{} {
+	e.awaitStarted(stored.OperationID)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		defer e.untrack(stored.OperationID, done)
+		defer e.awaitFinished(stored.OperationID)
 		wctx, cancel := context.WithTimeout(e.bg, e.opt.WorkTimeout)
 		defer cancel()
 		h := e.hold(wctx, stored)
@@ -779,7 +904,12 @@ func (e *Engine) startBackground(stored *enroll.Registration, done chan struct{}
 			}
 			return
 		}
-		if _, err := e.execute(cctx, h, base, p); err != nil {
+		_, err = e.execute(cctx, h, base, p)
+		switch {
+		case errors.Is(err, errHandedOver):
+			e.log.Info("shutdown interrupted a registration's hub write; left for the recovery path",
+				"registrationId", base.State.RegistrationID, "operationId", stored.OperationID)
+		case err != nil:
 			e.log.Error("recording registration result failed", "registrationId", base.State.RegistrationID, "err", err)
 		}
 	}()

@@ -395,7 +395,8 @@ func TestFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = res.Operation.RegistrationState
-	if st.Status != dps.StatusFailed || st.ErrorCode != dps.CodeHubRegistrationFailed || !strings.Contains(st.ErrorMessage, "hub said no") || st.AssignedHub != "" {
+	if st.Status != dps.StatusFailed || st.ErrorCode != dps.CodeHubRegistrationFailed || strings.Contains(st.ErrorMessage, "hub said no") ||
+		!strings.Contains(st.ErrorMessage, "hub.example") || st.AssignedHub != "" {
 		t.Errorf("hub failure: %+v", st)
 	}
 }

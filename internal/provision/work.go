@@ -42,6 +42,10 @@ import (
 // the caller reads it again and decides anew.
 var errLostRace = errors.New("provision: registration changed concurrently")
 
+// errHandedOver means shutdown left the work to the recovery path
+// (holder.handOver).
+var errHandedOver = errors.New("provision: registration left to the recovery path at shutdown")
+
 // leaseMargin is how long before its lease ends an owner stops its hub work
 // when it could not renew the lease, so that no write of its lands after
 // another process may have taken the work over.
@@ -217,6 +221,14 @@ func (h *holder) commit(ctx context.Context, final *enroll.Registration) (*enrol
 	}
 	h.rec = stored
 	return stored, nil
+}
+
+// handOver leaves the held work to the recovery path: the intent stays
+// recorded as it is, its lease ends now so that any node may take it over
+// at once, and this process stops renewing it.
+func (h *holder) handOver(ctx context.Context) error {
+	defer h.release()
+	return h.update(ctx, func(r *enroll.Registration) { r.Work.LeaseUntil = h.e.opt.Now() })
 }
 
 // restore puts back the record the work replaced (deleting the record when

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 )
+
+// errLocked is what lockFile returns when another process holds the lock.
+var errLocked = errors.New("locked by another process")
 
 // lockDataDir takes an exclusive lock on the data directory for the life of
 // the process, so that a second dpsd started on the same directory stops
@@ -18,12 +20,31 @@ func lockDataDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data dir lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockFile(f); err != nil {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if errors.Is(err, errLocked) {
 			return nil, fmt.Errorf("data dir %s is in use by another dpsd; give each node its own --data-dir", dir)
 		}
 		return nil, fmt.Errorf("data dir lock: %w", err)
 	}
 	return f, nil
+}
+
+// Running reports whether a dpsd holds dir's lock now, so that a client
+// reading info.json can tell a running node's facts from those a stopped
+// one left. It never blocks.
+func Running(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, "dpsd.lock"))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("data dir lock: %w", err)
+	}
+	defer f.Close()
+	held, err := probeLock(f)
+	if err != nil {
+		return false, fmt.Errorf("data dir lock: %w", err)
+	}
+	return held, nil
 }

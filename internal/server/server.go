@@ -28,6 +28,7 @@ import (
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/metrics"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 	"github.com/dpsd/dpsd/internal/store"
 	"github.com/dpsd/dpsd/internal/throttle"
 	"github.com/dpsd/dpsd/internal/tlsmux"
@@ -92,7 +93,17 @@ type Config struct {
 	// BodyTimeout bounds the reading of a request body on the HTTPS
 	// listener, from the end of its headers; zero means DefaultBodyTimeout.
 	BodyTimeout time.Duration
+	// ShutdownGrace bounds how long shutdown waits for registrations still
+	// allocating (a slow webhook) while the listeners keep answering polls;
+	// what is left then goes to the recovery path (provision.Engine.Close).
+	// Zero means DefaultShutdownGrace, a negative value no wait.
+	ShutdownGrace time.Duration
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default: long enough for a
+// webhook that answers within Azure's 30 s timeout of one attempt, well
+// inside systemd's 90 s stop timeout.
+const DefaultShutdownGrace = 30 * time.Second
 
 // DefaultBodyTimeout is Config.BodyTimeout's default. Device requests are
 // a few KiB and service API bodies (bulk enrollment) at most a few MiB.
@@ -117,14 +128,16 @@ type Server struct {
 	hubRouter *builtinhub.Manager
 	linked    *linkedhub.Registry
 	alog      *alloclog.Log
-	auth      *serviceapi.Authorizer
-	ca        *localca.CA
-	https     *http.Server
-	httpsL    net.Listener
-	mqttL     net.Listener
-	amqpL     net.Listener
-	conns     *connlimit.Limiter
-	info      *Info
+	// refusals keeps the device requests this node refused lately.
+	refusals *refusal.Log
+	auth     *serviceapi.Authorizer
+	ca       *localca.CA
+	https    *http.Server
+	httpsL   net.Listener
+	mqttL    net.Listener
+	amqpL    net.Listener
+	conns    *connlimit.Limiter
+	info     *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
@@ -247,6 +260,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 		Listener:    s.conns.Listener,
 		Shared:      s.sharedHubEndpoint(),
+		OnDelete:    s.unlinkDeletedHub,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -288,13 +302,14 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
 		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
 	}))
-	s.dev = https.New(prov, s.log)
+	s.refusals = refusal.New(refusal.Options{Logger: s.log})
+	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, TLSConfig: tlsCfg}); err != nil {
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg}); err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
 	s.https = &http.Server{
@@ -363,6 +378,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
+	s.drain()
 	s.log.Info("dpsd shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -405,6 +421,45 @@ func (s *Server) followChanges(ctx context.Context) (stop func()) {
 		cancel()
 		<-done
 	}
+}
+
+// drain lets the registrations still allocating finish, up to the grace
+// period, with the listeners open so that their devices' polls are
+// answered; new registrations are refused with 503 meanwhile.
+func (s *Server) drain() {
+	grace := cmp.Or(s.cfg.ShutdownGrace, DefaultShutdownGrace)
+	n := s.engine.Pending()
+	if grace < 0 || n == 0 {
+		s.engine.Drain(doneContext())
+		return
+	}
+	s.log.Info("dpsd draining: waiting for registrations still allocating and their devices' polls", "registrations", n, "grace", grace)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if !s.engine.Drain(ctx) {
+		s.log.Warn("shutdown grace over: registrations still running go to the recovery path",
+			"registrations", s.engine.Pending(), "grace", grace)
+	}
+}
+
+// unlinkDeletedHub unlinks a built-in hub that is being deleted, so that
+// allocation never sends a device to it; a hub that was not linked is fine.
+func (s *Server) unlinkDeletedHub(ctx context.Context, hostName string) error {
+	err := s.linked.Delete(ctx, hostName, "")
+	if err != nil && !errors.Is(err, linkedhub.ErrNotFound) {
+		return fmt.Errorf("unlink %s: %w", hostName, err)
+	}
+	if err == nil {
+		s.log.Info("built-in hub unlinked as it is deleted", "hub", hostName)
+	}
+	return nil
+}
+
+// doneContext is a context that has already ended.
+func doneContext() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
 
 // closeHubs stops the built-in hubs, once.
@@ -512,6 +567,8 @@ func (s *Server) extension(path string) http.Handler {
 		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":
 		return s.alog.Handler(alloclog.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
+	case segs[1] == "refusals" && len(segs) == 2:
+		return s.refusals.Handler(refusal.HandlerOptions{Authorize: authorize(instance.RightRegistrationStatusRead), Logger: s.log})
 	}
 	return nil
 }

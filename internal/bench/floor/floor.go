@@ -84,7 +84,7 @@ func Start(opt Options) (_ *Server, err error) {
 	if s.amqp, err = amqptransport.New(p, amqptransport.Options{Logger: quiet, TLSConfig: opt.TLS}); err != nil {
 		return nil, fmt.Errorf("floor: amqp: %w", err)
 	}
-	dev := https.New(p, quiet)
+	dev := https.New(p, https.Options{Logger: quiet})
 	s.web = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if mqtt.IsWebSocketUpgrade(r) {

@@ -96,7 +96,11 @@ type Options struct {
 	// share (Manager.ServeConn takes its connections); when nil, such a
 	// hub gets the next free loopback address.
 	Shared *Shared
-	Now    func() time.Time
+	// OnDelete, when set, is called with a hub's host name before the hub
+	// is deleted, to unlink it from the provisioning service; an error
+	// stops the delete.
+	OnDelete func(ctx context.Context, hostName string) error
+	Now      func() time.Time
 }
 
 // Manager runs the built-in hubs of a dpsd node. It is safe for
@@ -440,11 +444,22 @@ func (m *Manager) bindable(ip string) bool {
 
 // Delete stops a hub and removes it with its devices and sessions.
 func (m *Manager) Delete(ctx context.Context, name string) error {
-	if _, err := m.st.Get(ctx, KindHub, name); err != nil {
+	rec, err := m.st.Get(ctx, KindHub, name)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrHubNotFound, name)
 		}
 		return err
+	}
+	var cfg Config
+	if err := json.Unmarshal(rec.Data, &cfg); err != nil {
+		return fmt.Errorf("hub %s: decode: %w", name, err)
+	}
+	// First out of allocation, so no device is sent to a hub going away.
+	if m.opt.OnDelete != nil && cfg.HostName != "" {
+		if err := m.opt.OnDelete(ctx, cfg.HostName); err != nil {
+			return fmt.Errorf("delete hub %s: %w", name, err)
+		}
 	}
 	m.mu.Lock()
 	h := m.hubs[strings.ToLower(name)]

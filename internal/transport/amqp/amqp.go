@@ -39,6 +39,7 @@ import (
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
@@ -77,6 +78,9 @@ var ErrServerClosed = errors.New("amqp: server closed")
 // Options configure a Server.
 type Options struct {
 	Logger *slog.Logger
+	// Refusals logs and keeps every refused request; nil means a Log of
+	// the transport's own over Logger.
+	Refusals *refusal.Log
 	// TLSConfig holds the server certificate. Client certificates are
 	// requested, not required (a config with NoClientCert is changed to
 	// RequestClientCert); the engine verifies them.
@@ -97,6 +101,7 @@ type Options struct {
 type Server struct {
 	prov          Provisioner
 	log           *slog.Logger
+	refusals      *refusal.Log
 	maxInflight   int
 	tlsConfig     *tls.Config
 	handshake     time.Duration
@@ -121,6 +126,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	s := &Server{
 		prov:          p,
 		log:           opts.Logger,
+		refusals:      opts.Refusals,
 		maxInflight:   opts.MaxInflight,
 		handshake:     opts.HandshakeTimeout,
 		answerTimeout: opts.AnswerTimeout,
@@ -128,6 +134,9 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.refusals == nil {
+		s.refusals = refusal.New(refusal.Options{Logger: s.log})
 	}
 	if s.handshake <= 0 {
 		s.handshake = 30 * time.Second
@@ -534,6 +543,17 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	log.Debug("amqp request answered", "opStatus", res.Operation.Status)
 }
 
+// operationName names an operation type as the other transports do.
+func operationName(op string) string {
+	switch op {
+	case opRegister:
+		return "register"
+	case opStatus:
+		return "operationStatus"
+	}
+	return op
+}
+
 // correlationID is the id an answer carries: the request's correlation id,
 // or its message id when it has none.
 func correlationID(m *wire.Message) any {
@@ -549,11 +569,12 @@ func correlationID(m *wire.Message) any {
 func (d *device) refuse(dl *wire.Delivery, err error, log *slog.Logger) {
 	e, body := httperr.Body(nil, log, err)
 	status := e.Status()
-	if status >= http.StatusInternalServerError {
-		log.Error("amqp request failed", "status", status, "err", err)
-	} else {
-		log.Debug("amqp request refused", "status", status, "err", err)
-	}
+	op, _ := dl.Message.ApplicationProperties[propOperationType].(string)
+	d.mu.Lock()
+	req := refusal.Request{Transport: d.transport, Operation: operationName(op), IDScope: d.scope,
+		RegistrationID: d.regID, RemoteAddr: d.remoteAddr}
+	d.mu.Unlock()
+	d.s.refusals.Record(context.Background(), req, e, err)
 	we := &wire.Error{Condition: condition(status), Description: string(body)}
 	if e.RetryAfter > 0 {
 		ra := httperr.RetryAfterSeconds(e.RetryAfter)

@@ -15,6 +15,7 @@ import (
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 )
 
 // Provisioner is the engine as this transport uses it.
@@ -29,16 +30,29 @@ const MaxBodyBytes = 96 * 1024
 
 // Handler serves the device API.
 type Handler struct {
-	p   Provisioner
-	log *slog.Logger
+	p        Provisioner
+	log      *slog.Logger
+	refusals *refusal.Log
+}
+
+// Options configure the handler.
+type Options struct {
+	// Logger receives the transport's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Refusals logs and keeps every refused request; nil means a Log of
+	// the transport's own over Logger.
+	Refusals *refusal.Log
 }
 
 // New returns the device API handler.
-func New(p Provisioner, log *slog.Logger) *Handler {
-	if log == nil {
-		log = slog.Default()
+func New(p Provisioner, opt Options) *Handler {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
 	}
-	return &Handler{p: p, log: log}
+	if opt.Refusals == nil {
+		opt.Refusals = refusal.New(refusal.Options{Logger: opt.Logger})
+	}
+	return &Handler{p: p, log: opt.Logger, refusals: opt.Refusals}
 }
 
 type route struct {
@@ -77,13 +91,13 @@ func parsePath(escaped string) (route, bool) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt, ok := parsePath(r.URL.EscapedPath())
 	if !ok {
-		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such device API path: %s", r.URL.Path))
+		h.writeErr(w, r, rt, dps.Errorf(dps.CodeNotFound, "No such device API path: %s", r.URL.Path))
 		return
 	}
 	want := map[string]string{"register": http.MethodPut, "operation": http.MethodGet, "status": http.MethodPost}[rt.kind]
 	if r.Method != want {
 		w.Header().Set("Allow", want)
-		httperr.Write(w, r, nil, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not allowed here; use %s.", r.Method, want))
+		h.writeErr(w, r, rt, dps.Errorf(dps.CodeMethodNotAllowed, "%s is not allowed here; use %s.", r.Method, want))
 		return
 	}
 	req := provision.Request{
@@ -98,13 +112,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		req.PeerCertificates = r.TLS.PeerCertificates
 	}
 	if req.APIVersion == "" {
-		httperr.Write(w, r, nil, dps.Errorf(dps.CodeBadRequest, "The api-version query parameter is required."))
+		h.writeErr(w, r, rt, dps.Errorf(dps.CodeBadRequest, "The api-version query parameter is required."))
 		return
 	}
 
 	body, err := readBody(w, r)
 	if err != nil {
-		httperr.Write(w, r, nil, err)
+		h.writeErr(w, r, rt, err)
 		return
 	}
 	ctx := r.Context()
@@ -112,38 +126,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "register":
 		var reg dps.DeviceRegistration
 		if err := decodeRegistration(body, &reg); err != nil {
-			httperr.Write(w, r, nil, err)
+			h.writeErr(w, r, rt, err)
 			return
 		}
 		if reg.RegistrationID != "" && !strings.EqualFold(reg.RegistrationID, rt.regID) {
-			httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body's registrationId %q does not match the path's %q.", reg.RegistrationID, rt.regID))
+			h.writeErr(w, r, rt, dps.Errorf(dps.CodeInvalidArgument, "The body's registrationId %q does not match the path's %q.", reg.RegistrationID, rt.regID))
 			return
 		}
 		req.Payload = reg.Payload
 		res, err := h.p.Register(ctx, req)
 		// A register is always answered 202: the C# SDK and IoT Edge
 		// refuse any other success code, even with a final result.
-		h.writeResult(w, r, res, err, http.StatusAccepted)
+		h.writeResult(w, r, rt, res, err, http.StatusAccepted)
 	case "operation":
 		res, err := h.p.OperationStatus(ctx, req, rt.opID)
 		status := http.StatusOK
 		if err == nil && res.Operation.Status == dps.StatusAssigning {
 			status = http.StatusAccepted
 		}
-		h.writeResult(w, r, res, err, status)
+		h.writeResult(w, r, rt, res, err, status)
 	case "status":
 		st, err := h.p.Status(ctx, req)
 		if err != nil {
-			h.writeErr(w, r, err)
+			h.writeErr(w, r, rt, err)
 			return
 		}
 		httperr.WriteJSON(w, http.StatusOK, st)
 	}
 }
 
-func (h *Handler) writeResult(w http.ResponseWriter, r *http.Request, res provision.Result, err error, status int) {
+func (h *Handler) writeResult(w http.ResponseWriter, r *http.Request, rt route, res provision.Result, err error, status int) {
 	if err != nil {
-		h.writeErr(w, r, err)
+		h.writeErr(w, r, rt, err)
 		return
 	}
 	if res.Operation.Status == dps.StatusAssigning {
@@ -154,9 +168,21 @@ func (h *Handler) writeResult(w http.ResponseWriter, r *http.Request, res provis
 	httperr.WriteJSON(w, status, res.Operation)
 }
 
-func (h *Handler) writeErr(w http.ResponseWriter, r *http.Request, err error) {
-	httperr.Write(w, r, h.log, err)
+// writeErr answers a refused request and records the refusal, with the
+// reason the device is not told.
+func (h *Handler) writeErr(w http.ResponseWriter, r *http.Request, rt route, err error) {
+	e := httperr.Write(w, r, h.log, err)
+	h.refusals.Record(r.Context(), refusal.Request{
+		Transport:      "https",
+		Operation:      operations[rt.kind],
+		IDScope:        rt.scope,
+		RegistrationID: rt.regID,
+		RemoteAddr:     r.RemoteAddr,
+	}, e, err)
 }
+
+// operations names the routes as refusals name them.
+var operations = map[string]string{"register": "register", "operation": "operationStatus", "status": "status"}
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))

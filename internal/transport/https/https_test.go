@@ -110,7 +110,7 @@ func TestHandler(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			fe := &fakeEngine{result: tc.result, err: tc.err}
-			srv := httptest.NewTLSServer(New(fe, nil))
+			srv := httptest.NewTLSServer(New(fe, Options{}))
 			defer srv.Close()
 			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
 			req.Header.Set("Authorization", "SharedAccessSignature sr=x&sig=y&se=1")

@@ -15,6 +15,7 @@ import (
 	"github.com/dpsd/dpsd/internal/httperr"
 	"github.com/dpsd/dpsd/internal/jsonlimit"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 )
 
 // dispatch starts one request. It runs on the connection's read loop after
@@ -155,11 +156,13 @@ func (s *Server) respondError(sess *session, rt requestTopic, err error, log *sl
 	}
 	e, payload := httperr.Body(nil, log, err)
 	status := e.Status()
-	if status >= http.StatusInternalServerError {
-		log.Error("mqtt request failed", "status", status, "err", err)
-	} else {
-		log.Debug("mqtt request refused", "status", status, "err", err)
-	}
+	s.refusals.Record(sess.ctx, refusal.Request{
+		Transport:      sess.transport,
+		Operation:      rt.kind.String(),
+		IDScope:        sess.user.IDScope,
+		RegistrationID: sess.user.RegistrationID,
+		RemoteAddr:     sess.remoteAddr,
+	}, e, err)
 	topic := responseTopic(status, rt.rid, e.RetryAfter, e.RetryAfter > 0)
 	if err := s.publish(sess, topic, payload); err != nil {
 		log.Debug("mqtt error response not delivered", "err", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/refusal"
 )
 
 // Provisioner is the engine as the transport sees it. Errors are *dps.Error
@@ -62,6 +63,9 @@ const busyRetryAfter = time.Second
 type Options struct {
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Refusals logs and keeps every refused request; nil means a Log of
+	// the transport's own over Logger.
+	Refusals *refusal.Log
 	// TLSConfig holds the server certificate. When set, Serve wraps plain
 	// connections in TLS. Client certificates are
 	// requested but not required (X.509 devices present one, symmetric-key
@@ -86,6 +90,7 @@ type Options struct {
 type Server struct {
 	prov           Provisioner
 	log            *slog.Logger
+	refusals       *refusal.Log
 	tlsConfig      *tls.Config
 	maxInflight    int
 	connectTimeout time.Duration
@@ -128,6 +133,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	s := &Server{
 		prov:           p,
 		log:            opts.Logger,
+		refusals:       opts.Refusals,
 		maxInflight:    opts.MaxInflight,
 		connectTimeout: opts.ConnectTimeout,
 		maxIdle:        opts.MaxIdle,
@@ -137,6 +143,9 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.refusals == nil {
+		s.refusals = refusal.New(refusal.Options{Logger: s.log})
 	}
 	if s.maxInflight <= 0 {
 		s.maxInflight = DefaultMaxInflight
