@@ -63,6 +63,14 @@ func TestDependencyRules(t *testing.T) {
 					t.Errorf("%s links %s: the engine knows nothing of its callers or of hubs", p, d)
 				}
 			}
+		case p == "internal/allocpolicy":
+			// Policies are data and a CEL program: they know nothing of
+			// who evaluates them (the allocator) or serves them.
+			for _, d := range ds {
+				if d == "internal/provision" || d == "internal/allocate" || d == "internal/server" || strings.HasPrefix(d, "internal/transport/") {
+					t.Errorf("%s links %s: allocation policies know nothing of the engine or its callers", p, d)
+				}
+			}
 		case p == "internal/refusal":
 			// The engine and every transport use it: it must not lead back.
 			for _, d := range ds {
@@ -86,7 +94,7 @@ func TestDependencyRules(t *testing.T) {
 			}
 		}
 	}
-	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "cmd/dpsd"} {
+	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "internal/allocpolicy", "cmd/dpsd"} {
 		if _, ok := deps[module+must]; !ok {
 			t.Errorf("package %s not found: update the rules with the layout", must)
 		}

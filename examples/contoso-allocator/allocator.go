@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // The request and response types are written out here rather than imported
@@ -70,6 +72,10 @@ type allocator struct {
 	// Azure Function with function-level authorization requires; without
 	// it the webhook answers 401 (which DPS turns into error 400209).
 	code string
+	// secrets, when set, are the dpsd signing secrets accepted (the
+	// current one, and the next during a rotation): a request not signed
+	// with one of them is answered 401.
+	secrets []string
 }
 
 func (a *allocator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +97,23 @@ func (a *allocator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "The request body could not be read.")
 		return
 	}
-	log.Info("allocation request", "body", string(body))
+	if len(a.secrets) > 0 {
+		var errs []error
+		for _, s := range a.secrets {
+			err := verifySignature(s, r.Header, body, time.Now())
+			if err == nil {
+				errs = nil
+				break
+			}
+			errs = append(errs, err)
+		}
+		if len(errs) > 0 {
+			log.Info("refused: signature", "err", errors.Join(errs...))
+			http.Error(w, "Unauthorized.", http.StatusUnauthorized)
+			return
+		}
+	}
+	log.Info("allocation request", "webhookId", r.Header.Get("webhook-id"), "body", string(body))
 
 	resp, problem := decide(body)
 	if problem != "" {

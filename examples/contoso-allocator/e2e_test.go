@@ -92,10 +92,10 @@ func TestThroughDPSD(t *testing.T) {
 			}
 			if tt.wantCode != 0 {
 				var de *dps.Error
-				if !errors.As(err, &de) || de.ErrorCode != tt.wantCode || de.Message != "Custom allocation failed with status code: 400. The webhook answered: Unrecognized device registration." {
+				if !errors.As(err, &de) || de.ErrorCode != tt.wantCode || de.Message != "Custom allocation failed with status code: 400" {
 					t.Fatalf("err = %v; want %d with status code 400", err, tt.wantCode)
 				}
-				if e.Outcome != admin.OutcomeFailed || len(e.Attempts) != 1 || !strings.Contains(string(e.Attempts[0].Body), "Unrecognized device registration.") {
+				if e.Outcome != admin.OutcomeFailed || len(e.Attempts) != 1 || !strings.Contains(e.Attempts[0].WebhookText, "Unrecognized device registration.") {
 					t.Errorf("audit entry = %+v", e)
 				}
 				return

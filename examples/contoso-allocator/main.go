@@ -20,7 +20,10 @@
 // and give the enrollment group the webhook URL http://127.0.0.1:8090/api/allocate
 // (any path works). With --code KEY the webhook also demands ?code=KEY, like
 // an Azure Function with function-level authorization, and answers 401
-// without it.
+// without it. With --secret (or CONTOSO_WEBHOOK_SECRET) it verifies dpsd's
+// request signature, printed by "dpsd webhook-secret show --show-secrets",
+// and answers 401 to a request not signed with it (signature.go shows how);
+// during a secret rotation give both, comma-separated.
 package main
 
 import (
@@ -33,6 +36,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -48,6 +52,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("contoso-allocator", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:8090", "address to listen on")
 	code := fs.String("code", "", "require this function key as the ?code= query parameter (answer 401 otherwise)")
+	secret := fs.String("secret", os.Getenv("CONTOSO_WEBHOOK_SECRET"), "dpsd's webhook signing secret(s), comma-separated: answer 401 to requests not signed with one (env CONTOSO_WEBHOOK_SECRET)")
 	certFile := fs.String("tls-cert", "", "serve HTTPS with this PEM certificate (with --tls-key)")
 	keyFile := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	if err := fs.Parse(args); err != nil {
@@ -66,7 +71,7 @@ func run(args []string) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           &allocator{log: log, code: *code},
+		Handler:           &allocator{log: log, code: *code, secrets: splitSecrets(*secret)},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	scheme := "http"
@@ -91,4 +96,14 @@ func run(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+func splitSecrets(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/provision"
 )
@@ -33,7 +34,11 @@ type Options struct {
 	// Webhook calls custom allocation webhooks; nil gives one built with
 	// zero WebhookOptions (system roots, Azure's retry schedule, no audit).
 	Webhook *Webhook
-	Logger  *slog.Logger
+	// Policies holds the in-process allocation policies that
+	// customAllocationDefinition.webhookUrl "policy:NAME" selects; nil
+	// makes every such enrollment fail to allocate (400207).
+	Policies *allocpolicy.Registry
+	Logger   *slog.Logger
 }
 
 // Allocator implements provision.Allocator over linked hubs. It is safe for
@@ -43,6 +48,7 @@ type Allocator struct {
 	defaultPolicy string
 	geo           *geoMap
 	webhook       *Webhook
+	policies      *allocpolicy.Registry
 	log           *slog.Logger
 }
 
@@ -75,6 +81,7 @@ func New(opt Options) (*Allocator, error) {
 		defaultPolicy: def,
 		geo:           newGeoMap(opt.Networks),
 		webhook:       wh,
+		policies:      opt.Policies,
 		log:           opt.Logger,
 	}, nil
 }
@@ -87,28 +94,48 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 	}
 	policy = canonicalPolicy(policy)
 	cands, err := a.Candidates(ctx, in)
+	var derr *dps.Error
+	if errors.As(err, &derr) {
+		a.recordWhy(ctx, in, policy, nil, nil, derr.Message, derr)
+	}
 	if err != nil {
 		return nil, err
 	}
-	var hub *linkedhub.Hub
+	var (
+		hub    *linkedhub.Hub
+		reason string
+	)
 	switch policy {
 	case dps.AllocationCustom:
 		return a.custom(ctx, in, cands)
 	case dps.AllocationStatic:
 		if len(cands) != 1 {
-			return nil, dps.Errorf(dps.CodeNoHubForAllocation, "Static allocation needs exactly one IoT hub; %d are candidates (%s).", len(cands), names(cands))
+			derr = dps.Errorf(dps.CodeNoHubForAllocation, "Static allocation needs exactly one IoT hub; %d are candidates (%s).", len(cands), names(cands))
+			break
 		}
-		hub = cands[0]
+		hub, reason = cands[0], "static: the one hub the enrollment names"
 	case dps.AllocationHashed:
 		hub = Hashed(in.RegistrationID, cands)
+		reason = hashedReason(in, cands, hub)
 	case dps.AllocationGeoLatency:
 		hub = a.geo.pick(in.RegistrationID, in.RemoteAddr, cands)
+		reason = a.geo.reason(in, cands, hub)
 	default:
-		return nil, dps.Errorf(dps.CodeNoHubForAllocation, "The allocation policy %q is not supported.", policy)
+		derr = dps.Errorf(dps.CodeNoHubForAllocation, "The allocation policy %q is not supported.", policy)
 	}
-	if hub == nil {
-		return nil, dps.Errorf(dps.CodeNoHubForAllocation, "No linked IoT hub is available for allocation: link a hub with applyAllocationPolicy true, or name hubs in the enrollment.")
+	if derr == nil && hub == nil {
+		derr = dps.Errorf(dps.CodeNoHubForAllocation, "No linked IoT hub is available for allocation: link a hub with applyAllocationPolicy true, or name hubs in the enrollment.")
 	}
+	if p := in.Previous; p != nil && hub != nil && len(cands) == 1 && strings.EqualFold(p.AssignedHub, hub.Name) {
+		if _, _, _, _, rp := in.Policy(); !rp.UpdateHubAssignment {
+			reason = "the reprovision policy never moves the device: its current hub is the only candidate"
+		}
+	}
+	if derr != nil {
+		a.recordWhy(ctx, in, policy, cands, nil, derr.Message, derr)
+		return nil, derr
+	}
+	a.recordWhy(ctx, in, policy, cands, hub, reason, nil)
 	a.log.Debug("allocated", "registrationId", in.RegistrationID, "policy", policy, "hub", hub.Name, "candidates", len(cands))
 	return &provision.Allocation{Hub: hub.Name}, nil
 }

@@ -164,7 +164,7 @@ type testSetup struct {
 
 // newTestAllocator builds an allocator over hubs whose webhook uses a fake
 // clock and records to a real store.
-func newTestAllocator(t *testing.T, hubs hubList, mod func(*WebhookOptions)) *testSetup {
+func newTestAllocator(t testing.TB, hubs hubList, mod func(*WebhookOptions)) *testSetup {
 	t.Helper()
 	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "dpsd.db"))
 	if err != nil {

@@ -13,16 +13,18 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/provision"
+	"github.com/dpsd/dpsd/internal/webhooksig"
 )
 
 // Azure's retry policy for webhooks that answer 429 or 5xx: up to 10
@@ -58,9 +60,13 @@ type WebhookOptions struct {
 	// CAFiles are PEM files of CA certificates trusted in addition to the
 	// system roots (or to CAPool).
 	CAFiles []string
-	// HTTPClient replaces the built-in client (CAPool and CAFiles are then
-	// ignored). Its redirects should be disabled, as the built-in ones are.
+	// HTTPClient replaces the built-in client (CAPool, CAFiles and
+	// Targets are then ignored). Its redirects should be disabled, as the
+	// built-in ones are.
 	HTTPClient *http.Client
+	// Targets decides which addresses webhooks may be called at; nil
+	// means ParseTargets("") (TargetsLocal, nothing of the node's own).
+	Targets *Targets
 
 	AttemptTimeout   time.Duration // default DefaultAttemptTimeout
 	MaxResponseBytes int64         // default DefaultMaxResponseBytes
@@ -82,9 +88,19 @@ type WebhookOptions struct {
 	// schedule, like a webhook that answered 429.
 	MaxConcurrent, MaxConcurrentPerGroup int
 
+	// Signer, when set, gives the secrets every request is signed with
+	// (Standard Webhooks headers; see package webhooksig).
+	Signer Signer
+
 	// Audit, when set, records every custom allocation.
 	Audit  *alloclog.Log
 	Logger *slog.Logger
+}
+
+// Signer gives the secrets webhook requests are signed with now;
+// *webhooksig.Keeper is one.
+type Signer interface {
+	Secrets(ctx context.Context) ([]string, error)
 }
 
 // Webhook calls custom allocation webhooks with Azure's contract:
@@ -142,17 +158,20 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 	if opt.MaxConcurrentPerGroup <= 0 {
 		opt.MaxConcurrentPerGroup = DefaultMaxConcurrentPerGroup
 	}
+	if opt.Targets == nil {
+		opt.Targets = &Targets{mode: TargetsLocal}
+	}
 	hc := opt.HTTPClient
 	if hc == nil {
 		var err error
-		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles); err != nil {
+		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets); err != nil {
 			return nil, err
 		}
 	}
 	return &Webhook{hc: hc, opt: opt, log: opt.Logger, inflight: newInflight(opt.MaxConcurrent, opt.MaxConcurrentPerGroup)}, nil
 }
 
-func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
+func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if roots != nil || len(files) > 0 {
 		// CA files add to the system roots, so public webhooks keep
@@ -165,12 +184,17 @@ func newHTTPClient(roots *x509.CertPool, files []string) (*http.Client, error) {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = tc
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Every address dialled is checked, after resolution. A proxy would
+	// dial in our place, out of reach of that check: webhooks are called
+	// directly, whatever HTTPS_PROXY says.
+	t.Proxy = nil
+	t.DialContext = targets.dialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
 	t.TLSHandshakeTimeout = 10 * time.Second
 	return &http.Client{
 		Transport: t,
 		// A redirected POST would either lose its body (301/302) or go to a
-		// place nobody configured; the webhook URL must be the real one.
+		// place nobody configured (a refused target among them); the
+		// webhook URL must be the real one.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}, nil
 }
@@ -190,6 +214,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 // chosen hub must be one of req.LinkedHubs; the allocation names it as
 // spelled there. Every error is a *dps.Error the engine can record.
 func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.AllocationRequest) (*provision.Allocation, error) {
+	return w.call0(ctx, webhookURL, req, nil)
+}
+
+// call0 is Call, with describe filling the allocation log entry's
+// description once the outcome is known (hub "" for none).
+func (w *Webhook) call0(ctx context.Context, webhookURL string, req *dps.AllocationRequest, describe func(e *alloclog.Entry, hub string)) (*provision.Allocation, error) {
 	if req.LinkedHubs == nil {
 		req.LinkedHubs = []string{} // Azure always sends the member
 	}
@@ -200,11 +230,18 @@ func (w *Webhook) Call(ctx context.Context, webhookURL string, req *dps.Allocati
 	regID := req.DeviceRuntimeContext.RegistrationID
 	masked := MaskURL(webhookURL)
 	rec := w.begin(ctx, regID, masked, body)
-	key := "url " + webhookURL
-	if req.EnrollmentGroup != nil {
-		key = "group " + req.EnrollmentGroup.EnrollmentGroupID
+	key := webhookKey(webhookURL, req)
+	// One message id for every attempt, as Standard Webhooks has it, so a
+	// webhook can tell a retry from a new allocation.
+	msgID := webhooksig.NewID()
+	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, rec)
+	if describe != nil {
+		hub := ""
+		if alloc != nil {
+			hub = alloc.Hub
+		}
+		rec.Describe(func(e *alloclog.Entry) { describe(e, hub) })
 	}
-	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, body, req.LinkedHubs, rec)
 	if derr != nil {
 		rec.Finish(ctx, "", derr.ErrorCode, derr.Message)
 		w.log.Warn("custom allocation failed", "registrationId", regID, "webhook", masked, "errorCode", derr.ErrorCode, "message", derr.Message, "auditEntry", rec.ID())
@@ -231,25 +268,32 @@ type answer struct {
 	permanent bool  // err is not worth retrying
 }
 
-func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
-	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+	if derr := checkURL(webhookURL, masked); derr != nil {
+		return nil, derr
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
-		ans := w.attempt(ctx, webhookURL, key, body)
+		ans := w.attempt(ctx, webhookURL, key, msgID, body)
 		took := w.opt.Now().Sub(start)
+		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
 		if ans.err != nil {
 			a.Error = ans.err.Error()
 		}
-		a.Body, a.BodyTruncated = alloclog.Clip(ans.body, alloclog.MaxBodyBytes)
-		a.BodyTruncated = a.BodyTruncated || ans.tooLarge
+		if derr == nil {
+			// An accepted answer is the allocation itself: kept whole.
+			a.Body, a.BodyTruncated = alloclog.Clip(ans.body, alloclog.MaxBodyBytes)
+		} else {
+			// Anything else is whatever the target sent: its start only,
+			// as text, marked as the webhook's.
+			a.WebhookText, a.BodyTruncated = alloclog.WebhookText(ans.body)
+			a.BodyTruncated = a.BodyTruncated || ans.tooLarge
+		}
 		rec.Attempt(ctx, a)
 		w.log.Debug("custom allocation webhook attempt", "registrationId", regID, "webhook", masked,
 			"attempt", attempt+1, "status", ans.status, "err", ans.err, "took", took)
 
-		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		if !retry {
 			return alloc, derr
 		}
@@ -267,9 +311,26 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked strin
 	}
 }
 
+// webhookKey is the key of the slots a call waits for: its group's, or
+// for an individual enrollment its URL's.
+func webhookKey(webhookURL string, req *dps.AllocationRequest) string {
+	if req.EnrollmentGroup != nil {
+		return "group " + req.EnrollmentGroup.EnrollmentGroupID
+	}
+	return "url " + webhookURL
+}
+
+// checkURL refuses a webhook URL that is not absolute http or https.
+func checkURL(webhookURL, masked string) *dps.Error {
+	if u, err := url.Parse(webhookURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook URL %s is not valid.", masked)
+	}
+	return nil
+}
+
 // attempt makes one bounded call, in a slot of key's; waiting for the
 // slot counts against the attempt's timeout.
-func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []byte) answer {
+func (w *Webhook) attempt(ctx context.Context, webhookURL, key, msgID string, body []byte) answer {
 	actx, cancel := context.WithTimeout(ctx, w.opt.AttemptTimeout)
 	defer cancel()
 	release, err := w.inflight.acquire(actx, key)
@@ -285,9 +346,24 @@ func (w *Webhook) attempt(ctx context.Context, webhookURL, key string, body []by
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
+	if w.opt.Signer != nil {
+		secrets, err := w.opt.Signer.Secrets(actx)
+		if err != nil {
+			return answer{err: fmt.Errorf("reading the signing secret: %w", err)}
+		}
+		ts := w.opt.Now()
+		sig, err := webhooksig.Signature(secrets, msgID, ts, body)
+		if err != nil {
+			return answer{err: fmt.Errorf("signing the request: %w", err), permanent: true}
+		}
+		req.Header.Set(webhooksig.HeaderID, msgID)
+		req.Header.Set(webhooksig.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+		req.Header.Set(webhooksig.HeaderSignature, sig)
+	}
 	resp, err := w.hc.Do(req)
 	if err != nil {
-		return answer{err: err, permanent: untrusted(err)}
+		var re *RefusedError
+		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, w.opt.MaxResponseBytes+1))
@@ -320,6 +396,8 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 		switch {
 		case ans.permanent && untrusted(ans.err):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's TLS certificate is not trusted."), false
+		case ans.permanent && errors.As(ans.err, new(*RefusedError)):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's address is not an allowed webhook target."), false
 		case ans.permanent:
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook could not be called."), false
 		case errors.Is(ans.err, context.DeadlineExceeded) || isTimeout(ans.err):
@@ -334,46 +412,18 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 	case s == http.StatusUnauthorized:
 		return nil, dps.Errorf(dps.CodeCustomAllocationUnauthorizedAccess, "Custom allocation failed with status code: 401. The webhook refused the request as unauthorized."), false
 	case s >= http.StatusTooManyRequests:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), true
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), true
 	default:
-		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d%s", s, answerText(ans.body)), false
+		// What the webhook said is not passed on: its answer is whatever
+		// the URL's target sent, and the device is no place for it. The
+		// allocation log keeps its start, marked as the webhook's text.
+		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed with status code: %d", s), false
 	}
 	if ans.tooLarge {
 		return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's answer is larger than %d bytes.", len(ans.body)), false
 	}
 	alloc, derr := parseResponse(ans.body, candidates)
 	return alloc, derr, false
-}
-
-// maxAnswerText bounds how much of a webhook's refusal goes into the
-// registration's error message.
-const maxAnswerText = 200
-
-// answerText quotes what a webhook said when it refused a device, so the
-// reason reaches the registration state and not only the allocation log
-// (". The webhook answered: Unrecognized device registration."). It keeps
-// Azure's "status code: N" prefix intact and adds nothing for an empty or
-// unprintable answer.
-func answerText(body []byte) string {
-	text := string(body)
-	var msg struct {
-		Message string `json:"message"`
-	}
-	var str string
-	switch {
-	case json.Unmarshal(body, &msg) == nil && msg.Message != "":
-		text = msg.Message
-	case json.Unmarshal(body, &str) == nil:
-		text = str
-	}
-	text = strings.Join(strings.Fields(text), " ")
-	if text == "" || !utf8.ValidString(text) {
-		return ""
-	}
-	if r := []rune(text); len(r) > maxAnswerText {
-		text = string(r[:maxAnswerText]) + "…"
-	}
-	return ". The webhook answered: " + strings.TrimSuffix(text, ".") + "."
 }
 
 func isTimeout(err error) bool {
@@ -480,7 +530,11 @@ func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, c
 	if err != nil {
 		return nil, err
 	}
-	return a.webhook.Call(ctx, webhookURL, req)
+	desc := func(e *alloclog.Entry, hub string) { describe(e, in, dps.AllocationCustom, cands, hub) }
+	if name, ok := allocpolicy.NameOf(webhookURL); ok {
+		return a.policy(ctx, name, req, desc)
+	}
+	return a.webhook.call0(ctx, webhookURL, req, desc)
 }
 
 // BuildRequest returns the body Azure sends a custom allocation webhook for

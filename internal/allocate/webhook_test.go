@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
@@ -500,20 +501,49 @@ func TestMaskURL(t *testing.T) {
 	}
 }
 
-func TestAnswerText(t *testing.T) {
-	tests := []struct{ body, want string }{
-		{`Unrecognized device registration.`, ". The webhook answered: Unrecognized device registration."},
-		{`{"message":"No linked hubs"}`, ". The webhook answered: No linked hubs."},
-		{`"quoted text"`, ". The webhook answered: quoted text."},
-		{"  multi\nline\tanswer  ", ". The webhook answered: multi line answer."},
-		{``, ""},
-		{"   ", ""},
-		{"\xff\xfe", ""},
-		{strings.Repeat("é", 300), ". The webhook answered: " + strings.Repeat("é", 200) + "…."},
+// TestWebhookAnswerNotEchoed: what a webhook answers is whatever its
+// URL's target sent (a refusal, an error page, a debug endpoint's output);
+// none of it reaches the device, and the allocation log keeps only its
+// first alloclog.MaxWebhookTextBytes bytes, as the webhook's text.
+func TestWebhookAnswerNotEchoed(t *testing.T) {
+	secret := "SECRET-" + strings.Repeat("x", 300) + "-TAIL"
+	tests := []struct {
+		name   string
+		status int
+		body   string
+		want   int
+	}{
+		{"refusal", 400, "Unrecognized device registration. " + secret, dps.CodeCustomAllocationFailed},
+		{"JSON message", 403, `{"message":"` + secret + `"}`, dps.CodeCustomAllocationFailed},
+		{"200 that is no allocation response", 200, "/usr/bin/dpsd\x00serve\x00--owner-key " + secret, dps.CodeCustomAllocationFailed},
+		{"control characters", 400, "\x1b]0;pwned\x07\x1b[2J" + secret, dps.CodeCustomAllocationFailed},
 	}
-	for _, tc := range tests {
-		if got := answerText([]byte(tc.body)); got != tc.want {
-			t.Errorf("answerText(%q) = %q, want %q", tc.body, got, tc.want)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ws := newWebhookServer(t, always(tt.status, tt.body))
+			ts := newTestAllocator(t, hubList{hub(hubA, 1, true, "")}, nil)
+			in := groupInput("dev-1", customGroup(ws.hookURL(), hubA))
+			_, err := ts.alloc.Allocate(t.Context(), in)
+			if errCode(err) != tt.want {
+				t.Fatalf("Allocate: %v; want %d", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "SECRET") || strings.Contains(err.Error(), "pwned") {
+				t.Errorf("the device's error echoes the webhook's answer: %q", err)
+			}
+			entries, _ := ts.audit.List(t.Context(), in.RegistrationID)
+			if len(entries) != 1 || len(entries[0].Attempts) != 1 {
+				t.Fatalf("audit entries = %+v", entries)
+			}
+			a := entries[0].Attempts[0]
+			if a.Body != nil {
+				t.Errorf("a refused answer is stored as the body: %s", a.Body)
+			}
+			if len(a.WebhookText) == 0 || len(a.WebhookText) > alloclog.MaxWebhookTextBytes+2*utf8.UTFMax || strings.Contains(a.WebhookText, "TAIL") || !a.BodyTruncated {
+				t.Errorf("webhook text = %q (truncated %v); want at most %d bytes, cut", a.WebhookText, a.BodyTruncated, alloclog.MaxWebhookTextBytes)
+			}
+			if strings.ContainsRune(a.WebhookText, 0x1b) || strings.ContainsRune(a.WebhookText, 0) {
+				t.Errorf("webhook text keeps control characters: %q", a.WebhookText)
+			}
+		})
 	}
 }

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/dpsd/dpsd/api/admin"
@@ -29,8 +31,13 @@ const (
 	MaxRecordBytes = 256 << 10
 	// MaxRequestBytes bounds the stored copy of a webhook request.
 	MaxRequestBytes = 8 << 10
-	// MaxBodyBytes bounds the stored copy of each webhook answer's body.
+	// MaxBodyBytes bounds the stored copy of each accepted webhook
+	// answer's body.
 	MaxBodyBytes = 2 << 10
+	// MaxWebhookTextBytes bounds what is kept of an answer that was not
+	// accepted: enough for a refusal's reason, too little to read a
+	// service back through a webhook URL pointed at it.
+	MaxWebhookTextBytes = 200
 )
 
 // Outcomes of an entry.
@@ -78,7 +85,7 @@ func New(st store.Store, opt Options) *Log {
 }
 
 // List returns a registration's entries, oldest first; none (and no error)
-// when the device never had a custom allocation.
+// when the device was never allocated.
 func (l *Log) List(ctx context.Context, registrationID string) ([]Entry, error) {
 	r, _, err := l.get(ctx, registrationID)
 	if err != nil {
@@ -115,11 +122,34 @@ func (l *Log) Begin(ctx context.Context, registrationID, webhookURL string, requ
 	return rec
 }
 
+// Record writes a finished entry in one write: an allocation that called
+// nothing (hashed, static, geoLatency), described by e. Its id and times
+// are filled in; like Begin, it never fails the allocation.
+func (l *Log) Record(ctx context.Context, e Entry) {
+	now := l.now().UTC()
+	e.ID, e.Started, e.Finished = newID(), now, now
+	if e.Attempts == nil {
+		e.Attempts = []Attempt{}
+	}
+	if err := l.upsert(ctx, e); err != nil {
+		l.log.Warn("allocation log: recording failed", "registrationId", e.RegistrationID, "err", err)
+	}
+}
+
 // Recorder fills one entry as an allocation proceeds. A nil *Recorder
 // records nothing, so callers without a log need no checks.
 type Recorder struct {
 	l *Log
 	e Entry
+}
+
+// Describe lets f fill the entry's description (policy, candidates,
+// reprovisioning); it is written with the next Waiting or Finish.
+func (r *Recorder) Describe(f func(*Entry)) {
+	if r == nil || f == nil {
+		return
+	}
+	f(&r.e)
 }
 
 // ID is the entry's id ("" for a nil Recorder).
@@ -306,4 +336,27 @@ func newID() string {
 		panic("audit: crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// WebhookText returns what the log keeps of an answer that was not
+// accepted: its first MaxWebhookTextBytes bytes (cut at a character
+// boundary) as text, invalid UTF-8 and control characters but for
+// newlines and tabs replaced with U+FFFD, and whether it was cut.
+func WebhookText(b []byte) (text string, truncated bool) {
+	if len(b) > MaxWebhookTextBytes {
+		b, truncated = b[:MaxWebhookTextBytes], true
+		for i := 0; i < utf8.UTFMax && len(b) > 0 && !utf8.Valid(b); i++ {
+			b = b[:len(b)-1]
+		}
+	}
+	var sb strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		b = b[n:]
+		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\n' && r != '\t') {
+			r = utf8.RuneError
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String(), truncated
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -255,7 +256,7 @@ func printAllocationLog(w io.Writer, asJSON bool, r *admin.AllocationLog) error 
 		return writeJSON(w, r)
 	}
 	if len(r.Entries) == 0 {
-		_, err := fmt.Fprintf(w, "No custom allocations recorded for %s.\n", r.RegistrationID)
+		_, err := fmt.Fprintf(w, "No allocations recorded for %s.\n", r.RegistrationID)
 		return err
 	}
 	for i, e := range r.Entries {
@@ -269,9 +270,22 @@ func printAllocationLog(w io.Writer, asJSON bool, r *admin.AllocationLog) error 
 		case e.ErrorCode != 0:
 			outcome += fmt.Sprintf(" (%d: %s)", e.ErrorCode, e.ErrorMessage)
 		}
+		cands := make([]string, 0, len(e.Candidates))
+		for _, c := range e.Candidates {
+			s := fmt.Sprintf("%s (weight %d", c.Name, c.AllocationWeight)
+			if c.Location != "" {
+				s += ", " + c.Location
+			}
+			cands = append(cands, s+")")
+		}
 		if err := details(w, []field{
 			{"Allocation", e.ID},
 			{"Started", e.Started.UTC().Format(time.RFC3339)},
+			{"Policy", e.AllocationPolicy},
+			{"Candidates", strings.Join(cands, ", ")},
+			{"Why", e.Reason},
+			{"Previous hub", e.PreviousHub},
+			{"Reprovisioning", e.Reprovision},
 			{"Webhook", e.WebhookURL},
 			{"Outcome", outcome},
 			{"Retries", strconv.Itoa(e.Retries)},
@@ -291,6 +305,10 @@ func printAllocationLog(w io.Writer, asJSON bool, r *admin.AllocationLog) error 
 				wait = (time.Duration(a.RetryAfterMs) * time.Millisecond).String()
 			}
 			body := compactJSON(a.Body)
+			if a.WebhookText != "" {
+				// Marked as the webhook's words, not dpsd's.
+				body = "webhook text: " + strconv.Quote(a.WebhookText)
+			}
 			if len(body) > 120 {
 				body = body[:117] + "..."
 			}

@@ -144,7 +144,7 @@ func TestLinkedHubCommands(t *testing.T) {
 	}
 	out.Reset()
 	_ = printAllocationLog(&out, false, empty)
-	if !strings.Contains(out.String(), "No custom allocations recorded") {
+	if !strings.Contains(out.String(), "No allocations recorded") {
 		t.Errorf("empty log output: %s", out.String())
 	}
 }

@@ -44,8 +44,11 @@ With --tracking-id instead of --registration-id, show the refusal a device
 was told that tracking id with. Each node keeps its latest 1,000 refusals in
 memory: ask the node the device talked to.
 
-With --allocation-log, also show what every custom allocation of the device
-did: the request sent to the webhook (enrollment without keys, webhook URL
+With --allocation-log, also show why each allocation of the device chose its
+hub: the policy, the candidate hubs with their weights and locations, the
+reason, and for a device that already had a hub what reprovisioning did
+(moved or stayed, twin migrated or reset); for custom allocations also the
+request sent to the webhook or policy (enrollment without keys, webhook URL
 with its query string masked, device runtime context, linked hubs), each
 attempt's status and answer, and the outcome.
 
@@ -59,7 +62,7 @@ null for a device without a record). --tracking-id prints {"refusals": [...]}.`,
 	cmd.Flags().StringVar(&trackingID, "tracking-id", "", "find the refused request a device was told this tracking id with")
 	cmd.MarkFlagsOneRequired("registration-id", "tracking-id")
 	cmd.MarkFlagsMutuallyExclusive("registration-id", "tracking-id")
-	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the custom allocation log (webhook requests and answers)")
+	cmd.Flags().BoolVar(&withLog, "allocation-log", false, "also show the allocation log: why each allocation chose its hub (policy, candidates, reprovisioning), and custom allocations' webhook requests and answers")
 	var withRefusals bool
 	cmd.Flags().BoolVar(&withRefusals, "refusals", false, "with -o json: also list the device's refused requests")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {

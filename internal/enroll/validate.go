@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
@@ -178,9 +179,15 @@ func (c common) prepareAllocation() error {
 	if d == nil {
 		return dps.Errorf(dps.CodeInvalidArgument, "A CustomAllocationDefinition is required when the allocation policy is set to 'Custom'.")
 	}
-	u, err := url.Parse(d.WebhookURL)
-	if err != nil || !u.IsAbs() || u.Host == "" || (!strings.EqualFold(u.Scheme, "https") && !strings.EqualFold(u.Scheme, "http")) {
-		return dps.Errorf(dps.CodeInvalidArgument, "The customAllocationDefinition.webhookUrl must be an absolute http or https URL.")
+	if name, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(d.WebhookURL)), policyPrefix); ok {
+		// dpsd's in-process allocation policy (package allocpolicy):
+		// whether it exists is known at allocation, as a webhook's
+		// reachability is.
+		if !policyName.MatchString(name) {
+			return dps.Errorf(dps.CodeInvalidArgument, "The customAllocationDefinition.webhookUrl %q names no valid allocation policy: policy:NAME, NAME 1 to 64 letters, digits, '.', '_' and '-'.", d.WebhookURL)
+		}
+	} else if u, err := url.Parse(d.WebhookURL); err != nil || !u.IsAbs() || u.Host == "" || (!strings.EqualFold(u.Scheme, "https") && !strings.EqualFold(u.Scheme, "http")) {
+		return dps.Errorf(dps.CodeInvalidArgument, "The customAllocationDefinition.webhookUrl must be an absolute http or https URL, or policy:NAME for an in-process allocation policy.")
 	}
 	if strings.TrimSpace(d.APIVersion) == "" {
 		return dps.Errorf(dps.CodeInvalidArgument, "The customAllocationDefinition.apiVersion is required.")
@@ -378,3 +385,9 @@ func prepareCertificate(what string, c, old *dps.X509CertificateWithInfo) (*dps.
 	}
 	return &dps.X509CertificateWithInfo{Certificate: CertificatePEM(cert), Info: CertificateInfo(cert)}, nil
 }
+
+// policyPrefix and policyName are allocpolicy.Prefix and its name rule,
+// repeated here because allocpolicy imports this package.
+const policyPrefix = "policy:"
+
+var policyName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)

@@ -159,6 +159,18 @@ func TestValidateEnrollment(t *testing.T) {
 			e.AllocationPolicy = "custom"
 			e.CustomAllocationDefinition = &dps.CustomAllocationDefinition{WebhookURL: "http://127.0.0.1:8080/alloc?code=x", APIVersion: "2021-10-01"}
 		}), ""},
+		{"custom policy", with(func(e *dps.IndividualEnrollment) {
+			e.AllocationPolicy = "custom"
+			e.CustomAllocationDefinition = &dps.CustomAllocationDefinition{WebhookURL: "policy:contoso", APIVersion: "2021-10-01"}
+		}), ""},
+		{"custom policy without name", with(func(e *dps.IndividualEnrollment) {
+			e.AllocationPolicy = "custom"
+			e.CustomAllocationDefinition = &dps.CustomAllocationDefinition{WebhookURL: "policy:", APIVersion: "2021-10-01"}
+		}), "names no valid allocation policy"},
+		{"custom policy bad name", with(func(e *dps.IndividualEnrollment) {
+			e.AllocationPolicy = "custom"
+			e.CustomAllocationDefinition = &dps.CustomAllocationDefinition{WebhookURL: "policy:a/b", APIVersion: "2021-10-01"}
+		}), "names no valid allocation policy"},
 		{"bad provisioning status", with(func(e *dps.IndividualEnrollment) { e.ProvisioningStatus = "paused" }), "provisioningStatus"},
 		{"provisioning status any case", with(func(e *dps.IndividualEnrollment) { e.ProvisioningStatus = "Disabled" }), ""},
 		{"tags not an object", with(func(e *dps.IndividualEnrollment) {

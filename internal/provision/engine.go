@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/enroll"
 	"github.com/dpsd/dpsd/internal/listcache"
 	"github.com/dpsd/dpsd/internal/store"
@@ -732,7 +733,23 @@ func (e *Engine) checkRequest(req *Request) error {
 // device should see "assigning" first.
 func (e *Engine) slowAllocation(in *AllocationInput) bool {
 	policy, _, _, _, _ := in.Policy()
-	return strings.EqualFold(policy, dps.AllocationCustom)
+	if !strings.EqualFold(policy, dps.AllocationCustom) {
+		return false
+	}
+	// An in-process policy (policy:NAME) is local and quick like the
+	// built-in ones; only a webhook is slow.
+	var def *dps.CustomAllocationDefinition
+	if in.Enrollment != nil {
+		def = in.Enrollment.CustomAllocationDefinition
+	} else if in.Group != nil {
+		def = in.Group.CustomAllocationDefinition
+	}
+	if def != nil {
+		if _, ok := allocpolicy.NameOf(def.WebhookURL); ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration, opID string) *enroll.Registration {

@@ -3,24 +3,52 @@ package server
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 
 	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 )
 
 // newAllocator builds the allocation policies over the linked hubs, with
-// the custom allocation webhook client recording into the audit log.
-func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, log *slog.Logger) (*allocate.Allocator, error) {
+// the custom allocation webhook client recording into the audit log and
+// refusing to call the node's own listeners (own) or the targets
+// cfg.WebhookTargets refuses.
+func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, signer allocate.Signer, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
 	policy, nets, err := allocationSettings(&cfg)
 	if err != nil {
 		return nil, err
 	}
+	targets, err := allocate.ParseTargets(cfg.WebhookTargets)
+	if err != nil {
+		return nil, fmt.Errorf("--webhook-targets: %w", err)
+	}
+	var ownAddrs []netip.AddrPort
+	for _, a := range own {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			ownAddrs = append(ownAddrs, ap)
+		}
+	}
+	if cfg.DebugAddr != "" {
+		// Bound later, in Serve; ":6060" stands for every address.
+		if h, p, err := net.SplitHostPort(cfg.DebugAddr); err == nil {
+			if h == "" || h == "localhost" {
+				h = "0.0.0.0"
+			}
+			if ap, err := netip.ParseAddrPort(net.JoinHostPort(h, p)); err == nil {
+				ownAddrs = append(ownAddrs, ap)
+			}
+		}
+	}
 	wh, err := allocate.NewWebhook(allocate.WebhookOptions{
-		Audit: alog, Logger: log, CAFiles: cfg.WebhookCAFiles,
+		Targets: targets.WithOwn(ownAddrs...),
+		Signer:  signer,
+		Audit:   alog, Logger: log, CAFiles: cfg.WebhookCAFiles,
 		MaxConcurrent: cfg.WebhookMaxConcurrent, MaxConcurrentPerGroup: cfg.WebhookMaxConcurrentPerGroup,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("custom allocation webhooks: %w", err)
 	}
-	return allocate.New(allocate.Options{Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Logger: log})
+	return allocate.New(allocate.Options{Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Policies: policies, Logger: log})
 }

@@ -45,6 +45,9 @@ func (cfg *Config) Validate() error {
 	if _, _, err := allocationSettings(cfg); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := allocate.ParseTargets(cfg.WebhookTargets); err != nil {
+		errs = append(errs, fmt.Errorf("--webhook-targets: %w", err))
+	}
 	return errors.Join(errs...)
 }
 

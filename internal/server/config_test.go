@@ -24,6 +24,8 @@ func TestValidate(t *testing.T) {
 		{"unknown store", func(c *Config) { c.Store = "mysql://u:secret@h/db" }, []string{"--store", "u:****@h"}},
 		{"unknown policy", func(c *Config) { c.AllocationPolicy = "random" }, []string{"--allocation-policy"}},
 		{"bad network map", func(c *Config) { c.GeoNetworks = "not a map" }, []string{"--geo-networks"}},
+		{"webhook allow list", func(c *Config) { c.WebhookTargets = "10.1.0.0/16,hooks.example.com" }, nil},
+		{"bad webhook targets", func(c *Config) { c.WebhookTargets = "10.0.0.0/33" }, []string{"--webhook-targets"}},
 		{"every mistake at once", func(c *Config) { c.DataDir = ""; c.MQTTAddr = "x"; c.AllocationPolicy = "random" },
 			[]string{"--data-dir", "--mqtt-addr", "--allocation-policy"}},
 	}

@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
+	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/deadline"
@@ -37,6 +39,7 @@ import (
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
 	"github.com/dpsd/dpsd/internal/transport/serviceapi"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
+	"github.com/dpsd/dpsd/internal/webhooksig"
 )
 
 // Config is how a dpsd node is run.
@@ -62,6 +65,12 @@ type Config struct {
 	// WebhookCAFiles are PEM files of CAs trusted, beside the system
 	// roots, for HTTPS custom allocation webhooks.
 	WebhookCAFiles []string
+	// WebhookTargets decides where custom allocation webhooks may be
+	// called (see allocate.ParseTargets): "" or "local" refuses
+	// link-local and cloud metadata addresses and the node's own
+	// listeners; "public" refuses loopback and private addresses too; a
+	// list of CIDRs and host names allows only those.
+	WebhookTargets string
 	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
 	// webhook calls in flight, on the node and per enrollment group; zero
 	// means allocate's defaults.
@@ -128,6 +137,12 @@ type Server struct {
 	hubRouter *builtinhub.Manager
 	linked    *linkedhub.Registry
 	alog      *alloclog.Log
+	// policies are the in-process allocation policies, read by the
+	// allocator and written through /dpsd/allocationPolicies.
+	policies *allocpolicy.Registry
+	// signing keeps the secret webhook requests are signed with.
+	signing *webhooksig.Keeper
+	alloc   *allocate.Allocator
 	// refusals keeps the device requests this node refused lately.
 	refusals *refusal.Log
 	auth     *serviceapi.Authorizer
@@ -250,10 +265,18 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// itself; writes go through the API's registry below.
 	readLinked := linkedhub.New(st)
 	hubList := newHubListCache(readLinked)
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.log)
+	s.policies = allocpolicy.New(st, 0)
+	s.signing = webhooksig.NewKeeper(st, nil)
+	// The secret exists from the first start, so it can be given to
+	// webhooks before the first device registers.
+	if _, err := s.signing.Get(ctx, false); err != nil {
+		return fmt.Errorf("webhook signing secret: %w", err)
+	}
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
+	s.alloc = alloc
 	s.hubs, err = builtinhub.NewManager(st, builtinhub.Options{
 		Logger:      s.log,
 		Certificate: s.ca.ServerCertificate,
@@ -563,6 +586,12 @@ func (s *Server) extension(path string) http.Handler {
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "allocationpolicies" && len(segs) <= 3:
+		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "webhooktest" && len(segs) == 2:
+		return webhookTestHandler(s.st, s.alloc, authorize(instance.RightServiceConfig), s.log)
+	case segs[1] == "webhooksigning" && len(segs) <= 3:
+		return s.signing.Handler(webhooksig.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "doctor" && len(segs) == 2:
 		return s.doctor.handler()
 	case segs[1] == "registrations" && len(segs) == 4 && segs[3] == "allocationlog":

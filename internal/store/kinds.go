@@ -7,6 +7,8 @@ const (
 	KindLinkedHub     Kind = "linkedHub"     // linkedhub.Hub; id = hub host name
 	KindCACertificate Kind = "caCertificate" // certs.Certificate; id = certificate name
 	KindAllocationLog Kind = "allocationLog" // alloclog entries; id = registration id
+	// KindAllocationPolicy holds allocpolicy.Policy; id = policy name.
+	KindAllocationPolicy Kind = "allocationPolicy"
 
 	KindHub        Kind = "hub"        // built-in hub configuration; id = hub name
 	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
@@ -19,7 +21,7 @@ const (
 // constants of this package.
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
-	KindLinkedHub, KindCACertificate, KindAllocationLog,
+	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
 	KindHealth,
 }

@@ -8,7 +8,8 @@
 //   groupId, groupKey, payload, vectorKey, vectors {id: key},
 //   hubs {name: {hostName, address, connectionString, httpsAddr, mqttAddr}},
 //   http, mqtt, simulated: [{id, key, hub, tags, desired}],
-//   stranger, strangerError.
+//   stranger, strangerError, policy (true: the group's webhook URL is
+//   policy:contoso, the in-process policy, not the allocator).
 // Here: devices register over HTTPS and MQTT (azure-iot-provisioning-device),
 // the service SDK reads their registration states, azure-iothub reads
 // identities and twins from the hubs' REST API, and each device connects to
@@ -173,21 +174,28 @@ test('a registration id the webhook does not recognize fails with 400207', T, as
   assert.ok(state, `the failure carries the registration state: ${describeError(err)}`);
   assert.equal(err.result.status, 'failed', describeError(err));
   assert.equal(state.errorCode, 400207, describeError(err));
-  assert.match(state.errorMessage, /status code: 400/, describeError(err));
-  // dpsd passes the webhook's reason on, so the device owner sees why.
-  assert.match(state.errorMessage, /Unrecognized device registration/, describeError(err));
+  assert.match(state.errorMessage, wt.policy ? /allocation policy contoso refused the device/ : /status code: 400/, describeError(err));
+  // The webhook's words never reach the device (its answer is whatever
+  // the URL's target sent); they are in the allocation log.
+  assert.doesNotMatch(state.errorMessage, /Unrecognized device registration/, describeError(err));
 
   const svcState = await svc.getRegistration(id);
   assert.equal(svcState.status, 'failed', safeJSON(svcState));
   assert.equal(svcState.errorCode, 400207, safeJSON(svcState));
   assert.equal(svcState.assignedHub, undefined, safeJSON(svcState));
 
-  // The webhook's own words are in the allocation log.
+  // The webhook's own words (or the policy's reason) are in the allocation log.
   const log = await allocationLog(id);
   const last = log.entries[log.entries.length - 1];
   assert.equal(last.outcome, 'failed', safeJSON(last));
-  assert.equal(last.attempts[0].status, 400, safeJSON(last));
-  assert.match(JSON.stringify(last.attempts[0].body), new RegExp(wt.strangerError.replace('.', '\\.')), safeJSON(last));
+  const reason = new RegExp(wt.strangerError.replace('.', '\\.'));
+  if (wt.policy) {
+    assert.equal(last.webhookUrl, 'policy:contoso', safeJSON(last));
+    assert.match(last.attempts[0].error, reason, safeJSON(last));
+  } else {
+    assert.equal(last.attempts[0].status, 400, safeJSON(last));
+    assert.match(last.attempts[0].webhookText, reason, safeJSON(last));
+  }
 });
 
 // allocationLog reads GET /dpsd/registrations/{id}/allocationLog, signed
