@@ -50,6 +50,13 @@ func TestDependencyRules(t *testing.T) {
 					t.Errorf("%s links %s: the built-in hubs do not link the engine", p, d)
 				}
 			}
+		case p == "internal/tlsmux":
+			// The listener splitter sits in front of every server.
+			for _, d := range ds {
+				if d != "internal/connlimit" {
+					t.Errorf("%s links %s: tlsmux knows nothing of the servers it splits for", p, d)
+				}
+			}
 		case p == "internal/provision":
 			for _, d := range ds {
 				if strings.HasPrefix(d, "internal/transport/") || strings.HasPrefix(d, "internal/hub") || d == "internal/server" {
