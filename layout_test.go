@@ -50,6 +50,13 @@ func TestDependencyRules(t *testing.T) {
 					t.Errorf("%s links %s: the built-in hubs do not link the engine", p, d)
 				}
 			}
+		case p == "internal/tlsmux":
+			// The listener splitter sits in front of every server.
+			for _, d := range ds {
+				if d != "internal/connlimit" {
+					t.Errorf("%s links %s: tlsmux knows nothing of the servers it splits for", p, d)
+				}
+			}
 		case p == "internal/provision":
 			for _, d := range ds {
 				if strings.HasPrefix(d, "internal/transport/") || strings.HasPrefix(d, "internal/hub") || d == "internal/server" {
@@ -63,6 +70,11 @@ func TestDependencyRules(t *testing.T) {
 				if d == "internal/provision" || d == "internal/allocate" || d == "internal/server" || strings.HasPrefix(d, "internal/transport/") {
 					t.Errorf("%s links %s: allocation policies know nothing of the engine or its callers", p, d)
 				}
+			}
+		case p == "internal/tpm":
+			// The TPM challenge is cryptography over wire bytes: a leaf.
+			if len(ds) > 0 {
+				t.Errorf("%s links %v: the TPM challenge package imports nothing of dpsd", p, ds)
 			}
 		case p == "internal/refusal":
 			// The engine and every transport use it: it must not lead back.
@@ -97,7 +109,7 @@ func TestDependencyRules(t *testing.T) {
 			}
 		}
 	}
-	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "internal/allocpolicy", "internal/console", "cmd/dpsd"} {
+	for _, must := range []string{"api/dps", "internal/provision", "internal/hub/azurehub", "internal/hub/builtinhub", "internal/allocpolicy", "internal/console", "internal/tpm", "cmd/dpsd"} {
 		if _, ok := deps[module+must]; !ok {
 			t.Errorf("package %s not found: update the rules with the layout", must)
 		}

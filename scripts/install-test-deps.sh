@@ -6,7 +6,8 @@
 #   - Apache Qpid Proton's Python binding (python3-qpid-proton, Debian's), the
 #     independent AMQP client of test/e2e/proton_test.go, for /usr/bin/python3;
 #   - Chromium and its driver (Debian's chromium and chromium-driver), the
-#     browser of the console tests (test/console): nothing downloads one.
+#     browser of the console tests (test/console): nothing downloads one;
+#   - swtpm (Debian's), the software TPM of the TPM attestation tests.
 # Idempotent, and a fast no-op when everything is already in place.
 # Needs root (or sudo) only for the apt-get step.
 set -euo pipefail
@@ -54,6 +55,13 @@ if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null 2>&1; then
 	as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 
+if ! command -v swtpm >/dev/null 2>&1; then
+	log "installing swtpm from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends swtpm >/dev/null
+fi
+
 # node --test with custom reporters needs Node 18.15 or newer.
 major="$(node -p 'process.versions.node.split(".")[0]')"
 if [ "$major" -lt 18 ]; then
@@ -68,7 +76,9 @@ fi
 
 log "installing test/sdk packages (npm ci)"
 cd "$sdk"
-npm ci --no-audit --no-fund --loglevel=error
+npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+# --ignore-scripts: tss.js (under azure-iot-security-tpm) would build a native
+# module it needs only for a local TPM device; the tests reach the TPM over TCP.
 # npm ci rewrites node_modules/.package-lock.json; make sure its time is after
 # the lockfile's so the check above holds next time.
 touch "$stamp"

@@ -7,7 +7,13 @@ import "time"
 type Hub struct {
 	Name     string `json:"name"`
 	HostName string `json:"hostName"`
-	Address  string `json:"address"`
+	// Address is the IP address the hub is reached on: the address all
+	// shared hubs have in common, or the hub's own.
+	Address string `json:"address"`
+	// Shared says the hub shares the node's endpoint (told apart from the
+	// other hubs by TLS server name, MQTT user name or Host header)
+	// rather than listening on an address of its own.
+	Shared bool `json:"shared,omitempty"`
 	// ConnectionString is the iothubowner connection string.
 	ConnectionString string `json:"connectionString"`
 	// HostsLine makes HostName resolve when added to /etc/hosts.

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -67,9 +68,21 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 	}
 	defer sess.close()
 
-	body, err := json.Marshal(dps.DeviceRegistration{RegistrationID: s.RegistrationID, Payload: s.Payload})
+	reg := dps.DeviceRegistration{RegistrationID: s.RegistrationID, Payload: s.Payload}
+	if s.TPM != nil {
+		reg.TPM = &dps.TPMAttestation{
+			EndorsementKey: base64.StdEncoding.EncodeToString(s.TPM.EndorsementKey()),
+			StorageRootKey: base64.StdEncoding.EncodeToString(s.TPM.StorageRootKey()),
+		}
+	}
+	body, err := json.Marshal(reg)
 	if err != nil {
 		return nil, fmt.Errorf("device: encode register request: %w", err)
+	}
+	if s.TPM != nil {
+		if err := tpmChallenge(ctx, s, sess, body); err != nil {
+			return nil, err
+		}
 	}
 	op := "register"
 	a, err := sess.register(ctx, body)
@@ -85,6 +98,12 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 		case dps.StatusAssigned:
 			if o.RegistrationState == nil {
 				return nil, fmt.Errorf("device: %s %s: status assigned without registrationState", op, s.RegistrationID)
+			}
+			if s.TPM != nil && o.RegistrationState.TPM != nil {
+				// The SDKs import the answer's blob too (the same key).
+				if err := activate(s, o.RegistrationState.TPM.AuthenticationKey); err != nil {
+					return nil, err
+				}
 			}
 			s.progress(Event{Kind: EventAssigned, Status: o.Status, OperationID: o.OperationID})
 			return o.RegistrationState, nil
@@ -116,6 +135,52 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 		op = "poll"
 		a, err = sess.poll(ctx, o.OperationID)
 	}
+}
+
+// tpmChallenge sends the register request without a proof, activates the
+// challenge of the 401 answer with the TPM and gives the session a token
+// the TPM signs.
+func tpmChallenge(ctx context.Context, s *settings, sess session, body []byte) error {
+	hs, ok := sess.(*httpsSession)
+	if !ok {
+		return fmt.Errorf("device: TPM attestation over %s is not supported", s.Transport)
+	}
+	a, err := hs.register(ctx, body)
+	if err != nil {
+		return fmt.Errorf("device: register %s (TPM challenge): %w", s.RegistrationID, err)
+	}
+	if a.status != http.StatusUnauthorized {
+		if _, derr := decodeAnswer("register", a); derr != nil {
+			return derr
+		}
+		return fmt.Errorf("device: register %s: the service answered %d instead of a TPM challenge", s.RegistrationID, a.status)
+	}
+	var ch struct {
+		AuthenticationKey string `json:"authenticationKey"`
+	}
+	if json.Unmarshal(a.body, &ch) != nil || ch.AuthenticationKey == "" {
+		// A plain 401: no TPM enrollment for this device and EK.
+		_, derr := decodeAnswer("register", a)
+		return derr
+	}
+	if err := activate(s, ch.AuthenticationKey); err != nil {
+		return err
+	}
+	hs.token, err = s.token(time.Now())
+	return err
+}
+
+// activate imports the identity key of a base64 activation blob.
+func activate(s *settings, authenticationKey string) error {
+	blob, err := base64.StdEncoding.DecodeString(authenticationKey)
+	if err != nil {
+		return fmt.Errorf("device: the TPM challenge is not base64: %w", err)
+	}
+	if err := s.TPM.ActivateIdentityKey(blob); err != nil {
+		return fmt.Errorf("device: the TPM refused the challenge: %w", err)
+	}
+	s.tpmActivated = true
+	return nil
 }
 
 // decodeAnswer turns a 2xx answer into the operation status and any other

@@ -332,7 +332,8 @@ func TestConfigValidation(t *testing.T) {
 	}{
 		{"no scope", Config{RegistrationID: "d", SymmetricKey: "eA=="}, "IDScope"},
 		{"no registration id", Config{IDScope: "s", SymmetricKey: "eA=="}, "RegistrationID"},
-		{"no key", Config{IDScope: "s", RegistrationID: "d"}, "SymmetricKey, GroupKey or Certificate"},
+		{"no key", Config{IDScope: "s", RegistrationID: "d"}, "SymmetricKey, GroupKey, Certificate or TPM"},
+		{"TPM over MQTT", Config{IDScope: "s", RegistrationID: "d", TPM: noTPM{}, Transport: TransportMQTT}, "https only"},
 		{"bad group key", Config{IDScope: "s", RegistrationID: "d", GroupKey: "!!"}, "base64"},
 		{"bad transport", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", Transport: "coap"}, "unknown transport"},
 		{"bad host", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", ProvisioningHost: "a/b"}, "invalid host"},
@@ -390,3 +391,11 @@ func TestMQTTConnectRefused(t *testing.T) {
 		})
 	}
 }
+
+// noTPM is a TPM that is never used.
+type noTPM struct{}
+
+func (noTPM) EndorsementKey() []byte           { return nil }
+func (noTPM) StorageRootKey() []byte           { return nil }
+func (noTPM) ActivateIdentityKey([]byte) error { return nil }
+func (noTPM) Sign([]byte) ([]byte, error)      { return nil, nil }

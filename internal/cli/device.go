@@ -3,6 +3,7 @@ package cli
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/client/device"
+	"github.com/dpsd/dpsd/client/tpm"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/server"
 )
@@ -24,7 +26,32 @@ func newDeviceCmd() *cobra.Command {
 		Use:   "device",
 		Short: "Act as a device: provision a simulated device over HTTPS, MQTT, AMQP or either over WebSockets",
 	}
-	cmd.AddCommand(newDeviceProvisionCmd())
+	cmd.AddCommand(newDeviceProvisionCmd(), newDeviceEndorsementKeyCmd())
+	return cmd
+}
+
+func newDeviceEndorsementKeyCmd() *cobra.Command {
+	var tpmAddr string
+	cmd := &cobra.Command{
+		Use:   "endorsement-key",
+		Short: "Print a TPM's endorsement key (base64 TPM2B_PUBLIC), to enroll it",
+		Example: `  dpsd enrollment create --registration-id dev-1 --attestation-type tpm \
+      --endorsement-key "$(dpsd device endorsement-key --tpm unix:/run/swtpm/cmd.sock)"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if tpmAddr == "" {
+				return errors.New("--tpm is required")
+			}
+			dev, err := tpm.Open(tpmAddr)
+			if err != nil {
+				return fmt.Errorf("--tpm: %w", err)
+			}
+			defer dev.Close()
+			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(dev.EndorsementKey()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&tpmAddr, "tpm", "", "the TPM: a device file (/dev/tpmrm0), unix:PATH or tcp:HOST:PORT of a software TPM")
 	return cmd
 }
 
@@ -143,13 +170,13 @@ func newDeviceProvisionCmd() *cobra.Command {
 	var (
 		df                                deviceFlags
 		regID, key, groupKey, payload, tr string
-		certFile, keyFile                 string
+		certFile, keyFile, tpmAddr        string
 		apiVersion                        string
 		timeout                           time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "provision",
-		Short: "Register a device (symmetric key or X.509) and print its assigned hub",
+		Short: "Register a device (symmetric key, X.509 or TPM) and print its assigned hub",
 		Long: `Register one device the way the Azure device SDKs do: send the register
 request, poll the operation until it ends and print the assigned hub and
 device ID, with progress lines like the Azure IoT C SDK sample.
@@ -159,7 +186,11 @@ key, or an already derived group member key), with a key derived from
 --group-key and the registration ID, or with an X.509 certificate:
 --certificate (the device certificate followed by its intermediates, e.g.
 the -full-chain file of "dpsd cert device") and --key. With a certificate,
-the registration ID defaults to its subject CN.
+the registration ID defaults to its subject CN. With --tpm the device
+attests with a TPM 2.0 (an individual TPM enrollment, over https): a device
+file such as /dev/tpmrm0, or a software TPM's raw command socket as
+unix:PATH or tcp:HOST:PORT (swtpm socket --server type=unixio or type=tcp);
+"dpsd device endorsement-key" prints the key to enroll.
 
 Exit status: 0 when assigned, 1 on any failure (the Azure error code is
 printed).`,
@@ -173,13 +204,13 @@ printed).`,
 				return err
 			}
 			proofs := 0
-			for _, v := range []string{key, groupKey, certFile} {
+			for _, v := range []string{key, groupKey, certFile, tpmAddr} {
 				if v != "" {
 					proofs++
 				}
 			}
 			if proofs != 1 {
-				return errors.New("give exactly one of --symmetric-key, --group-key and --certificate")
+				return errors.New("give exactly one of --symmetric-key, --group-key, --certificate and --tpm")
 			}
 			var cert *tls.Certificate
 			if certFile != "" {
@@ -218,6 +249,14 @@ printed).`,
 			cfg.SymmetricKey = key
 			cfg.GroupKey = groupKey
 			cfg.Certificate = cert
+			if tpmAddr != "" {
+				dev, err := tpm.Open(tpmAddr)
+				if err != nil {
+					return fmt.Errorf("--tpm: %w", err)
+				}
+				defer dev.Close()
+				cfg.TPM = dev
+			}
 			cfg.Payload = raw
 			cfg.APIVersion = apiVersion
 			cfg.Timeout = timeout
@@ -250,6 +289,7 @@ printed).`,
 	f.StringVar(&groupKey, "group-key", "", "base64 key of the device's enrollment group; the device key is derived from it")
 	f.StringVar(&certFile, "certificate", "", "PEM file of the device certificate and its intermediates, for X.509 attestation")
 	f.StringVar(&keyFile, "key", "", "PEM file of the --certificate's private key")
+	f.StringVar(&tpmAddr, "tpm", "", "the device's TPM, for TPM attestation: a device file (/dev/tpmrm0), unix:PATH or tcp:HOST:PORT of a software TPM")
 	f.StringVar(&tr, "transport", string(device.TransportHTTPS), "https, mqtt, mqtt-ws, amqp or amqp-ws")
 	f.StringVar(&payload, "payload", "", "custom JSON payload sent with the registration (for custom allocation)")
 	f.StringVar(&apiVersion, "api-version", device.DefaultAPIVersion, "api-version sent to the service")

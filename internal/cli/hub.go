@@ -23,9 +23,11 @@ func newHubCmd() *cobra.Command {
 		Use:   "hub",
 		Short: "Manage the IoT hubs built into dpsd (devices, twins, telemetry)",
 		Long: `Manage the IoT hubs that run inside dpsd, so provisioned devices can connect
-to a hub on this machine. Each hub has its own host name and loopback address
-and serves the Azure IoT hub service REST API and device MQTT on the standard
-ports 443 and 8883. Add the printed hosts-file line so the host name resolves.`,
+to a hub on this machine. Every hub has its own host name and serves the Azure
+IoT hub service REST API and device MQTT on dpsd's own address and ports
+(443 and 8883 as the SDKs expect, if dpsd serves on those), told apart from
+the provisioning service and from each other by the host name clients use.
+One hosts-file line ("dpsd hub hosts-line") makes every hub's name resolve.`,
 		Args: cobra.NoArgs,
 	}
 	cc := newClientCmd(cmd)
@@ -33,7 +35,9 @@ ports 443 and 8883. Add the printed hosts-file line so the host name resolves.`,
 	device.AddCommand(hubDeviceListCmd(cc), hubDeviceShowCmd(cc))
 	twin := &cobra.Command{Use: "twin", Short: "Show device twins of a built-in hub", Args: cobra.NoArgs}
 	twin.AddCommand(hubTwinShowCmd(cc))
-	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), device, twin, hubMessagesCmd(cc))
+	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc),
+		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc), hubDeviceIdentityCmd(cc), hubDeviceTwinCmd(cc),
+		hubInvokeMethodCmd(cc), hubGenerateSASCmd(cc))
 	names := completeFrom(cc, builtinHubNames)
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -119,22 +123,28 @@ func hubCreateCmd(cc *clientCmd) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a built-in hub and start it (with --link, also link it to the provisioning service)",
-		Long: `Create a built-in IoT hub and start it. It listens on its own address with the
-standard ports, 443 (service REST API, MQTT over WebSockets) and 8883 (device
-MQTT), as the Azure SDKs expect; its host name is NAME.` + builtinhub.DefaultDomain + `
-unless --host-name says otherwise. Add the printed hosts-file line so the
-host name resolves, or give devices GatewayHostName=<address> in their
-connection string.
+		Long: `Create a built-in IoT hub and start it. Its host name is
+NAME.` + builtinhub.DefaultDomain + ` unless --host-name says otherwise. It is served on
+dpsd's own listeners — the HTTPS one (service REST API, MQTT over WebSockets)
+and the MQTT one — which tell its connections apart by the TLS server name,
+so it needs no address, port or privilege of its own. The SDKs use the
+standard ports 443 and 8883: run "dpsd serve" on those for them. Make the host
+name resolve with the one hosts-file line "dpsd hub hosts-line" prints for
+every hub.
+
+With --address the hub instead listens by itself on that IP address (of this
+machine), on ports 443 and 8883.
 
 With --link the hub is also linked to the provisioning service, as
 "dpsd linked-hub create --connection-string <the hub's connection string>"
 would do, so devices can be allocated to it at once.`,
 		Example: `  dpsd hub create contoso-toasters-hub-1098 --link
-  dpsd hub create contoso-heatpumps-hub-1098 --address 127.0.0.11 --link --allocation-weight 2`,
+  dpsd hub create contoso-heatpumps-hub-1098 --link --allocation-weight 2
+  dpsd hub create isolated-hub --address 127.0.0.11`,
 		Args: cobra.ExactArgs(1),
 	}
 	f := cmd.Flags()
-	f.StringVar(&req.Address, "address", "", "IP address to listen on (default: the next free loopback address from 127.0.0.10)")
+	f.StringVar(&req.Address, "address", "", "IP address for this hub alone to listen on (default: share dpsd's own listeners)")
 	f.StringVar(&req.HostName, "host-name", "", "host name of the hub (default NAME."+builtinhub.DefaultDomain+")")
 	f.BoolVar(&lf.link, "link", false, "also link the hub to the provisioning service")
 	f.IntVar(&lf.weight, "allocation-weight", linkedhub.DefaultWeight,
@@ -182,10 +192,77 @@ would do, so devices can be allocated to it at once.`,
 				return err
 			}
 		}
+		if in.Shared {
+			// One line for every hub on the shared address, this one included.
+			line := in.HostsLine
+			if list, err := builtinhub.AdminClientFor(c).List(cmd.Context()); err == nil {
+				for _, l := range hostsLines(list) {
+					if strings.HasPrefix(l, in.Address+" ") {
+						line = l
+					}
+				}
+			}
+			_, err = fmt.Fprintf(w, "\nMake the host names of all hubs resolve with this one line in /etc/hosts (Windows:\nC:\\Windows\\System32\\drivers\\etc\\hosts); \"dpsd hub hosts-line\" prints it again:\n  %s\n", line)
+			return err
+		}
 		_, err = fmt.Fprintf(w, "\nMake the host name resolve by adding this line to /etc/hosts (Windows: C:\\Windows\\System32\\drivers\\etc\\hosts):\n  %s\n", in.HostsLine)
 		return err
 	}
 	return cmd
+}
+
+func hubHostsLineCmd(cc *clientCmd) *cobra.Command {
+	return &cobra.Command{
+		Use:   "hosts-line",
+		Short: "Print the hosts-file line(s) that make every built-in hub's host name resolve",
+		Long: `Print what to put in /etc/hosts so that every built-in hub's host name
+resolves: one line for all the hubs on dpsd's shared address, and one per hub
+that has an address of its own. Run it again after creating or deleting hubs,
+or point one wildcard DNS record for the hub domain at dpsd's address.`,
+		Example: `  dpsd hub hosts-line | sudo tee -a /etc/hosts`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, asJSON, err := cc.adminClient()
+			if err != nil {
+				return err
+			}
+			list, err := c.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			lines := hostsLines(list)
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), nonNil(lines))
+			}
+			for _, l := range lines {
+				if _, err := fmt.Fprintln(cmd.OutOrStdout(), l); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// hostsLines are hosts-file lines for hubs: one per address, naming every
+// hub on it, in the order addresses first appear.
+func hostsLines(hubs []*admin.Hub) []string {
+	var addrs []string
+	names := map[string][]string{}
+	for _, h := range hubs {
+		if h.Address == "" {
+			continue
+		}
+		if _, ok := names[h.Address]; !ok {
+			addrs = append(addrs, h.Address)
+		}
+		names[h.Address] = append(names[h.Address], h.HostName)
+	}
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, a+" "+strings.Join(names[a], " "))
+	}
+	return out
 }
 
 func hubListCmd(cc *clientCmd) *cobra.Command {

@@ -3,10 +3,12 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 )
 
@@ -204,5 +206,28 @@ func TestTerminalEscapes(t *testing.T) {
 				t.Errorf("%s printed %q raw:\n%q", tc.name, bad, b.String())
 			}
 		}
+	}
+}
+
+func TestHostsLines(t *testing.T) {
+	hub := func(name, addr string) *admin.Hub {
+		return &admin.Hub{Name: name, HostName: name + ".azure-devices.internal", Address: addr}
+	}
+	for _, tc := range []struct {
+		name string
+		hubs []*admin.Hub
+		want []string
+	}{
+		{"none", nil, []string{}},
+		{"shared", []*admin.Hub{hub("a", "127.0.0.1"), hub("b", "127.0.0.1")},
+			[]string{"127.0.0.1 a.azure-devices.internal b.azure-devices.internal"}},
+		{"shared and own", []*admin.Hub{hub("a", "127.0.0.1"), hub("b", "127.0.0.11"), hub("c", "127.0.0.1")},
+			[]string{"127.0.0.1 a.azure-devices.internal c.azure-devices.internal", "127.0.0.11 b.azure-devices.internal"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := hostsLines(tc.hubs); !slices.Equal(got, tc.want) {
+				t.Errorf("hostsLines = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

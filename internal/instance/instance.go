@@ -57,6 +57,11 @@ func (p *Policy) Has(r Right) bool {
 type Instance struct {
 	IDScope  string   `json:"idScope"`
 	Policies []Policy `json:"policies"`
+	// DeviceKeySecret (base64, 32 bytes) derives the identity keys of TPM
+	// devices (internal/tpm.IdentityKey), so that every node derives the
+	// same key for a device. Instances created before it existed get one
+	// on their next start.
+	DeviceKeySecret string `json:"deviceKeySecret,omitempty"`
 }
 
 // Policy returns the policy named name (case-insensitive).
@@ -86,11 +91,15 @@ const recordID = "instance"
 // read the winner's instance.
 func LoadOrCreate(ctx context.Context, st store.Store) (*Instance, error) {
 	in, err := Load(ctx, st)
+	if err == nil && in.DeviceKeySecret == "" {
+		return addDeviceKeySecret(ctx, st)
+	}
 	if err == nil || !errors.Is(err, store.ErrNotFound) {
 		return in, err
 	}
 	in = &Instance{
-		IDScope: newIDScope(),
+		IDScope:         newIDScope(),
+		DeviceKeySecret: sas.GenerateKey(32),
 		Policies: []Policy{{
 			KeyName:      OwnerPolicy,
 			PrimaryKey:   sas.GenerateKey(32),
@@ -110,6 +119,45 @@ func LoadOrCreate(ctx context.Context, st store.Store) (*Instance, error) {
 		return nil, fmt.Errorf("create instance: %w", err)
 	}
 	return in, nil
+}
+
+// addDeviceKeySecret gives an instance created before DeviceKeySecret
+// existed its secret; when several nodes start at once, one write wins and
+// the others read it.
+func addDeviceKeySecret(ctx context.Context, st store.Store) (*Instance, error) {
+	for range 5 {
+		rec, err := st.Get(ctx, store.KindConfig, recordID)
+		if err != nil {
+			return nil, fmt.Errorf("load instance: %w", err)
+		}
+		var in Instance
+		if err := json.Unmarshal(rec.Data, &in); err != nil {
+			return nil, fmt.Errorf("load instance: %w", err)
+		}
+		if in.DeviceKeySecret != "" {
+			return &in, nil
+		}
+		// Keep every member the record has, known to this version or not.
+		var doc map[string]json.RawMessage
+		if err := json.Unmarshal(rec.Data, &doc); err != nil {
+			return nil, fmt.Errorf("load instance: %w", err)
+		}
+		in.DeviceKeySecret = sas.GenerateKey(32)
+		doc["deviceKeySecret"], _ = json.Marshal(in.DeviceKeySecret)
+		data, err := json.Marshal(doc)
+		if err != nil {
+			return nil, err
+		}
+		_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, ID: recordID, Data: data}, store.Condition{IfMatch: rec.ETag})
+		if errors.Is(err, store.ErrPrecondition) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("add the device key secret to the instance: %w", err)
+		}
+		return &in, nil
+	}
+	return nil, errors.New("add the device key secret to the instance: the record keeps changing")
 }
 
 // Load reads the instance; store.ErrNotFound if it was never created.

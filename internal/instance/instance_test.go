@@ -4,10 +4,12 @@ import (
 	"context"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
 	"github.com/dpsd/dpsd/internal/store/sqlite"
 )
 
@@ -36,7 +38,8 @@ func TestLoadOrCreate(t *testing.T) {
 	}
 	wg.Wait()
 	for _, in := range got[1:] {
-		if in == nil || got[0] == nil || in.IDScope != got[0].IDScope || in.Policies[0].PrimaryKey != got[0].Policies[0].PrimaryKey {
+		if in == nil || got[0] == nil || in.IDScope != got[0].IDScope || in.Policies[0].PrimaryKey != got[0].Policies[0].PrimaryKey ||
+			in.DeviceKeySecret == "" || in.DeviceKeySecret != got[0].DeviceKeySecret {
 			t.Fatalf("instances differ: %+v vs %+v", in, got[0])
 		}
 	}
@@ -51,5 +54,35 @@ func TestLoadOrCreate(t *testing.T) {
 	cs, err := sas.ParseConnectionString(in.ServiceConnectionString("dps.example"))
 	if err != nil || cs.HostName != "dps.example" || cs.SharedAccessKeyName != OwnerPolicy || cs.SharedAccessKey != p.PrimaryKey {
 		t.Fatalf("connection string %+v, %v", cs, err)
+	}
+}
+
+// TestDeviceKeySecretAdded: an instance created before the device key secret
+// existed gets one, once, keeping what the record holds.
+func TestDeviceKeySecretAdded(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "dpsd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	old := `{"idScope":"0ne00000001","policies":[{"keyName":"provisioningserviceowner","primaryKey":"a2V5","secondaryKey":"a2V5","rights":["ServiceConfig"]}],"future":1}`
+	if _, err := st.Put(ctx, store.Record{Kind: store.KindConfig, ID: recordID, Data: []byte(old)}, store.Condition{MustNotExist: true}); err != nil {
+		t.Fatal(err)
+	}
+	in, err := LoadOrCreate(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.IDScope != "0ne00000001" || in.DeviceKeySecret == "" {
+		t.Fatalf("instance %+v", in)
+	}
+	again, err := LoadOrCreate(ctx, st)
+	if err != nil || again.DeviceKeySecret != in.DeviceKeySecret {
+		t.Fatalf("second start: %+v, %v", again, err)
+	}
+	rec, err := st.Get(ctx, store.KindConfig, recordID)
+	if err != nil || !strings.Contains(string(rec.Data), `"future":1`) {
+		t.Fatalf("record %s, %v: unknown members must be kept", rec.Data, err)
 	}
 }

@@ -20,6 +20,10 @@ type Request struct {
 	// SASToken is the Authorization header (HTTPS) or CONNECT password
 	// (MQTT), verbatim. Empty when the device attests with a certificate.
 	SASToken string
+	// TPM is the endorsement and storage root keys a TPM device sent (the
+	// register body's "tpm" member, or the AMQP SASL exchange); nil
+	// otherwise.
+	TPM *dps.TPMAttestation
 	// PeerCertificates is the TLS client chain, leaf first, when given.
 	PeerCertificates []*x509.Certificate
 	// APIVersion is the api-version the device sent.

@@ -34,6 +34,10 @@ type vouched struct {
 	// viaGroup is the group that vouched when a disabled individual
 	// enrollment decides over a group member (enrollment is then set).
 	viaGroup string
+	// tpm is set for a device that attested with its TPM; tpmBlob is the
+	// activation blob its answer carries (registrationState.tpm).
+	tpm     bool
+	tpmBlob string
 }
 
 // boundGroupID is the enrollment group the registration is bound to by
@@ -50,8 +54,11 @@ func (v *vouched) boundGroupID() string {
 
 // attestationType is how the device attested (dps.Attestation*).
 func (v *vouched) attestationType() string {
-	if v.x509 != nil {
+	switch {
+	case v.x509 != nil:
 		return dps.AttestationX509
+	case v.tpm:
+		return dps.AttestationTPM
 	}
 	return dps.AttestationSymmetricKey
 }
@@ -86,6 +93,11 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 		if len(req.PeerCertificates) > 0 {
 			return e.attestX509(ctx, req, prev)
 		}
+		// A TPM device's first request carries its keys and no proof;
+		// the answer is its challenge.
+		if req.TPM != nil && req.TPM.EndorsementKey != "" {
+			return nil, e.tpmChallenge(ctx, req)
+		}
 		return nil, errUnauthorized("the request has neither a SAS token nor a TLS client certificate")
 	}
 	tok, err := sas.Parse(req.SASToken)
@@ -108,6 +120,9 @@ func (e *Engine) attest(ctx context.Context, req *Request, prev *enroll.Registra
 	ie, err := enroll.GetEnrollment(ctx, e.st, req.RegistrationID)
 	switch {
 	case err == nil:
+		if _, isTPM := tpmEnrollmentEK(ie); isTPM {
+			return e.verifyTPM(req, tok, ie)
+		}
 		v, verr := verifyIndividual(tok, ie)
 		if verr != nil && strings.EqualFold(ie.ProvisioningStatus, dps.ProvisioningDisabled) {
 			// A disabled individual enrollment is how Azure blocks one

@@ -155,6 +155,9 @@ type Options struct {
 	// renewed: how soon another node takes over the work of a node that
 	// died. The owner renews it every Lease/3.
 	Lease time.Duration
+	// DeviceKeySecret derives the identity keys of TPM devices
+	// (tpm.IdentityKey); without it TPM devices are refused.
+	DeviceKeySecret []byte
 	// PollFirst makes Register answer "assigning" even when the result is
 	// ready, with a Retry-After of zero, for clients that insist on the
 	// classic register-then-poll exchange. By default a result that is
@@ -855,6 +858,9 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 	final.State.DeviceID = deviceID
 	final.State.Payload = payload
 	final.State.ErrorCode, final.State.ErrorMessage = 0, ""
+	if who.tpmBlob != "" {
+		final.State.TPM = &dps.TPMRegistrationResult{AuthenticationKey: who.tpmBlob}
+	}
 	final.Identity = IdentityOf(dev)
 	return &plan{dev: dev, final: &final}, nil
 }

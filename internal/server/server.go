@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ import (
 	"github.com/dpsd/dpsd/internal/refusal"
 	"github.com/dpsd/dpsd/internal/store"
 	"github.com/dpsd/dpsd/internal/throttle"
+	"github.com/dpsd/dpsd/internal/tlsmux"
 	amqptransport "github.com/dpsd/dpsd/internal/transport/amqp"
 	"github.com/dpsd/dpsd/internal/transport/https"
 	"github.com/dpsd/dpsd/internal/transport/mqtt"
@@ -132,8 +134,11 @@ type Server struct {
 	mqtt   *mqtt.Server
 	amqp   *amqptransport.Server
 	hubs   *builtinhub.Manager
-	linked *linkedhub.Registry
-	alog   *alloclog.Log
+	// hubRouter is hubs, kept after shutdown clears hubs, for requests
+	// still being routed.
+	hubRouter *builtinhub.Manager
+	linked    *linkedhub.Registry
+	alog      *alloclog.Log
 	// policies are the in-process allocation policies, read by the
 	// allocator and written through /dpsd/allocationPolicies.
 	policies *allocpolicy.Registry
@@ -280,11 +285,14 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Certificate: s.ca.ServerCertificate,
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 		Listener:    s.conns.Listener,
+		Shared:      s.sharedHubEndpoint(),
 		OnDelete:    s.unlinkDeletedHub,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
+	s.hubRouter = s.hubs
+	s.shareListeners(tlsCfg)
 	if err := s.hubs.Start(ctx); err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
@@ -294,12 +302,13 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		return err
 	}
 	s.engine = provision.New(st, provision.Options{
-		IDScope:   s.inst.IDScope,
-		Logger:    s.log,
-		PollFirst: cfg.PollFirst,
-		Allocator: alloc,
-		Registrar: registrar,
-		Node:      node,
+		IDScope:         s.inst.IDScope,
+		Logger:          s.log,
+		PollFirst:       cfg.PollFirst,
+		DeviceKeySecret: deviceKeySecret(s.inst),
+		Allocator:       alloc,
+		Registrar:       registrar,
+		Node:            node,
 	})
 	s.doctor = &doctor{s: s}
 	// The service API and the linked-hub endpoints write through svcStore,
@@ -532,6 +541,12 @@ func (s *Server) closeAll() {
 // and service APIs on different host names; dpsd serves both on one
 // listener and tells them apart by path, which never overlap.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if s.hubRouter != nil && s.hubRouter.ServesHost(r.Host) {
+		// A built-in hub's request from a client that sent no TLS server
+		// name (it dialled the address) but names the hub in Host.
+		s.hubRouter.ServeHTTP(w, r)
+		return
+	}
 	if mqtt.IsWebSocketUpgrade(r) {
 		// One WebSocket endpoint for MQTT and AMQP, told apart by the
 		// subprotocol the client offers.
@@ -673,6 +688,64 @@ func (s *Server) serviceHostNames() []string {
 	return names
 }
 
+// helloTimeout bounds the wait for a connection's TLS ClientHello on the
+// shared listeners.
+const helloTimeout = 10 * time.Second
+
+// sharedHubEndpoint is where the built-in hubs without an address of
+// their own are served: the node's own listeners, whose connections for a
+// hub's host name (TLS server name) shareListeners hands to the hubs.
+func (s *Server) sharedHubEndpoint() *builtinhub.Shared {
+	ip := "127.0.0.1" // a listener on every address is reached on loopback
+	if h, _, err := net.SplitHostPort(s.httpsL.Addr().String()); err == nil && !net.ParseIP(h).IsUnspecified() {
+		ip = h
+	}
+	return &builtinhub.Shared{
+		Address:   ip,
+		HTTPSAddr: s.httpsL.Addr().String(),
+		MQTTAddr:  s.mqttL.Addr().String(),
+		AMQPAddr:  s.amqpL.Addr().String(),
+	}
+}
+
+// shareListeners puts the node's listeners in front of the built-in hubs
+// too: each connection's TLS server name is read first, and those naming
+// a hub go to it, the others to the provisioning service. Clients that
+// name no server (a device dialling an IP address as GatewayHostName) are
+// told apart later: over HTTPS by the Host header (route), over MQTT by
+// the CONNECT's user name, read here after the node's own handshake. While
+// no hub runs, nothing is read: the listeners are the service's alone.
+func (s *Server) shareListeners(tlsCfg *tls.Config) {
+	hubs := s.hubs
+	split := func(l net.Listener, p builtinhub.Protocol, noName func(net.Conn, *tlsmux.Listener)) *tlsmux.Listener {
+		return tlsmux.Split(l, func(name string) func(net.Conn, *tlsmux.Listener) {
+			switch {
+			case name == "" && noName != nil && hubs.Running():
+				return noName
+			case name == "" || !hubs.ServesHost(name):
+				return nil
+			}
+			return func(c net.Conn, _ *tlsmux.Listener) { hubs.ServeConn(p, c) }
+		}, hubs.Running, helloTimeout, s.log)
+	}
+	s.httpsL = split(s.httpsL, builtinhub.ProtocolHTTPS, nil)
+	s.mqttL = split(s.mqttL, builtinhub.ProtocolMQTT, func(c net.Conn, l *tlsmux.Listener) {
+		tc := tls.Server(c, tlsCfg)
+		ctx, cancel := context.WithTimeout(context.Background(), helloTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Debug("mqtt TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		if rest, claimed := hubs.ClaimMQTT(tc); !claimed {
+			l.Deliver(rest)
+		}
+	})
+	s.amqpL = split(s.amqpL, builtinhub.ProtocolAMQP, nil)
+}
+
 // hostPort joins the public host name with the port a listener got,
 // leaving the port out when it is the protocol's default.
 func hostPort(host string, addr net.Addr, defaultPort string) string {
@@ -723,4 +796,13 @@ func orNone(s string) string {
 		return "(configured certificate)"
 	}
 	return s
+}
+
+// deviceKeySecret is the instance's secret for TPM identity keys, decoded.
+func deviceKeySecret(in *instance.Instance) []byte {
+	b, err := base64.StdEncoding.DecodeString(in.DeviceKeySecret)
+	if err != nil {
+		return nil
+	}
+	return b
 }

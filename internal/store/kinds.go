@@ -14,6 +14,7 @@ const (
 	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
 	KindHubSession Kind = "hubSession" // built-in hub persistent MQTT session; id = hub/clientId, Ref = hub name
 	KindHubCA      Kind = "hubCA"      // CA a built-in hub trusts; id = hub/SHA-256 thumbprint, Ref = hub name
+	KindHubC2D     Kind = "hubC2D"     // a built-in hub device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
 )
 
 // Kinds lists every kind dpsd stores. A test checks it against the
@@ -21,7 +22,7 @@ const (
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
-	KindHub, KindHubDevice, KindHubSession, KindHubCA,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
 	KindHealth,
 }
 

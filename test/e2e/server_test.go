@@ -38,7 +38,7 @@ type dpsdServer struct {
 	*testenv.Node
 	// Hub is the host name of the built-in hub linked to the server.
 	Hub      string
-	HubAddr  string // the hub's loopback address
+	HubAddr  string // the address the hub is reached on: the node's own
 	InfoPath string
 }
 
@@ -129,8 +129,8 @@ func tryStart(t *testing.T, ip string, extra ...string) (*dpsdServer, error) {
 	return srv, nil
 }
 
-// linkHub creates a built-in hub on a loopback address of its own and links
-// it to the server, as a user would with the CLI, so that registrations land
+// linkHub creates a built-in hub, served on the node's own listeners, and
+// links it to the server, as a user would with the CLI, so that registrations land
 // in a real hub. Its host name goes to the Node tests as DPSD_TEST_HUB.
 func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	t.Helper()
@@ -143,14 +143,13 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 		}
 		return out, nil
 	}
-	prefix := s.IP[:strings.LastIndex(s.IP, ".")]
-	addr := pickAddressIn(t, prefix)
-	out, err := run("hub", "create", "e2e-hub", "--address", addr, "-o", "json")
+	out, err := run("hub", "create", "e2e-hub", "-o", "json")
 	if err != nil {
 		return err
 	}
 	var h struct {
 		HostName         string `json:"hostName"`
+		Address          string `json:"address"` // dpsd's own: the hub shares its listeners
 		ConnectionString string `json:"connectionString"`
 	}
 	if err := json.Unmarshal(out, &h); err != nil || h.HostName == "" || h.ConnectionString == "" {
@@ -159,6 +158,6 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	if _, err := run("linked-hub", "create", "--connection-string", h.ConnectionString); err != nil {
 		return err
 	}
-	s.Hub, s.HubAddr = h.HostName, addr
+	s.Hub, s.HubAddr = h.HostName, h.Address
 	return nil
 }

@@ -296,27 +296,34 @@ func runContosoWalkthrough(t *testing.T, viaPolicy bool) {
 	// of its own; the group below names the Contoso hubs only).
 	srv := startServer(t)
 
-	// Step 2: two built-in hubs, each on its own address with the
-	// standard ports; one linked by "hub create --link", the other by
-	// "linked-hub create" with its connection string.
+	// Step 2: two built-in hubs, on dpsd's own address and ports (no
+	// address, port or privilege of their own); one linked by "hub
+	// create --link", the other by "linked-hub create" with its
+	// connection string.
 	hubs := map[string]builtinHub{}
 	var toasters, heatpumps builtinHub
 	decodeJSON(t, "hub create --link", dpsdCLI(t, srv, "hub", "create", toastersHubName,
-		"--address", pickAddress(t), "--link", "--allocation-weight", "2", "-o", "json"), &toasters)
+		"--link", "--allocation-weight", "2", "-o", "json"), &toasters)
 	if toasters.LinkedHub == nil || toasters.LinkedHub.Name != toasters.HostName || toasters.LinkedHub.AllocationWeight != 2 ||
 		!toasters.LinkedHub.ApplyAllocationPolicy || strings.Contains(toasters.LinkedHub.ConnectionString, toasters.ConnectionString) {
 		t.Fatalf("hub create --link: linked hub %+v for hub %+v (want its host name, weight 2, policy applied, key redacted)", toasters.LinkedHub, toasters)
 	}
-	decodeJSON(t, "hub create", dpsdCLI(t, srv, "hub", "create", heatpumpsHubName, "--address", pickAddress(t), "-o", "json"), &heatpumps)
+	decodeJSON(t, "hub create", dpsdCLI(t, srv, "hub", "create", heatpumpsHubName, "-o", "json"), &heatpumps)
 	if heatpumps.LinkedHub != nil {
 		t.Errorf("hub create without --link linked the hub: %+v", heatpumps.LinkedHub)
 	}
 	dpsdCLI(t, srv, "linked-hub", "create", "--connection-string", heatpumps.ConnectionString)
 	for _, h := range []builtinHub{toasters, heatpumps} {
-		if !h.Running || h.HostName != h.Name+".azure-devices.internal" || h.HostsLine != h.Address+" "+h.HostName {
-			t.Fatalf("hub %s: %+v", h.Name, h)
+		if !h.Running || !h.Shared || h.Address != srv.IP || h.HostName != h.Name+".azure-devices.internal" || h.HostsLine != h.Address+" "+h.HostName {
+			t.Fatalf("hub %s: %+v (want it running on dpsd's address %s)", h.Name, h, srv.IP)
 		}
 		hubs[h.Name] = h
+	}
+	// One hosts-file line makes every hub's name resolve.
+	var lines []string
+	decodeJSON(t, "hub hosts-line", dpsdCLI(t, srv, "hub", "hosts-line", "-o", "json"), &lines)
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], srv.IP+" ") || !strings.Contains(lines[0], " "+toasters.HostName) || !strings.Contains(lines[0], " "+heatpumps.HostName) {
+		t.Errorf("hub hosts-line = %q, want one line for %s naming both hubs", lines, srv.IP)
 	}
 	// The table form says how to make the host name resolve.
 	if out := dpsdCLI(t, srv, "hub", "show", toastersHubName); !strings.Contains(out, toasters.HostsLine) {

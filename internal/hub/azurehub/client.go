@@ -312,3 +312,31 @@ func (c *Client) sasToken() (string, error) {
 	c.token, c.tokenExp = tok, exp
 	return tok, nil
 }
+
+// MethodRequest is a direct method call (POST /twins/{id}/methods).
+type MethodRequest struct {
+	MethodName               string          `json:"methodName"`
+	Payload                  json.RawMessage `json:"payload,omitempty"`
+	ResponseTimeoutInSeconds int             `json:"responseTimeoutInSeconds,omitempty"`
+	ConnectTimeoutInSeconds  int             `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// MethodResult is the device's answer to a direct method.
+type MethodResult struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// InvokeMethod calls a direct method on a connected device and returns its
+// answer. It is not retried: a method may have effects.
+func (c *Client) InvokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	var out MethodResult
+	if err := c.once(ctx, http.MethodPost, "/twins/"+url.PathEscape(id)+"/methods", "", body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

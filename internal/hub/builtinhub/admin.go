@@ -2,12 +2,16 @@ package builtinhub
 
 import (
 	"cmp"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
@@ -40,6 +44,9 @@ type DeviceList struct {
 //	GET    /dpsd/hubs/{name}/devices/{id}        show a device identity
 //	GET    /dpsd/hubs/{name}/devices/{id}/twin   show a device twin
 //	GET    /dpsd/hubs/{name}/messages?deviceId=&after=&top=  telemetry received
+//	       (&wait=N: a long poll, answered when a message comes or after N s;
+//	       Accept: text/event-stream: follow it as server-sent events)
+//	POST   /dpsd/hubs/{name}/devices/{id}/messages  send a cloud-to-device message
 //
 // Requests pass Options.Authorize first. Errors have the DPS error shape.
 // The handler accepts paths with or without the prefix.
@@ -100,9 +107,89 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		m.serveHubAdmin(w, r, h, segs[1:])
+	case len(segs) == 4 && segs[1] == "devices" && segs[3] == "messages" && r.Method == http.MethodPost:
+		h, ok := m.Hub(segs[0])
+		if !ok {
+			m.adminError(w, r, m.hubNotRunning(r, segs[0]))
+			return
+		}
+		m.sendC2D(w, r, h, segs[2])
 	default:
 		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))
 	}
+}
+
+// maxWaitSeconds bounds a long poll for telemetry, below the clients'
+// request timeout.
+const maxWaitSeconds = 50
+
+// streamMessages follows a hub's telemetry as server-sent events, one
+// "message" event per message (its sequence number as the event id), with
+// a comment line every 15 s to keep proxies from closing the stream. It
+// ends when the client goes away.
+func (m *Manager) streamMessages(w http.ResponseWriter, r *http.Request, h *Hub, deviceID string, after int64) {
+	if id, err := strconv.ParseInt(r.Header.Get("Last-Event-ID"), 10, 64); err == nil && id > after {
+		after = id
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeBadRequest, "Streaming is not supported on this connection."))
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	ctx := r.Context()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		msgs := h.WaitMessages(wctx, deviceID, after, 100)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if len(msgs) == 0 {
+			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+		}
+		for _, msg := range msgs {
+			data, err := json.Marshal(msg)
+			if err != nil {
+				return
+			}
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: message\ndata: %s\n\n", msg.SequenceNumber, data); err != nil {
+				return
+			}
+			after = msg.SequenceNumber
+		}
+		fl.Flush()
+	}
+}
+
+func (m *Manager) sendC2D(w http.ResponseWriter, r *http.Request, h *Hub, id string) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 2*MaxC2DBody+64<<10))
+	var req C2DSend // the body of POST /dpsd/hubs/{name}/devices/{id}/messages
+	if err == nil {
+		err = cmp.Or(jsonlimit.Check(body), json.Unmarshal(body, &req))
+	}
+	if err != nil {
+		httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body is not valid JSON: %v", err))
+		return
+	}
+	msg := req.C2DMessage
+	msg.Body = []byte(req.Body)
+	if req.BodyEncoding == "base64" {
+		if msg.Body, err = base64.StdEncoding.DecodeString(req.Body); err != nil {
+			httperr.Write(w, r, nil, dps.Errorf(dps.CodeInvalidArgument, "The body is not base64: %v", err))
+			return
+		}
+	}
+	if err := h.SendC2D(r.Context(), id, &msg); err != nil {
+		m.adminError(w, r, err)
+		return
+	}
+	httperr.WriteJSON(w, http.StatusAccepted, map[string]string{"messageId": msg.MessageID})
 }
 
 func (m *Manager) hubNotRunning(r *http.Request, name string) error {
@@ -145,8 +232,19 @@ func (m *Manager) serveHubAdmin(w http.ResponseWriter, r *http.Request, h *Hub, 
 			return
 		}
 		httperr.WriteJSON(w, http.StatusOK, t)
+	case len(segs) == 1 && segs[0] == "messages" && strings.Contains(r.Header.Get("Accept"), "text/event-stream"):
+		after, _ := strconv.ParseInt(q.Get("after"), 10, 64)
+		m.streamMessages(w, r, h, q.Get("deviceId"), after)
 	case len(segs) == 1 && segs[0] == "messages":
 		after, _ := strconv.ParseInt(q.Get("after"), 10, 64)
+		if wait, _ := strconv.Atoi(q.Get("wait")); wait > 0 {
+			// A long poll: answer when a message comes, or after wait
+			// seconds with none.
+			ctx, cancel := context.WithTimeout(ctx, time.Duration(min(wait, maxWaitSeconds))*time.Second)
+			defer cancel()
+			httperr.WriteJSON(w, http.StatusOK, h.WaitMessages(ctx, q.Get("deviceId"), after, top))
+			return
+		}
 		httperr.WriteJSON(w, http.StatusOK, h.Messages(q.Get("deviceId"), after, top))
 	default:
 		httperr.Write(w, r, nil, dps.Errorf(dps.CodeNotFound, "No such path: %s %s", r.Method, r.URL.Path))

@@ -120,6 +120,37 @@ func (c *AdminClient) Messages(ctx context.Context, name, deviceID string, after
 	return out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/messages", q, nil, &out)
 }
 
+// WaitMessages is Messages as a long poll: when there are no messages
+// after after, the hub answers when one comes, or after wait with none.
+func (c *AdminClient) WaitMessages(ctx context.Context, name, deviceID string, after int64, wait time.Duration) ([]Message, error) {
+	q := url.Values{}
+	if deviceID != "" {
+		q.Set("deviceId", deviceID)
+	}
+	q.Set("after", strconv.FormatInt(after, 10))
+	q.Set("wait", strconv.Itoa(max(1, int(wait/time.Second))))
+	var out []Message
+	return out, c.do(ctx, http.MethodGet, "/"+url.PathEscape(name)+"/messages", q, nil, &out)
+}
+
+// C2DSend is a cloud-to-device message to send: Body is text, or base64
+// with BodyEncoding "base64".
+type C2DSend struct {
+	C2DMessage
+	Body         string `json:"body"`
+	BodyEncoding string `json:"bodyEncoding,omitempty"`
+}
+
+// SendC2D queues a cloud-to-device message for a device and returns its
+// message id.
+func (c *AdminClient) SendC2D(ctx context.Context, name, deviceID string, m *C2DSend) (string, error) {
+	var out struct {
+		MessageID string `json:"messageId"`
+	}
+	err := c.do(ctx, http.MethodPost, "/"+url.PathEscape(name)+"/devices/"+url.PathEscape(deviceID)+"/messages", nil, m, &out)
+	return out.MessageID, err
+}
+
 // do sends one request below AdminPathPrefix. The answer is decoded here
 // rather than by the service client, with numbers kept exact, as twins need.
 func (c *AdminClient) do(ctx context.Context, method, path string, query url.Values, in, out any) error {

@@ -3,14 +3,18 @@
 // to it with the official Azure device SDK, reads its twin and sends
 // telemetry.
 //
-// Each hub has a host name (by default {name}.azure-devices.internal), its
-// own shared access policies (iothubowner and the other defaults of a new
-// Azure hub), and its own IP address — by default the next free loopback
-// address 127.0.0.N — so that it can serve the standard ports, which
-// several SDKs hard-code: HTTPS on 443 (service REST API and MQTT over
-// WebSockets) and MQTT over TLS on 8883. Its TLS certificate, issued by the
-// local CA, covers the host name and the address. A hosts-file line
-// ("127.0.0.10 name.azure-devices.internal") makes the host name resolve.
+// Each hub has a host name (by default {name}.azure-devices.internal) and
+// its own shared access policies (iothubowner and the other defaults of a
+// new Azure hub). Hubs share one endpoint (Options.Shared) — in dpsd the
+// node's own listeners, which hand over the connections whose TLS server
+// name is a hub's — and are told apart by what each protocol carries: the
+// TLS server name, the MQTT user name ({hubHostName}/{deviceId}/…), the
+// HTTP Host header or the SAS token's resource. So a hub needs no address
+// of its own, and one hosts-file line ("127.0.0.2 a.azure-devices.internal
+// b.azure-devices.internal") makes every hub's name resolve. A hub created
+// with an address listens there by itself instead, on the standard ports
+// the SDKs hard-code (HTTPS and MQTT over WebSockets on 443, MQTT on 8883).
+// Certificates come from the local CA.
 //
 // Devices, twins and persistent MQTT sessions live in the store, so hubs
 // survive restarts; telemetry is kept in a bounded in-memory buffer per

@@ -9,13 +9,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
@@ -73,9 +76,10 @@ type Config struct {
 	// HostName is the name devices and services use; it need not resolve
 	// (clients can dial Address), but the hosts-file line makes it.
 	HostName string `json:"hostName"`
-	// Address is the IP address the hub listens on, with the standard
-	// ports (443 and 8883) unless the manager says otherwise.
-	Address  string    `json:"address"`
+	// Address, when set, is the IP address the hub listens on by itself,
+	// with the standard ports (443 and 8883) unless the manager says
+	// otherwise. Empty: the hub is served on the endpoint all hubs share.
+	Address  string    `json:"address,omitempty"`
 	Policies []Policy  `json:"policies"`
 	Created  time.Time `json:"created"`
 }
@@ -98,10 +102,6 @@ func (c *Config) ConnectionString() *sas.ConnectionString {
 	return &sas.ConnectionString{HostName: c.HostName, SharedAccessKeyName: p.KeyName, SharedAccessKey: p.PrimaryKey}
 }
 
-// HostsLine is the /etc/hosts line that makes the host name resolve to the
-// hub's address.
-func (c *Config) HostsLine() string { return c.Address + " " + c.HostName }
-
 func decodeKey(k string) []byte {
 	b, err := base64.StdEncoding.DecodeString(k)
 	if err != nil {
@@ -119,13 +119,17 @@ type Hub struct {
 	now     func() time.Time
 	limiter *limiter
 	msgs    *messageBuffer
+	c2d     *c2dQueues
+	fb      *feedbackHub
 
 	broker *mqtt.Server
 	http   *http.Server
 	httpsL net.Listener
 	mqttL  net.Listener
 	tls    *tls.Config
+	cert   tls.Certificate
 	hook   *deviceHook
+	shared *Shared // the shared endpoint, or nil for a hub with its own listeners
 
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
@@ -137,6 +141,7 @@ type Hub struct {
 	conns   map[net.Conn]*connInfo   // open device connections
 	devices map[string]*devState     // by lower-cased device id
 	methods map[string]pendingMethod // by request id
+	amqpC2D map[string]*wire.Link    // devices' AMQP cloud-to-device links, by lower-cased id
 	wg      sync.WaitGroup
 }
 
@@ -160,22 +165,79 @@ func (h *Hub) Config() Config { return h.cfg }
 func (h *Hub) Name() string { return h.cfg.Name }
 
 // HTTPSAddr is the address the REST API and MQTT over WebSockets listen on.
-func (h *Hub) HTTPSAddr() string { return h.httpsL.Addr().String() }
+func (h *Hub) HTTPSAddr() string {
+	if h.shared != nil {
+		return h.shared.HTTPSAddr
+	}
+	return h.httpsL.Addr().String()
+}
 
 // MQTTAddr is the address MQTT over TLS listens on.
-func (h *Hub) MQTTAddr() string { return h.mqttL.Addr().String() }
+func (h *Hub) MQTTAddr() string {
+	if h.shared != nil {
+		return h.shared.MQTTAddr
+	}
+	return h.mqttL.Addr().String()
+}
 
 // aliases are the names clients may address the hub by, in tokens and
-// MQTT user names.
+// MQTT user names: its host name and address, with or without a port.
 func (h *Hub) aliases() []string {
-	out := []string{h.cfg.HostName, h.cfg.Address}
-	for _, l := range []net.Listener{h.httpsL, h.mqttL} {
-		if l != nil {
-			_, port, _ := net.SplitHostPort(l.Addr().String())
-			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(h.cfg.Address, port))
+	addr := h.cfg.Address
+	if h.shared != nil {
+		addr = h.shared.Address
+	}
+	out := []string{h.cfg.HostName, addr}
+	addrs := []string{h.HTTPSAddr(), h.MQTTAddr()}
+	if h.shared != nil {
+		addrs = append(addrs, h.shared.AMQPAddr)
+	}
+	for _, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err == nil {
+			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(addr, port))
 		}
 	}
 	return out
+}
+
+// enter counts a connection handed over by the shared endpoint in the
+// hub's wait group; false means the hub is closing.
+func (h *Hub) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+// listenError is a hub's failure to bind its own address.
+type listenError struct {
+	addr string
+	err  error
+}
+
+func (e *listenError) Error() string {
+	switch {
+	case errors.Is(e.err, os.ErrPermission):
+		return fmt.Sprintf("cannot listen on %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE, e.g. sudo setcap cap_net_bind_service=+ep on the dpsd binary); or create the hub without --address to share dpsd's own listeners", e.addr)
+	case errors.Is(e.err, syscall.EADDRINUSE):
+		return fmt.Sprintf("cannot listen on %s: the address is already in use; choose another --address, or none to share dpsd's own listeners", e.addr)
+	case errors.Is(e.err, syscall.EADDRNOTAVAIL):
+		return fmt.Sprintf("cannot listen on %s: the address is not one of this machine's", e.addr)
+	}
+	return fmt.Sprintf("cannot listen on %s: %v", e.addr, e.err)
+}
+
+func (e *listenError) Unwrap() error { return e.err }
+
+func listenTCP(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, &listenError{addr: addr, err: err}
+	}
+	return l, nil
 }
 
 // hubOptions are the manager's settings a hub uses.
@@ -194,6 +256,7 @@ type hubOptions struct {
 	bodyTimeout    time.Duration
 	maxKeepAlive   uint16
 	listener       func(net.Listener, string) net.Listener
+	shared         *Shared // set: no listeners of its own
 }
 
 // startHub binds the hub's listeners and serves them.
@@ -205,6 +268,8 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		now:            o.now,
 		limiter:        newLimiter(o.rate, o.burst),
 		msgs:           newMessageBuffer(o.messages, o.messageBytes),
+		c2d:            newC2DQueues(st, cfg.Name, o.logger.With("hub", cfg.Name)),
+		fb:             newFeedbackHub(),
 		methodTimeout:  o.methodTimeout,
 		connectTimeout: o.connectTimeout,
 		bodyTimeout:    o.bodyTimeout,
@@ -212,6 +277,8 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		conns:          make(map[net.Conn]*connInfo),
 		devices:        make(map[string]*devState),
 		methods:        make(map[string]pendingMethod),
+		cert:           o.cert,
+		shared:         o.shared,
 	}
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -220,13 +287,25 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"http/1.1"},
 	}
-	var err error
-	if h.httpsL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
-		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := h.c2d.load(ctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
 	}
-	if h.mqttL, err = net.Listen("tcp", net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
+	if h.shared != nil {
+		if err := h.startBroker(); err != nil {
+			return nil, err
+		}
+		h.log.Info("built-in hub serving on the shared endpoint", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr())
+		return h, nil
+	}
+	if h.httpsL, err = listenTCP(net.JoinHostPort(cfg.Address, o.httpsPort)); err != nil {
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
+	if h.mqttL, err = listenTCP(net.JoinHostPort(cfg.Address, o.mqttPort)); err != nil {
 		h.httpsL.Close()
-		return nil, fmt.Errorf("hub %s: listen: %w", cfg.Name, err)
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
 	}
 	if o.listener != nil {
 		h.httpsL = o.listener(h.httpsL, "hub-https")
@@ -281,9 +360,12 @@ func (h *Hub) close(ctx context.Context) error {
 		c.Close()
 	}
 	h.mu.Unlock()
-	err := h.http.Shutdown(ctx)
-	h.mqttL.Close()
-	h.http.Close()
+	var err error
+	if h.http != nil {
+		err = h.http.Shutdown(ctx)
+		h.mqttL.Close()
+		h.http.Close()
+	}
 	done := make(chan struct{})
 	go func() { h.wg.Wait(); close(done) }()
 	select {

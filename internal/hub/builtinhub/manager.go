@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
+	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/store"
@@ -90,6 +92,10 @@ type Options struct {
 	// BodyTimeout bounds the reading of a REST request's body, from the
 	// end of its headers; zero means 30 s.
 	BodyTimeout time.Duration
+	// Shared, when set, is the endpoint hubs created without an address
+	// share (Manager.ServeConn takes its connections); when nil, such a
+	// hub gets the next free loopback address.
+	Shared *Shared
 	// OnDelete, when set, is called with a hub's host name before the hub
 	// is deleted, to unlink it from the provisioning service; an error
 	// stops the delete.
@@ -103,6 +109,9 @@ type Manager struct {
 	st  store.Store
 	opt Options
 	log *slog.Logger
+
+	front *front       // nil without Options.Shared
+	amqp  *wire.Server // the shared endpoint's AMQP server
 
 	mu     sync.Mutex
 	hubs   map[string]*Hub   // running hubs by lower-cased name
@@ -140,7 +149,60 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	if opt.BodyTimeout <= 0 {
 		opt.BodyTimeout = defaultBodyTimeout
 	}
-	return &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}, nil
+	m := &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}
+	if opt.Shared != nil {
+		m.front = newFront(m)
+		m.amqp = m.newAMQPServer()
+	}
+	return m, nil
+}
+
+// ServesHost reports whether name (a host name, with or without a port) is
+// a running hub's: the node's listeners hand such connections to
+// ServeConn.
+func (m *Manager) ServesHost(name string) bool { return m.byHost(hostOnly(name)) != nil }
+
+// Running reports whether any hub runs.
+func (m *Manager) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.hubs) > 0
+}
+
+// ServeConn serves a connection accepted on the shared endpoint, before
+// its TLS handshake, and returns when it ends. It is for connections whose
+// TLS server name is a hub's (ServesHost), or any connection on listeners
+// of the hubs alone; without Options.Shared it closes c.
+func (m *Manager) ServeConn(p Protocol, c net.Conn) {
+	if m.front == nil {
+		c.Close()
+		return
+	}
+	m.front.serveConn(p, c)
+}
+
+// ServeListener serves every connection of l, a listener of the hubs alone
+// (an address the operator chose for all hubs), as the shared endpoint's
+// protocol p, until l is closed.
+func (m *Manager) ServeListener(p Protocol, l net.Listener) error {
+	for {
+		c, err := connlimit.Accept(l, m.log, "hub "+string(p))
+		if err != nil {
+			return err
+		}
+		go m.ServeConn(p, c)
+	}
+}
+
+// ServeHTTP serves a request that reached the node's own HTTPS server but
+// names a hub in its Host header (a client that dialled the address and
+// sent no TLS server name); ServesHost says which requests those are.
+func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := m.hubOfRequest(r); h != nil {
+		h.serveHTTP(w, r)
+		return
+	}
+	http.NotFound(w, r)
 }
 
 // Start runs every hub kept in the store. A hub that cannot start (its
@@ -170,6 +232,9 @@ func (m *Manager) Close(ctx context.Context) error {
 	clear(m.hubs)
 	m.mu.Unlock()
 	var errs []error
+	if m.front != nil {
+		errs = append(errs, m.front.close(ctx))
+	}
 	for _, h := range hubs {
 		errs = append(errs, h.close(ctx))
 	}
@@ -177,7 +242,19 @@ func (m *Manager) Close(ctx context.Context) error {
 }
 
 func (m *Manager) run(cfg Config) error {
-	cert, err := m.opt.Certificate("hub-"+cfg.Name, []string{cfg.HostName, cfg.Address})
+	var shared *Shared
+	if cfg.Address == "" {
+		if shared = m.opt.Shared; shared == nil {
+			err := errors.New("iothub: this node has no shared endpoint for hubs without an address")
+			m.setFailed(cfg.Name, err)
+			return err
+		}
+	}
+	names := []string{cfg.HostName, cfg.Address}
+	if shared != nil {
+		names = []string{cfg.HostName, shared.Address}
+	}
+	cert, err := m.opt.Certificate("hub-"+cfg.Name, names)
 	if err != nil {
 		m.setFailed(cfg.Name, err)
 		return fmt.Errorf("hub %s: certificate: %w", cfg.Name, err)
@@ -197,6 +274,7 @@ func (m *Manager) run(cfg Config) error {
 		maxKeepAlive:   keepAliveSeconds(m.opt.MaxKeepAlive),
 		bodyTimeout:    m.opt.BodyTimeout,
 		listener:       m.opt.Listener,
+		shared:         shared,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)
@@ -246,8 +324,10 @@ func (m *Manager) configs(ctx context.Context) ([]Config, error) {
 type CreateOptions struct {
 	// HostName defaults to {name}.azure-devices.internal.
 	HostName string
-	// Address is an IP address of this machine; default: the next free
-	// loopback address from 127.0.0.10 on.
+	// Address is an IP address of this machine for the hub alone, on
+	// which it listens itself; default: the endpoint all hubs share
+	// (Options.Shared), or without one the next free loopback address
+	// from 127.0.0.10 on.
 	Address string
 }
 
@@ -284,11 +364,14 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		used[c.Address] = true
 	}
 	addr := o.Address
-	if addr == "" {
+	switch {
+	case addr == "" && m.opt.Shared != nil:
+		// Shared: nothing to bind, nothing to resolve but the one address.
+	case addr == "":
 		if addr, err = m.freeAddress(used); err != nil {
 			return nil, err
 		}
-	} else {
+	default:
 		ip := net.ParseIP(addr)
 		if ip == nil || ip.IsUnspecified() {
 			return nil, fmt.Errorf("%w: address %q must be a specific IP address", ErrInvalid, addr)
@@ -315,9 +398,14 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		m.mu.Lock()
 		delete(m.failed, strings.ToLower(name))
 		m.mu.Unlock()
+		var le *listenError
+		if errors.As(err, &le) {
+			// The operator's address: say why it cannot be used.
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, le)
+		}
 		return nil, err
 	}
-	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", addr, "hosts", cfg.HostsLine())
+	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", m.address(cfg), "hosts", m.hostsLine(cfg))
 	return m.info(cfg), nil
 }
 
@@ -383,7 +471,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			m.log.Warn("stopping hub", "hub", name, "err", err)
 		}
 	}
-	for _, kind := range []store.Kind{KindDevice, KindSession, KindCA} {
+	for _, kind := range []store.Kind{KindDevice, KindSession, KindCA, KindC2D} {
 		if err := m.deleteAll(ctx, kind, name); err != nil {
 			return err
 		}
@@ -416,8 +504,20 @@ func (m *Manager) deleteAll(ctx context.Context, kind store.Kind, ref string) er
 // Info is the wire form of a built-in hub, defined in api/admin.
 type Info = admin.Hub
 
+// address is where clients reach a hub: its own address, or the shared
+// endpoint's.
+func (m *Manager) address(cfg Config) string {
+	if cfg.Address == "" && m.opt.Shared != nil {
+		return m.opt.Shared.Address
+	}
+	return cfg.Address
+}
+
+// hostsLine is the hosts-file line that makes a hub's host name resolve.
+func (m *Manager) hostsLine(cfg Config) string { return m.address(cfg) + " " + cfg.HostName }
+
 func (m *Manager) info(cfg Config) *Info {
-	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: cfg.Address, HostsLine: cfg.HostsLine(), Created: cfg.Created}
+	in := &Info{Name: cfg.Name, HostName: cfg.HostName, Address: m.address(cfg), HostsLine: m.hostsLine(cfg), Created: cfg.Created, Shared: cfg.Address == ""}
 	if cs := cfg.ConnectionString(); cs != nil {
 		in.ConnectionString = cs.String()
 	}
@@ -482,6 +582,20 @@ func (m *Manager) byHost(host string) *Hub {
 		}
 	}
 	return nil
+}
+
+// anyHub returns a running hub on the shared endpoint, the one first by
+// name, or nil.
+func (m *Manager) anyHub() *Hub {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first *Hub
+	for _, h := range m.hubs {
+		if h.shared != nil && (first == nil || h.cfg.Name < first.cfg.Name) {
+			first = h
+		}
+	}
+	return first
 }
 
 // Registry returns the built-in hub with host name hostName for in-process

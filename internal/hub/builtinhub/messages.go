@@ -1,6 +1,7 @@
 package builtinhub
 
 import (
+	"context"
 	"encoding/base64"
 	"net/url"
 	"strings"
@@ -61,6 +62,9 @@ type messageBuffer struct {
 	seq      int64
 	msgs     []keptMessage // oldest first
 	bytes    int
+	// added is closed (and replaced) when a message is added: followers
+	// of the telemetry wait on it.
+	added chan struct{}
 }
 
 type keptMessage struct {
@@ -88,7 +92,14 @@ func newMessageBuffer(n, maxBytes int) *messageBuffer {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMessageBufferBytes
 	}
-	return &messageBuffer{max: n, maxBytes: maxBytes}
+	return &messageBuffer{max: n, maxBytes: maxBytes, added: make(chan struct{})}
+}
+
+// changed returns a channel closed when the next message is added.
+func (b *messageBuffer) changed() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.added
 }
 
 func (b *messageBuffer) add(m Message) {
@@ -110,6 +121,8 @@ func (b *messageBuffer) add(m Message) {
 		// only when it is full.
 		b.msgs = append(b.msgs[:0:0], b.msgs[drop:]...)
 	}
+	close(b.added)
+	b.added = make(chan struct{})
 }
 
 // list returns up to limit messages after sequence number after, oldest
@@ -142,6 +155,23 @@ func (b *messageBuffer) list(deviceID string, after int64, limit, maxBytes int) 
 // last sequence number of this one.
 func (h *Hub) Messages(deviceID string, after int64, limit int) []Message {
 	return h.msgs.list(deviceID, after, limit, maxListBytes)
+}
+
+// WaitMessages is Messages, but when there are none yet it waits until one
+// comes or ctx ends (then it returns none): a long poll that follows the
+// telemetry live.
+func (h *Hub) WaitMessages(ctx context.Context, deviceID string, after int64, limit int) []Message {
+	for {
+		ch := h.msgs.changed()
+		if msgs := h.Messages(deviceID, after, limit); len(msgs) > 0 {
+			return msgs
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return []Message{}
+		}
+	}
 }
 
 // recordTelemetry keeps a message published on

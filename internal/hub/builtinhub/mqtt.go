@@ -344,6 +344,9 @@ func (k *deviceHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // subscriptions it inherited.
 func (k *deviceHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	k.h.saveSession(cl)
+	// A persistent session may be subscribed already: messages sent
+	// while the device was away go out now.
+	go k.h.deliverC2D(cl.ID)
 }
 
 // OnDisconnect records the disconnection; a clean session ends with it.
@@ -414,9 +417,14 @@ func (k *deviceHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 // OnSubscribed and OnUnsubscribed keep the stored session current. A
 // clean session has nothing stored (OnSessionEstablished removed it), so
 // its subscriptions cost no store write.
-func (k *deviceHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
+func (k *deviceHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if !cl.Properties.Clean {
 		k.h.saveSession(cl)
+	}
+	for _, f := range pk.Filters {
+		if strings.HasPrefix(f.Filter, "devices/"+cl.ID+"/messages/devicebound/") {
+			go k.h.deliverC2D(cl.ID)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package builtinhub_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/hub"
+	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/sas"
 )
@@ -80,4 +82,70 @@ func TestNodeSDKAgainstBuiltinHub(t *testing.T) {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// TestNodeSDKCloudToDevice runs test/sdk/hub-c2d.test.js: the Node
+// azure-iothub service Client sends a cloud-to-device message over AMQP
+// to a hub on the shared endpoint, and an azure-iot-device client over
+// MQTT receives it.
+func TestNodeSDKCloudToDevice(t *testing.T) {
+	sdkDir, err := filepath.Abs("../../../test/sdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil || !fileExists(filepath.Join(sdkDir, "node_modules", "azure-iothub")) {
+		if os.Getenv("CI") == "" {
+			t.Skip("node or test/sdk/node_modules missing (run test/sdk/scripts/install-test-deps.sh)")
+		}
+		t.Fatalf("CI is set but node or the SDKs are missing: %v", err)
+	}
+	e, shared := sharedEnv(t)
+	if _, err := e.m.Create(context.Background(), "c2d-node-hub", builtinhub.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := e.hub("c2d-node-hub")
+	createDevice(t, h, "lamp-1")
+	createDevice(t, h, "meter-1")
+	createDevice(t, h, "hygro-1")
+	cfg := h.Config()
+	_, amqpPort, _ := net.SplitHostPort(shared.AMQPAddr)
+	hubCS := cfg.ConnectionString()
+	hubCS.HostName = net.JoinHostPort(cfg.HostName, amqpPort)
+	deviceCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "lamp-1", SharedAccessKey: testKey1, GatewayHostName: shared.MQTTAddr}
+	httpCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "meter-1", SharedAccessKey: testKey1}
+	_, httpsPort, _ := net.SplitHostPort(shared.HTTPSAddr)
+	amqpCS := sas.ConnectionString{HostName: cfg.HostName, DeviceID: "hygro-1", SharedAccessKey: testKey1, GatewayHostName: shared.AMQPAddr}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", "hub-c2d.test.js")
+	cmd.Dir = sdkDir
+	cmd.Env = append(os.Environ(),
+		"DPSD_HUB_DEVICE_CONNECTION_STRING="+deviceCS.String(),
+		"DPSD_HUB_CONNECTION_STRING="+hubCS.String(),
+		"DPSD_HUB_IP="+shared.Address,
+		"DPSD_HUB_HTTP_DEVICE_CONNECTION_STRING="+httpCS.String(),
+		"DPSD_HUB_HTTPS_PORT="+httpsPort,
+		"DPSD_HUB_AMQP_DEVICE_CONNECTION_STRING="+amqpCS.String(),
+		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
+	)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node --test hub-c2d.test.js:\n%s", out)
+	if err != nil {
+		t.Fatalf("node tests failed: %v", err)
+	}
+	if !strings.Contains(string(out), "# pass 3") {
+		t.Fatal("node tests were skipped")
+	}
+	// The telemetry the HTTP transport sent, one message and a batch.
+	msgs := h.Messages("meter-1", 0, 0)
+	if len(msgs) != 3 || msgs[0].SystemProperties["messageId"] != "http-m-1" || msgs[0].Properties["source"] != "http" ||
+		msgs[0].Body != `{"temperature":22.5}` || msgs[1].Body != "b1" || msgs[2].Body != "b2" {
+		t.Fatalf("telemetry over HTTPS %+v", msgs)
+	}
+	msgs = h.Messages("hygro-1", 0, 0)
+	if len(msgs) != 1 || msgs[0].SystemProperties["messageId"] != "amqp-m-1" || msgs[0].Properties["source"] != "amqp" || msgs[0].Body != `{"humidity":40}` {
+		t.Fatalf("telemetry over AMQP %+v", msgs)
+	}
 }

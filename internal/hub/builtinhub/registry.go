@@ -26,6 +26,7 @@ const (
 	KindHub     = store.KindHub        // hub configuration; id = hub name
 	KindDevice  = store.KindHubDevice  // deviceDoc; id = hub/deviceId, Ref = hub name
 	KindSession = store.KindHubSession // persistent MQTT session; id = hub/clientId, Ref = hub name
+	KindC2D     = store.KindHubC2D     // a device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
 )
 
 // deviceDoc is the stored state of one device of a built-in hub: its
@@ -378,6 +379,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 		}
 		h.disconnect(d.DeviceID)
 		h.forget(d.DeviceID)
+		h.c2d.drop(d.DeviceID)
 		h.dropSession(ctx, d.DeviceID)
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil

@@ -23,8 +23,15 @@ const maxRESTBody = 256 << 10
 
 // serveREST is the hub's service REST API: the identity registry and
 // twins as the Azure SDKs' service clients use them.
-func (h *Hub) serveREST(w http.ResponseWriter, r *http.Request) {
+func (h *Hub) serveREST(rw http.ResponseWriter, r *http.Request) {
 	reqID := httperr.NewTrackingID()
+	// Every request is logged at debug with its answer's status.
+	w := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+	start := time.Now()
+	defer func() {
+		h.log.Debug("hub request", "method", r.Method, "path", r.URL.Path, "status", w.status,
+			"remote", r.RemoteAddr, "trackingId", reqID, "duration", time.Since(start))
+	}()
 	w.Header().Set("x-ms-request-id", reqID)
 	if h.limiter != nil {
 		if wait, ok := h.limiter.allow(h.now()); !ok {
@@ -37,6 +44,14 @@ func (h *Hub) serveREST(w http.ResponseWriter, r *http.Request) {
 	segs, err := pathSegments(r.URL.EscapedPath())
 	if err != nil {
 		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Malformed path."))
+		return
+	}
+	if dr := h.deviceRoute(r.Method, segs); dr != nil {
+		if err := h.authorizeDevice(r.Context(), r, segs[1]); err != nil {
+			h.writeError(w, reqID, err)
+			return
+		}
+		dr(w, r, reqID, segs)
 		return
 	}
 	route, right := h.route(r.Method, segs)
@@ -382,3 +397,17 @@ func (l *limiter) allow(now time.Time) (time.Duration, bool) {
 	}
 	return time.Duration((1 - l.tokens) / l.rate * float64(time.Second)), false
 }
+
+// statusWriter remembers the status a handler answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -211,5 +212,20 @@ func TestRESTDeviceIDEscaping(t *testing.T) {
 	}
 	if r := c.do("GET", "/devices/"+url.PathEscape(id), "", ""); r.status != 200 || r.body["deviceId"] != id {
 		t.Fatalf("get: %d %s", r.status, r.raw)
+	}
+}
+
+func TestRESTRequestsLoggedAtDebug(t *testing.T) {
+	var buf syncBuffer
+	e := newEnv(t, func(o *builtinhub.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	h := e.createHub("logged-hub", "127.0.10.42")
+	c := newRESTClient(t, e, h, "iothubowner")
+	if r := c.do(http.MethodGet, "/devices/nobody", "", ""); r.status != http.StatusNotFound {
+		t.Fatalf("GET a missing device: %d", r.status)
+	}
+	if log := buf.String(); !strings.Contains(log, `msg="hub request"`) || !strings.Contains(log, `method=GET path=/devices/nobody status=404`) {
+		t.Errorf("no debug line for the request with its status in:\n%s", log)
 	}
 }

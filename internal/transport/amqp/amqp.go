@@ -161,10 +161,11 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		Handler: handler{s},
 		// PLAIN carries the SAS token; X.509 devices of every SDK skip
 		// SASL, but EXTERNAL and ANONYMOUS cost nothing to accept: the
-		// engine decides with the certificate. The TPM mechanism will
-		// join this list.
+		// engine decides with the certificate. TPM devices prove
+		// themselves through the TPM mechanism's challenge (tpm.go).
 		SASL: []wire.SASLServer{
 			wire.PlainServer(nil),
+			{Name: "TPM", New: func(string) wire.SASLMechanism { return &tpmSASL{s: s} }},
 			{Name: "EXTERNAL", New: func(string) wire.SASLMechanism { return &wire.External{} }},
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 		},
@@ -361,6 +362,9 @@ func (h handler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 		}
 		d.scope, d.regID, d.sasToken = scope, regID, p.Password
 	}
+	if m, ok := mech.(*tpmSASL); ok {
+		d.scope, d.regID, d.sasToken, d.tpm = m.scope, m.regID, m.sasToken, m.keys()
+	}
 	d.log = h.s.log.With("remote", d.remoteAddr, "transport", d.transport, "sasl", string(name))
 	return d, nil
 }
@@ -374,6 +378,8 @@ type device struct {
 	peers      []*x509.Certificate
 	remoteAddr string
 	sasToken   string
+	// tpm is the keys a TPM device sent in the SASL exchange.
+	tpm *dps.TPMAttestation
 	// slots bounds the requests this connection has in the engine (link
 	// credit bounds each link, but a device may open several links).
 	slots chan struct{}
@@ -474,6 +480,7 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 		APIVersion:       d.apiVersion,
 		RemoteAddr:       d.remoteAddr,
 		Transport:        d.transport,
+		TPM:              d.tpm,
 	}
 	d.mu.Unlock()
 
@@ -483,7 +490,11 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	)
 	switch op {
 	case opRegister:
-		req.Payload, err = registerPayload(m.Body())
+		var tpm *dps.TPMAttestation
+		req.Payload, tpm, err = registerPayload(m.Body())
+		if tpm != nil && tpm.EndorsementKey != "" {
+			req.TPM = tpm
+		}
 		if err != nil {
 			d.refuse(dl, dps.Errorf(dps.CodeBadRequest, "Invalid request body: %v.", err), log)
 			return
@@ -605,23 +616,24 @@ func condition(status int) wire.Symbol {
 	return "com.microsoft:argument-error"
 }
 
-// registerPayload extracts the custom payload from a register body, which
-// may be empty (C# without payload, older C SDKs) or the DeviceRegistration
-// JSON; its registrationId is ignored in favour of the link address.
-func registerPayload(body []byte) (json.RawMessage, error) {
+// registerPayload extracts the custom payload and a TPM device's keys from
+// a register body, which may be empty (C# without payload, older C SDKs)
+// or the DeviceRegistration JSON; its registrationId is ignored in favour
+// of the link address.
+func registerPayload(body []byte) (json.RawMessage, *dps.TPMAttestation, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err := jsonlimit.Check(body); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if p := bytes.TrimSpace(reg.Payload); len(p) == 0 || bytes.Equal(p, []byte("null")) {
-		return nil, nil
+		return nil, reg.TPM, nil
 	}
-	return reg.Payload, nil
+	return reg.Payload, reg.TPM, nil
 }

@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/httperr"
@@ -134,6 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		req.Payload = reg.Payload
+		req.TPM = reg.TPM
 		res, err := h.p.Register(ctx, req)
 		// A register is always answered 202: the C# SDK and IoT Edge
 		// refuse any other success code, even with a final result.
@@ -171,6 +174,11 @@ func (h *Handler) writeResult(w http.ResponseWriter, r *http.Request, rt route, 
 // writeErr answers a refused request and records the refusal, with the
 // reason the device is not told.
 func (h *Handler) writeErr(w http.ResponseWriter, r *http.Request, rt route, err error) {
+	var ch *provision.TPMChallenge
+	if errors.As(err, &ch) {
+		writeTPMChallenge(w, r, ch)
+		return
+	}
 	e := httperr.Write(w, r, h.log, err)
 	h.refusals.Record(r.Context(), refusal.Request{
 		Transport:      "https",
@@ -183,6 +191,24 @@ func (h *Handler) writeErr(w http.ResponseWriter, r *http.Request, rt route, err
 
 // operations names the routes as refusals name them.
 var operations = map[string]string{"register": "register", "operation": "operationStatus", "status": "status"}
+
+// tpmChallengeBody is the 401 a TPM device's unauthenticated register
+// request gets: the error shape plus the activation blob. The SDKs read
+// authenticationKey from the body of the 401 (Node
+// azure-iot-provisioning-device-http getAuthenticationChallenge, C
+// prov_transport_http_client); keyName is the SAS token's skn.
+type tpmChallengeBody struct {
+	dps.Error
+	AuthenticationKey string `json:"authenticationKey"`
+	KeyName           string `json:"keyName"`
+}
+
+func writeTPMChallenge(w http.ResponseWriter, r *http.Request, ch *provision.TPMChallenge) {
+	e := httperr.Answer(r, nil, dps.Errorf(dps.CodeUnauthorized, "Unauthorized: activate the authenticationKey with the TPM and sign the SAS token with it."), "")
+	e.TimestampUTC = time.Now().UTC()
+	w.Header().Set(dps.HeaderErrorCode, strconv.Itoa(e.ErrorCode))
+	httperr.WriteJSON(w, http.StatusUnauthorized, tpmChallengeBody{Error: *e, AuthenticationKey: ch.AuthenticationKey, KeyName: "registration"})
+}
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))

@@ -188,10 +188,20 @@ func New(p Provisioner, opts Options) (*Server, error) {
 	return s, nil
 }
 
+// TLSConn is a connection that is TLS already: a *tls.Conn, or one that
+// wraps it (the node's shared listeners hand over connections whose first
+// bytes were read to see which server they are for).
+type TLSConn interface {
+	net.Conn
+	HandshakeContext(context.Context) error
+	ConnectionState() tls.ConnectionState
+}
+
 // Serve accepts connections on l and serves each in its own goroutine until
 // l fails or Close is called; it then returns ErrServerClosed. When
 // Options.TLSConfig is set, l should be a plain TCP listener (connections
-// that already are *tls.Conn are not wrapped twice). Serve closes l.
+// that already are TLS — a *tls.Conn, or a TLSConn that wraps one — are
+// not wrapped twice). Serve closes l.
 func (s *Server) Serve(l net.Listener) error {
 	if !s.trackListener(l, true) {
 		l.Close()
@@ -223,7 +233,7 @@ func (s *Server) Serve(l net.Listener) error {
 // and waits until the MQTT session ends.
 func (s *Server) serveConn(c net.Conn, transport string, peerCerts []*x509.Certificate, wrapTLS bool) {
 	if wrapTLS && s.tlsConfig != nil {
-		if _, ok := c.(*tls.Conn); !ok {
+		if _, ok := c.(TLSConn); !ok {
 			c = tls.Server(c, s.tlsConfig)
 		}
 	}
@@ -231,7 +241,7 @@ func (s *Server) serveConn(c net.Conn, transport string, peerCerts []*x509.Certi
 	// with 1.5 × the keep-alive after every packet (none for keep-alive
 	// 0); dc caps those at maxIdle.
 	_ = c.SetDeadline(time.Now().Add(s.connectTimeout))
-	if tc, ok := c.(*tls.Conn); ok {
+	if tc, ok := c.(TLSConn); ok {
 		ctx, cancel := context.WithTimeout(s.baseCtx, s.connectTimeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()

@@ -1,0 +1,408 @@
+package builtinhub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/sas"
+)
+
+// The hub's AMQP endpoint, as the Azure SDKs use it: claims-based
+// security ($cbs put-token with a policy's SAS token for services, a
+// device's for devices); for services cloud-to-device sends on
+// /messages/devicebound and the feedback link
+// /messages/serviceBound/feedback, on which delivery outcomes go out as
+// the messages' ack asks; for devices telemetry on
+// /devices/{id}/messages/events and cloud-to-device messages on
+// /devices/{id}/messages/devicebound (settled when sent: the peer's
+// dispositions are not read). Twins and methods over AMQP are not served.
+const (
+	amqpCBS      = "$cbs"
+	amqpC2D      = "/messages/devicebound"
+	amqpFeedback = "/messages/serviceBound/feedback"
+	cbsPutToken  = "put-token"
+)
+
+// newAMQPServer returns the AMQP server of the shared endpoint.
+func (m *Manager) newAMQPServer() *wire.Server {
+	return wire.NewServer(wire.Options{
+		Handler: amqpHandler{m},
+		SASL: []wire.SASLServer{
+			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
+		},
+		AllowNoSASL:      true,
+		ContainerID:      "dpsd-hub",
+		HandshakeTimeout: m.opt.ConnectTimeout,
+		Logger:           m.log.With("component", "hub-amqp"),
+	})
+}
+
+// serveAMQP finishes the TLS handshake of an AMQP connection and serves it.
+func (f *front) serveAMQP(c net.Conn) {
+	tc := tls.Server(c, f.tls)
+	_ = f.m.amqp.ServeConn(f.ctx, tc)
+}
+
+type amqpHandler struct{ m *Manager }
+
+// Open finds the hub by the TLS server name, or the open frame's hostname.
+func (a amqpHandler) Open(c *wire.Conn) (wire.LinkHandler, error) {
+	var h *Hub
+	if tc, ok := c.NetConn().(*tls.Conn); ok {
+		h = a.m.byHost(tc.ConnectionState().ServerName)
+	}
+	if h == nil {
+		h = a.m.byHost(hostOnly(c.Hostname()))
+	}
+	// No hub yet (a device that dialled an IP address as its gateway):
+	// the first put-token's audience names it.
+	return &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}, nil
+}
+
+// amqpLinks is one AMQP connection to a hub: what its tokens allow, and
+// its $cbs reply link.
+type amqpLinks struct {
+	m    *Manager
+	h    *Hub // nil until known; set once
+	conn *wire.Conn
+
+	mu      sync.Mutex
+	cbsOut  *wire.Link
+	service time.Time            // a service token's expiry, zero if none
+	devices map[string]time.Time // devices' token expiries, by lower-cased id
+	fbLinks []*wire.Link         // feedback links, removed from the hub at Close
+	c2d     []amqpC2DLink        // devices' cloud-to-device links, likewise
+}
+
+type amqpC2DLink struct {
+	id   string
+	link *wire.Link
+}
+
+// hub returns the connection's hub, nil until known.
+func (a *amqpLinks) hub() *Hub {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.h
+}
+
+// deviceAuthorized reports whether a device token for id is in force.
+func (a *amqpLinks) deviceAuthorized(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.h != nil && a.h.now().Before(a.devices[strings.ToLower(id)])
+}
+
+// deviceLink parses /devices/{id}/messages/{kind}.
+func deviceLink(addr string) (id, kind string, ok bool) {
+	rest, ok := strings.CutPrefix(addr, "/devices/")
+	if !ok {
+		return "", "", false
+	}
+	id, tail, ok := strings.Cut(rest, "/messages/")
+	if !ok || id == "" {
+		return "", "", false
+	}
+	if u, err := url.PathUnescape(id); err == nil {
+		id = u
+	}
+	return id, strings.ToLower(tail), true
+}
+
+func (a *amqpLinks) Attach(l *wire.Link) error {
+	switch {
+	case l.Address == amqpCBS:
+		if !l.PeerIsSender {
+			a.mu.Lock()
+			a.cbsOut = l
+			a.mu.Unlock()
+		}
+		return nil
+	case strings.HasPrefix(l.Address, "/devices/"):
+		id, kind, ok := deviceLink(l.Address)
+		switch {
+		case !ok || !(kind == "events" && l.PeerIsSender || kind == "devicebound" && !l.PeerIsSender):
+			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("no such node %q on a built-in hub", l.Address)}
+		case !a.deviceAuthorized(id):
+			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
+		}
+		if kind == "devicebound" {
+			a.mu.Lock()
+			a.c2d = append(a.c2d, amqpC2DLink{id: id, link: l})
+			a.mu.Unlock()
+			a.hub().addAMQPC2D(id, l)
+		}
+		return nil
+	case a.hub() == nil:
+		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub named: connect by its host name or put a token on $cbs first"}
+	case l.Address == amqpC2D && l.PeerIsSender, l.Address == amqpFeedback && !l.PeerIsSender:
+		if !a.authorized() {
+			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a service token on $cbs first"}
+		}
+		if l.Address == amqpFeedback {
+			a.mu.Lock()
+			a.fbLinks = append(a.fbLinks, l)
+			a.mu.Unlock()
+			a.hub().addFeedbackLink(l)
+		}
+		return nil
+	}
+	return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("no such node %q on a built-in hub", l.Address)}
+}
+
+func (a *amqpLinks) authorized() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.h != nil && a.h.now().Before(a.service)
+}
+
+func (a *amqpLinks) Message(ctx context.Context, d *wire.Delivery) {
+	switch {
+	case d.Link.Address == amqpCBS:
+		a.putToken(ctx, d)
+	case d.Link.Address == amqpC2D:
+		a.sendC2D(ctx, d)
+	case strings.HasPrefix(d.Link.Address, "/devices/"):
+		a.telemetry(d)
+	default:
+		_ = d.Reject(&wire.Error{Condition: "amqp:not-allowed", Description: "this link takes no messages"})
+	}
+}
+
+// putToken answers a $cbs put-token request on the reply link: 200 when
+// the token is a valid service token of a policy with ServiceConnect, 401
+// otherwise.
+func (a *amqpLinks) putToken(ctx context.Context, d *wire.Delivery) {
+	m := d.Message
+	status, desc := 200, "OK"
+	op, _ := m.ApplicationProperties["operation"].(string)
+	tokStr := string(m.Body())
+	if op != cbsPutToken {
+		status, desc = 400, "unsupported operation "+op
+	} else if err := a.authorize(ctx, tokStr); err != nil {
+		status, desc = 401, err.Error()
+	}
+	_ = d.Accept()
+	a.mu.Lock()
+	out := a.cbsOut
+	a.mu.Unlock()
+	if out == nil {
+		return
+	}
+	reply := &wire.Message{
+		Properties:            wire.Properties{CorrelationID: m.Properties.MessageID, To: m.Properties.ReplyTo},
+		ApplicationProperties: map[string]any{"status-code": int32(status), "status-description": desc},
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := out.Send(sctx, reply); err != nil {
+		a.m.log.Debug("cbs reply failed", "err", err)
+	}
+}
+
+// authorize takes a put-token's token: a device's (sr {host}/devices/{id},
+// signed with its key) or a service policy's. The first token names the
+// hub of a connection that did not.
+func (a *amqpLinks) authorize(ctx context.Context, s string) error {
+	tok, err := sas.Parse(s)
+	if err != nil {
+		return fmt.Errorf("malformed SharedAccessSignature: %w", err)
+	}
+	res, err := tok.DecodedResource()
+	if err != nil {
+		return fmt.Errorf("malformed SharedAccessSignature: %w", err)
+	}
+	host, path, _ := strings.Cut(res, "/")
+	a.mu.Lock()
+	if a.h == nil {
+		a.h = a.m.byHost(hostOnly(host))
+	}
+	h := a.h
+	a.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("no built-in hub is named %q", host)
+	}
+	if id, ok := strings.CutPrefix(path, "devices/"); ok && tok.KeyName == "" {
+		id = strings.TrimSuffix(id, "/")
+		d, err := h.load(ctx, id)
+		if err != nil {
+			return fmt.Errorf("device %s: %v", id, err)
+		}
+		if d.Status != azurehub.StatusEnabled {
+			return fmt.Errorf("device %s is disabled", id)
+		}
+		if err := h.checkDeviceToken(d, s); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.devices[strings.ToLower(id)] = time.Unix(tok.Expiry, 0)
+		a.mu.Unlock()
+		return nil
+	}
+	exp, err := h.checkServiceToken(s, RightServiceConnect)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.service = exp
+	a.mu.Unlock()
+	return nil
+}
+
+// telemetry keeps a message a device sent on /devices/{id}/messages/events.
+func (a *amqpLinks) telemetry(d *wire.Delivery) {
+	id, _, _ := deviceLink(d.Link.Address)
+	h := a.hub()
+	if h == nil || !a.deviceAuthorized(id) {
+		_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the device token expired"})
+		return
+	}
+	m := d.Message
+	props := map[string]string{}
+	if v := anyString(m.Properties.MessageID); v != "" {
+		props["iothub-messageid"] = v
+	}
+	if v := anyString(m.Properties.CorrelationID); v != "" {
+		props["iothub-correlationid"] = v
+	}
+	if m.Properties.ContentType != "" {
+		props["iothub-contenttype"] = string(m.Properties.ContentType)
+	}
+	for k, v := range m.ApplicationProperties {
+		props["iothub-app-"+k] = anyString(v)
+	}
+	h.msgs.add(h.httpMessage(id, props, m.Body()))
+	h.touch(id)
+	_ = d.Accept()
+}
+
+// sendC2D queues a message the service sent to /messages/devicebound,
+// addressed by its "to" property: /devices/{id}/messages/devicebound.
+func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
+	m := d.Message
+	if !a.authorized() {
+		_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the service token expired"})
+		return
+	}
+	rest, ok := strings.CutPrefix(m.Properties.To, "/devices/")
+	id, tail, _ := strings.Cut(rest, "/")
+	if !ok || id == "" || !strings.EqualFold(tail, "messages/devicebound") {
+		_ = d.Reject(&wire.Error{Condition: "amqp:invalid-field", Description: fmt.Sprintf("the message is to %q, not /devices/{id}/messages/devicebound", m.Properties.To)})
+		return
+	}
+	if u, err := url.PathUnescape(id); err == nil {
+		id = u
+	}
+	msg := &C2DMessage{Body: m.Body(), Properties: map[string]string{}}
+	msg.MessageID = anyString(m.Properties.MessageID)
+	msg.CorrelationID = anyString(m.Properties.CorrelationID)
+	msg.ContentType = string(m.Properties.ContentType)
+	for k, v := range m.ApplicationProperties {
+		if k == "iothub-ack" {
+			msg.Ack = anyString(v)
+			continue
+		}
+		msg.Properties[k] = anyString(v)
+	}
+	if err := a.hub().SendC2D(ctx, id, msg); err != nil {
+		cond, desc := wire.Symbol("amqp:internal-error"), "internal error"
+		var he *azurehub.Error
+		if errors.As(err, &he) {
+			desc = he.Message
+			switch he.StatusCode {
+			case http.StatusNotFound:
+				cond = "amqp:not-found"
+			case http.StatusForbidden, http.StatusRequestEntityTooLarge:
+				cond = "amqp:resource-limit-exceeded"
+			}
+		}
+		_ = d.Reject(&wire.Error{Condition: cond, Description: desc})
+		return
+	}
+	_ = d.Accept()
+}
+
+func (a *amqpLinks) Detach(l *wire.Link) {
+	if h := a.hub(); h != nil {
+		h.removeFeedbackLink(l)
+		if id, kind, ok := deviceLink(l.Address); ok && kind == "devicebound" {
+			h.removeAMQPC2D(id, l)
+		}
+	}
+	a.mu.Lock()
+	if a.cbsOut == l {
+		a.cbsOut = nil
+	}
+	a.mu.Unlock()
+}
+
+func (a *amqpLinks) Close(error) {
+	a.mu.Lock()
+	links := a.fbLinks
+	a.fbLinks = nil
+	c2d := a.c2d
+	a.c2d = nil
+	h := a.h
+	a.mu.Unlock()
+	if h == nil {
+		return
+	}
+	for _, l := range links {
+		h.removeFeedbackLink(l)
+	}
+	for _, c := range c2d {
+		h.removeAMQPC2D(c.id, c.link)
+	}
+}
+
+func anyString(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case wire.Symbol:
+		return string(x)
+	case []byte:
+		return string(x)
+	}
+	return fmt.Sprint(v)
+}
+
+// checkServiceToken checks a service SAS token for the hub (its resource
+// one of the hub's names) signed by a policy with right need, and returns
+// its expiry.
+func (h *Hub) checkServiceToken(s string, need Right) (time.Time, error) {
+	tok, err := sas.Parse(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("malformed SharedAccessSignature: %w", err)
+	}
+	if tok.ExpiredAt(h.now()) {
+		return time.Time{}, errors.New("the SharedAccessSignature has expired")
+	}
+	pol, ok := h.cfg.policy(tok.KeyName)
+	if !ok {
+		return time.Time{}, fmt.Errorf("unknown shared access policy %q", tok.KeyName)
+	}
+	if tok.VerifyAny(decodeKey(pol.PrimaryKey), decodeKey(pol.SecondaryKey)) < 0 {
+		return time.Time{}, errors.New("the SharedAccessSignature does not verify")
+	}
+	res, err := tok.DecodedResource()
+	if err != nil || !h.audienceOK(res, "/messages/devicebound") {
+		return time.Time{}, fmt.Errorf("the SharedAccessSignature is for %q, not this hub", tok.Resource)
+	}
+	if !pol.has(need) {
+		return time.Time{}, fmt.Errorf("policy %q lacks the %s right", pol.KeyName, need)
+	}
+	return time.Unix(tok.Expiry, 0), nil
+}

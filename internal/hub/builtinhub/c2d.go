@@ -1,0 +1,382 @@
+package builtinhub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
+	"github.com/dpsd/dpsd/internal/store"
+)
+
+// Bounds of cloud-to-device messaging, IoT Hub's.
+const (
+	// MaxC2DQueue is how many messages wait for one device; a send over
+	// it is refused (IoT Hub: 50, DeviceMaximumQueueDepthExceeded).
+	MaxC2DQueue = 50
+	// MaxC2DBody bounds a message's body (IoT Hub: 64 KiB).
+	MaxC2DBody = 64 << 10
+	// c2dLock is how long a message received over HTTPS stays locked
+	// before it is delivered again (IoT Hub's default, 1 minute).
+	c2dLock = time.Minute
+	// c2dTTL is a message's default time to live (IoT Hub: 1 hour).
+	c2dTTL = time.Hour
+	// maxDeliveries is how often a message is delivered before it is
+	// dead-lettered (IoT Hub's default max delivery count, 10).
+	maxDeliveries = 10
+)
+
+// C2DMessage is a cloud-to-device message as a service sends it.
+type C2DMessage struct {
+	MessageID     string            `json:"messageId,omitempty"`
+	CorrelationID string            `json:"correlationId,omitempty"`
+	UserID        string            `json:"userId,omitempty"`
+	ContentType   string            `json:"contentType,omitempty"`
+	ContentEnc    string            `json:"contentEncoding,omitempty"`
+	Ack           string            `json:"ack,omitempty"` // none, positive, negative, full
+	Expiry        time.Time         `json:"expiryTimeUtc,omitzero"`
+	Properties    map[string]string `json:"properties,omitempty"`
+	Body          []byte            `json:"body"`
+}
+
+// queued is a message waiting in a device's queue.
+type queued struct {
+	C2DMessage
+	seq         int64
+	enqueued    time.Time
+	lockToken   string // set while locked
+	lockedUntil time.Time
+	deliveries  int
+}
+
+// c2dQueues holds the cloud-to-device messages of a hub's devices. They
+// are served from memory and written through to the store, one record per
+// device queue, so waiting messages survive a restart (their locks do
+// not: a message received but not settled is delivered again). A store
+// shared by several nodes is not kept coherent between them: each node
+// reads the queues at start.
+type c2dQueues struct {
+	st  store.Store // nil: memory only (tests)
+	hub string
+	log *slog.Logger
+
+	mu     sync.Mutex
+	seq    int64
+	queues map[string][]*queued // by lower-cased device id
+}
+
+func newC2DQueues(st store.Store, hub string, log *slog.Logger) *c2dQueues {
+	return &c2dQueues{st: st, hub: hub, log: log, queues: map[string][]*queued{}}
+}
+
+// storedC2D is a waiting message as the store keeps it.
+type storedC2D struct {
+	C2DMessage
+	Seq        int64     `json:"seq"`
+	Enqueued   time.Time `json:"enqueued"`
+	Deliveries int       `json:"deliveries"`
+}
+
+// save writes a device's queue through to the store, or removes it when
+// it is empty; c.mu is held, so writes of one queue keep their order.
+func (c *c2dQueues) save(key string) {
+	if c.st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id := deviceKey(c.hub, key)
+	q := c.queues[key]
+	if len(q) == 0 {
+		if err := c.st.Delete(ctx, KindC2D, id, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
+			c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+		}
+		return
+	}
+	out := make([]storedC2D, len(q))
+	for i, m := range q {
+		out[i] = storedC2D{C2DMessage: m.C2DMessage, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries}
+	}
+	data, err := json.Marshal(out)
+	if err == nil {
+		_, err = c.st.Put(ctx, store.Record{Kind: KindC2D, ID: id, Ref: c.hub, Data: data}, store.Condition{})
+	}
+	if err != nil {
+		c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+	}
+}
+
+// load reads the stored queues of the hub.
+func (c *c2dQueues) load(ctx context.Context) error {
+	if c.st == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	opt := store.ListOptions{Ref: c.hub}
+	for {
+		recs, more, err := c.st.List(ctx, KindC2D, opt)
+		if err != nil {
+			return fmt.Errorf("cloud-to-device queues: %w", err)
+		}
+		for _, rec := range recs {
+			var ms []storedC2D
+			if err := json.Unmarshal(rec.Data, &ms); err != nil {
+				return fmt.Errorf("cloud-to-device queue %s: %w", rec.ID, err)
+			}
+			key := strings.ToLower(strings.TrimPrefix(rec.ID, c.hub+"/"))
+			for _, m := range ms {
+				c.queues[key] = append(c.queues[key], &queued{C2DMessage: m.C2DMessage, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries})
+				c.seq = max(c.seq, m.Seq)
+			}
+		}
+		if !more || len(recs) == 0 {
+			return nil
+		}
+		opt.After = recs[len(recs)-1].ID
+	}
+}
+
+// SendC2D queues a message for a device and delivers it at once if the
+// device is connected over MQTT and subscribed.
+func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
+	if _, err := h.load(ctx, id); err != nil {
+		return err
+	}
+	if len(m.Body) > MaxC2DBody {
+		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "MessageTooLarge", "The message body is larger than %d bytes.", MaxC2DBody)
+	}
+	now := h.now()
+	q := &queued{C2DMessage: *m, enqueued: now}
+	if q.MessageID == "" {
+		q.MessageID = newToken()
+	}
+	if q.Expiry.IsZero() {
+		q.Expiry = now.Add(c2dTTL)
+	}
+	h.c2d.mu.Lock()
+	key := strings.ToLower(id)
+	h.c2d.expire(key, now)
+	if len(h.c2d.queues[key]) >= MaxC2DQueue {
+		h.c2d.mu.Unlock()
+		return azurehub.Errorf(http.StatusForbidden, "DeviceMaximumQueueDepthExceeded", "Device %s already has %d messages waiting.", id, MaxC2DQueue)
+	}
+	h.c2d.seq++
+	q.seq = h.c2d.seq
+	h.c2d.queues[key] = append(h.c2d.queues[key], q)
+	h.c2d.save(key)
+	h.c2d.mu.Unlock()
+	h.log.Debug("cloud-to-device message queued", "deviceId", id, "messageId", q.MessageID)
+	h.deliverC2D(id)
+	return nil
+}
+
+// expire drops the expired messages of a queue; mu is held.
+func (c *c2dQueues) expire(key string, now time.Time) {
+	q := c.queues[key]
+	kept := q[:0]
+	for _, m := range q {
+		if now.Before(m.Expiry) && m.deliveries < maxDeliveries {
+			kept = append(kept, m)
+		}
+	}
+	dropped := len(q) - len(kept)
+	clear(q[len(kept):])
+	if len(kept) == 0 {
+		delete(c.queues, key)
+	} else {
+		c.queues[key] = kept
+	}
+	if dropped > 0 {
+		c.save(key)
+	}
+}
+
+// next locks the oldest message of a device that is not locked and
+// returns it, or nil.
+func (c *c2dQueues) next(id string, now time.Time) *queued {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := strings.ToLower(id)
+	c.expire(key, now)
+	for _, m := range c.queues[key] {
+		if m.lockToken != "" && now.Before(m.lockedUntil) {
+			continue
+		}
+		m.lockToken, m.lockedUntil = newToken(), now.Add(c2dLock)
+		m.deliveries++
+		c.save(key) // the delivery count, which bounds redeliveries
+		cp := *m
+		return &cp
+	}
+	return nil
+}
+
+// settle completes (remove), rejects (remove, dead-letter) or abandons
+// (unlock) the locked message with lockToken and returns it; nil if there
+// is none.
+func (c *c2dQueues) settle(id, lockToken string, remove bool) *queued {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := strings.ToLower(id)
+	q := c.queues[key]
+	for i, m := range q {
+		if m.lockToken != lockToken || lockToken == "" {
+			continue
+		}
+		if remove {
+			c.queues[key] = append(q[:i:i], q[i+1:]...)
+			if len(c.queues[key]) == 0 {
+				delete(c.queues, key)
+			}
+			c.save(key)
+		} else {
+			m.lockToken = ""
+		}
+		return m
+	}
+	return nil
+}
+
+// drop forgets a deleted device's messages.
+func (c *c2dQueues) drop(id string) {
+	c.mu.Lock()
+	delete(c.queues, strings.ToLower(id))
+	c.save(strings.ToLower(id))
+	c.mu.Unlock()
+}
+
+// deliverC2D sends a device's waiting messages over its MQTT connection,
+// when it has one subscribed to its cloud-to-device topic, or else its
+// AMQP link. Messages go out at QoS 0 (MQTT) or settled (AMQP) and count
+// as completed once written.
+func (h *Hub) deliverC2D(id string) {
+	cl := h.client(id)
+	if cl == nil || !subscribed(cl, "devices/"+cl.ID+"/messages/devicebound/#") {
+		if l := h.amqpC2DLink(id); l != nil {
+			h.deliverAMQP(id, l)
+		}
+		return
+	}
+	for range MaxC2DQueue {
+		m := h.c2d.next(id, h.now())
+		if m == nil {
+			return
+		}
+		h.writeTo(cl, "devices/"+cl.ID+"/messages/devicebound/"+c2dPropertyBag(id, m), m.Body)
+		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
+			h.feedback(id, done, "Success", "Success")
+		}
+	}
+}
+
+// c2dPropertyBag is the topic's property bag of a message: system
+// properties as "$.xx" keys, then the application properties.
+func c2dPropertyBag(id string, m *queued) string {
+	v := url.Values{}
+	set := func(k, val string) {
+		if val != "" {
+			v.Set(k, val)
+		}
+	}
+	set("$.mid", m.MessageID)
+	set("$.cid", m.CorrelationID)
+	set("$.uid", m.UserID)
+	set("$.ct", m.ContentType)
+	set("$.ce", m.ContentEnc)
+	set("$.to", "/devices/"+id+"/messages/deviceBound")
+	if !m.Expiry.IsZero() {
+		set("$.exp", m.Expiry.UTC().Format(time.RFC3339))
+	}
+	keys := make([]string, 0, len(m.Properties))
+	for k := range m.Properties {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v.Set(k, m.Properties[k])
+	}
+	return strings.ReplaceAll(v.Encode(), "+", "%20")
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// addAMQPC2D records a device's AMQP cloud-to-device link (the newest
+// wins) and delivers what waits.
+func (h *Hub) addAMQPC2D(id string, l *wire.Link) {
+	h.mu.Lock()
+	if h.amqpC2D == nil {
+		h.amqpC2D = map[string]*wire.Link{}
+	}
+	h.amqpC2D[strings.ToLower(id)] = l
+	h.mu.Unlock()
+	go h.deliverC2D(id)
+}
+
+func (h *Hub) removeAMQPC2D(id string, l *wire.Link) {
+	h.mu.Lock()
+	if h.amqpC2D[strings.ToLower(id)] == l {
+		delete(h.amqpC2D, strings.ToLower(id))
+	}
+	h.mu.Unlock()
+}
+
+func (h *Hub) amqpC2DLink(id string) *wire.Link {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.amqpC2D[strings.ToLower(id)]
+}
+
+// deliverAMQP sends a device's waiting messages on its AMQP link; each
+// counts as completed once sent.
+func (h *Hub) deliverAMQP(id string, l *wire.Link) {
+	for range MaxC2DQueue {
+		m := h.c2d.next(id, h.now())
+		if m == nil {
+			return
+		}
+		app := map[string]any{}
+		for k, v := range m.Properties {
+			app[k] = v
+		}
+		msg := &wire.Message{
+			Properties: wire.Properties{MessageID: m.MessageID, To: "/devices/" + id + "/messages/deviceBound",
+				CorrelationID: nilIfEmpty(m.CorrelationID), ContentType: wire.Symbol(m.ContentType)},
+			ApplicationProperties: app,
+			Data:                  [][]byte{m.Body},
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := l.Send(ctx, msg)
+		cancel()
+		if err != nil {
+			h.c2d.settle(id, m.lockToken, false) // abandoned: delivered again later
+			h.log.Debug("cloud-to-device message not sent over AMQP", "deviceId", id, "err", err)
+			return
+		}
+		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
+			h.feedback(id, done, "Success", "Success")
+		}
+	}
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
