@@ -5,8 +5,9 @@
 #     is missing or older than test/sdk/package-lock.json;
 #   - Apache Qpid Proton's Python binding (python3-qpid-proton, Debian's), the
 #     independent AMQP client of test/e2e/proton_test.go, for /usr/bin/python3;
-#   - Chromium and its driver (Debian's chromium and chromium-driver), the
-#     browser of the console tests (test/console): nothing downloads one;
+#   - Chromium and its driver (Debian's chromium and chromium-driver) and
+#     Firefox ESR (Debian's firefox-esr), the browsers of the console tests
+#     (test/console): nothing downloads one;
 #   - swtpm (Debian's), the software TPM of the TPM attestation tests.
 # Idempotent, and a fast no-op when everything is already in place.
 # Needs root (or sudo) only for the apt-get step.
@@ -53,6 +54,13 @@ if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null 2>&1; then
 	export DEBIAN_FRONTEND=noninteractive
 	as_root apt-get update -qq
 	as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
+if [ ! -x /usr/bin/firefox-esr ]; then
+	log "installing firefox-esr from Debian packages"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends firefox-esr >/dev/null
 fi
 
 if ! command -v swtpm >/dev/null 2>&1; then
