@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -160,4 +162,16 @@ func (s *dpsdServer) linkHub(t *testing.T, bin string) error {
 	}
 	s.Hub, s.HubAddr = h.HostName, h.Address
 	return nil
+}
+
+// roots returns a pool holding the node's CA, which clients must trust.
+func (s *dpsdServer) roots(t *testing.T) *x509.CertPool {
+	t.Helper()
+	pem, err := os.ReadFile(s.Info.CACertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return pool
 }

@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -67,12 +65,7 @@ func TestShutdownWaitsForSlowWebhook(t *testing.T) {
 	decodeJSON(t, "group create", dpsdCLI(t, srv, "enrollment-group", "create", "--enrollment-group-id", "slow-webhook",
 		"--allocation-policy", "custom", "--webhook-url", "http://"+l.Addr().String()+"/alloc", "-o", "json"), &g)
 
-	pem, err := os.ReadFile(srv.Info.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
+	roots := srv.roots(t)
 	type result struct {
 		st  *dps.DeviceRegistrationState
 		err error
@@ -136,15 +129,10 @@ func TestDeletedHubIsUnlinked(t *testing.T) {
 
 	var e dps.IndividualEnrollment
 	decodeJSON(t, "enrollment create", dpsdCLI(t, srv, "enrollment", "create", "--registration-id", "after-delete", "-o", "json"), &e)
-	pem, err := os.ReadFile(srv.Info.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
+	roots := srv.roots(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err = device.Register(ctx, device.Config{
+	_, err := device.Register(ctx, device.Config{
 		ProvisioningHost: srv.IP, IDScope: srv.Info.IDScope, RegistrationID: "after-delete",
 		SymmetricKey: e.Attestation.SymmetricKey.PrimaryKey, RootCAs: roots,
 	})

@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 var (
@@ -183,16 +184,10 @@ func healthz(t *testing.T, srv *dpsdServer) int {
 
 func serverTLS(t *testing.T, srv *dpsdServer, name string) *tls.Config {
 	t.Helper()
-	pem, err := os.ReadFile(srv.Info.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	if name == "" {
 		name = srv.IP
 	}
-	return &tls.Config{RootCAs: pool, ServerName: name}
+	return &tls.Config{RootCAs: srv.roots(t), ServerName: name}
 }
 
 // hostile runs the hostile clients and counts what happened to them.
@@ -389,37 +384,36 @@ func storm(ctx context.Context, c net.Conn, h *hostile, scope, token string) err
 // mqttConnect is an MQTT 3.1.1 CONNECT with a user name, a password and
 // no keep-alive.
 func mqttConnect(clientID, user, pass string) []byte {
-	var vh []byte
-	vh = append(vh, mqttString("MQTT")...)
-	vh = append(vh, 4, 0xC2, 0, 0) // level 4; user name, password, clean session; keep-alive 0
-	vh = append(vh, mqttString(clientID)...)
-	vh = append(vh, mqttString(user)...)
-	vh = append(vh, mqttString(pass)...)
-	return mqttPacket(0x10, vh)
+	return mqttEncode(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: clientID, Clean: true, Keepalive: 0,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass),
+		},
+	})
 }
 
 // mqttPublish is a QoS 0 PUBLISH.
 func mqttPublish(topic, payload string) []byte {
-	return mqttPacket(0x30, append(mqttString(topic), payload...))
+	return mqttEncode(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   topic,
+		Payload:     []byte(payload),
+	})
 }
 
-func mqttString(s string) []byte {
-	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
-}
-
-func mqttPacket(header byte, body []byte) []byte {
-	out := []byte{header}
-	n := len(body)
-	for {
-		b := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			b |= 0x80
-		}
-		out = append(out, b)
-		if n == 0 {
-			break
-		}
+// mqttEncode encodes a CONNECT or PUBLISH as a 3.1.1 client sends it.
+func mqttEncode(pk packets.Packet) []byte {
+	pk.ProtocolVersion = 4
+	var buf bytes.Buffer
+	var err error
+	if pk.FixedHeader.Type == packets.Connect {
+		err = pk.ConnectEncode(&buf)
+	} else {
+		err = pk.PublishEncode(&buf)
 	}
-	return append(out, body...)
+	if err != nil {
+		panic("encode MQTT packet: " + err.Error()) // fixed, valid packets
+	}
+	return buf.Bytes()
 }

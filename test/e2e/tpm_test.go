@@ -5,14 +5,12 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -111,12 +109,7 @@ func TestTPMWire(t *testing.T) {
 	}
 	defer conn.Close()
 	srv := startServerIn(t, tpmPrefix)
-	pool := x509.NewCertPool()
-	ca, err := os.ReadFile(srv.Info.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool.AppendCertsFromPEM(ca)
+	pool := srv.roots(t)
 	d := &tpmWire{
 		t: t, srv: srv, dev: testenv.NewTPMDevice(t, conn), regID: "tpm-wire-1",
 		hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: srv.IP}}},
