@@ -32,9 +32,15 @@ var errStop = errors.New("tlsmux: server name read")
 // start with a TLS handshake) and a connection that reads the same bytes
 // again from the start. Nothing is written to c.
 func ServerName(c net.Conn, timeout time.Duration) (string, net.Conn) {
+	name, rc, _ := peek(c, timeout)
+	return name, rc
+}
+
+// peek is ServerName, and also reports whether the client sent nothing at
+// all before the look ended (within timeout, or by closing).
+func peek(c net.Conn, timeout time.Duration) (name string, rc net.Conn, silent bool) {
 	var buf bytes.Buffer
 	rec := &recorder{Conn: c, r: io.TeeReader(io.LimitReader(c, maxHello), &buf)}
-	var name string
 	cfg := &tls.Config{GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 		name = hi.ServerName
 		return nil, errStop
@@ -44,7 +50,7 @@ func ServerName(c net.Conn, timeout time.Duration) (string, net.Conn) {
 	_ = tls.Server(rec, cfg).HandshakeContext(ctx)
 	cancel()
 	_ = c.SetReadDeadline(time.Time{})
-	return name, &replayConn{Conn: c, r: io.MultiReader(&buf, c)}
+	return name, &replayConn{Conn: c, r: io.MultiReader(&buf, c)}, buf.Len() == 0
 }
 
 // recorder is the connection the throw-away TLS server sees: it reads
@@ -113,7 +119,13 @@ func (l *Listener) route(c net.Conn) {
 		l.Deliver(c)
 		return
 	}
-	name, rc := ServerName(c, l.timeout)
+	name, rc, silent := peek(c, l.timeout)
+	if silent {
+		// Nothing arrived within the handshake's bound (or the client
+		// left): the TLS server behind would only wait that long again.
+		c.Close()
+		return
+	}
 	if serve := l.divert(name); serve != nil {
 		serve(rc, l)
 		return

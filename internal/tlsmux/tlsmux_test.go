@@ -142,3 +142,37 @@ func TestInactiveReadsNothing(t *testing.T) {
 		t.Fatal("a silent connection was held while inactive")
 	}
 }
+
+// TestSilentConnectionClosed checks that a connection that sends nothing
+// within the timeout is closed while the listener routes, not handed on to
+// a TLS server that would wait as long again.
+func TestSilentConnectionClosed(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 200 * time.Millisecond
+	l := Split(inner, func(string) func(net.Conn, *Listener) { return nil }, func() bool { return true }, timeout, slog.Default())
+	defer l.Close()
+	go func() {
+		if ac, err := l.Accept(); err == nil {
+			t.Error("a silent connection was handed on")
+			ac.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read data from a silent connection's listener")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("still open after 10 s (timeout %v)", timeout)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("closed after %v, want about %v", d, timeout)
+	}
+}
