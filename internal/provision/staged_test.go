@@ -68,7 +68,7 @@ func (a notingAllocator) Allocate(ctx context.Context, in *provision.AllocationI
 
 // stagedWorld is a world whose engine reaches the built-in hubs directly,
 // so that it can stage their identities, through a counting store.
-func stagedWorld(t *testing.T, opt provision.Options) (*world, *countingStore, *alloclog.Log) {
+func stagedWorld(t testing.TB, opt provision.Options) (*world, *countingStore, *alloclog.Log) {
 	t.Helper()
 	w := newWorld(t, nil, 1)
 	cs := newCountingStore(w.st)
@@ -259,4 +259,31 @@ func TestNoStagingWritesAnIntent(t *testing.T) {
 		t.Errorf("allocation log %+v, %v; want one entry", entries, err)
 	}
 	w.healthy(w.engine)
+}
+
+// BenchmarkRegisterBuiltinHub measures the engine with a real built-in hub
+// on the embedded store, new devices of one symmetric-key group arriving
+// concurrently: the one-commit path against the intent path.
+//
+//	go test ./internal/provision -run '^$' -bench RegisterBuiltinHub -cpu 2
+func BenchmarkRegisterBuiltinHub(b *testing.B) {
+	for _, staging := range []bool{true, false} {
+		b.Run(fmt.Sprintf("staged=%v", staging), func(b *testing.B) {
+			w, _, _ := stagedWorld(b, provision.Options{NoStaging: !staging})
+			key := w.symmetricGroup("bench", nil)
+			var n atomic.Int64
+			b.SetParallelism(16) // group commit needs company
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := fmt.Sprintf("dev-%d", n.Add(1))
+					if _, err := w.engine.Register(context.Background(), sasRequest(b, id, key)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+		})
+	}
 }
