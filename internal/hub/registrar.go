@@ -94,11 +94,10 @@ func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (
 	if err != nil {
 		return nil, err
 	}
-	// The CAs the hub must trust for the device are written first, on
-	// their own: trusting a CA the enrollment vouches for is harmless even
-	// if the batch then fails, and is done once per CA, not per device.
-	if err := trustCAs(ctx, reg, dev); err != nil {
-		return nil, fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
+	if dev.X509 != nil && dev.X509.PrimaryThumbprint == "" {
+		// A device its CA vouched for: the hub must also learn to trust
+		// that CA for it, which RegisterDevice does.
+		return nil, nil
 	}
 	w, committed, ok, err := sg.StageNewDevice(ctx, identity(dev), initial)
 	if err != nil || !ok {
