@@ -172,6 +172,9 @@ type Link struct {
 	Address string
 	// Properties are the peer's attach properties.
 	Properties *Map
+	// Filter is the filter set of the source of a link the peer receives
+	// on (an Event Hubs receiver's selector filter), nil if none.
+	Filter *Map
 
 	sndSettle     uint8
 	peerMaxMsg    uint64 // the peer's max-message-size; 0 for none
@@ -636,6 +639,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		}
 	} else if a.Source != nil {
 		l.Address = a.Source.Address
+		l.Filter = a.Source.Filter
 	}
 	reply := &attach{
 		Name: a.Name, Handle: a.Handle, Role: !a.Role,
