@@ -92,7 +92,9 @@ func (s eventSource) CheckToken(token string) (time.Time, error) {
 	if !ok {
 		return time.Time{}, fmt.Errorf("unknown shared access policy %q", tok.KeyName)
 	}
-	if tok.VerifyAny(decodeKey(pol.PrimaryKey), decodeKey(pol.SecondaryKey)) < 0 {
+	// Event Hubs clients sign with the key's text itself (Service Bus's
+	// convention), IoT Hub ones with its decoded bytes: both are taken.
+	if tok.VerifyAny([]byte(pol.PrimaryKey), []byte(pol.SecondaryKey), decodeKey(pol.PrimaryKey), decodeKey(pol.SecondaryKey)) < 0 {
 		return time.Time{}, errors.New("the SharedAccessSignature does not verify")
 	}
 	if !pol.has(RightServiceConnect) {
