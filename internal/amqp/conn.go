@@ -154,6 +154,9 @@ type session struct {
 	remoteIncomingWindow uint32
 	nextDeliveryID       uint32
 	links                map[uint32]*Link
+	// refused are the handles of links the server refused (attach then
+	// detach): the peer's answering detach ends them.
+	refused map[uint32]bool
 }
 
 // Link is one attached link. The peer's role decides what the server
@@ -617,6 +620,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 	}
 	c.mu.Lock()
 	_, inUse := s.links[a.Handle]
+	delete(s.refused, a.Handle)
 	c.mu.Unlock()
 	if inUse {
 		return protoErr(ErrHandleInUse, "handle %d is in use", a.Handle)
@@ -663,6 +667,12 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		if err := c.writeFrame(s.channel, reply, nil); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		if s.refused == nil {
+			s.refused = map[uint32]bool{}
+		}
+		s.refused[a.Handle] = true
+		c.mu.Unlock()
 		return c.writeFrame(s.channel, &detach{Handle: a.Handle, Closed: true, Error: asError(herr, ErrNotFound)}, nil)
 	}
 	c.mu.Lock()
@@ -859,7 +869,12 @@ func (c *Conn) onDetach(s *session, fl fields) error {
 	if l != nil {
 		l.detached = true
 	}
+	refused := s.refused[d.Handle]
+	delete(s.refused, d.Handle)
 	c.mu.Unlock()
+	if l == nil && refused {
+		return nil // the peer's answer to the server's refusal
+	}
 	if l == nil {
 		return protoErr(ErrUnattachedHandle, "detach of handle %d", d.Handle)
 	}

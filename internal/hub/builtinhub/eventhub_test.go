@@ -2,7 +2,10 @@ package builtinhub_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	goamqp "github.com/Azure/go-amqp"
+
+	"github.com/dpsd/dpsd/internal/eventhub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/sas"
 )
@@ -87,4 +93,263 @@ func TestNodeEventHubsConsumer(t *testing.T) {
 	if !strings.Contains(string(out), "# pass 4") {
 		t.Fatal("node tests were skipped")
 	}
+}
+
+// ehClient is a go-amqp connection to a hub's Event Hubs-compatible
+// endpoint, with a $cbs request/reply pair.
+type ehClient struct {
+	t      *testing.T
+	sess   *goamqp.Session
+	cbsOut *goamqp.Sender
+	cbsIn  *goamqp.Receiver
+	host   string
+	name   string
+}
+
+func dialEventHub(t *testing.T, e *env, shared *builtinhub.Shared, h *builtinhub.Hub) *ehClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	host := h.Config().HostName
+	conn, err := goamqp.Dial(ctx, "amqps://"+shared.AMQPAddr, &goamqp.ConnOptions{
+		HostName: host, TLSConfig: e.tlsConfig(host), SASLType: goamqp.SASLTypeAnonymous(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sess, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &ehClient{t: t, sess: sess, host: host, name: h.Name()}
+	if c.cbsOut, err = sess.NewSender(ctx, "$cbs", nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.cbsIn, err = sess.NewReceiver(ctx, "$cbs", &goamqp.ReceiverOptions{TargetAddress: "cbs-reply"}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// request sends a request on out and returns the answer on in.
+func request(t *testing.T, out *goamqp.Sender, in *goamqp.Receiver, m *goamqp.Message) *goamqp.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := out.Send(ctx, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := in.Receive(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = in.AcceptMessage(ctx, ans)
+	return ans
+}
+
+// putToken puts a token of policy on $cbs for audience and returns the
+// answer's status code.
+func (c *ehClient) putToken(audience, policy, key string) int32 {
+	c.t.Helper()
+	tok, err := sas.New(url.QueryEscape(audience), policy, key, time.Now().Add(time.Hour))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	m := goamqp.NewMessage(nil)
+	m.Value = tok
+	m.Properties = &goamqp.MessageProperties{MessageID: "put-1", ReplyTo: ptr("cbs-reply")}
+	m.ApplicationProperties = map[string]any{"operation": "put-token", "name": audience, "type": "servicebus.windows.net:sastoken"}
+	ans := request(c.t, c.cbsOut, c.cbsIn, m)
+	code, _ := ans.ApplicationProperties["status-code"].(int32)
+	return code
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// receiver attaches to a partition with a selector filter ("" for none)
+// and manual credit; it returns the error of a refused attach.
+func (c *ehClient) receiver(group string, partition int, selector string) (*goamqp.Receiver, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	o := &goamqp.ReceiverOptions{Credit: -1}
+	if selector != "" {
+		o.Filters = []goamqp.LinkFilter{goamqp.NewSelectorFilter(selector)}
+	}
+	return c.sess.NewReceiver(ctx, fmt.Sprintf("%s/ConsumerGroups/%s/Partitions/%d", c.name, group, partition), o)
+}
+
+// receive issues credit n and receives n events.
+func receive(t *testing.T, r *goamqp.Receiver, n int) []*goamqp.Message {
+	t.Helper()
+	if err := r.IssueCredit(uint32(n)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []*goamqp.Message
+	for range n {
+		m, err := r.Receive(ctx, nil)
+		if err != nil {
+			t.Fatalf("receiving event %d of %d: %v", len(out)+1, n, err)
+		}
+		_ = r.AcceptMessage(ctx, m)
+		out = append(out, m)
+	}
+	return out
+}
+
+func refusedWith(t *testing.T, err error, cond goamqp.ErrCond) {
+	t.Helper()
+	var ae *goamqp.Error
+	if !errors.As(err, &ae) || ae.Condition != cond {
+		t.Errorf("attach: %v, want it refused with %s", err, cond)
+	}
+}
+
+// TestEventHubEndpointOverAMQP drives the endpoint with an independent
+// AMQP client (go-amqp): claims, refusals, credit, start positions and the
+// events' annotations.
+func TestEventHubEndpointOverAMQP(t *testing.T) {
+	e, shared, h := eventHubEnv(t, "eventhub-wire-hub", "thermo-1")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "thermo-1", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		dc.publish(t, fmt.Sprintf("devices/thermo-1/messages/events/$.mid=m%d&$.ct=application%%2Fjson&k=v%d", i, i), 1, fmt.Sprintf(`{"n":%d}`, i))
+	}
+	for len(h.Messages("thermo-1", 0, 0)) < 3 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	p := eventhub.PartitionOf("thermo-1", eventhub.DefaultPartitions)
+	c := dialEventHub(t, e, shared, h)
+
+	// No token yet; then a wrong key, and a token for another entity.
+	_, err = c.receiver("$Default", p, "")
+	refusedWith(t, err, goamqp.ErrCondUnauthorizedAccess)
+	service := policyKey(t, h, "service")
+	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", testKey1); code != 401 {
+		t.Errorf("wrong key: status %d, want 401", code)
+	}
+	if code := c.putToken("sb://"+host+"/other-hub", "service", service); code != 401 {
+		t.Errorf("unknown entity: status %d, want 401", code)
+	}
+	if code := c.putToken("sb://"+host+"/"+h.Name()+"/ConsumerGroups/$Default/Partitions/0", "service", service); code != 202 {
+		t.Fatalf("put-token: status %d, want 202", code)
+	}
+
+	// Refusals a consumer can act on.
+	_, err = c.receiver("$Default", p, "amqp.annotation.x-opt-offset < '1'")
+	refusedWith(t, err, goamqp.ErrCondInvalidField)
+	_, err = c.receiver("other-group", p, "")
+	refusedWith(t, err, goamqp.ErrCondNotFound)
+	_, err = c.receiver("$Default", eventhub.DefaultPartitions, "")
+	refusedWith(t, err, goamqp.ErrCondNotFound)
+
+	// From the start, one credit at a time: nothing beyond the credit.
+	r, err := c.receiver("$Default", p, "amqp.annotation.x-opt-offset > '-1'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := receive(t, r, 1)[0]
+	time.Sleep(200 * time.Millisecond)
+	if m := r.Prefetched(); m != nil {
+		t.Fatalf("an event beyond the credit: %v", m.Annotations)
+	}
+	rest := receive(t, r, 2)
+	all := append([]*goamqp.Message{first}, rest...)
+	for i, m := range all {
+		a := m.Annotations
+		if a["x-opt-sequence-number"] != int64(i) || a["iothub-connection-device-id"] != "thermo-1" ||
+			m.Properties == nil || m.Properties.MessageID != fmt.Sprintf("m%d", i) || m.ApplicationProperties["k"] != fmt.Sprintf("v%d", i) ||
+			string(m.GetData()) != fmt.Sprintf(`{"n":%d}`, i) || *m.Properties.ContentType != "application/json" {
+			t.Errorf("event %d: annotations %v, properties %+v, application properties %v, body %q", i, a, m.Properties, m.ApplicationProperties, m.GetData())
+		}
+		if _, ok := a["x-opt-enqueued-time"].(time.Time); !ok {
+			t.Errorf("event %d: x-opt-enqueued-time %T", i, a["x-opt-enqueued-time"])
+		}
+		if _, ok := a["x-opt-offset"].(string); !ok {
+			t.Errorf("event %d: x-opt-offset %T", i, a["x-opt-offset"])
+		}
+	}
+	off1 := all[1].Annotations["x-opt-offset"].(string)
+	t1 := all[1].Annotations["x-opt-enqueued-time"].(time.Time)
+	// Events enqueued in the same millisecond as the second are after
+	// t1-1 ms too: the first such is where a time position starts.
+	afterTime := int64(1)
+	if all[0].Annotations["x-opt-enqueued-time"].(time.Time).UnixMilli() == t1.UnixMilli() {
+		afterTime = 0
+	}
+
+	// The other start positions.
+	for _, tc := range []struct {
+		selector string
+		wantSeq  int64
+	}{
+		{"amqp.annotation.x-opt-sequence-number > '0'", 1},
+		{"amqp.annotation.x-opt-sequence-number >= '2'", 2},
+		{"amqp.annotation.x-opt-offset >= '" + off1 + "'", 1},
+		{"amqp.annotation.x-opt-offset > '" + off1 + "'", 2},
+		{fmt.Sprintf("amqp.annotation.x-opt-enqueued-time > '%d'", t1.UnixMilli()-1), afterTime},
+		{"", 0},
+	} {
+		r, err := c.receiver("$Default", p, tc.selector)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.selector, err)
+		}
+		if got := receive(t, r, 1)[0].Annotations["x-opt-sequence-number"]; got != tc.wantSeq {
+			t.Errorf("%q: first event %v, want %d", tc.selector, got, tc.wantSeq)
+		}
+		_ = r.Close(context.Background())
+	}
+
+	// '@latest': only what comes after the attach.
+	latest, err := c.receiver("$Default", p, "amqp.annotation.x-opt-offset > '@latest'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.publish(t, "devices/thermo-1/messages/events/$.mid=m3", 1, "late")
+	if m := receive(t, latest, 1)[0]; m.Properties.MessageID != "m3" || m.Annotations["x-opt-sequence-number"] != int64(3) {
+		t.Errorf("latest: %v %v", m.Properties.MessageID, m.Annotations)
+	}
+
+	// $management: the partition's properties.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mOut, err := c.sess.NewSender(ctx, "$management", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mIn, err := c.sess.NewReceiver(ctx, "$management", &goamqp.ReceiverOptions{Name: "mgmt-reply", TargetAddress: "mgmt-reply"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := goamqp.NewMessage(nil)
+	req.Properties = &goamqp.MessageProperties{MessageID: "r-1", ReplyTo: ptr("mgmt-reply")}
+	req.ApplicationProperties = map[string]any{"operation": "READ", "name": h.Name(), "type": "com.microsoft:partition", "partition": fmt.Sprint(p)}
+	ans := request(t, mOut, mIn, req)
+	body, _ := ans.Value.(map[string]any)
+	if ans.ApplicationProperties["status-code"] != int32(200) || body["begin_sequence_number"] != int64(0) ||
+		body["last_enqueued_sequence_number"] != int64(3) || body["is_partition_empty"] != false || body["partition"] != fmt.Sprint(p) {
+		t.Errorf("partition properties: %v %v", ans.ApplicationProperties, ans.Value)
+	}
+	req.Properties.MessageID = "r-2"
+	req.ApplicationProperties = map[string]any{"operation": "READ", "name": "no-such-hub", "type": "com.microsoft:eventhub"}
+	if ans := request(t, mOut, mIn, req); ans.ApplicationProperties["status-code"] != int32(404) {
+		t.Errorf("unknown entity: %v", ans.ApplicationProperties)
+	}
+}
+
+// policyKey returns a hub policy's primary key.
+func policyKey(t *testing.T, h *builtinhub.Hub, name string) string {
+	t.Helper()
+	for _, p := range h.Config().Policies {
+		if p.KeyName == name {
+			return p.PrimaryKey
+		}
+	}
+	t.Fatalf("hub %s has no policy %s", h.Name(), name)
+	return ""
 }
