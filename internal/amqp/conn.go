@@ -154,8 +154,8 @@ type session struct {
 	remoteIncomingWindow uint32
 	nextDeliveryID       uint32
 	links                map[uint32]*Link
-	// refused are the handles of links the server refused (attach then
-	// detach): the peer's answering detach ends them.
+	// refused are the handles of links the server refused or detached
+	// (Link.Detach): the peer's answering detach ends them.
 	refused map[uint32]bool
 }
 
@@ -992,4 +992,51 @@ func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 		c.wbuf = b
 	}
 	return c.flushLocked()
+}
+
+// WaitCredit waits until the peer grants credit on l, a link it receives
+// on, or until ctx ends or the link does.
+func (l *Link) WaitCredit(ctx context.Context) error {
+	c := l.conn
+	for {
+		c.mu.Lock()
+		detached, credit := l.detached, l.credit
+		c.mu.Unlock()
+		switch {
+		case detached:
+			return ErrLinkDetached
+		case credit > 0:
+			return nil
+		}
+		select {
+		case <-l.creditCh:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrLinkDetached
+		}
+	}
+}
+
+// Detach ends l from the server's side with e (nil for none): the peer's
+// answering detach is expected, and the handler's Detach is called.
+func (l *Link) Detach(e *Error) error {
+	c := l.conn
+	s := l.sess
+	c.mu.Lock()
+	if l.detached || s.links[l.handle] != l {
+		c.mu.Unlock()
+		return ErrLinkDetached
+	}
+	l.detached = true
+	delete(s.links, l.handle)
+	if s.refused == nil {
+		s.refused = map[uint32]bool{}
+	}
+	s.refused[l.handle] = true
+	c.mu.Unlock()
+	l.signal()
+	err := c.writeFrame(s.channel, &detach{Handle: l.handle, Closed: true, Error: e}, nil)
+	c.handler.Detach(l)
+	return err
 }

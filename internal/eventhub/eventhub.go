@@ -81,5 +81,6 @@ type Source interface {
 
 // Resolver returns the hub whose Event Hubs-compatible name is entity and
 // which host (as the client wrote it, maybe with a port) names, or nil.
-// An empty host matches any hub of that name.
+// An empty host matches any hub of that name; an empty entity, the hub
+// whose host name host is.
 type Resolver func(host, entity string) Source

@@ -82,6 +82,8 @@ func (l *links) Attach(k *wire.Link) error {
 		return nil
 	case isEventHubAddress(k.Address):
 		return l.attachReceiver(k)
+	case isRedirectAddress(k.Address):
+		return l.redirect(k)
 	}
 	return l.base.Attach(k)
 }

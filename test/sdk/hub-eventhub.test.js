@@ -9,6 +9,8 @@
 // which serves a hub on a shared endpoint and passes:
 //   DPSD_HUB_DEVICE_CONNECTION_STRING    HostName=<hub host>;DeviceId=…;SharedAccessKey=…;GatewayHostName=<ip:mqtt port>
 //   DPSD_HUB_EVENTHUB_CONNECTION_STRING  Endpoint=sb://<hub host>:<amqp port>/;SharedAccessKeyName=service;…;EntityPath=<hub name>
+//   DPSD_HUB_SERVICE_CONNECTION_STRING   HostName=<hub host>;SharedAccessKeyName=service;SharedAccessKey=…
+//   DPSD_HUB_AMQP_PORT                   the port of the hubs' AMQP listener
 //   DPSD_HUB_IP                          the address the hub's host name stands for
 //   NODE_EXTRA_CA_CERTS                  the local CA
 // The hub's host name does not resolve here: this test code (only) looks
@@ -37,6 +39,8 @@ if (!skip) {
 const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { EventHubConsumerClient, earliestEventPosition, latestEventPosition } = require('@azure/event-hubs');
+const { Connection, ReceiverEvents } = require('rhea-promise');
+const crypto = require('node:crypto');
 
 const STEP_MS = 30000;
 const deviceId = deviceCS ? /DeviceId=([^;]+)/.exec(deviceCS)[1] : '';
@@ -186,6 +190,60 @@ test('a wrong key is refused', { skip }, async () => {
       assert.match(String(err && (err.code || err.name)), /Unauthorized|unauthorized/i, String(err));
       return true;
     });
+  } finally {
+    await client.close();
+  }
+});
+
+// eventHubsFromIotHub asks the hub for its endpoint as the Azure samples
+// do: SASL PLAIN with a service token for {host}/messages/events, then a
+// receiver on messages/events that the hub refuses with a redirect.
+async function eventHubsFromIotHub(iotCS, port) {
+  const cs = Object.fromEntries(iotCS.split(';').map((p) => { const i = p.indexOf('='); return [p.slice(0, i), p.slice(i + 1)]; }));
+  const sr = encodeURIComponent(`${cs.HostName}/messages/events`);
+  const se = Math.ceil(Date.now() / 1000) + 300;
+  const sig = crypto.createHmac('sha256', Buffer.from(cs.SharedAccessKey, 'base64')).update(`${sr}\n${se}`).digest('base64');
+  const token = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}&skn=${cs.SharedAccessKeyName}`;
+  const hubName = cs.HostName.split('.')[0];
+  const connection = new Connection({
+    transport: 'tls', host: cs.HostName, hostname: cs.HostName, port, reconnect: false,
+    username: `${cs.SharedAccessKeyName}@sas.root.${hubName}`, password: token,
+  });
+  await connection.open();
+  try {
+    // As the samples do: the receiver opens, then its error is awaited.
+    const receiver = await within(connection.createReceiver({
+      source: { address: `amqps://${cs.HostName}/messages/events/$management` },
+    }), 'createReceiver on messages/events');
+    const redirected = new Promise((resolve, reject) => {
+      receiver.on(ReceiverEvents.receiverError, (ctx) => {
+        const err = ctx.receiver && ctx.receiver.error;
+        if (err && err.condition === 'amqp:link:redirect' && err.info) resolve(err.info);
+        else reject(err || new Error('receiver error without an error'));
+      });
+    });
+    const info = await within(redirected, 'the redirect');
+    const m = /:\d+\/(.*)\/\$management$/i.exec(info.address);
+    assert.ok(m, `redirect address ${info.address}`);
+    return { info, cs: `Endpoint=sb://${info.hostname}/;EntityPath=${m[1]};SharedAccessKeyName=${cs.SharedAccessKeyName};SharedAccessKey=${cs.SharedAccessKey}` };
+  } finally {
+    await connection.close().catch(() => {});
+  }
+}
+
+test('an IoT hub connection string leads to the endpoint by the amqp:link:redirect of messages/events', { skip }, async () => {
+  const port = Number(process.env.DPSD_HUB_AMQP_PORT);
+  const { info, cs } = await eventHubsFromIotHub(process.env.DPSD_HUB_SERVICE_CONNECTION_STRING, port);
+  assert.equal(info.port, port);
+  const host = /Endpoint=sb:\/\/([^:/]+)/.exec(ehCS)[1];
+  assert.match(cs, new RegExp(`^Endpoint=sb://${host.replace(/\./g, '\\.')}/;EntityPath=${hubName};SharedAccessKeyName=service;`));
+  // The sample's connection string has no port: the endpoint address gives it.
+  const client = new EventHubConsumerClient('$Default', cs, { ...clientOptions, customEndpointAddress: `sb://${info.hostname}:${info.port}` });
+  try {
+    const props = await within(client.getEventHubProperties(), 'getEventHubProperties through the redirect');
+    assert.equal(props.name, hubName);
+    const p = await within(client.getPartitionProperties(props.partitionIds[0]), 'getPartitionProperties');
+    assert.equal(p.eventHubName, hubName);
   } finally {
     await client.close();
   }

@@ -39,6 +39,10 @@ func (m *Manager) newAMQPServer() *wire.Server {
 		Handler: amqpHandler{m},
 		SASL: []wire.SASLServer{
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
+			// A service token as the password (user {policy}@sas.root.{hub}),
+			// checked when a link needs it: the way to ask the hub for its
+			// Event Hubs-compatible endpoint (package eventhub's redirect).
+			wire.PlainServer(nil),
 		},
 		AllowNoSASL: true,
 		// An Event Hubs consumer opens a session per partition besides

@@ -195,11 +195,17 @@ func toEvent(m keptMessage) eventhub.Event {
 }
 
 // eventHubResolver finds a hub of the manager by its Event Hubs-compatible
-// name (the hub's name) and one of its host names or addresses.
+// name (the hub's name) and one of its host names or addresses, or by its
+// host name alone when entity is empty.
 func (m *Manager) eventHubResolver(host, entity string) eventhub.Source {
-	m.mu.Lock()
-	h := m.hubs[strings.ToLower(entity)]
-	m.mu.Unlock()
+	var h *Hub
+	if entity == "" {
+		h = m.byHost(hostOnly(host))
+	} else {
+		m.mu.Lock()
+		h = m.hubs[strings.ToLower(entity)]
+		m.mu.Unlock()
+	}
 	if h == nil || (host != "" && !h.isAlias(host) && !h.isAlias(hostOnly(host))) {
 		return nil
 	}

@@ -74,6 +74,7 @@ func TestNodeEventHubsConsumer(t *testing.T) {
 		t.Fatalf("event hub connection string %q, want %s…;EntityPath=eventhub-node-hub", in.EventHubConnectionString, wantPrefix)
 	}
 	deviceCS := sas.ConnectionString{HostName: h.Config().HostName, DeviceID: "thermo-1", SharedAccessKey: testKey1, GatewayHostName: shared.MQTTAddr}
+	serviceCS := sas.ConnectionString{HostName: h.Config().HostName, SharedAccessKeyName: "service", SharedAccessKey: policyKey(t, h, "service")}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -82,6 +83,8 @@ func TestNodeEventHubsConsumer(t *testing.T) {
 	cmd.Env = append(os.Environ(),
 		"DPSD_HUB_DEVICE_CONNECTION_STRING="+deviceCS.String(),
 		"DPSD_HUB_EVENTHUB_CONNECTION_STRING="+in.EventHubConnectionString,
+		"DPSD_HUB_SERVICE_CONNECTION_STRING="+serviceCS.String(),
+		"DPSD_HUB_AMQP_PORT="+amqpPort,
 		"DPSD_HUB_IP="+shared.Address,
 		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
 	)
@@ -90,7 +93,7 @@ func TestNodeEventHubsConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("node tests failed: %v", err)
 	}
-	if !strings.Contains(string(out), "# pass 4") {
+	if !strings.Contains(string(out), "# pass 5") {
 		t.Fatal("node tests were skipped")
 	}
 }
@@ -352,4 +355,58 @@ func policyKey(t *testing.T, h *builtinhub.Hub, name string) string {
 	}
 	t.Fatalf("hub %s has no policy %s", h.Name(), name)
 	return ""
+}
+
+// TestEventHubRedirect checks the way samples and SDK helpers find the
+// endpoint from an IoT hub connection string: a receiver on messages/events,
+// signed in with SASL PLAIN, is refused with amqp:link:redirect naming it.
+func TestEventHubRedirect(t *testing.T) {
+	e, shared, h := eventHubEnv(t, "eventhub-redirect-hub", "thermo-2")
+	host := h.Config().HostName
+	dial := func(key string) *goamqp.Session {
+		tok, err := sas.New(url.QueryEscape(host+"/messages/events"), "service", key, time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		conn, err := goamqp.Dial(ctx, "amqps://"+shared.AMQPAddr, &goamqp.ConnOptions{
+			HostName: host, TLSConfig: e.tlsConfig(host), SASLType: goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		sess, err := conn.NewSession(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sess
+	}
+	// The receiver opens, and is detached with the answer once it grants
+	// credit.
+	attach := func(sess *goamqp.Session) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := sess.NewReceiver(ctx, "amqps://"+host+"/messages/events/$management", nil)
+		if err != nil {
+			return err
+		}
+		_, err = r.Receive(ctx, nil)
+		return err
+	}
+
+	err := attach(dial(policyKey(t, h, "service")))
+	var le *goamqp.LinkError
+	if !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != "amqp:link:redirect" {
+		t.Fatalf("receive: %v, want amqp:link:redirect", err)
+	}
+	ae := le.RemoteErr
+	_, port, _ := net.SplitHostPort(shared.AMQPAddr)
+	if ae.Info["hostname"] != host || ae.Info["address"] != "amqps://"+host+":"+port+"/eventhub-redirect-hub/$management" || fmt.Sprint(ae.Info["port"]) != port {
+		t.Errorf("redirect info %v", ae.Info)
+	}
+	if err := attach(dial(testKey1)); !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != goamqp.ErrCondUnauthorizedAccess {
+		t.Errorf("a wrong key: %v, want amqp:unauthorized-access", err)
+	}
 }
