@@ -522,7 +522,6 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 			}
 			return e.registerAnswer(done), nil
 		}
-		keep(ctx, p.note)
 		intent := e.intent(r, prev)
 		if err := setTarget(intent, p); err != nil {
 			return Result{}, err
@@ -532,7 +531,7 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 		// for abandoned.
 		done := e.track(opID)
 		defer e.untrack(opID, done)
-		stored, err := e.swap(ctx, intent, prev)
+		stored, err := e.swapWith(ctx, intent, prev, nil, p.note)
 		if err != nil {
 			return Result{}, err
 		}

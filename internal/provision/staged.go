@@ -31,18 +31,21 @@ type Staged struct {
 	Committed func()
 }
 
-// maxStagedAttempts bounds how often a batch is prepared again after its
+// maxNoteAttempts bounds how often a batch is prepared again after its
 // note's condition failed (another write to the allocation log of the same
 // registration got in between).
-const maxStagedAttempts = 3
+const maxNoteAttempts = 3
+
+// errStale reports that a write batched with a registration record found
+// the store changed since it was prepared.
+var errStale = errors.New("provision: a batched write's condition failed")
 
 // commitStaged commits p's registration record over prev together with its
 // hub identity, when the registrar can stage that identity in the engine's
 // store. It returns the stored record; nil, and no error, when p must take
 // the intent path instead; errLostRace when prev is no longer current.
 func (e *Engine) commitStaged(ctx context.Context, p *plan, prev *enroll.Registration) (*enroll.Registration, error) {
-	b, ok := e.st.(store.Batcher)
-	if !ok || e.opt.NoStaging {
+	if _, ok := e.st.(store.Batcher); !ok || e.opt.NoStaging {
 		return nil, nil
 	}
 	sg, ok := e.opt.Registrar.(Stager)
@@ -60,21 +63,55 @@ func (e *Engine) commitStaged(ctx context.Context, p *plan, prev *enroll.Registr
 	if staged == nil {
 		return nil, nil
 	}
+	final := *p.final
+	final.Work = nil
+	stored, err := e.swapWith(ctx, &final, prev, staged.Writes, p.note)
+	switch {
+	case errors.Is(err, errStale):
+		// The hub changed since it was staged (the identity was created
+		// meanwhile): the intent path handles what it holds.
+		return nil, nil
+	case errors.Is(err, errLostRace):
+		// The allocation happened all the same; its note says so.
+		keep(ctx, p.note)
+		return nil, err
+	case err != nil:
+		return nil, err
+	}
+	if staged.Committed != nil {
+		staged.Committed()
+	}
+	return stored, nil
+}
+
+// swapWith writes r over prev by compare-and-swap, as swap does, in one
+// batch with extra and with note's write when the store can batch: the
+// record and what goes with it commit together or not at all. It fails
+// with errLostRace when prev is no longer current, errStale when one of
+// extra's conditions failed. A note that cannot join the batch is kept on
+// its own; without a Batcher, extra must be empty.
+func (e *Engine) swapWith(ctx context.Context, r, prev *enroll.Registration, extra []store.Write, note Note) (*enroll.Registration, error) {
+	b, ok := e.st.(store.Batcher)
+	if !ok || (len(extra) == 0 && note == nil) {
+		if len(extra) > 0 {
+			return nil, errors.New("provision: batched writes need a store.Batcher")
+		}
+		keep(ctx, note)
+		return e.swap(ctx, r, prev)
+	}
 	cond := store.Condition{MustNotExist: true}
 	if prev != nil {
 		cond = store.Condition{IfMatch: prev.ETag()}
 	}
-	final := *p.final
-	final.Work = nil
-	rw, stored, err := enroll.RegistrationWrite(&final, cond)
+	rw, stored, err := enroll.RegistrationWrite(r, cond)
 	if err != nil {
 		return nil, err
 	}
-	for range maxStagedAttempts {
-		writes := append([]store.Write{rw}, staged.Writes...)
+	for range maxNoteAttempts {
+		writes := append([]store.Write{rw}, extra...)
 		noted := false
-		if p.note != nil {
-			if nw, err := p.note.Write(ctx); err == nil {
+		if note != nil {
+			if nw, err := note.Write(ctx); err == nil {
 				writes = append(writes, nw)
 				noted = true
 			}
@@ -83,28 +120,33 @@ func (e *Engine) commitStaged(ctx context.Context, p *plan, prev *enroll.Registr
 		var be *store.BatchError
 		switch {
 		case err == nil:
-			if p.note != nil && !noted {
-				keep(ctx, p.note)
-			}
-			if staged.Committed != nil {
-				staged.Committed()
+			if !noted {
+				keep(ctx, note)
 			}
 			return stored(recs[0]), nil
 		case errors.As(err, &be) && be.Index == 0:
-			// The allocation happened all the same; its note says so.
-			keep(ctx, p.note)
 			return nil, errLostRace
 		case errors.As(err, &be) && noted && be.Index == len(writes)-1:
 			continue // the note's record changed; prepare it again
 		case errors.As(err, &be):
-			// The hub changed since it was staged (the identity was
-			// created meanwhile): the intent path handles what it holds.
-			return nil, nil
+			return nil, errStale
 		default:
 			return nil, unavailable(err)
 		}
 	}
-	return nil, nil
+	// The note's record keeps changing: commit without it, then keep it.
+	recs, err := b.Apply(ctx, append([]store.Write{rw}, extra...))
+	var be *store.BatchError
+	switch {
+	case err == nil:
+		keep(ctx, note)
+		return stored(recs[0]), nil
+	case errors.As(err, &be) && be.Index == 0:
+		return nil, errLostRace
+	case errors.As(err, &be):
+		return nil, errStale
+	}
+	return nil, unavailable(err)
 }
 
 // keep writes a note on its own, if there is one.

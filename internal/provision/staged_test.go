@@ -244,15 +244,19 @@ func TestStagedConcurrentRegistrationsAgree(t *testing.T) {
 }
 
 // TestNoStagingWritesAnIntent: the switch that turns the fast path off
-// does, so the two paths can be compared.
+// does, so the two paths can be compared: the intent goes first (in one
+// batch with the allocation's note), the outcome after the hub write.
 func TestNoStagingWritesAnIntent(t *testing.T) {
 	ctx := context.Background()
-	w, cs, _ := stagedWorld(t, provision.Options{NoStaging: true})
+	w, cs, alog := stagedWorld(t, provision.Options{NoStaging: true})
 	key := w.symmetricGroup("unstaged", nil)
 	cs.puts.Store(0)
 	must(t).assigned(w.engine.Register(ctx, sasRequest(t, "unstaged-dev", key)))
-	if cs.applies.Load() != 0 || cs.puts.Load() < 2 {
-		t.Errorf("%d batches and %d single writes; want none and at least two registration writes (intent, outcome)", cs.applies.Load(), cs.puts.Load())
+	if cs.applies.Load() != 1 || cs.puts.Load() != 1 {
+		t.Errorf("%d batches and %d single registration writes; want 1 (intent and note) and 1 (outcome)", cs.applies.Load(), cs.puts.Load())
+	}
+	if entries, err := alog.List(ctx, "unstaged-dev"); err != nil || len(entries) != 1 {
+		t.Errorf("allocation log %+v, %v; want one entry", entries, err)
 	}
 	w.healthy(w.engine)
 }
