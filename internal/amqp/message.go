@@ -93,8 +93,13 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			if p.ContentType, err = f.symbol(6); err != nil {
 				return nil, err
 			}
-			if p.ContentEncoding, err = f.symbol(7); err != nil {
-				return nil, err
+			// Read leniently: a field nothing here relies on must not
+			// make a message undecodable.
+			switch ce := f.at(7).(type) {
+			case Symbol:
+				p.ContentEncoding = ce
+			case string:
+				p.ContentEncoding = Symbol(ce)
 			}
 		case descApplicationProperties:
 			mp, ok := val.(*Map)
