@@ -249,6 +249,7 @@ type hubOptions struct {
 	mqttPort       string
 	messages       int
 	messageBytes   int
+	partitions     int
 	rate           float64
 	burst          int
 	methodTimeout  time.Duration
@@ -280,6 +281,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		cert:           o.cert,
 		shared:         o.shared,
 	}
+	h.msgs.setPartitions(o.partitions)
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{o.cert},
