@@ -1,9 +1,13 @@
 package amqp
 
-// Message is an AMQP message (part 3): the sections a DPS exchange uses.
-// Header, annotations and footer are read past and never sent.
+// Message is an AMQP message (part 3): the sections a DPS exchange and
+// IoT Hub's device links use. Header, delivery annotations and footer
+// are read past and never sent.
 type Message struct {
-	Properties Properties
+	// MessageAnnotations are the message-annotations section (IoT Hub's
+	// twin links carry their operation, resource and status in it).
+	MessageAnnotations map[Symbol]any
+	Properties         Properties
 	// ApplicationProperties maps string keys to simple values.
 	ApplicationProperties map[string]any
 	// Data holds the data sections' bytes, in order.
@@ -62,8 +66,26 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		}
 		val := v.(Described).Value
 		switch code {
-		case descHeader, descDeliveryAnnotations, descMessageAnnotations, descFooter, descSequence:
-			// Not used by DPS: accepted and ignored.
+		case descMessageAnnotations:
+			mp, ok := val.(*Map)
+			if !ok && val != nil {
+				return nil, malformed("message-annotations is a %T", val)
+			}
+			if mp == nil {
+				break
+			}
+			m.MessageAnnotations = make(map[Symbol]any, mp.Len())
+			for _, pr := range mp.Pairs {
+				switch k := pr.Key.(type) {
+				case Symbol:
+					m.MessageAnnotations[k] = pr.Value
+				case string:
+					m.MessageAnnotations[Symbol(k)] = pr.Value
+				}
+				// ulong keys are reserved: read past.
+			}
+		case descHeader, descDeliveryAnnotations, descFooter, descSequence:
+			// Not used: accepted and ignored.
 		case descProperties:
 			f, err := fieldsOf(v, descProperties)
 			if err != nil {
@@ -127,11 +149,16 @@ func addressField(f fields, i int) (string, error) {
 	return "", fieldErr(i, "address", f.at(i))
 }
 
-// MarshalMessage encodes m: properties, application-properties, then the
+// MarshalMessage encodes m: message annotations, properties, application-properties, then the
 // data sections (or the amqp-value).
 func MarshalMessage(m *Message) ([]byte, error) {
 	var b []byte
 	var err error
+	if len(m.MessageAnnotations) > 0 {
+		if b, err = Marshal(b, Described{uint64(descMessageAnnotations), m.MessageAnnotations}); err != nil {
+			return nil, err
+		}
+	}
 	p := m.Properties
 	props := trim([]any{p.MessageID, nil, nilIfEmpty(p.To), nilIfEmpty(p.Subject), nilIfEmpty(p.ReplyTo),
 		p.CorrelationID, symbolOrNil(p.ContentType)})

@@ -96,8 +96,9 @@ func TestC2DSurvivesRestart(t *testing.T) {
 			t.Fatalf("after a restart got %q, want %q", m.Payload(), want)
 		}
 	}
+	// Acknowledged (PUBACK): nothing is left for the next start.
+	waitC2DStored(t, e, "c2d-restart", 0)
 	dc.Disconnect(100)
-	// Delivered: nothing is left for the next start.
 	e.restart()
 	h = e.hub("c2d-restart")
 	dc, _, err = dialDevice(t, e, "dev1", dialOpts{host: host, addr: mqttAddr(h), tlsName: host, clean: true})
@@ -130,4 +131,18 @@ func TestC2DSurvivesRestart(t *testing.T) {
 	if recs, _, _ := e.st.List(context.Background(), builtinhub.KindC2D, store.ListOptions{Ref: "c2d-restart"}); len(recs) != 0 {
 		t.Errorf("a deleted device's queue is still stored: %d records", len(recs))
 	}
+}
+
+// waitC2DStored waits until hub has n stored cloud-to-device queues.
+func waitC2DStored(t *testing.T, e *env, hub string, n int) {
+	t.Helper()
+	var recs []store.Record
+	for range 250 {
+		recs, _, _ = e.st.List(context.Background(), builtinhub.KindC2D, store.ListOptions{Ref: hub})
+		if len(recs) == n {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("stored cloud-to-device queues of %s: %d, want %d", hub, len(recs), n)
 }

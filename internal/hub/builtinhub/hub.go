@@ -142,6 +142,10 @@ type Hub struct {
 	devices map[string]*devState     // by lower-cased device id
 	methods map[string]pendingMethod // by request id
 	amqpC2D map[string]*wire.Link    // devices' AMQP cloud-to-device links, by lower-cased id
+	// mqttC2D are the locks of the cloud-to-device messages in flight
+	// over MQTT, by device and packet id; under mu.
+	mqttC2D map[mqttInflight]string
+	amqpDev amqpDeviceLinks // devices' AMQP twin and method links
 	wg      sync.WaitGroup
 }
 
@@ -280,6 +284,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		cert:           o.cert,
 		shared:         o.shared,
 	}
+	h.c2d.dead = h.feedback
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{o.cert},
