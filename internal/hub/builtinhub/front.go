@@ -19,6 +19,7 @@ import (
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/tlsmux"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // Protocol names a shared listener's protocol.
@@ -212,6 +213,9 @@ func (m *Manager) hubOfConnect(clientID, user string) *Hub {
 
 // serveHTTP gives a request on the shared HTTPS endpoint to its hub.
 func (f *front) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.m.serveAMQPWebSocket(w, r) {
+		return
+	}
 	h := f.m.hubOfRequest(r)
 	if h == nil {
 		deadline.Body(w, r, f.m.opt.BodyTimeout)
@@ -219,6 +223,26 @@ func (f *front) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.serveHTTP(w, r)
+}
+
+// amqpWebSocketSubprotocol is the WebSocket subprotocol of AMQP 1.0
+// (AMQP WebSocket binding), which the SDKs' AMQP-over-WebSockets
+// transports offer on /$iothub/websocket.
+const amqpWebSocketSubprotocol = "AMQPWSB10"
+
+// serveAMQPWebSocket serves AMQP over WebSockets when r asks for it and
+// reports whether it did. The connection's hub is found as for AMQP over
+// TLS: by the open frame's host name or the first put-token's audience.
+func (m *Manager) serveAMQPWebSocket(w http.ResponseWriter, r *http.Request) bool {
+	if m.amqp == nil || m.front == nil || !wsconn.IsUpgrade(r) || !wsconn.Offers(r, amqpWebSocketSubprotocol) {
+		return false
+	}
+	c, err := wsconn.UpgradeSubprotocol(w, r, amqpWebSocketSubprotocol)
+	if err != nil {
+		return true // answered
+	}
+	_ = m.amqp.ServeConn(m.front.ctx, c)
+	return true
 }
 
 // hubOfRequest finds the hub an HTTPS request is for: by the TLS server
