@@ -54,7 +54,9 @@ func TestSendUnsettled(t *testing.T) {
 		{func(m *goamqp.Message) error { return recv.AcceptMessage(ctx, m) }, amqp.OutcomeAccepted},
 		{func(m *goamqp.Message) error { return recv.RejectMessage(ctx, m, nil) }, amqp.OutcomeRejected},
 		{func(m *goamqp.Message) error { return recv.ReleaseMessage(ctx, m) }, amqp.OutcomeReleased},
-		{func(m *goamqp.Message) error { return recv.ModifyMessage(ctx, m, &goamqp.ModifyMessageOptions{DeliveryFailed: true}) }, amqp.OutcomeModified},
+		{func(m *goamqp.Message) error {
+			return recv.ModifyMessage(ctx, m, &goamqp.ModifyMessageOptions{DeliveryFailed: true})
+		}, amqp.OutcomeModified},
 	} {
 		out, err := l.SendUnsettled(ctx, &amqp.Message{
 			MessageAnnotations: map[amqp.Symbol]any{"status": int32(200)},
