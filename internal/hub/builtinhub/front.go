@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -172,6 +173,31 @@ func (m *Manager) ClaimMQTT(tc *tls.Conn) (net.Conn, bool) {
 	}
 	defer h.wg.Done()
 	h.serveMQTT(rc, listenerTLS, tc.ConnectionState().PeerCertificates)
+	return nil, true
+}
+
+// ClaimMQTTWebSocket is ClaimMQTT for MQTT over WebSockets on the node's
+// HTTPS listener, upgraded by the provisioning service because the
+// request named no hub (a device that dialled the shared address). A
+// connection that sends no whole CONNECT in time is closed (and claimed).
+func (m *Manager) ClaimMQTTWebSocket(c net.Conn, peers []*x509.Certificate) (net.Conn, bool) {
+	if m == nil || m.front == nil || !m.Running() {
+		return c, false
+	}
+	_ = c.SetReadDeadline(time.Now().Add(m.opt.ConnectTimeout))
+	id, user, read, err := mqttConnect(c, maxMQTTPacket)
+	_ = c.SetReadDeadline(time.Time{})
+	if errors.Is(err, errShortConnect) {
+		c.Close()
+		return nil, true
+	}
+	rc := tlsmux.Prepend(c, read)
+	h := m.hubOfConnect(id, user)
+	if h == nil || !h.enter() {
+		return rc, false
+	}
+	defer h.wg.Done()
+	h.serveMQTT(rc, listenerWebSocket, peers)
 	return nil, true
 }
 
