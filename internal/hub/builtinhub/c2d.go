@@ -374,49 +374,81 @@ func (h *Hub) deliverC2D(id string) {
 	}
 }
 
-// publishC2D sends a message at QoS 1 and keeps it in flight: the
-// device's PUBACK completes it (OnQosComplete); a session that ends
-// without one abandons it (OnQosDropped), and a persistent session's
-// next connection gets it again.
+// publishC2D sends a message at QoS 1: the device's PUBACK completes it
+// (OnPacketRead), and a connection that ends first abandons it
+// (OnDisconnect), so the device's next connection gets it again. The
+// hub keeps these in-flight messages itself: the broker's own in-flight
+// table shares packet ids with the device's publishes and would take a
+// device's telemetry for the PUBACK of a message with the same id.
 func (h *Hub) publishC2D(cl *mqtt.Client, topic string, m *queued) error {
-	pid, err := cl.NextPacketID()
-	if err != nil {
-		return fmt.Errorf("no packet id: %w", err)
-	}
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-		TopicName:   topic,
-		Payload:     m.Body,
-		PacketID:    uint16(pid),
-		Created:     h.now().Unix(),
-	}
 	h.mu.Lock()
 	if h.mqttC2D == nil {
 		h.mqttC2D = map[mqttInflight]string{}
 	}
-	h.mqttC2D[mqttInflight{strings.ToLower(cl.ID), pk.PacketID}] = m.lockToken
+	var k mqttInflight
+	for range 1 << 16 {
+		h.mqttPacketID++
+		if h.mqttPacketID == 0 {
+			h.mqttPacketID = 1
+		}
+		k = mqttInflight{cl, h.mqttPacketID}
+		if _, used := h.mqttC2D[k]; !used {
+			break
+		}
+	}
+	if _, used := h.mqttC2D[k]; used {
+		h.mu.Unlock()
+		return errors.New("no free packet id")
+	}
+	h.mqttC2D[k] = m.lockToken
 	h.mu.Unlock()
-	cl.State.Inflight.Set(pk)
-	cl.State.Inflight.DecreaseSendQuota()
-	return cl.WritePacket(pk)
+	err := cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   topic,
+		Payload:     m.Body,
+		PacketID:    k.packet,
+	})
+	if err != nil {
+		h.mu.Lock()
+		delete(h.mqttC2D, k)
+		h.mu.Unlock()
+	}
+	return err
 }
 
-// mqttInflight names a cloud-to-device message in flight over MQTT.
+// mqttInflight names a cloud-to-device message in flight on one MQTT
+// connection.
 type mqttInflight struct {
-	device string // lower-cased
+	cl     *mqtt.Client
 	packet uint16
 }
 
-// mqttC2DDone settles the message a device's PUBACK (or the end of its
-// session) answered.
-func (h *Hub) mqttC2DDone(cl *mqtt.Client, pid uint16, o c2dOutcome) {
-	k := mqttInflight{strings.ToLower(cl.ID), pid}
+// mqttC2DAcked completes the message a device's PUBACK answered.
+func (h *Hub) mqttC2DAcked(cl *mqtt.Client, pid uint16) {
+	k := mqttInflight{cl, pid}
 	h.mu.Lock()
 	lock, ok := h.mqttC2D[k]
 	delete(h.mqttC2D, k)
 	h.mu.Unlock()
 	if ok {
-		h.settleC2D(cl.ID, lock, o)
+		h.settleC2D(cl.ID, lock, c2dComplete)
+	}
+}
+
+// mqttC2DEnded abandons the messages still in flight on a connection
+// that ended.
+func (h *Hub) mqttC2DEnded(cl *mqtt.Client) {
+	var locks []string
+	h.mu.Lock()
+	for k, lock := range h.mqttC2D {
+		if k.cl == cl {
+			locks = append(locks, lock)
+			delete(h.mqttC2D, k)
+		}
+	}
+	h.mu.Unlock()
+	for _, lock := range locks {
+		h.settleC2D(cl.ID, lock, c2dAbandon)
 	}
 }
 

@@ -143,10 +143,12 @@ type Hub struct {
 	methods map[string]pendingMethod // by request id
 	amqpC2D map[string]*wire.Link    // devices' AMQP cloud-to-device links, by lower-cased id
 	// mqttC2D are the locks of the cloud-to-device messages in flight
-	// over MQTT, by device and packet id; under mu.
-	mqttC2D map[mqttInflight]string
-	amqpDev amqpDeviceLinks // devices' AMQP twin and method links
-	wg      sync.WaitGroup
+	// over MQTT, by connection and packet id, and mqttPacketID the last
+	// packet id given out; under mu.
+	mqttC2D      map[mqttInflight]string
+	mqttPacketID uint16
+	amqpDev      amqpDeviceLinks // devices' AMQP twin and method links
+	wg           sync.WaitGroup
 }
 
 var (

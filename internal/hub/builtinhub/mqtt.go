@@ -178,8 +178,7 @@ func (k *deviceHook) Provides(b byte) bool {
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
 		mqtt.OnPacketEncode,
-		mqtt.OnQosComplete,
-		mqtt.OnQosDropped,
+		mqtt.OnPacketRead,
 		mqtt.StoredClients,
 		mqtt.StoredSubscriptions,
 	}, []byte{b})
@@ -356,6 +355,7 @@ func (k *deviceHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if cl.Net.Conn == nil {
 		return // a session restored from the store, not a connection
 	}
+	k.h.mqttC2DEnded(cl)
 	if !cl.IsTakenOver() {
 		k.h.setConnected(cl.ID, cl, false)
 		if expire {
@@ -464,17 +464,14 @@ func (k *deviceHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.handleDevicePublish(cl, pk.TopicName, bytes.Clone(pk.Payload))
 }
 
-// OnQosComplete completes the cloud-to-device message a device
+// OnPacketRead completes the cloud-to-device message a device
 // acknowledged: MQTT has no reject or abandon, and IoT Hub takes the
 // PUBACK as completion.
-func (k *deviceHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	k.h.mqttC2DDone(cl, pk.PacketID, c2dComplete)
-}
-
-// OnQosDropped abandons a cloud-to-device message whose session ended
-// before the device acknowledged it.
-func (k *deviceHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	k.h.mqttC2DDone(cl, pk.PacketID, c2dAbandon)
+func (k *deviceHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Puback {
+		k.h.mqttC2DAcked(cl, pk.PacketID)
+	}
+	return pk, nil
 }
 
 // StoredClients and StoredSubscriptions restore persistent sessions at
