@@ -947,8 +947,8 @@ func (c *Conn) onDisposition(s *session, fl fields) error {
 	if err != nil {
 		return err
 	}
-	if d.Role != roleReceiver {
-		return nil // the peer settling its own deliveries: nothing to track
+	if !d.Role { // roleSender: the peer settling its own deliveries
+		return nil
 	}
 	o := outcomeOf(d.State)
 	if o == 0 {

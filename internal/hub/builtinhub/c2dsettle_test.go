@@ -72,7 +72,7 @@ func TestC2DSettlement(t *testing.T) {
 	})
 
 	t.Run("delivery count exceeded", func(t *testing.T) {
-		c, dead := newQueue("a")
+		c, _ := newQueue("a")
 		for i := 1; i <= maxDeliveries; i++ {
 			m := c.next("dev", t0)
 			if m == nil || m.deliveries != i {
@@ -88,7 +88,7 @@ func TestC2DSettlement(t *testing.T) {
 		}
 		// The last delivery's lock runs out unsettled: dead-lettered
 		// when the queue is next touched, not while it is locked.
-		c, dead = newQueue("b")
+		c, dead := newQueue("b")
 		var m *queued
 		for range maxDeliveries {
 			m = c.next("dev", t0)
