@@ -60,7 +60,10 @@ type writer struct {
 	closed bool
 	exited chan struct{}
 
-	sel, ins, upd, del *sql.Stmt
+	sel, ins, insNew, upd, del *sql.Stmt
+	// The savepoint around an Apply's writes, prepared once: compiling
+	// them for every group cost as much as one of its writes.
+	savepoint, release, rollbackTo *sql.Stmt
 }
 
 func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, error) {
@@ -71,6 +74,10 @@ func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, e
 	}{
 		{&w.sel, "SELECT id, etag, created, updated FROM records WHERE kind = ? AND id_key = ?"},
 		{&w.ins, "INSERT INTO records (kind, id_key, id, ref_key, ref, data, etag, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+		{&w.insNew, "INSERT INTO records (kind, id_key, id, ref_key, ref, data, etag, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id_key) DO NOTHING"},
+		{&w.savepoint, "SAVEPOINT apply"},
+		{&w.release, "RELEASE apply"},
+		{&w.rollbackTo, "ROLLBACK TO apply"},
 		{&w.upd, "UPDATE records SET ref_key = ?, ref = ?, data = ?, etag = ?, updated = ? WHERE kind = ? AND id_key = ?"},
 		{&w.del, "DELETE FROM records WHERE kind = ? AND id_key = ?"},
 	} {
@@ -135,7 +142,7 @@ func (w *writer) close() {
 	}
 	w.mu.Unlock()
 	<-w.exited
-	for _, st := range []*sql.Stmt{w.sel, w.ins, w.upd, w.del} {
+	for _, st := range []*sql.Stmt{w.sel, w.ins, w.insNew, w.upd, w.del, w.savepoint, w.release, w.rollbackTo} {
 		st.Close()
 	}
 	w.conn.Close()
@@ -275,7 +282,7 @@ func (w *writer) commit(ops []*op) (results []result, err error) {
 // transaction, under a savepoint, so that a failed condition undoes the
 // group's earlier writes and nothing of the other ops of the batch.
 func (w *writer) applyGroup(ctx context.Context, group []store.Write) (result, error) {
-	if _, err := w.conn.ExecContext(ctx, "SAVEPOINT apply"); err != nil {
+	if _, err := w.savepoint.ExecContext(ctx); err != nil {
 		return result{}, fmt.Errorf("savepoint: %w", err)
 	}
 	recs := make([]store.Record, len(group))
@@ -285,16 +292,16 @@ func (w *writer) applyGroup(ctx context.Context, group []store.Write) (result, e
 			return result{}, err
 		}
 		if res.err != nil {
-			for _, q := range []string{"ROLLBACK TO apply", "RELEASE apply"} {
-				if _, err := w.conn.ExecContext(ctx, q); err != nil {
-					return result{}, fmt.Errorf("%s: %w", q, err)
+			for _, st := range []*sql.Stmt{w.rollbackTo, w.release} {
+				if _, err := st.ExecContext(ctx); err != nil {
+					return result{}, fmt.Errorf("roll back to savepoint: %w", err)
 				}
 			}
 			return result{err: &store.BatchError{Index: i, Kind: wr.Record.Kind, ID: wr.Record.ID, Err: res.err}}, nil
 		}
 		recs[i] = res.rec
 	}
-	if _, err := w.conn.ExecContext(ctx, "RELEASE apply"); err != nil {
+	if _, err := w.release.ExecContext(ctx); err != nil {
 		return result{}, fmt.Errorf("release savepoint: %w", err)
 	}
 	return result{recs: recs}, nil
@@ -305,6 +312,11 @@ func (w *writer) applyGroup(ctx context.Context, group []store.Write) (result, e
 // failures.
 func (w *writer) apply(ctx context.Context, del bool, rec store.Record, cond store.Condition) (result, error) {
 	kind, k := string(rec.Kind), key(rec.ID)
+	if !del && cond.MustNotExist && cond.IfMatch == "" {
+		// A create needs no read of the current row: the unique index
+		// refuses a second one, and the insert says whether it did.
+		return w.create(ctx, rec)
+	}
 	var cur struct {
 		id, etag         string
 		created, updated int64
@@ -344,6 +356,25 @@ func (w *writer) apply(ctx context.Context, del bool, rec store.Record, cond sto
 		if _, err := w.ins.ExecContext(ctx, kind, k, rec.ID, key(rec.Ref), rec.Ref, nonNil(rec.Data), rec.ETag, now, now); err != nil {
 			return result{}, fmt.Errorf("insert: %w", err)
 		}
+	}
+	return result{rec: rec}, nil
+}
+
+// create inserts rec if no record has its id, else fails with ErrExists.
+func (w *writer) create(ctx context.Context, rec store.Record) (result, error) {
+	rec.ETag = newETag()
+	now := time.Now().UnixNano()
+	rec.Created, rec.Updated = fromNanos(now), fromNanos(now)
+	res, err := w.insNew.ExecContext(ctx, string(rec.Kind), key(rec.ID), rec.ID, key(rec.Ref), rec.Ref, nonNil(rec.Data), rec.ETag, now, now)
+	if err != nil {
+		return result{}, fmt.Errorf("insert: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return result{}, fmt.Errorf("insert: %w", err)
+	}
+	if n == 0 {
+		return result{err: store.ErrExists}, nil
 	}
 	return result{rec: rec}, nil
 }
