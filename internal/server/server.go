@@ -337,7 +337,10 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	s.refusals = refusal.New(refusal.Options{Logger: s.log})
 	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg,
+		// A device that dialled the address over WebSockets names its
+		// hub only in its CONNECT's user name.
+		ClaimWebSocket: s.hubs.ClaimMQTTWebSocket})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
