@@ -209,6 +209,7 @@ func registrationListCmd(cc *clientCmd) *cobra.Command {
 	}
 	groupIDFlag(cmd, &groupID)
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all)")
+	where := whereFlag(cmd, "status = 'assigned' AND assignedHub = 'hub1.example.com'")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
@@ -216,6 +217,7 @@ func registrationListCmd(cc *clientCmd) *cobra.Command {
 		}
 		list, err := collect(cmd.Context(), top,
 			func(ctx context.Context, o service.QueryOptions) (*service.Page[dps.DeviceRegistrationState], error) {
+				o.Query = whereQuery(*where)
 				return c.QueryRegistrations(ctx, groupID, o)
 			})
 		if err != nil {

@@ -68,8 +68,18 @@ func (h *handler) enrollmentAttestation(req *request) error {
 	if err != nil {
 		return err
 	}
-	h.writeJSON(req, http.StatusOK, enroll.AttestationView(e.Attestation))
+	h.writeJSON(req, http.StatusOK, attestationAnswer(req, e.Attestation))
 	return nil
+}
+
+// attestationAnswer is what an attestationmechanism request answers: with
+// the dpsd extension includeCertificates=true, X.509 certificates as
+// stored rather than only their info.
+func attestationAnswer(req *request, a *dps.AttestationMechanism) *dps.AttestationMechanism {
+	if req.r.URL.Query().Get("includeCertificates") == "true" {
+		return enroll.AttestationWithCertificates(a)
+	}
+	return enroll.AttestationView(a)
 }
 
 func (h *handler) bulkEnrollments(req *request) error {
@@ -152,7 +162,7 @@ func (h *handler) groupAttestation(req *request) error {
 	if err != nil {
 		return err
 	}
-	h.writeJSON(req, http.StatusOK, enroll.AttestationView(g.Attestation))
+	h.writeJSON(req, http.StatusOK, attestationAnswer(req, g.Attestation))
 	return nil
 }
 
