@@ -613,6 +613,9 @@ func (k *enrollmentKind[T]) command() *cobra.Command {
 			_ = sub.RegisterFlagCompletionFunc(idFlag, listIDs)
 		}
 	}
+	if !k.group {
+		cmd.AddCommand(enrollmentImportCmd(cc))
+	}
 	if k.group {
 		cmd.AddCommand(groupComputeKeyCmd())
 		flagAliases(cmd, map[string]string{"enrollment-id": "enrollment-group-id", "eid": "enrollment-group-id",
