@@ -12,7 +12,7 @@
 // without regard to case, e.g. provisioningStatus or
 // attestation.type) followed by =, !=, <> and a literal, or by
 // [NOT] IN and a parenthesised list of literals, or IS [NOT] NULL.
-// Literals are 'strings' ('' for a quote), numbers, true, false and null;
+// Literals are 'strings' (” for a quote), numbers, true, false and null;
 // strings compare without regard to case, as dpsd's ids do. A property an
 // item lacks is null. Anything else — other selections, functions,
 // ordering, joins — is refused with a *dps.Error 400 naming what and
