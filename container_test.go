@@ -232,7 +232,11 @@ func daemon(t *testing.T) []string {
 			<-done
 		}
 		logf.Close()
-		os.RemoveAll(dir)
+		// dockerd leaves its network namespace bind-mounted in the exec root.
+		syscall.Unmount(filepath.Join(dir, "exec", "netns", "default"), syscall.MNT_DETACH)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Logf("remove dockerd's directory: %v", err)
+		}
 	})
 	for range 60 {
 		if ping(env) {
