@@ -69,6 +69,7 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
 	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
+	f.IntVar(&cfg.HubEventHubPartitions, "hub-eventhub-partitions", envInt("DPSD_HUB_EVENTHUB_PARTITIONS", 0), "partitions of each built-in hub's Event Hubs-compatible endpoint, 1 to 32; devices are spread over them by a hash of their ids; 0 means 4 (DPSD_HUB_EVENTHUB_PARTITIONS)")
 	f.IntVar(&cfg.MaxConns, "max-conns", envInt("DPSD_MAX_CONNS", 0), "cap on open connections across all listeners, built-in hubs' included; 0 means 10000 or 3/4 of the open-file limit if lower, -1 no cap (DPSD_MAX_CONNS)")
 	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", envInt("DPSD_MAX_CONNS_PER_SOURCE", 0), "cap on open connections from one source address; 0 means 512, -1 no cap (DPSD_MAX_CONNS_PER_SOURCE)")
 	f.Float64Var(&cfg.ThrottleRegister, "throttle-register", envFloat("DPSD_THROTTLE_REGISTER", 0), "registers allowed per registration id per second, in bursts of 20 s worth; 0 means 1, -1 no limit (DPSD_THROTTLE_REGISTER)")

@@ -88,6 +88,9 @@ type Config struct {
 	// pruning orphans, which needs an operator's word).
 	DoctorInterval time.Duration
 	DoctorRepair   bool
+	// HubEventHubPartitions is the partition count of each built-in hub's
+	// Event Hubs-compatible endpoint; zero means 4.
+	HubEventHubPartitions int
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
 	// MaxConns and MaxConnsPerSource cap the connections the node holds
@@ -287,6 +290,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Listener:    s.conns.Listener,
 		Shared:      s.sharedHubEndpoint(),
 		OnDelete:    s.unlinkDeletedHub,
+
+		EventHubPartitions: cfg.HubEventHubPartitions,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -338,7 +343,10 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	s.refusals = refusal.New(refusal.Options{Logger: s.log, Store: refusalStore, Node: node})
 	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg,
+		// A device that dialled the address over WebSockets names its
+		// hub only in its CONNECT's user name.
+		ClaimWebSocket: s.hubs.ClaimMQTTWebSocket})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
