@@ -530,7 +530,10 @@ func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, c
 	if err != nil {
 		return nil, err
 	}
-	desc := func(e *alloclog.Entry, hub string) { describe(e, in, dps.AllocationCustom, cands, hub) }
+	desc := func(e *alloclog.Entry, hub string) {
+		describe(e, in, dps.AllocationCustom, cands, hub)
+		a.annotate(e, nil)
+	}
 	if name, ok := allocpolicy.NameOf(webhookURL); ok {
 		return a.policy(ctx, name, req, desc)
 	}

@@ -3,6 +3,7 @@ package allocate
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -46,9 +47,24 @@ func describe(e *alloclog.Entry, in *provision.AllocationInput, policy string, c
 	}
 }
 
+// annotate adds each candidate's health to an entry, and marks those
+// missing from kept (when kept is not nil) as skipped.
+func (a *Allocator) annotate(e *alloclog.Entry, kept []*linkedhub.Hub) {
+	if a.health == nil {
+		return
+	}
+	for i := range e.Candidates {
+		c := &e.Candidates[i]
+		c.Health = a.health.Health(c.Name).State
+		if kept != nil && !slices.ContainsFunc(kept, func(h *linkedhub.Hub) bool { return strings.EqualFold(h.Name, c.Name) }) {
+			c.Skipped = true
+		}
+	}
+}
+
 // recordWhy writes, for an allocation that calls nothing, what it chose
-// among and why, or why it failed.
-func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) {
+// among (cands, of which it kept those in kept) and why, or why it failed.
+func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput, policy string, cands, kept []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) {
 	log := a.webhook.opt.Audit
 	if log == nil {
 		return
@@ -59,6 +75,7 @@ func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput
 		name = hub.Name
 	}
 	describe(&e, in, policy, cands, name)
+	a.annotate(&e, kept)
 	if derr != nil {
 		e.Outcome, e.ErrorCode, e.ErrorMessage = alloclog.OutcomeFailed, derr.ErrorCode, derr.Message
 	} else {

@@ -3,6 +3,7 @@ package metrics
 import (
 	"net/http"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -120,4 +121,55 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) InstrumentService(h http.Handler) http.Handler {
 	return promhttp.InstrumentHandlerCounter(m.serviceRequests,
 		promhttp.InstrumentHandlerDuration(m.serviceDuration, h))
+}
+
+// Metric names of the linked hubs' health.
+const (
+	LinkedHubHealth              = "dpsd_linked_hub_health"
+	LinkedHubCheckSeconds        = "dpsd_linked_hub_check_duration_seconds"
+	LinkedHubConsecutiveFailures = "dpsd_linked_hub_check_consecutive_failures"
+)
+
+// LinkedHubHealth exposes the health of the linked hubs, read from all at
+// every scrape: dpsd_linked_hub_health{hub,state} is 1 for the hub's
+// current state and 0 for the others (so alerts can say
+// dpsd_linked_hub_health{state="unhealthy"} == 1), with the last check's
+// duration and the failed checks in a row beside it. Hubs not checked yet
+// are absent. The hub label is bounded by the 50 hubs one instance links.
+func (m *Metrics) LinkedHubHealth(all func() map[string]admin.LinkedHubHealth) {
+	m.reg.MustRegister(&hubHealthCollector{all: all})
+}
+
+var (
+	hubHealthDesc = prometheus.NewDesc(LinkedHubHealth,
+		"Health of each linked hub as this node's background checks see it: 1 for the current state (healthy, unhealthy, unknown), 0 for the others.",
+		[]string{"hub", "state"}, nil)
+	hubCheckDesc = prometheus.NewDesc(LinkedHubCheckSeconds,
+		"Duration of the last health check of each linked hub.", []string{"hub"}, nil)
+	hubFailuresDesc = prometheus.NewDesc(LinkedHubConsecutiveFailures,
+		"Failed health checks of each linked hub since its last successful one.", []string{"hub"}, nil)
+)
+
+type hubHealthCollector struct {
+	all func() map[string]admin.LinkedHubHealth
+}
+
+func (c *hubHealthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- hubHealthDesc
+	ch <- hubCheckDesc
+	ch <- hubFailuresDesc
+}
+
+func (c *hubHealthCollector) Collect(ch chan<- prometheus.Metric) {
+	for hub, h := range c.all() {
+		for _, st := range []string{admin.HubHealthHealthy, admin.HubHealthUnhealthy, admin.HubHealthUnknown} {
+			v := 0.0
+			if h.State == st {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(hubHealthDesc, prometheus.GaugeValue, v, hub, st)
+		}
+		ch <- prometheus.MustNewConstMetric(hubCheckDesc, prometheus.GaugeValue, float64(h.LatencyMs)/1000, hub)
+		ch <- prometheus.MustNewConstMetric(hubFailuresDesc, prometheus.GaugeValue, float64(h.ConsecutiveFailures), hub)
+	}
 }

@@ -9,13 +9,14 @@ import (
 	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
+	"github.com/dpsd/dpsd/internal/hubhealth"
 )
 
 // newAllocator builds the allocation policies over the linked hubs, with
 // the custom allocation webhook client recording into the audit log and
 // refusing to call the node's own listeners (own) or the targets
 // cfg.WebhookTargets refuses.
-func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, signer allocate.Signer, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
+func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, signer allocate.Signer, health *hubhealth.Checker, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
 	policy, nets, err := allocationSettings(&cfg)
 	if err != nil {
 		return nil, err
@@ -50,5 +51,13 @@ func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, pol
 	if err != nil {
 		return nil, fmt.Errorf("custom allocation webhooks: %w", err)
 	}
-	return allocate.New(allocate.Options{Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Policies: policies, Logger: log})
+	opt := allocate.Options{
+		Hubs: linked, DefaultPolicy: policy, Networks: nets, Webhook: wh, Policies: policies, Logger: log,
+		SkipUnhealthy: !cfg.AllocateToUnhealthyHubs,
+	}
+	if health != nil {
+		// A nil *Checker in the interface would not be a nil interface.
+		opt.Health = health
+	}
+	return allocate.New(opt)
 }

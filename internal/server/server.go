@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
@@ -27,6 +28,7 @@ import (
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
+	"github.com/dpsd/dpsd/internal/hubhealth"
 	"github.com/dpsd/dpsd/internal/instance"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
@@ -77,6 +79,18 @@ type Config struct {
 	// webhook calls in flight, on the node and per enrollment group; zero
 	// means allocate's defaults.
 	WebhookMaxConcurrent, WebhookMaxConcurrentPerGroup int
+	// HubHealthInterval is how often the node checks every linked hub
+	// (see hubhealth); zero means hubhealth.DefaultInterval, a negative
+	// value no checks (every hub then counts as healthy).
+	// HubHealthTimeout bounds one check and HubHealthFailures is how many
+	// failed checks in a row make a hub unhealthy; zero means hubhealth's
+	// defaults.
+	HubHealthInterval, HubHealthTimeout time.Duration
+	HubHealthFailures                   int
+	// AllocateToUnhealthyHubs keeps unhealthy hubs among the candidates of
+	// hashed and geoLatency allocation; by default they are skipped while
+	// another candidate is healthy.
+	AllocateToUnhealthyHubs bool
 	// DebugAddr, when set, serves /debug/pprof and the Prometheus
 	// /metrics on a plain-HTTP listener; keep it on a loopback address.
 	DebugAddr string
@@ -145,6 +159,10 @@ type Server struct {
 	// signing keeps the secret webhook requests are signed with.
 	signing *webhooksig.Keeper
 	alloc   *allocate.Allocator
+	// registrar puts devices into their hubs, and checks hubs and keys.
+	registrar *hub.Registrar
+	// health checks the linked hubs; nil when checks are off.
+	health *hubhealth.Checker
 	// refusals keeps the device requests this node refused lately.
 	refusals *refusal.Log
 	auth     *serviceapi.Authorizer
@@ -275,7 +293,24 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if _, err := s.signing.Get(ctx, false); err != nil {
 		return fmt.Errorf("webhook signing secret: %w", err)
 	}
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	// The checks go through the registrar, made below with the built-in
+	// hubs: what a check exercises is what registrations will use.
+	var registrar *hub.Registrar
+	if cfg.HubHealthInterval >= 0 {
+		var err error
+		s.health, err = hubhealth.New(hubhealth.Options{
+			Hubs:     hubList,
+			Probe:    func(ctx context.Context, host string) error { return registrar.Probe(ctx, host) },
+			Interval: cfg.HubHealthInterval,
+			Timeout:  cfg.HubHealthTimeout,
+			Failures: cfg.HubHealthFailures,
+			Logger:   s.log,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
@@ -296,7 +331,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err := s.hubs.Start(ctx); err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
-	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
+	registrar = hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
+	s.registrar = registrar
 	node, err := nodeName(cfg.DataDir)
 	if err != nil {
 		return err
@@ -322,6 +358,9 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	// decorator, so every device request is counted the same way.
 	s.prom = metrics.New()
 	s.doctor.register(s.prom.Registry())
+	if s.health != nil {
+		s.prom.LinkedHubHealth(s.health.All)
+	}
 	// Throttled requests are counted too: the limits sit between the
 	// metrics and the engine.
 	prov := s.prom.Provisioner(throttle.New(s.engine, throttle.Options{
@@ -356,6 +395,16 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return nil
+}
+
+// hubHealth is a linked hub's health for the linked-hub endpoints; nil
+// when health checks are off.
+func (s *Server) hubHealth(host string) *admin.LinkedHubHealth {
+	if s.health == nil {
+		return nil
+	}
+	h := s.health.Health(host)
+	return &h
 }
 
 // writeInfo leaves in the data directory what clients need to reach the
@@ -396,6 +445,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	stopFollowing := s.followChanges(ctx)
+	if s.health != nil {
+		go s.health.Run(ctx)
+	}
 	// Work an earlier run of this node left half done (a crash, a kill)
 	// is finished or undone now rather than when its device comes back;
 	// so is other nodes' work whose lease has run out.
@@ -611,7 +663,7 @@ func (s *Server) extension(path string) http.Handler {
 	case segs[1] == "certificates":
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
-		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Health: s.hubHealth, Probe: s.registrar.ProbeCredentials, Logger: s.log})
 	case segs[1] == "allocationpolicies" && len(segs) <= 3:
 		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "webhooktest" && len(segs) == 2:
