@@ -28,8 +28,9 @@ type HandlerOptions struct {
 	Logger *slog.Logger
 }
 
-// maxBodyBytes bounds a request body; a definition is a few hundred bytes.
-const maxBodyBytes = 64 << 10
+// maxBodyBytes bounds a request body: a definition is a few hundred
+// bytes, plus a CA bundle of at most MaxCABytes.
+const maxBodyBytes = MaxCABytes + 16<<10
 
 // Handler serves the dpsd extension API for linked hubs:
 //
@@ -77,7 +78,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		if err = httperr.DecodeBody(req, &rot, maxBodyBytes, true, "a valid key rotation ({\"connectionString\": ...})"); err == nil {
 			var hub *Hub
 			if hub, err = h.reg.RotateKey(ctx, name, rot, req.Header.Get("If-Match"), h.opt.Probe); err == nil {
-				out = Redacted(hub)
+				out = h.view(hub)
 				h.opt.Logger.Info("linked hub key rotated", "hub", hub.Name, "checked", !rot.SkipCheck && h.opt.Probe != nil)
 			}
 		}
@@ -96,7 +97,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		if err = httperr.DecodeBody(req, &def, maxBodyBytes, true, "a valid linked hub definition"); err == nil {
 			var hub *Hub
 			if hub, err = h.reg.Create(ctx, def); err == nil {
-				status, out = http.StatusCreated, Redacted(hub)
+				status, out = http.StatusCreated, h.view(hub)
 				h.opt.Logger.Info("linked hub created", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
 			}
 		}
@@ -154,17 +155,17 @@ func (h *handler) update(req *http.Request, name string, def Definition) (any, i
 		}
 		if created {
 			h.opt.Logger.Info("linked hub created", "hub", hub.Name)
-			return Redacted(hub), http.StatusCreated, nil
+			return h.view(hub), http.StatusCreated, nil
 		}
 		h.opt.Logger.Info("linked hub updated", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
-		return Redacted(hub), http.StatusOK, nil
+		return h.view(hub), http.StatusOK, nil
 	}
 	hub, err := h.reg.Update(ctx, name, def, req.Header.Get("If-Match"))
 	if err != nil {
 		return nil, 0, err
 	}
 	h.opt.Logger.Info("linked hub updated", "hub", hub.Name, "weight", hub.AllocationWeight, "applyAllocationPolicy", hub.ApplyAllocationPolicy)
-	return Redacted(hub), http.StatusOK, nil
+	return h.view(hub), http.StatusOK, nil
 }
 
 // hubName finds the path segments after "linkedHubs": none (the

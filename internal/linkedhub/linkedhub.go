@@ -162,11 +162,11 @@ func CAPool(bundle string) (*x509.CertPool, error) {
 		pool.AddCert(c)
 		n++
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, errors.New("text after the last PEM block is not PEM")
-	}
 	if n == 0 {
 		return nil, errors.New("no PEM certificate found")
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, errors.New("text after the last PEM block is not PEM")
 	}
 	return pool, nil
 }
