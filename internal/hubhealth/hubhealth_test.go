@@ -40,7 +40,7 @@ func TestStates(t *testing.T) {
 			defer mu.Unlock()
 			changes = append(changes, host+"="+h.State)
 		},
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -92,7 +92,9 @@ func TestRotateKey(t *testing.T) {
 	newKey := "bmV3LXRvYXN0ZXJzLWtleQ=="
 	newCS := "HostName=" + toasters + ";SharedAccessKeyName=iothubowner;SharedAccessKey=" + newKey
 	accept := func(context.Context, *sas.ConnectionString, *x509.CertPool) error { return nil }
-	refuse := func(context.Context, *sas.ConnectionString, *x509.CertPool) error { return errors.New("401 unauthorized") }
+	refuse := func(context.Context, *sas.ConnectionString, *x509.CertPool) error {
+		return errors.New("401 unauthorized")
+	}
 	tests := []struct {
 		name     string
 		hub      string
