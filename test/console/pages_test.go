@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,20 @@ func TestConsolePages(t *testing.T) {
 	answerDialogs()
 	b.run(t, "change the weight", chromedp.Click(chromedp.CSS("button.change-weight")))
 	b.waitText(t, "#linked-hubs td[data-label=Weight]", "5")
+	// Its health, as the node's checks found it (the page reads it anew
+	// after every change).
+	b.run(t, "reload linked hubs", chromedp.Reload())
+	b.waitText(t, "#linked-hubs td[data-label=Health] .badge.healthy", "healthy")
+	b.waitText(t, "#linked-hubs td[data-label=Health] .health-note", "checked")
+	// Its key, rotated in place: a key the hub refuses is not saved.
+	checkProblems(t, b)
+	eval[bool](t, b, fmt.Sprintf(`(window.prompt = () => %q, true)`, strings.Replace(n.hubCS, "SharedAccessKey=", "SharedAccessKey=AAAA", 1)))
+	b.run(t, "rotate to a wrong key", chromedp.Click(chromedp.CSS("button.rotate-key")))
+	b.waitText(t, "main .error", "old one stays")
+	checkProblems(t, b, "status of 400")
+	eval[bool](t, b, fmt.Sprintf(`(window.prompt = () => %q, true)`, n.hubCS))
+	b.run(t, "rotate the key", chromedp.Click(chromedp.CSS("button.rotate-key")))
+	b.waitText(t, "main .ok", "was rotated")
 
 	// The built-in hub's page.
 	b.run(t, "open built-in hubs", chromedp.Navigate(origin+"/console/#/hubs"))
