@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
@@ -93,8 +94,51 @@ type WebhookOptions struct {
 	Signer Signer
 
 	// Audit, when set, records every custom allocation.
-	Audit  *alloclog.Log
-	Logger *slog.Logger
+	Audit *alloclog.Log
+	// Observer, when set, is told of every webhook call and policy
+	// evaluation of a registration, and of how each custom allocation
+	// ended (*metrics.Metrics is one). Trials (dpsd webhook test) are not
+	// reported.
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// Observer is told about custom allocations, for metrics. group is the
+// enrollment group's id, "" for an individual enrollment; method is
+// MethodWebhook or MethodPolicy.
+type Observer interface {
+	// CustomAttempt: one webhook call (answered or not) or policy
+	// evaluation took d.
+	CustomAttempt(group, method string, d time.Duration)
+	// CustomOutcome: a custom allocation ended, with outcome the row of
+	// Azure's outcome table (OutcomeRow), after retries retries.
+	CustomOutcome(group, method, outcome string, retries int)
+}
+
+// Methods of custom allocation, for Observer.
+const (
+	MethodWebhook = "webhook"
+	MethodPolicy  = "policy"
+)
+
+// OutcomeRow names the row of Azure's custom allocation outcome table an
+// allocation ended in: "assigned", or the error code the device saw
+// ("400207" custom allocation failed, "400208" no hub in the answer,
+// "400209" the webhook answered 401, "400210" a hub that is not linked).
+func OutcomeRow(derr *dps.Error) string {
+	if derr == nil {
+		return admin.OutcomeAssigned
+	}
+	return strconv.Itoa(derr.ErrorCode)
+}
+
+// groupOf is the enrollment group of a request, "" for an individual
+// enrollment.
+func groupOf(req *dps.AllocationRequest) string {
+	if req.EnrollmentGroup != nil {
+		return req.EnrollmentGroup.EnrollmentGroupID
+	}
+	return ""
 }
 
 // Signer gives the secrets webhook requests are signed with now;
@@ -234,7 +278,10 @@ func (w *Webhook) call0(ctx context.Context, webhookURL string, req *dps.Allocat
 	// One message id for every attempt, as Standard Webhooks has it, so a
 	// webhook can tell a retry from a new allocation.
 	msgID := webhooksig.NewID()
-	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, rec)
+	alloc, derr, retries := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, groupOf(req), rec)
+	if o := w.opt.Observer; o != nil {
+		o.CustomOutcome(groupOf(req), MethodWebhook, OutcomeRow(derr), retries)
+	}
 	if describe != nil {
 		hub := ""
 		if alloc != nil {
@@ -268,14 +315,19 @@ type answer struct {
 	permanent bool  // err is not worth retrying
 }
 
-func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+// call makes the attempts of one custom allocation and returns its result
+// and how many attempts followed the first.
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, group string, rec *alloclog.Recorder) (_ *provision.Allocation, _ *dps.Error, retries int) {
 	if derr := checkURL(webhookURL, masked); derr != nil {
-		return nil, derr
+		return nil, derr, 0
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
 		ans := w.attempt(ctx, webhookURL, key, msgID, body)
 		took := w.opt.Now().Sub(start)
+		if o := w.opt.Observer; o != nil {
+			o.CustomAttempt(group, MethodWebhook, took)
+		}
 		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
 		if ans.err != nil {
@@ -295,18 +347,18 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgI
 			"attempt", attempt+1, "status", ans.status, "err", ans.err, "took", took)
 
 		if !retry {
-			return alloc, derr
+			return alloc, derr, attempt
 		}
 		if ctx.Err() != nil {
-			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out while calling the webhook (%v).", ctx.Err())
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out while calling the webhook (%v).", ctx.Err()), attempt
 		}
 		if attempt >= w.opt.Retries {
-			return nil, derr
+			return nil, derr, attempt
 		}
 		wait := w.opt.InitialWait + time.Duration(attempt)*w.opt.WaitIncrement
 		rec.Waiting(ctx, wait)
 		if err := w.opt.Sleep(ctx, wait); err != nil {
-			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message)
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message), attempt
 		}
 	}
 }

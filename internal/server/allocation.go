@@ -16,7 +16,7 @@ import (
 // the custom allocation webhook client recording into the audit log and
 // refusing to call the node's own listeners (own) or the targets
 // cfg.WebhookTargets refuses.
-func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, signer allocate.Signer, health *hubhealth.Checker, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
+func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, policies *allocpolicy.Registry, signer allocate.Signer, health *hubhealth.Checker, obs allocate.Observer, log *slog.Logger, own []net.Addr) (*allocate.Allocator, error) {
 	policy, nets, err := allocationSettings(&cfg)
 	if err != nil {
 		return nil, err
@@ -44,8 +44,8 @@ func newAllocator(cfg Config, linked allocate.HubLister, alog *alloclog.Log, pol
 	}
 	wh, err := allocate.NewWebhook(allocate.WebhookOptions{
 		Targets: targets.WithOwn(ownAddrs...),
-		Signer:  signer,
-		Audit:   alog, Logger: log, CAFiles: cfg.WebhookCAFiles,
+		Signer:  signer, Observer: obs,
+		Audit: alog, Logger: log, CAFiles: cfg.WebhookCAFiles,
 		MaxConcurrent: cfg.WebhookMaxConcurrent, MaxConcurrentPerGroup: cfg.WebhookMaxConcurrentPerGroup,
 	})
 	if err != nil {

@@ -280,6 +280,8 @@ func (s *Server) listen() (*tls.Config, string, error) {
 // the engine's caches are written out in effects), and the transports.
 func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	st, cfg := s.st, s.cfg
+	// First: the allocator reports its webhook calls to it.
+	s.prom = metrics.New()
 	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
 	s.alog = alloclog.New(st, alloclog.Options{Logger: s.log})
 	// Reads of linked hubs need no notification, so they go to the store
@@ -310,7 +312,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 			return err
 		}
 	}
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.prom, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
@@ -356,7 +358,6 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 
 	// Both device transports see the engine through the metrics
 	// decorator, so every device request is counted the same way.
-	s.prom = metrics.New()
 	s.doctor.register(s.prom.Registry())
 	if s.health != nil {
 		s.prom.LinkedHubHealth(s.health.All)
