@@ -65,6 +65,10 @@ type WebhookOptions struct {
 	// Targets are then ignored). Its redirects should be disabled, as the
 	// built-in ones are.
 	HTTPClient *http.Client
+	// ClientCertificate, when set, gives the TLS client certificate
+	// presented to HTTPS webhooks that ask for one (mutual TLS), at every
+	// handshake; nil presents none.
+	ClientCertificate func() (*tls.Certificate, error)
 	// Targets decides which addresses webhooks may be called at; nil
 	// means ParseTargets("") (TargetsLocal, nothing of the node's own).
 	Targets *Targets
@@ -208,15 +212,20 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 	hc := opt.HTTPClient
 	if hc == nil {
 		var err error
-		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets); err != nil {
+		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets, opt.ClientCertificate); err != nil {
 			return nil, err
 		}
 	}
 	return &Webhook{hc: hc, opt: opt, log: opt.Logger, inflight: newInflight(opt.MaxConcurrent, opt.MaxConcurrentPerGroup)}, nil
 }
 
-func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets) (*http.Client, error) {
+func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets, clientCert func() (*tls.Certificate, error)) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if clientCert != nil {
+		// Called only when the webhook asks for a certificate: to others
+		// dpsd stays anonymous, as without it.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return clientCert() }
+	}
 	if roots != nil || len(files) > 0 {
 		// CA files add to the system roots, so public webhooks keep
 		// working next to one signed by a private CA.
@@ -415,7 +424,7 @@ func (w *Webhook) attempt(ctx context.Context, webhookURL, key, msgID string, bo
 	resp, err := w.hc.Do(req)
 	if err != nil {
 		var re *RefusedError
-		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re)}
+		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re) || clientCertRefused(err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, w.opt.MaxResponseBytes+1))
@@ -441,6 +450,20 @@ func untrusted(err error) bool {
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }
 
+// clientCertRefused reports whether the webhook ended the TLS handshake
+// because it wants a client certificate dpsd did not present or does not
+// trust: a configuration mistake that retrying cannot fix. Over TCP, crypto/tls
+// reports the peer's alert only as text ("remote error: tls: …").
+func clientCertRefused(err error) bool {
+	s := err.Error()
+	for _, alert := range []string{"certificate required", "bad certificate", "unknown certificate authority", "certificate unknown"} {
+		if strings.Contains(s, "remote error: tls: "+alert) {
+			return true
+		}
+	}
+	return false
+}
+
 // judge applies the outcome table to one answer: an allocation, or an
 // error and whether the attempt may be retried.
 func judge(ans answer, candidates []string, timeout time.Duration) (*provision.Allocation, *dps.Error, bool) {
@@ -448,6 +471,8 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 		switch {
 		case ans.permanent && untrusted(ans.err):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's TLS certificate is not trusted."), false
+		case ans.permanent && clientCertRefused(ans.err):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook refused the TLS handshake for want of a client certificate it trusts (see --webhook-client-cert)."), false
 		case ans.permanent && errors.As(ans.err, new(*RefusedError)):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's address is not an allowed webhook target."), false
 		case ans.permanent:

@@ -75,6 +75,11 @@ type Config struct {
 	// listeners; "public" refuses loopback and private addresses too; a
 	// list of CIDRs and host names allows only those.
 	WebhookTargets string
+	// WebhookClientCert makes the node present a TLS client certificate
+	// issued by its local CA (common name: the ID scope) to HTTPS
+	// webhooks that ask for one, for webhooks that authenticate dpsd by
+	// mutual TLS.
+	WebhookClientCert bool
 	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
 	// webhook calls in flight, on the node and per enrollment group; zero
 	// means allocate's defaults.
@@ -312,7 +317,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 			return err
 		}
 	}
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.prom, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.prom, s.webhookClientCert(), s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
