@@ -162,9 +162,8 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 		a.recordWhy(ctx, in, policy, all, cands, nil, derr.Message, derr)
 		return nil, derr
 	}
-	a.recordWhy(ctx, in, policy, all, cands, hub, reason, nil)
 	a.log.Debug("allocated", "registrationId", in.RegistrationID, "policy", policy, "hub", hub.Name, "candidates", len(cands))
-	return &provision.Allocation{Hub: hub.Name}, nil
+	return &provision.Allocation{Hub: hub.Name, Note: a.whyNote(in, policy, all, cands, hub, reason)}, nil
 }
 
 // healthy returns the candidates allocation may choose among, given their

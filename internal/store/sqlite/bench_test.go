@@ -156,3 +156,44 @@ func writeN(b *testing.B, s *Store, n int, seq *atomic.Int64) {
 		}
 	}
 }
+
+// BenchmarkApply measures what a new device costs the store on the staged
+// path: one batch of three creates (registration, hub identity, allocation
+// log entry) from 64 concurrent writers, against the same three records
+// written one after another as separate Puts.
+func BenchmarkApply(b *testing.B) {
+	three := func(id string) []store.Write {
+		return []store.Write{
+			{Record: store.Record{Kind: store.KindRegistration, ID: id, Ref: "group-1", Data: benchDoc}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/" + id, Ref: "hub", Data: benchDoc}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindAllocationLog, ID: id, Data: benchDoc}, Cond: store.Condition{MustNotExist: true}},
+		}
+	}
+	for _, batched := range []bool{true, false} {
+		b.Run(fmt.Sprintf("batched=%v", batched), func(b *testing.B) {
+			s := openBench(b)
+			var seq atomic.Int64
+			b.SetParallelism((benchWriters + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					writes := three(fmt.Sprintf("device-%09d", seq.Add(1)))
+					if batched {
+						if _, err := s.Apply(b.Context(), writes); err != nil {
+							b.Error(err)
+							return
+						}
+						continue
+					}
+					for _, w := range writes {
+						if _, err := s.Put(b.Context(), w.Record, w.Cond); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}
+			})
+			reportOps(b)
+		})
+	}
+}
