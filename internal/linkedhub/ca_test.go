@@ -19,7 +19,7 @@ import (
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
-func testCAPEM(t *testing.T) string {
+func testCAPEM(t testing.TB) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -130,4 +130,18 @@ func TestRotateKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzCAPool: a CA bundle is operator input stored with the link; parsing
+// it never panics, and a bundle it accepts holds a certificate.
+func FuzzCAPool(f *testing.F) {
+	f.Add(testCAPEM(f))
+	f.Add("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, bundle string) {
+		pool, err := CAPool(bundle)
+		if err == nil && pool == nil {
+			t.Fatal("accepted a bundle without a pool")
+		}
+	})
 }
