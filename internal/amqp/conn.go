@@ -154,6 +154,18 @@ type session struct {
 	remoteIncomingWindow uint32
 	nextDeliveryID       uint32
 	links                map[uint32]*Link
+	// refused are the handles of links the server refused or detached
+	// (Link.Detach): the peer's answering detach ends them.
+	refused map[uint32]bool
+	// awaiting are the server's unsettled deliveries whose outcome a
+	// sender waits for (SendUnsettled), by delivery id.
+	awaiting map[uint32]awaited
+}
+
+// awaited is an unsettled delivery's sender waiting for its outcome.
+type awaited struct {
+	link *Link
+	ch   chan Outcome
 }
 
 // Link is one attached link. The peer's role decides what the server
@@ -172,6 +184,9 @@ type Link struct {
 	Address string
 	// Properties are the peer's attach properties.
 	Properties *Map
+	// Filter is the filter set of the source of a link the peer receives
+	// on (an Event Hubs receiver's selector filter), nil if none.
+	Filter *Map
 
 	sndSettle     uint8
 	peerMaxMsg    uint64 // the peer's max-message-size; 0 for none
@@ -179,6 +194,7 @@ type Link struct {
 	deliveryCount uint32
 	detached      bool
 	creditCh      chan struct{} // signalled when credit may have arrived
+	gone          chan struct{} // closed when the link ends
 
 	// the delivery being received in several transfer frames
 	partial     []byte
@@ -478,7 +494,7 @@ func (c *Conn) shutdown(err error) {
 	var links []*Link
 	for _, s := range c.sessions {
 		for _, l := range s.links {
-			l.detached = true
+			l.markGone()
 			links = append(links, l)
 		}
 	}
@@ -540,10 +556,7 @@ func (c *Conn) handle(f *frame) (done bool, err error) {
 	case descTransfer:
 		return false, c.onTransfer(s, fl, f.Payload)
 	case descDisposition:
-		// The peer settling what we sent: nothing to track, as the
-		// server's deliveries are answers it does not resend.
-		_, err := decodeDisposition(fl)
-		return false, err
+		return false, c.onDisposition(s, fl)
 	case descDetach:
 		return false, c.onDetach(s, fl)
 	case descEnd:
@@ -578,6 +591,7 @@ func (c *Conn) onBegin(channel uint16, fl fields) error {
 		incomingWindow:       sessionWindow,
 		remoteIncomingWindow: b.IncomingWindow,
 		links:                make(map[uint32]*Link),
+		awaiting:             make(map[uint32]awaited),
 	}
 	c.sessions[channel] = s
 	c.mu.Unlock()
@@ -596,7 +610,7 @@ func (c *Conn) endSession(s *session) {
 	delete(c.sessions, s.channel)
 	links := make([]*Link, 0, len(s.links))
 	for _, l := range s.links {
-		l.detached = true
+		l.markGone()
 		links = append(links, l)
 	}
 	s.links = map[uint32]*Link{}
@@ -614,6 +628,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 	}
 	c.mu.Lock()
 	_, inUse := s.links[a.Handle]
+	delete(s.refused, a.Handle)
 	c.mu.Unlock()
 	if inUse {
 		return protoErr(ErrHandleInUse, "handle %d is in use", a.Handle)
@@ -629,6 +644,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		peerMaxMsg:    a.MaxMessageSize,
 		deliveryCount: a.InitialDeliveryCount,
 		creditCh:      make(chan struct{}, 1),
+		gone:          make(chan struct{}),
 	}
 	if l.PeerIsSender {
 		if a.Target != nil {
@@ -636,6 +652,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		}
 	} else if a.Source != nil {
 		l.Address = a.Source.Address
+		l.Filter = a.Source.Filter
 	}
 	reply := &attach{
 		Name: a.Name, Handle: a.Handle, Role: !a.Role,
@@ -659,6 +676,12 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		if err := c.writeFrame(s.channel, reply, nil); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		if s.refused == nil {
+			s.refused = map[uint32]bool{}
+		}
+		s.refused[a.Handle] = true
+		c.mu.Unlock()
 		return c.writeFrame(s.channel, &detach{Handle: a.Handle, Closed: true, Error: asError(herr, ErrNotFound)}, nil)
 	}
 	c.mu.Lock()
@@ -853,9 +876,14 @@ func (c *Conn) onDetach(s *session, fl fields) error {
 	l := s.links[d.Handle]
 	delete(s.links, d.Handle)
 	if l != nil {
-		l.detached = true
+		l.markGone()
 	}
+	refused := s.refused[d.Handle]
+	delete(s.refused, d.Handle)
 	c.mu.Unlock()
+	if l == nil && refused {
+		return nil // the peer's answer to the server's refusal
+	}
 	if l == nil {
 		return protoErr(ErrUnattachedHandle, "detach of handle %d", d.Handle)
 	}
@@ -869,7 +897,121 @@ var ErrLinkDetached = errors.New("amqp: link detached")
 
 // Send sends m on l, which must be a link the peer receives on. It waits,
 // until ctx ends, for the peer to grant credit.
-func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, m, nil) }
+func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, m, nil, nil) }
+
+// Outcome is how the peer settled a delivery the server sent (part 3,
+// 3.4).
+type Outcome int
+
+// The outcomes of a delivery.
+const (
+	OutcomeAccepted Outcome = iota + 1
+	OutcomeRejected
+	OutcomeReleased
+	OutcomeModified
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeAccepted:
+		return "accepted"
+	case OutcomeRejected:
+		return "rejected"
+	case OutcomeReleased:
+		return "released"
+	case OutcomeModified:
+		return "modified"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// SendUnsettled sends m on l unsettled, whatever the link's settle mode,
+// and returns once it is written (waiting, until ctx ends, for credit).
+// The peer's outcome arrives on the returned channel when it settles the
+// delivery; a delivery the peer has not settled when the link ends (see
+// Done) gets none. IoT Hub's cloud-to-device messages are sent so: the
+// device completes, rejects or abandons each.
+func (l *Link) SendUnsettled(ctx context.Context, m *Message) (<-chan Outcome, error) {
+	ch := make(chan Outcome, 1)
+	if err := l.send(ctx, m, nil, ch); err != nil {
+		return nil, err
+	}
+	return ch, nil
+}
+
+// Done is closed when the link ends (detached, its session or connection
+// ended).
+func (l *Link) Done() <-chan struct{} { return l.gone }
+
+// markGone records that l ended and drops the outcomes its unsettled
+// deliveries still wait for; c.mu is held.
+func (l *Link) markGone() {
+	if l.detached {
+		return
+	}
+	l.detached = true
+	close(l.gone)
+	for id, w := range l.sess.awaiting {
+		if w.link == l {
+			delete(l.sess.awaiting, id)
+		}
+	}
+}
+
+// onDisposition passes the peer's outcomes of the server's unsettled
+// deliveries to their senders; a peer that did not settle (receiver
+// settle mode second) gets the server's settlement.
+func (c *Conn) onDisposition(s *session, fl fields) error {
+	d, err := decodeDisposition(fl)
+	if err != nil {
+		return err
+	}
+	if !d.Role { // roleSender: the peer settling its own deliveries
+		return nil
+	}
+	o := outcomeOf(d.State)
+	if o == 0 {
+		return nil // no terminal outcome yet (received, or none)
+	}
+	last := d.First
+	if d.Last != nil && *d.Last >= d.First && *d.Last-d.First < 1<<16 {
+		last = *d.Last
+	}
+	c.mu.Lock()
+	for id := d.First; ; id++ {
+		if w, ok := s.awaiting[id]; ok {
+			delete(s.awaiting, id)
+			w.ch <- o
+		}
+		if id == last {
+			break
+		}
+	}
+	c.mu.Unlock()
+	if !d.Settled {
+		return c.writeFrame(s.channel, &disposition{Role: roleSender, First: d.First, Last: d.Last, Settled: true, State: d.State}, nil)
+	}
+	return nil
+}
+
+// outcomeOf reads a delivery state; 0 for none or a non-terminal one.
+func outcomeOf(state any) Outcome {
+	code, ok := descriptorCode(state)
+	if !ok {
+		return 0
+	}
+	switch code {
+	case descAccepted:
+		return OutcomeAccepted
+	case descRejected:
+		return OutcomeRejected
+	case descReleased:
+		return OutcomeReleased
+	case descModified:
+		return OutcomeModified
+	}
+	return 0
+}
 
 // AcceptAndSend settles d as accepted and sends the answer m on l, in one
 // write when l has credit; otherwise d is settled at once and m follows
@@ -877,14 +1019,15 @@ func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, 
 // the wire, as request/response peers expect. If the answer cannot be
 // sent, d is still accepted.
 func (d *Delivery) AcceptAndSend(ctx context.Context, l *Link, m *Message) error {
-	err := l.send(ctx, m, d)
+	err := l.send(ctx, m, d, nil)
 	if err != nil {
 		_ = d.Accept()
 	}
 	return err
 }
 
-func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
+// send sends m; with await set, unsettled, its outcome going to await.
+func (l *Link) send(ctx context.Context, m *Message, settle *Delivery, await chan Outcome) error {
 	if l.PeerIsSender {
 		return errors.New("amqp: Send on a link the peer sends on")
 	}
@@ -934,6 +1077,10 @@ func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 	l.credit--
 	l.deliveryCount++
 	settled := l.sndSettle != SenderSettleUnsettled
+	if await != nil {
+		settled = false
+		s.awaiting[id] = awaited{link: l, ch: await}
+	}
 	c.mu.Unlock()
 
 	tag := []byte(fmt.Sprintf("%d", id))
@@ -973,4 +1120,51 @@ func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 		c.wbuf = b
 	}
 	return c.flushLocked()
+}
+
+// WaitCredit waits until the peer grants credit on l, a link it receives
+// on, or until ctx ends or the link does.
+func (l *Link) WaitCredit(ctx context.Context) error {
+	c := l.conn
+	for {
+		c.mu.Lock()
+		detached, credit := l.detached, l.credit
+		c.mu.Unlock()
+		switch {
+		case detached:
+			return ErrLinkDetached
+		case credit > 0:
+			return nil
+		}
+		select {
+		case <-l.creditCh:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrLinkDetached
+		}
+	}
+}
+
+// Detach ends l from the server's side with e (nil for none): the peer's
+// answering detach is expected, and the handler's Detach is called.
+func (l *Link) Detach(e *Error) error {
+	c := l.conn
+	s := l.sess
+	c.mu.Lock()
+	if l.detached || s.links[l.handle] != l {
+		c.mu.Unlock()
+		return ErrLinkDetached
+	}
+	l.detached = true
+	delete(s.links, l.handle)
+	if s.refused == nil {
+		s.refused = map[uint32]bool{}
+	}
+	s.refused[l.handle] = true
+	c.mu.Unlock()
+	l.signal()
+	err := c.writeFrame(s.channel, &detach{Handle: l.handle, Closed: true, Error: e}, nil)
+	c.handler.Detach(l)
+	return err
 }

@@ -1,9 +1,15 @@
 package amqp
 
-// Message is an AMQP message (part 3): the sections a DPS exchange uses.
-// Header, annotations and footer are read past and never sent.
+// Message is an AMQP message (part 3): the sections a DPS exchange, IoT
+// Hub's device links and an Event Hubs endpoint use. Header, delivery
+// annotations and footer are read past and never sent.
 type Message struct {
-	Properties Properties
+	// MessageAnnotations are the message-annotations section, sent before
+	// the properties when set (IoT Hub's twin links carry their operation,
+	// resource and status in it; Event Hubs events their offset and
+	// sequence number).
+	MessageAnnotations map[Symbol]any
+	Properties         Properties
 	// ApplicationProperties maps string keys to simple values.
 	ApplicationProperties map[string]any
 	// Data holds the data sections' bytes, in order.
@@ -16,12 +22,14 @@ type Message struct {
 // Properties is the properties section (part 3, 3.2.4). The ids are any
 // of ulong, uuid, binary or string; they are echoed as they came.
 type Properties struct {
-	MessageID     any
-	To            string
-	Subject       string
-	ReplyTo       string
-	CorrelationID any
-	ContentType   Symbol
+	MessageID       any
+	UserID          []byte
+	To              string
+	Subject         string
+	ReplyTo         string
+	CorrelationID   any
+	ContentType     Symbol
+	ContentEncoding Symbol
 }
 
 // Body returns the data sections joined, or the amqp-value when it is a
@@ -62,8 +70,26 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		}
 		val := v.(Described).Value
 		switch code {
-		case descHeader, descDeliveryAnnotations, descMessageAnnotations, descFooter, descSequence:
-			// Not used by DPS: accepted and ignored.
+		case descMessageAnnotations:
+			mp, ok := val.(*Map)
+			if !ok && val != nil {
+				return nil, malformed("message-annotations is a %T", val)
+			}
+			if mp == nil {
+				break
+			}
+			m.MessageAnnotations = make(map[Symbol]any, mp.Len())
+			for _, pr := range mp.Pairs {
+				switch k := pr.Key.(type) {
+				case Symbol:
+					m.MessageAnnotations[k] = pr.Value
+				case string:
+					m.MessageAnnotations[Symbol(k)] = pr.Value
+				}
+				// ulong keys are reserved: read past.
+			}
+		case descHeader, descDeliveryAnnotations, descFooter, descSequence:
+			// Not used: accepted and ignored.
 		case descProperties:
 			f, err := fieldsOf(v, descProperties)
 			if err != nil {
@@ -71,6 +97,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			}
 			p := &m.Properties
 			p.MessageID = f.at(0)
+			if uid, ok := f.at(1).([]byte); ok {
+				p.UserID = uid
+			}
 			if p.To, err = addressField(f, 2); err != nil {
 				return nil, err
 			}
@@ -83,6 +112,14 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			p.CorrelationID = f.at(5)
 			if p.ContentType, err = f.symbol(6); err != nil {
 				return nil, err
+			}
+			// Read leniently: a field nothing here relies on must not
+			// make a message undecodable.
+			switch ce := f.at(7).(type) {
+			case Symbol:
+				p.ContentEncoding = ce
+			case string:
+				p.ContentEncoding = Symbol(ce)
 			}
 		case descApplicationProperties:
 			mp, ok := val.(*Map)
@@ -127,14 +164,23 @@ func addressField(f fields, i int) (string, error) {
 	return "", fieldErr(i, "address", f.at(i))
 }
 
-// MarshalMessage encodes m: properties, application-properties, then the
+// MarshalMessage encodes m: message annotations, properties, application-properties, then the
 // data sections (or the amqp-value).
 func MarshalMessage(m *Message) ([]byte, error) {
 	var b []byte
 	var err error
+	if len(m.MessageAnnotations) > 0 {
+		if b, err = Marshal(b, Described{uint64(descMessageAnnotations), m.MessageAnnotations}); err != nil {
+			return nil, err
+		}
+	}
 	p := m.Properties
-	props := trim([]any{p.MessageID, nil, nilIfEmpty(p.To), nilIfEmpty(p.Subject), nilIfEmpty(p.ReplyTo),
-		p.CorrelationID, symbolOrNil(p.ContentType)})
+	var uid any
+	if len(p.UserID) > 0 {
+		uid = p.UserID
+	}
+	props := trim([]any{p.MessageID, uid, nilIfEmpty(p.To), nilIfEmpty(p.Subject), nilIfEmpty(p.ReplyTo),
+		p.CorrelationID, symbolOrNil(p.ContentType), symbolOrNil(p.ContentEncoding)})
 	if len(props) > 0 {
 		if b, err = Marshal(b, Described{uint64(descProperties), props}); err != nil {
 			return nil, err

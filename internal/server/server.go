@@ -107,6 +107,9 @@ type Config struct {
 	// pruning orphans, which needs an operator's word).
 	DoctorInterval time.Duration
 	DoctorRepair   bool
+	// HubEventHubPartitions is the partition count of each built-in hub's
+	// Event Hubs-compatible endpoint; zero means 4.
+	HubEventHubPartitions int
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
 	// MaxConns and MaxConnsPerSource cap the connections the node holds
@@ -329,6 +332,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Listener:    s.conns.Listener,
 		Shared:      s.sharedHubEndpoint(),
 		OnDelete:    s.unlinkDeletedHub,
+
+		EventHubPartitions: cfg.HubEventHubPartitions,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
@@ -374,10 +379,19 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
 		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
 	}))
-	s.refusals = refusal.New(refusal.Options{Logger: s.log})
+	// With a store shared by several nodes, refusals go there too, so
+	// that any node finds one whichever node refused the device.
+	var refusalStore store.Store
+	if _, shared := st.(store.Notifier); shared {
+		refusalStore = st
+	}
+	s.refusals = refusal.New(refusal.Options{Logger: s.log, Store: refusalStore, Node: node})
 	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg,
+		// A device that dialled the address over WebSockets names its
+		// hub only in its CONNECT's user name.
+		ClaimWebSocket: s.hubs.ClaimMQTTWebSocket})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
@@ -454,6 +468,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.health != nil {
 		go s.health.Run(ctx)
 	}
+	// Refusals are written until the transports are closed, so those of
+	// the drain are kept too.
+	refusalsCtx, stopRefusals := context.WithCancel(context.WithoutCancel(ctx))
+	refusalsDone := make(chan struct{})
+	go func() {
+		defer close(refusalsDone)
+		s.refusals.Run(refusalsCtx)
+	}()
 	// Work an earlier run of this node left half done (a crash, a kill)
 	// is finished or undone now rather than when its device comes back;
 	// so is other nodes' work whose lease has run out.
@@ -488,6 +510,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
+	stopRefusals()
+	<-refusalsDone
 	s.closeHubs(sctx)
 	stopFollowing()
 	s.closeAll()

@@ -69,6 +69,11 @@ type Options struct {
 	// MessageBufferBytes bounds the bytes of telemetry each hub keeps
 	// (default DefaultMessageBufferBytes); the oldest messages go first.
 	MessageBufferBytes int
+	// EventHubPartitions is the partition count of each hub's Event
+	// Hubs-compatible endpoint (default eventhub.DefaultPartitions, at
+	// most eventhub.MaxPartitions); devices' telemetry is spread over
+	// them by a hash of the device id.
+	EventHubPartitions int
 	// RESTRate and RESTBurst throttle each hub's REST API (requests per
 	// second, bucket size) with 429 and Retry-After, as real hubs do.
 	// Zero rate means no throttling.
@@ -198,6 +203,9 @@ func (m *Manager) ServeListener(p Protocol, l net.Listener) error {
 // names a hub in its Host header (a client that dialled the address and
 // sent no TLS server name); ServesHost says which requests those are.
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if m.serveAMQPWebSocket(w, r) {
+		return
+	}
 	if h := m.hubOfRequest(r); h != nil {
 		h.serveHTTP(w, r)
 		return
@@ -267,6 +275,7 @@ func (m *Manager) run(cfg Config) error {
 		mqttPort:       m.opt.MQTTPort,
 		messages:       m.opt.MessageBuffer,
 		messageBytes:   m.opt.MessageBufferBytes,
+		partitions:     m.opt.EventHubPartitions,
 		rate:           m.opt.RESTRate,
 		burst:          m.opt.RESTBurst,
 		methodTimeout:  m.opt.MethodTimeout,
@@ -521,6 +530,7 @@ func (m *Manager) info(cfg Config) *Info {
 	if cs := cfg.ConnectionString(); cs != nil {
 		in.ConnectionString = cs.String()
 	}
+	in.EventHubConnectionString = m.eventHubConnectionString(cfg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if h := m.hubs[strings.ToLower(cfg.Name)]; h != nil {

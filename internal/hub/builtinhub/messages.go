@@ -65,11 +65,18 @@ type messageBuffer struct {
 	// added is closed (and replaced) when a message is added: followers
 	// of the telemetry wait on it.
 	added chan struct{}
+	// parts is the state of the Event Hubs-compatible endpoint's
+	// partitions (eventhub.go).
+	parts []partitionState
 }
 
 type keptMessage struct {
 	Message
 	size int
+	// partition and partSeq place the message in the Event Hubs-compatible
+	// endpoint: its partition and its sequence number there.
+	partition int
+	partSeq   int64
 }
 
 // size is what m costs in the buffer, roughly: its strings, plus a fixed
@@ -108,6 +115,7 @@ func (b *messageBuffer) add(m Message) {
 	b.seq++
 	m.SequenceNumber = b.seq
 	km := keptMessage{Message: m, size: size(m)}
+	b.place(&km)
 	b.msgs = append(b.msgs, km)
 	b.bytes += km.size
 	drop := 0
