@@ -1,6 +1,11 @@
 package azurehub
 
-import "context"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+)
 
 // APIVersion is the api-version every request carries.
 const APIVersion = "2021-04-12"
@@ -90,6 +95,8 @@ type Twin struct {
 	Tags                      map[string]any  `json:"tags"`
 	Properties                *TwinProperties `json:"properties,omitempty"`
 	Capabilities              *Capabilities   `json:"capabilities,omitempty"`
+	DeviceScope               string          `json:"deviceScope,omitempty"`
+	ParentScopes              []string        `json:"parentScopes,omitempty"`
 }
 
 // TwinProperties are the desired and reported property sets of a twin. In
@@ -97,6 +104,39 @@ type Twin struct {
 type TwinProperties struct {
 	Desired  map[string]any `json:"desired,omitempty"`
 	Reported map[string]any `json:"reported,omitempty"`
+	// DesiredNull is set when a decoded body said "desired": null, which
+	// in a twin patch clears every desired property (a nil Desired alone
+	// cannot tell that from no "desired" at all).
+	DesiredNull bool `json:"-"`
+}
+
+// UnmarshalJSON decodes the property sets, numbers kept exact, and notes
+// an explicit "desired": null.
+func (p *TwinProperties) UnmarshalJSON(data []byte) error {
+	var raw struct {
+		Desired  json.RawMessage `json:"desired"`
+		Reported json.RawMessage `json:"reported"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	*p = TwinProperties{}
+	decode := func(b json.RawMessage, dst *map[string]any) error {
+		if len(b) == 0 || bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+			return nil
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		return dec.Decode(dst)
+	}
+	p.DesiredNull = bytes.Equal(bytes.TrimSpace(raw.Desired), []byte("null"))
+	if err := decode(raw.Desired, &p.Desired); err != nil {
+		return fmt.Errorf("properties.desired: %w", err)
+	}
+	if err := decode(raw.Reported, &p.Reported); err != nil {
+		return fmt.Errorf("properties.reported: %w", err)
+	}
+	return nil
 }
 
 // Registry is what registering a device needs from a hub. The REST Client

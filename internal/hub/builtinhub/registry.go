@@ -41,6 +41,7 @@ type deviceDoc struct {
 	Auth              azurehub.Authentication `json:"authentication"`
 	IoTEdge           bool                    `json:"iotEdge"`
 	DeviceScope       string                  `json:"deviceScope,omitempty"`
+	ParentScopes      []string                `json:"parentScopes,omitempty"`
 	ModelID           string                  `json:"modelId,omitempty"`
 	TwinVersion       int64                   `json:"twinVersion"`
 	Tags              map[string]any          `json:"tags"`
@@ -284,7 +285,6 @@ func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.
 		StatusReason:      in.StatusReason,
 		StatusUpdatedTime: now,
 		Auth:              auth,
-		DeviceScope:       in.DeviceScope,
 		TwinVersion:       1,
 		Tags:              map[string]any{},
 		Desired:           newSection(now),
@@ -292,6 +292,9 @@ func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.
 	}
 	if in.Capabilities != nil {
 		d.IoTEdge = in.Capabilities.IoTEdge
+	}
+	if err := h.setScopes(ctx, d, in.DeviceScope, in.ParentScopes); err != nil {
+		return nil, err
 	}
 	if err := h.save(ctx, d, true); err != nil {
 		if errors.Is(err, store.ErrExists) {
@@ -329,7 +332,9 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *azurehub.Device, etag string
 		if in.Capabilities != nil {
 			d.IoTEdge = in.Capabilities.IoTEdge
 		}
-		d.DeviceScope = in.DeviceScope
+		if err := h.setScopes(ctx, d, in.DeviceScope, in.ParentScopes); err != nil {
+			return err
+		}
 		d.DeviceVersion++
 		return nil
 	})
@@ -424,7 +429,10 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 	if err != nil {
 		return nil, err
 	}
+	// "desired": null clears every desired property, as on Azure.
+	clear := patch != nil && patch.Properties != nil && patch.Properties.DesiredNull
 	now := h.now()
+	var pushed map[string]any
 	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
@@ -437,7 +445,11 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 			mergeInto(d.Tags, map[string]any{}, tags, now, 0)
 			changed = true
 		}
-		if d.Desired.patch(desired, now, true) {
+		pushed = desired
+		if clear {
+			pushed = d.Desired.replace(map[string]any{}, now, true)
+			changed = true
+		} else if d.Desired.patch(desired, now, true) {
 			changed = true
 		}
 		if changed {
@@ -448,8 +460,8 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 	if err != nil {
 		return nil, err
 	}
-	if len(desired) > 0 {
-		h.pushDesired(d.DeviceID, desired, d.Desired.Version)
+	if len(pushed) > 0 || clear {
+		h.pushDesired(d.DeviceID, pushed, d.Desired.Version)
 	}
 	return h.twinView(d), nil
 }
@@ -555,6 +567,7 @@ func checkTwinSize(d *deviceDoc) error {
 // deviceView is the identity as the registry API shows it.
 func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 	state, stateTime, activity := h.connection(d.DeviceID)
+	scope, parents := viewScopes(d)
 	auth := d.Auth
 	if auth.X509Thumbprint == nil {
 		auth.X509Thumbprint = &azurehub.X509Thumbprint{}
@@ -571,7 +584,8 @@ func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 		LastActivityTime:           activity,
 		Authentication:             &auth,
 		Capabilities:               &azurehub.Capabilities{IoTEdge: d.IoTEdge},
-		DeviceScope:                d.DeviceScope,
+		DeviceScope:                scope,
+		ParentScopes:               parents,
 	}
 }
 
@@ -599,6 +613,7 @@ func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
 		Properties:         &azurehub.TwinProperties{Desired: d.Desired.view(), Reported: d.Reported.view()},
 		Capabilities:       &azurehub.Capabilities{IoTEdge: d.IoTEdge},
 	}
+	t.DeviceScope, t.ParentScopes = viewScopes(d)
 	if t.X509Thumbprint == nil {
 		t.X509Thumbprint = &azurehub.X509Thumbprint{}
 	}
