@@ -73,6 +73,8 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 	switch {
 	case len(segs) == 1 && segs[0] == "devices" && method == http.MethodGet:
 		return h.restListDevices, RightRegistryRead
+	case len(segs) == 1 && segs[0] == "devices" && method == http.MethodPost:
+		return h.restBulkDevices, RightRegistryWrite
 	case len(segs) == 2 && segs[0] == "devices":
 		switch method {
 		case http.MethodGet:
@@ -205,6 +207,23 @@ func (h *Hub) restListDevices(w http.ResponseWriter, r *http.Request, reqID stri
 	writeJSON(w, http.StatusOK, "", all)
 }
 
+// restBulkDevices is the bulk registry operation: it answers 200 with
+// isSuccessful and the failed devices, as Azure does, and 400 only for a
+// request that is wrong as a whole.
+func (h *Hub) restBulkDevices(w http.ResponseWriter, r *http.Request, reqID string, _ []string) {
+	var in []BulkDevice
+	if err := readJSONLimit(r, &in, maxBulkBody); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	res, err := h.BulkDevices(r.Context(), in)
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", res)
+}
+
 func (h *Hub) restGetDevice(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
 	d, err := h.GetDevice(r.Context(), segs[1])
 	if err != nil {
@@ -309,13 +328,15 @@ func (h *Hub) restInvokeMethod(w http.ResponseWriter, r *http.Request, reqID str
 	writeJSON(w, http.StatusOK, "", res)
 }
 
-func readJSON(r *http.Request, v any) error {
-	data, err := io.ReadAll(io.LimitReader(r.Body, maxRESTBody+1))
+func readJSON(r *http.Request, v any) error { return readJSONLimit(r, v, maxRESTBody) }
+
+func readJSONLimit(r *http.Request, v any, limit int64) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reading the body failed: %v", err)
 	}
-	if len(data) > maxRESTBody {
-		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", maxRESTBody)
+	if int64(len(data)) > limit {
+		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", limit)
 	}
 	if err := decodeJSON(data, v); err != nil {
 		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The body is not valid JSON: %v", err)
