@@ -15,6 +15,7 @@ const (
 	KindHubSession Kind = "hubSession" // built-in hub persistent MQTT session; id = hub/clientId, Ref = hub name
 	KindHubCA      Kind = "hubCA"      // CA a built-in hub trusts; id = hub/SHA-256 thumbprint, Ref = hub name
 	KindHubC2D     Kind = "hubC2D"     // a built-in hub device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
+	KindHubModule  Kind = "hubModule"  // built-in hub module identity and twin; id = hub/deviceId/moduleId, Ref = hub name
 )
 
 // Kinds lists every kind dpsd stores. A test checks it against the
@@ -22,7 +23,7 @@ const (
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
-	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule,
 	KindHealth,
 }
 

@@ -190,3 +190,18 @@ type CertificateAuthorities interface {
 type DeviceLister interface {
 	ListDevices(ctx context.Context, after string, limit int) ([]*Device, bool, error)
 }
+
+// Module is a module identity of a device as the registry API sends and
+// accepts it.
+type Module struct {
+	ModuleID                   string          `json:"moduleId"`
+	ManagedBy                  string          `json:"managedBy,omitempty"`
+	DeviceID                   string          `json:"deviceId"`
+	GenerationID               string          `json:"generationId,omitempty"`
+	ETag                       string          `json:"etag,omitempty"`
+	ConnectionState            string          `json:"connectionState,omitempty"`
+	ConnectionStateUpdatedTime string          `json:"connectionStateUpdatedTime,omitempty"`
+	LastActivityTime           string          `json:"lastActivityTime,omitempty"`
+	CloudToDeviceMessageCount  int64           `json:"cloudToDeviceMessageCount"`
+	Authentication             *Authentication `json:"authentication,omitempty"`
+}

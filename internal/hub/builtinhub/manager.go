@@ -471,7 +471,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			m.log.Warn("stopping hub", "hub", name, "err", err)
 		}
 	}
-	for _, kind := range []store.Kind{KindDevice, KindSession, KindCA, KindC2D} {
+	for _, kind := range []store.Kind{KindDevice, KindModule, KindSession, KindCA, KindC2D} {
 		if err := m.deleteAll(ctx, kind, name); err != nil {
 			return err
 		}

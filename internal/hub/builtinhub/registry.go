@@ -27,12 +27,16 @@ const (
 	KindDevice  = store.KindHubDevice  // deviceDoc; id = hub/deviceId, Ref = hub name
 	KindSession = store.KindHubSession // persistent MQTT session; id = hub/clientId, Ref = hub name
 	KindC2D     = store.KindHubC2D     // a device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
+	KindModule  = store.KindHubModule  // deviceDoc of a module; id = hub/deviceId/moduleId, Ref = hub name
 )
 
-// deviceDoc is the stored state of one device of a built-in hub: its
-// identity and its twin, kept together so one compare-and-swap covers both.
+// deviceDoc is the stored state of one device of a built-in hub, or of
+// one module of a device: its identity and its twin, kept together so one
+// compare-and-swap covers both.
 type deviceDoc struct {
 	DeviceID          string                  `json:"deviceId"`
+	ModuleID          string                  `json:"moduleId,omitempty"`
+	ManagedBy         string                  `json:"managedBy,omitempty"`
 	GenerationID      string                  `json:"generationId"`
 	DeviceVersion     int64                   `json:"deviceVersion"`
 	Status            string                  `json:"status"`
@@ -60,6 +64,16 @@ func (d *deviceDoc) twinETag() string {
 }
 
 func deviceKey(hubName, id string) string { return hubName + "/" + id }
+
+// twinID names a twin: a device's is its device id, a module's is
+// "{deviceId}/{moduleId}" (device ids never hold '/'), which is also the
+// module's MQTT client id.
+func (d *deviceDoc) twinID() string {
+	if d.ModuleID != "" {
+		return d.DeviceID + "/" + d.ModuleID
+	}
+	return d.DeviceID
+}
 
 // decodeJSON decodes with numbers kept exact, as twins need.
 func decodeJSON(data []byte, v any) error {
@@ -130,16 +144,32 @@ func (h *Hub) load(ctx context.Context, id string) (*deviceDoc, error) {
 	if err := validDeviceID(id); err != nil {
 		return nil, err
 	}
-	rec, err := h.st.Get(ctx, KindDevice, deviceKey(h.cfg.Name, id))
+	return h.loadTwin(ctx, id)
+}
+
+// loadTwin loads a device or, for "{deviceId}/{moduleId}", a module.
+func (h *Hub) loadTwin(ctx context.Context, tid string) (*deviceDoc, error) {
+	dev, mod, isModule := strings.Cut(tid, "/")
+	if err := validDeviceID(dev); err != nil {
+		return nil, err
+	}
+	kind, missing := KindDevice, notFound(dev)
+	if isModule {
+		if err := validModuleID(mod); err != nil {
+			return nil, err
+		}
+		kind, missing = KindModule, moduleNotFound(dev, mod)
+	}
+	rec, err := h.st.Get(ctx, kind, deviceKey(h.cfg.Name, tid))
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, notFound(id)
+		return nil, missing
 	}
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	var d deviceDoc
 	if err := decodeJSON(rec.Data, &d); err != nil {
-		return nil, fmt.Errorf("device %s: decode: %w", id, err)
+		return nil, fmt.Errorf("twin %s: decode: %w", tid, err)
 	}
 	d.etag = rec.ETag
 	return &d, nil
@@ -156,7 +186,11 @@ func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
 	if create {
 		cond = store.Condition{MustNotExist: true}
 	}
-	rec, err := h.st.Put(ctx, store.Record{Kind: KindDevice, ID: deviceKey(h.cfg.Name, d.DeviceID), Ref: h.cfg.Name, Data: data}, cond)
+	kind := KindDevice
+	if d.ModuleID != "" {
+		kind = KindModule
+	}
+	rec, err := h.st.Put(ctx, store.Record{Kind: kind, ID: deviceKey(h.cfg.Name, d.twinID()), Ref: h.cfg.Name, Data: data}, cond)
 	if err != nil {
 		return err
 	}
@@ -167,8 +201,17 @@ func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
 // modify loads a device, applies fn and saves it, retrying when a
 // concurrent write got in between. fn may return an error to stop.
 func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) (*deviceDoc, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.modifyTwin(ctx, id, fn)
+}
+
+// modifyTwin is modify for a device or a module (loadTwin).
+func (h *Hub) modifyTwin(ctx context.Context, tid string, fn func(*deviceDoc) error) (*deviceDoc, error) {
+	id := tid
 	for range maxPatchAttempts {
-		d, err := h.load(ctx, id)
+		d, err := h.loadTwin(ctx, tid)
 		if err != nil {
 			return nil, err
 		}
@@ -180,6 +223,9 @@ func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) 
 			return d, nil
 		}
 		if errors.Is(err, store.ErrNotFound) {
+			if dev, mod, ok := strings.Cut(tid, "/"); ok {
+				return nil, moduleNotFound(dev, mod)
+			}
 			return nil, notFound(id)
 		}
 		if !errors.Is(err, store.ErrPrecondition) {
@@ -386,6 +432,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 		h.forget(d.DeviceID)
 		h.c2d.drop(d.DeviceID)
 		h.dropSession(ctx, d.DeviceID)
+		h.deleteModules(ctx, d.DeviceID)
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil
 	}
@@ -415,7 +462,14 @@ func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*azur
 
 // GetTwin returns a device twin.
 func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
-	d, err := h.load(ctx, id)
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.getTwin(ctx, id)
+}
+
+func (h *Hub) getTwin(ctx context.Context, tid string) (*azurehub.Twin, error) {
+	d, err := h.loadTwin(ctx, tid)
 	if err != nil {
 		return nil, err
 	}
@@ -425,6 +479,14 @@ func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
 // UpdateTwin merges patch's tags and desired properties into the twin and
 // sends the desired change to the device if it is connected.
 func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.updateTwin(ctx, id, patch, etag)
+}
+
+// updateTwin is UpdateTwin for a device or a module.
+func (h *Hub) updateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(patch)
 	if err != nil {
 		return nil, err
@@ -433,7 +495,7 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 	clear := patch != nil && patch.Properties != nil && patch.Properties.DesiredNull
 	now := h.now()
 	var pushed map[string]any
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
 		}
@@ -461,13 +523,21 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 		return nil, err
 	}
 	if len(pushed) > 0 || clear {
-		h.pushDesired(d.DeviceID, pushed, d.Desired.Version)
+		h.pushDesired(d.twinID(), pushed, d.Desired.Version)
 	}
 	return h.twinView(d), nil
 }
 
 // ReplaceTwin replaces the twin's tags and desired properties.
 func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.replaceTwin(ctx, id, twin, etag)
+}
+
+// replaceTwin is ReplaceTwin for a device or a module.
+func (h *Hub) replaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(twin)
 	if err != nil {
 		return nil, err
@@ -479,7 +549,7 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, e
 	}
 	now := h.now()
 	var diff map[string]any
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
 		}
@@ -493,7 +563,7 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, e
 		return nil, err
 	}
 	if len(diff) > 0 {
-		h.pushDesired(d.DeviceID, diff, d.Desired.Version)
+		h.pushDesired(d.twinID(), diff, d.Desired.Version)
 	}
 	return h.twinView(d), nil
 }
@@ -514,13 +584,13 @@ func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string
 	return err
 }
 
-// updateReported applies a device's reported patch and returns the new
-// reported version.
+// updateReported applies a device's or a module's reported patch and
+// returns the new reported version.
 func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]any) (int64, error) {
 	if err := enroll.ValidateTwinPatch("properties.reported", patch); err != nil {
 		return 0, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if d.Reported.patch(patch, h.now(), false) {
 			d.TwinVersion++
 		}
@@ -591,13 +661,14 @@ func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 
 // twinView is the twin as the service API shows it.
 func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
-	state, _, activity := h.connection(d.DeviceID)
+	state, _, activity := h.connection(d.twinID())
 	tags := d.Tags
 	if tags == nil {
 		tags = map[string]any{}
 	}
 	t := &azurehub.Twin{
 		DeviceID:           d.DeviceID,
+		ModuleID:           d.ModuleID,
 		ETag:               d.twinETag(),
 		DeviceETag:         d.deviceETag(),
 		Status:             d.Status,

@@ -93,6 +93,24 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 		}
 	case len(segs) == 3 && segs[0] == "twins" && segs[2] == "methods" && method == http.MethodPost:
 		return h.restInvokeMethod, RightServiceConnect
+	case len(segs) == 3 && segs[0] == "devices" && segs[2] == "modules" && method == http.MethodGet:
+		return h.restListModules, RightRegistryRead
+	case len(segs) == 4 && segs[0] == "devices" && segs[2] == "modules":
+		switch method {
+		case http.MethodGet:
+			return h.restGetModule, RightRegistryRead
+		case http.MethodPut:
+			return h.restPutModule, RightRegistryWrite
+		case http.MethodDelete:
+			return h.restDeleteModule, RightRegistryWrite
+		}
+	case len(segs) == 4 && segs[0] == "twins" && segs[2] == "modules":
+		switch method {
+		case http.MethodGet:
+			return h.restGetModuleTwin, RightServiceConnect
+		case http.MethodPatch, http.MethodPut:
+			return h.restWriteModuleTwin, RightServiceConnect
+		}
 	}
 	return nil, ""
 }
@@ -292,6 +310,94 @@ func (h *Hub) restWriteTwin(w http.ResponseWriter, r *http.Request, reqID string
 		t, err = h.ReplaceTwin(r.Context(), segs[1], &in, m)
 	} else {
 		t, err = h.UpdateTwin(r.Context(), segs[1], &in, m)
+	}
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t.ETag, t)
+}
+
+func (h *Hub) restListModules(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	mods, err := h.ListModules(r.Context(), segs[1])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", mods)
+}
+
+func (h *Hub) restGetModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	m, err := h.GetModule(r.Context(), segs[1], segs[3])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m.ETag, m)
+}
+
+// restPutModule creates a module, or with If-Match updates it, as
+// restPutDevice does for devices.
+func (h *Hub) restPutModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in azurehub.Module
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	if in.DeviceID == "" {
+		in.DeviceID = segs[1]
+	}
+	if in.ModuleID == "" {
+		in.ModuleID = segs[3]
+	}
+	if in.DeviceID != segs[1] || in.ModuleID != segs[3] {
+		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The device and module ids in the body (%q, %q) differ from those in the path (%q, %q).", in.DeviceID, in.ModuleID, segs[1], segs[3]))
+		return
+	}
+	var m *azurehub.Module
+	var err error
+	if etag := enroll.NormalizeETag(r.Header.Get("If-Match")); etag == "" {
+		m, err = h.CreateModule(r.Context(), &in)
+	} else {
+		m, err = h.UpdateModule(r.Context(), &in, etag)
+	}
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m.ETag, m)
+}
+
+func (h *Hub) restDeleteModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	if err := h.DeleteModule(r.Context(), segs[1], segs[3], r.Header.Get("If-Match")); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Hub) restGetModuleTwin(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	t, err := h.GetModuleTwin(r.Context(), segs[1], segs[3])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t.ETag, t)
+}
+
+func (h *Hub) restWriteModuleTwin(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in azurehub.Twin
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	m := r.Header.Get("If-Match")
+	var t *azurehub.Twin
+	var err error
+	if r.Method == http.MethodPut {
+		t, err = h.ReplaceModuleTwin(r.Context(), segs[1], segs[3], &in, m)
+	} else {
+		t, err = h.UpdateModuleTwin(r.Context(), segs[1], segs[3], &in, m)
 	}
 	if err != nil {
 		h.writeError(w, reqID, err)
