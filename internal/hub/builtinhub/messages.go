@@ -16,9 +16,11 @@ const DefaultMessageBuffer = 1000
 // Message is a device-to-cloud (telemetry) message a hub received.
 type Message struct {
 	// SequenceNumber increases with each message a hub receives.
-	SequenceNumber int64     `json:"sequenceNumber"`
-	DeviceID       string    `json:"deviceId"`
-	EnqueuedTime   time.Time `json:"enqueuedTime"`
+	SequenceNumber int64  `json:"sequenceNumber"`
+	DeviceID       string `json:"deviceId"`
+	// ModuleID is set for a module's message.
+	ModuleID     string    `json:"moduleId,omitempty"`
+	EnqueuedTime time.Time `json:"enqueuedTime"`
 	// SystemProperties are the "$."-prefixed properties of the topic's
 	// property bag, by their Azure names (messageId, contentType, …).
 	SystemProperties map[string]string `json:"systemProperties,omitempty"`
@@ -179,7 +181,8 @@ func (h *Hub) WaitMessages(ctx context.Context, deviceID string, after int64, li
 func (h *Hub) recordTelemetry(id, topic string, payload []byte) {
 	_, bag, _ := strings.Cut(topic, "/messages/events")
 	bag = strings.TrimPrefix(bag, "/")
-	m := Message{DeviceID: id, EnqueuedTime: h.now().UTC()}
+	dev, mod, _ := strings.Cut(id, "/") // a module's client id is device/module
+	m := Message{DeviceID: dev, ModuleID: mod, EnqueuedTime: h.now().UTC()}
 	for part := range strings.SplitSeq(bag, "&") {
 		if part == "" {
 			continue

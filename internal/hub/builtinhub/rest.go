@@ -104,6 +104,8 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 		case http.MethodDelete:
 			return h.restDeleteModule, RightRegistryWrite
 		}
+	case len(segs) == 5 && segs[0] == "twins" && segs[2] == "modules" && segs[4] == "methods" && method == http.MethodPost:
+		return h.restInvokeModuleMethod, RightServiceConnect
 	case len(segs) == 4 && segs[0] == "twins" && segs[2] == "modules":
 		switch method {
 		case http.MethodGet:
@@ -427,6 +429,20 @@ func (h *Hub) restInvokeMethod(w http.ResponseWriter, r *http.Request, reqID str
 		return
 	}
 	res, err := h.InvokeMethod(r.Context(), segs[1], &in)
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", res)
+}
+
+func (h *Hub) restInvokeModuleMethod(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in MethodRequest
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	res, err := h.InvokeModuleMethod(r.Context(), segs[1], segs[3], &in)
 	if err != nil {
 		h.writeError(w, reqID, err)
 		return
