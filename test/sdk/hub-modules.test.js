@@ -3,13 +3,15 @@
 // driven by the official Node SDKs: azure-iothub Registry (addModule,
 // getModule, getModulesOnDevice, updateModuleTwin, getModuleTwin,
 // removeModule, addDevices, updateDevices, removeDevices) and an
-// azure-iot-device ModuleClient over MQTT (telemetry, twin).
+// azure-iot-device ModuleClient over MQTT (telemetry, twin) and over AMQP
+// (telemetry).
 //
 // Run by the Go test TestNodeSDKModules (internal/hub/builtinhub/node_test.go),
 // which starts a hub on a loopback address with one device and passes:
 //   DPSD_HUB_CONNECTION_STRING  the hub's iothubowner connection string
 //   DPSD_HUB_HTTPS_ADDR         <ip:port> of the hub's REST API
 //   DPSD_HUB_MQTT_ADDR          <ip:port> of the hub's MQTT endpoint
+//   DPSD_HUB_AMQP_ADDR          <ip:port> of the hub's AMQP endpoint
 //   DPSD_HUB_DEVICE_ID          the device the modules are added to
 //   NODE_EXTRA_CA_CERTS         the local CA
 
@@ -18,13 +20,15 @@ const assert = require('node:assert');
 const https = require('node:https');
 const { ModuleClient, Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
+const { Amqp } = require('azure-iot-device-amqp');
 const { Registry } = require('azure-iothub');
 
 const hubCS = process.env.DPSD_HUB_CONNECTION_STRING;
 const httpsAddr = process.env.DPSD_HUB_HTTPS_ADDR;
 const mqttAddr = process.env.DPSD_HUB_MQTT_ADDR;
+const amqpAddr = process.env.DPSD_HUB_AMQP_ADDR;
 const deviceId = process.env.DPSD_HUB_DEVICE_ID;
-const skip = !hubCS || !httpsAddr || !mqttAddr || !deviceId ? 'DPSD_HUB_* not set (run via go test ./internal/hub/builtinhub -run NodeSDKModules)' : false;
+const skip = !hubCS || !httpsAddr || !mqttAddr || !amqpAddr || !deviceId ? 'DPSD_HUB_* not set (run via go test ./internal/hub/builtinhub -run NodeSDKModules)' : false;
 
 const STEP_MS = 20000;
 
@@ -114,4 +118,27 @@ test('Registry bulk operations: addDevices, updateDevices, removeDevices', { ski
   const rm = (await within(reg.removeDevices([...ids, 'bulk-4'].map((id) => ({ deviceId: id })), true), 'removeDevices')).responseBody;
   assert.strictEqual(rm.isSuccessful, true, JSON.stringify(rm));
   await assert.rejects(within(reg.get('bulk-1'), 'get removed'));
+});
+
+test('a ModuleClient sends telemetry over AMQP', { skip }, async () => {
+  const reg = registry();
+  const added = (await within(reg.addModule({ deviceId, moduleId: 'amqpmod' }), 'addModule')).responseBody;
+  const key = added.authentication.symmetricKey.primaryKey;
+  const cs = `HostName=${hostName()};DeviceId=${deviceId};ModuleId=amqpmod;SharedAccessKey=${key};GatewayHostName=${amqpAddr}`;
+  const client = ModuleClient.fromConnectionString(cs, Amqp);
+  try {
+    await within(client.open(), 'module open over AMQP');
+    const msg = new Message(JSON.stringify({ over: 'amqp' }));
+    msg.messageId = 'module-amqp-1';
+    await within(client.sendEvent(msg), 'module sendEvent over AMQP');
+  } finally {
+    await client.close();
+  }
+  // A wrong key is refused.
+  const bad = ModuleClient.fromConnectionString(cs.replace(key, Buffer.alloc(32, 7).toString('base64')), Amqp);
+  try {
+    await assert.rejects(within(bad.open().then(() => bad.sendEvent(new Message('x'))), 'open with a wrong key'));
+  } finally {
+    await bad.close().catch(() => {});
+  }
 });

@@ -153,7 +153,8 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 // TestNodeSDKModules runs test/sdk/hub-modules.test.js: the Node
 // azure-iothub Registry manages module identities and module twins and
 // uses the bulk registry operation, and an azure-iot-device ModuleClient
-// uses its twin and sends telemetry over MQTT.
+// uses its twin and sends telemetry over MQTT, and another sends telemetry
+// over AMQP.
 func TestNodeSDKModules(t *testing.T) {
 	sdkDir, err := filepath.Abs("../../../test/sdk")
 	if err != nil {
@@ -166,8 +167,11 @@ func TestNodeSDKModules(t *testing.T) {
 		}
 		t.Fatalf("CI is set but node or the SDKs are missing: %v", err)
 	}
-	e := newEnv(t, nil)
-	h := e.createHub("module-node-hub", "127.0.19.15")
+	e, shared := sharedEnv(t)
+	if _, err := e.m.Create(context.Background(), "module-node-hub", builtinhub.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := e.hub("module-node-hub")
 	createDevice(t, h, "gateway-1")
 	cfg := h.Config()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -178,6 +182,7 @@ func TestNodeSDKModules(t *testing.T) {
 		"DPSD_HUB_CONNECTION_STRING="+cfg.ConnectionString().String(),
 		"DPSD_HUB_HTTPS_ADDR="+h.HTTPSAddr(),
 		"DPSD_HUB_MQTT_ADDR="+h.MQTTAddr(),
+		"DPSD_HUB_AMQP_ADDR="+shared.AMQPAddr,
 		"DPSD_HUB_DEVICE_ID=gateway-1",
 		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
 	)
@@ -186,11 +191,12 @@ func TestNodeSDKModules(t *testing.T) {
 	if err != nil {
 		t.Fatalf("node tests failed: %v", err)
 	}
-	if !strings.Contains(string(out), "# pass 2") {
+	if !strings.Contains(string(out), "# pass 3") {
 		t.Fatal("node tests were skipped")
 	}
 	msgs := h.Messages("gateway-1", 0, 0)
-	if len(msgs) != 1 || msgs[0].ModuleID != "filter" || msgs[0].SystemProperties["messageId"] != "module-m-1" {
+	if len(msgs) != 2 || msgs[0].ModuleID != "filter" || msgs[0].SystemProperties["messageId"] != "module-m-1" ||
+		msgs[1].ModuleID != "amqpmod" || msgs[1].SystemProperties["messageId"] != "module-amqp-1" {
 		t.Fatalf("module telemetry %+v", msgs)
 	}
 }
