@@ -276,4 +276,3 @@ func (h *Hub) moduleView(d *deviceDoc) *azurehub.Module {
 		Authentication:             &auth,
 	}
 }
-
