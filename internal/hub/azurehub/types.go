@@ -174,14 +174,15 @@ type ReportedImporter interface {
 	ImportReported(ctx context.Context, id string, reported map[string]any) error
 }
 
-// CertificateAuthorities is implemented by registries that can be told
-// which CA certificates vouch for their certificateAuthority devices.
-// Built-in hubs implement it; on an Azure hub the CA certificate is
-// uploaded and verified by its operator.
-type CertificateAuthorities interface {
-	// AddCertificateAuthority trusts certPEM for certificateAuthority
-	// devices. Adding a certificate that is already trusted does nothing.
-	AddCertificateAuthority(ctx context.Context, certPEM string) error
+// DeviceCAs is implemented by registries that can be told which CA
+// certificates vouched for a certificateAuthority device at provisioning.
+// Built-in hubs implement it and let that device (only) connect through
+// them; on an Azure hub the operator uploads and verifies the CA
+// certificate instead, as with Azure DPS.
+type DeviceCAs interface {
+	// TrustDeviceCAs records certPEMs for the existing device id,
+	// replacing what was recorded before.
+	TrustDeviceCAs(ctx context.Context, id string, certPEMs []string) error
 }
 
 // DeviceLister is implemented by registries that can list their device

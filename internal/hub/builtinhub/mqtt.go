@@ -277,7 +277,7 @@ func (h *Hub) authenticateDevice(ctx context.Context, id, username, password str
 		}
 		return nil
 	case azurehub.AuthCertificateAuthority:
-		return h.checkCADevice(ctx, id, peers)
+		return h.checkCADevice(ctx, d, peers)
 	}
 	return fmt.Errorf("authentication type %q is not supported by built-in hubs", d.Auth.Type)
 }

@@ -46,6 +46,9 @@ type deviceDoc struct {
 	IoTEdge           bool                    `json:"iotEdge"`
 	DeviceScope       string                  `json:"deviceScope,omitempty"`
 	ParentScopes      []string                `json:"parentScopes,omitempty"`
+	// VouchedCAs (PEM) are the CA certificates that vouched for a
+	// certificateAuthority device when DPS registered it (ca.go).
+	VouchedCAs []string `json:"vouchedCAs,omitempty"`
 	ModelID           string                  `json:"modelId,omitempty"`
 	TwinVersion       int64                   `json:"twinVersion"`
 	Tags              map[string]any          `json:"tags"`
