@@ -16,6 +16,9 @@ const (
 	KindHubCA      Kind = "hubCA"      // CA a built-in hub trusts; id = hub/SHA-256 thumbprint, Ref = hub name
 	KindHubC2D     Kind = "hubC2D"     // a built-in hub device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
 	KindHubModule  Kind = "hubModule"  // built-in hub module identity and twin; id = hub/deviceId/moduleId, Ref = hub name
+	// KindHubTelemetry is a built-in hub's telemetry, kept over a restart;
+	// id = hub name, Ref = hub name.
+	KindHubTelemetry Kind = "hubTelemetry"
 )
 
 // Kinds lists every kind dpsd stores. A test checks it against the
@@ -23,7 +26,7 @@ const (
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
-	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry,
 	KindHealth,
 }
 

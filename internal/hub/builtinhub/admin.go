@@ -47,7 +47,7 @@ type DeviceList struct {
 //	       (&wait=N: a long poll, answered when a message comes or after N s;
 //	       Accept: text/event-stream: follow it as server-sent events)
 //	POST   /dpsd/hubs/{name}/devices/{id}/messages  send a cloud-to-device message
-////	…      /dpsd/hubs/{name}/certificates[/{cert}[/verify]]  CA certificates (serveCertificates)
+//	…      /dpsd/hubs/{name}/certificates[/{cert}[/verify]]  CA certificates (serveCertificates)
 //
 // Requests pass Options.Authorize first. Errors have the DPS error shape.
 // The handler accepts paths with or without the prefix.

@@ -48,12 +48,12 @@ type deviceDoc struct {
 	ParentScopes      []string                `json:"parentScopes,omitempty"`
 	// VouchedCAs (PEM) are the CA certificates that vouched for a
 	// certificateAuthority device when DPS registered it (ca.go).
-	VouchedCAs []string `json:"vouchedCAs,omitempty"`
-	ModelID           string                  `json:"modelId,omitempty"`
-	TwinVersion       int64                   `json:"twinVersion"`
-	Tags              map[string]any          `json:"tags"`
-	Desired           section                 `json:"desired"`
-	Reported          section                 `json:"reported"`
+	VouchedCAs  []string       `json:"vouchedCAs,omitempty"`
+	ModelID     string         `json:"modelId,omitempty"`
+	TwinVersion int64          `json:"twinVersion"`
+	Tags        map[string]any `json:"tags"`
+	Desired     section        `json:"desired"`
+	Reported    section        `json:"reported"`
 
 	etag string // the store record's etag, for compare-and-swap
 }
