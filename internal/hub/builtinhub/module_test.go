@@ -93,3 +93,48 @@ func TestModuleIdentitiesOverREST(t *testing.T) {
 		t.Fatalf("device policy listed modules: %d", r.status)
 	}
 }
+
+// TestHubStateOverManagerRestart: what a hub keeps (modules, module twins,
+// CA certificates, telemetry with its sequence numbers) is there again
+// after the node's hubs stop and start on the same store.
+func TestHubStateOverManagerRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	h := e.createHub("keep-hub", "127.0.19.17")
+	c := newRESTClient(t, e, h, "iothubowner")
+	createDevice(t, h, "dev1")
+	if r := c.do("PUT", "/devices/dev1/modules/m1", "", `{}`); r.status != 200 {
+		t.Fatalf("create module: %d %s", r.status, r.raw)
+	}
+	if r := c.do("PATCH", "/twins/dev1/modules/m1", "*", `{"properties":{"desired":{"k":1}}}`); r.status != 200 {
+		t.Fatalf("module twin: %d %s", r.status, r.raw)
+	}
+	dc, _, err := dialDevice(t, e, "dev1", dialOpts{host: h.Config().HostName, addr: mqttAddr(h), tlsName: h.Config().HostName, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{"one", "two"} {
+		dc.publish(t, "devices/dev1/messages/events/", 1, body)
+	}
+	dc.Disconnect(100)
+	waitMessage(t, h, "dev1", "two")
+
+	e.restart()
+	h = e.hub("keep-hub")
+	c = newRESTClient(t, e, h, "iothubowner")
+	if r := c.do("GET", "/twins/dev1/modules/m1", "", ""); r.status != 200 || !strings.Contains(r.raw, `"k":1`) {
+		t.Fatalf("module twin after restart: %d %s", r.status, r.raw)
+	}
+	msgs := h.Messages("dev1", 0, 0)
+	if len(msgs) != 2 || msgs[0].Body != "one" || msgs[1].Body != "two" || msgs[1].SequenceNumber != 2 {
+		t.Fatalf("telemetry after restart: %+v", msgs)
+	}
+	dc, _, err = dialDevice(t, e, "dev1", dialOpts{host: h.Config().HostName, addr: mqttAddr(h), tlsName: h.Config().HostName, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.publish(t, "devices/dev1/messages/events/", 1, "three")
+	waitMessage(t, h, "dev1", "three")
+	if msgs := h.Messages("dev1", 2, 0); len(msgs) != 1 || msgs[0].SequenceNumber != 3 {
+		t.Fatalf("sequence numbers do not continue: %+v", msgs)
+	}
+}
