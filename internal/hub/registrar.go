@@ -16,6 +16,7 @@ import (
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // Credentials finds the service connection string of a hub by its host
@@ -63,7 +64,44 @@ type cachedClient struct {
 var (
 	_ provision.Registrar    = (*Registrar)(nil)
 	_ provision.DeviceLister = (*Registrar)(nil)
+	_ provision.Stager       = (*Registrar)(nil)
 )
+
+// newDeviceStager is implemented by hubs that keep their identities in the
+// engine's store (builtinhub.Hub).
+type newDeviceStager interface {
+	StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin, vouchedCAs []string) (w store.Write, committed func(), ok bool, err error)
+}
+
+// StageDevice implements provision.Stager: a device new to a built-in hub
+// of this process, not moving from another hub, is staged as the one store
+// write that creates its identity with its initial twin. Anything else goes
+// through RegisterDevice.
+func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (*provision.Staged, error) {
+	if r.opt.Local == nil || dev.Hub == "" || dev.DeviceID == "" ||
+		dev.PreviousHub != "" && !strings.EqualFold(dev.PreviousHub, dev.Hub) {
+		return nil, nil
+	}
+	reg, ok := r.opt.Local.Registry(dev.Hub)
+	if !ok {
+		return nil, nil
+	}
+	sg, ok := reg.(newDeviceStager)
+	if !ok {
+		return nil, nil
+	}
+	initial, err := initialTwin(dev.InitialTwin)
+	if err != nil {
+		return nil, err
+	}
+	// The CAs that vouched for the device go into its identity's record,
+	// as trustCAs would put them there.
+	w, committed, ok, err := sg.StageNewDevice(ctx, identity(dev), initial, vouchedCAs(dev))
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &provision.Staged{Writes: []store.Write{w}, Committed: committed}, nil
+}
 
 // NewRegistrar returns a Registrar.
 func NewRegistrar(opt RegistrarOptions) *Registrar {
@@ -329,12 +367,7 @@ const maxIdentityAttempts = 4
 // the enrollment's keys and capabilities. It reports whether it created it,
 // and the identity as it was when it changed an existing one.
 func ensureIdentity(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevice) (created bool, replaced *azurehub.Device, err error) {
-	want := &azurehub.Device{
-		DeviceID:       dev.DeviceID,
-		Status:         azurehub.StatusEnabled,
-		Authentication: authentication(dev),
-		Capabilities:   &azurehub.Capabilities{IoTEdge: dev.IoTEdge},
-	}
+	want := identity(dev)
 	for range maxIdentityAttempts {
 		_, err := reg.CreateDevice(ctx, want)
 		if err == nil {
@@ -369,6 +402,16 @@ func ensureIdentity(ctx context.Context, reg azurehub.Registry, dev *provision.H
 	return false, nil, fmt.Errorf("device %q kept changing while being registered", dev.DeviceID)
 }
 
+// identity is the identity the hub is to hold for dev.
+func identity(dev *provision.HubDevice) *azurehub.Device {
+	return &azurehub.Device{
+		DeviceID:       dev.DeviceID,
+		Status:         azurehub.StatusEnabled,
+		Authentication: authentication(dev),
+		Capabilities:   &azurehub.Capabilities{IoTEdge: dev.IoTEdge},
+	}
+}
+
 // authentication is the identity's authentication: the device's own SAS
 // keys; for a device that attested with an individual enrollment's
 // certificates, those certificates' thumbprints ("selfSigned"); for one a
@@ -397,7 +440,16 @@ func trustCAs(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevi
 	if !ok || dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
 		return nil
 	}
-	return ct.TrustDeviceCAs(ctx, dev.DeviceID, dev.X509.CACertificates)
+	return ct.TrustDeviceCAs(ctx, dev.DeviceID, vouchedCAs(dev))
+}
+
+// vouchedCAs are the CA certificates (PEM) that vouched for a
+// certificateAuthority device.
+func vouchedCAs(dev *provision.HubDevice) []string {
+	if dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
+		return nil
+	}
+	return dev.X509.CACertificates
 }
 
 func sameIdentity(cur, want *azurehub.Device) bool {

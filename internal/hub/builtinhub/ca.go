@@ -343,18 +343,11 @@ func (h *Hub) VerifyCACertificate(ctx context.Context, name, etag, verificationP
 // connect through them, and no other device. It implements
 // azurehub.DeviceCAs.
 func (h *Hub) TrustDeviceCAs(ctx context.Context, id string, certPEMs []string) error {
-	var pems []string
-	for _, p := range certPEMs {
-		c, err := parseCertPEM(p)
-		if err != nil {
-			return err
-		}
-		pems = append(pems, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	pems, err := normalizeCAs(certPEMs)
+	if err != nil {
+		return err
 	}
-	if len(pems) > maxVouchedCAs {
-		pems = pems[:maxVouchedCAs]
-	}
-	_, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	_, err = h.modify(ctx, id, func(d *deviceDoc) error {
 		d.VouchedCAs = pems
 		return nil
 	})
@@ -362,6 +355,23 @@ func (h *Hub) TrustDeviceCAs(ctx context.Context, id string, certPEMs []string) 
 }
 
 var _ azurehub.DeviceCAs = (*Hub)(nil)
+
+// normalizeCAs checks PEM certificates and re-encodes them, at most
+// maxVouchedCAs.
+func normalizeCAs(certPEMs []string) ([]string, error) {
+	var pems []string
+	for _, p := range certPEMs {
+		c, err := parseCertPEM(p)
+		if err != nil {
+			return nil, err
+		}
+		pems = append(pems, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	}
+	if len(pems) > maxVouchedCAs {
+		pems = pems[:maxVouchedCAs]
+	}
+	return pems, nil
+}
 
 // trustedCAs are the CA certificates a device may chain to: the hub's
 // trusted ones and those that vouched for the device.
