@@ -120,6 +120,9 @@ func deviceLink(addr string) (id, kind string, ok bool) {
 		dev = u
 	}
 	if !isModule {
+		if strings.Contains(dev, "/") {
+			return "", "", false // device ids hold no '/'
+		}
 		return dev, strings.ToLower(tail), true
 	}
 	if u, err := url.PathUnescape(mod); err == nil {
