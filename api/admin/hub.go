@@ -16,6 +16,11 @@ type Hub struct {
 	Shared bool `json:"shared,omitempty"`
 	// ConnectionString is the iothubowner connection string.
 	ConnectionString string `json:"connectionString"`
+	// EventHubConnectionString is the connection string of the hub's
+	// Event Hubs-compatible endpoint for its telemetry, with the service
+	// policy's key (Endpoint=sb://HOST/;…;EntityPath=NAME), for hubs on
+	// the shared endpoint, whose AMQP listener serves it.
+	EventHubConnectionString string `json:"eventHubConnectionString,omitempty"`
 	// HostsLine makes HostName resolve when added to /etc/hosts.
 	HostsLine string    `json:"hostsLine"`
 	Created   time.Time `json:"created"`

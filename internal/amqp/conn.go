@@ -154,6 +154,9 @@ type session struct {
 	remoteIncomingWindow uint32
 	nextDeliveryID       uint32
 	links                map[uint32]*Link
+	// refused are the handles of links the server refused or detached
+	// (Link.Detach): the peer's answering detach ends them.
+	refused map[uint32]bool
 }
 
 // Link is one attached link. The peer's role decides what the server
@@ -172,6 +175,9 @@ type Link struct {
 	Address string
 	// Properties are the peer's attach properties.
 	Properties *Map
+	// Filter is the filter set of the source of a link the peer receives
+	// on (an Event Hubs receiver's selector filter), nil if none.
+	Filter *Map
 
 	sndSettle     uint8
 	peerMaxMsg    uint64 // the peer's max-message-size; 0 for none
@@ -614,6 +620,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 	}
 	c.mu.Lock()
 	_, inUse := s.links[a.Handle]
+	delete(s.refused, a.Handle)
 	c.mu.Unlock()
 	if inUse {
 		return protoErr(ErrHandleInUse, "handle %d is in use", a.Handle)
@@ -636,6 +643,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		}
 	} else if a.Source != nil {
 		l.Address = a.Source.Address
+		l.Filter = a.Source.Filter
 	}
 	reply := &attach{
 		Name: a.Name, Handle: a.Handle, Role: !a.Role,
@@ -659,6 +667,12 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		if err := c.writeFrame(s.channel, reply, nil); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		if s.refused == nil {
+			s.refused = map[uint32]bool{}
+		}
+		s.refused[a.Handle] = true
+		c.mu.Unlock()
 		return c.writeFrame(s.channel, &detach{Handle: a.Handle, Closed: true, Error: asError(herr, ErrNotFound)}, nil)
 	}
 	c.mu.Lock()
@@ -855,7 +869,12 @@ func (c *Conn) onDetach(s *session, fl fields) error {
 	if l != nil {
 		l.detached = true
 	}
+	refused := s.refused[d.Handle]
+	delete(s.refused, d.Handle)
 	c.mu.Unlock()
+	if l == nil && refused {
+		return nil // the peer's answer to the server's refusal
+	}
 	if l == nil {
 		return protoErr(ErrUnattachedHandle, "detach of handle %d", d.Handle)
 	}
@@ -973,4 +992,51 @@ func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 		c.wbuf = b
 	}
 	return c.flushLocked()
+}
+
+// WaitCredit waits until the peer grants credit on l, a link it receives
+// on, or until ctx ends or the link does.
+func (l *Link) WaitCredit(ctx context.Context) error {
+	c := l.conn
+	for {
+		c.mu.Lock()
+		detached, credit := l.detached, l.credit
+		c.mu.Unlock()
+		switch {
+		case detached:
+			return ErrLinkDetached
+		case credit > 0:
+			return nil
+		}
+		select {
+		case <-l.creditCh:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrLinkDetached
+		}
+	}
+}
+
+// Detach ends l from the server's side with e (nil for none): the peer's
+// answering detach is expected, and the handler's Detach is called.
+func (l *Link) Detach(e *Error) error {
+	c := l.conn
+	s := l.sess
+	c.mu.Lock()
+	if l.detached || s.links[l.handle] != l {
+		c.mu.Unlock()
+		return ErrLinkDetached
+	}
+	l.detached = true
+	delete(s.links, l.handle)
+	if s.refused == nil {
+		s.refused = map[uint32]bool{}
+	}
+	s.refused[l.handle] = true
+	c.mu.Unlock()
+	l.signal()
+	err := c.writeFrame(s.channel, &detach{Handle: l.handle, Closed: true, Error: e}, nil)
+	c.handler.Detach(l)
+	return err
 }

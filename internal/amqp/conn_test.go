@@ -151,9 +151,17 @@ func TestRequestResponse(t *testing.T) {
 		t.Fatalf("rejected send: %v", err)
 	}
 
-	// A refused link.
+	// A refused link; the peer's detach answering the refusal leaves the
+	// session and connection in use.
 	if _, err := sess.NewSender(ctx, "nowhere", nil); err == nil {
 		t.Fatal("attach to a refused address succeeded")
+	}
+	after, err := sess.NewSender(ctx, "somewhere", nil)
+	if err != nil {
+		t.Fatalf("attach after a refused link: %v", err)
+	}
+	if err := after.Send(ctx, goamqp.NewMessage([]byte("reject")), nil); !errors.As(err, &ae) || ae.Condition != goamqp.ErrCondUnauthorizedAccess {
+		t.Fatalf("send after a refused link: %v", err)
 	}
 }
 

@@ -1,9 +1,13 @@
 package amqp
 
 // Message is an AMQP message (part 3): the sections a DPS exchange uses.
-// Header, annotations and footer are read past and never sent.
+// Header, delivery annotations and footer are read past and never sent;
+// message annotations are sent (an Event Hubs endpoint's events carry
+// them) but not read.
 type Message struct {
-	Properties Properties
+	// MessageAnnotations are sent before the properties when set.
+	MessageAnnotations map[Symbol]any
+	Properties         Properties
 	// ApplicationProperties maps string keys to simple values.
 	ApplicationProperties map[string]any
 	// Data holds the data sections' bytes, in order.
@@ -16,12 +20,14 @@ type Message struct {
 // Properties is the properties section (part 3, 3.2.4). The ids are any
 // of ulong, uuid, binary or string; they are echoed as they came.
 type Properties struct {
-	MessageID     any
-	To            string
-	Subject       string
-	ReplyTo       string
-	CorrelationID any
-	ContentType   Symbol
+	MessageID       any
+	UserID          []byte
+	To              string
+	Subject         string
+	ReplyTo         string
+	CorrelationID   any
+	ContentType     Symbol
+	ContentEncoding Symbol
 }
 
 // Body returns the data sections joined, or the amqp-value when it is a
@@ -71,6 +77,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			}
 			p := &m.Properties
 			p.MessageID = f.at(0)
+			if uid, ok := f.at(1).([]byte); ok {
+				p.UserID = uid
+			}
 			if p.To, err = addressField(f, 2); err != nil {
 				return nil, err
 			}
@@ -83,6 +92,14 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 			p.CorrelationID = f.at(5)
 			if p.ContentType, err = f.symbol(6); err != nil {
 				return nil, err
+			}
+			// Read leniently: a field nothing here relies on must not
+			// make a message undecodable.
+			switch ce := f.at(7).(type) {
+			case Symbol:
+				p.ContentEncoding = ce
+			case string:
+				p.ContentEncoding = Symbol(ce)
 			}
 		case descApplicationProperties:
 			mp, ok := val.(*Map)
@@ -127,14 +144,23 @@ func addressField(f fields, i int) (string, error) {
 	return "", fieldErr(i, "address", f.at(i))
 }
 
-// MarshalMessage encodes m: properties, application-properties, then the
+// MarshalMessage encodes m: message annotations, properties, application-properties, then the
 // data sections (or the amqp-value).
 func MarshalMessage(m *Message) ([]byte, error) {
 	var b []byte
 	var err error
+	if len(m.MessageAnnotations) > 0 {
+		if b, err = Marshal(b, Described{uint64(descMessageAnnotations), m.MessageAnnotations}); err != nil {
+			return nil, err
+		}
+	}
 	p := m.Properties
-	props := trim([]any{p.MessageID, nil, nilIfEmpty(p.To), nilIfEmpty(p.Subject), nilIfEmpty(p.ReplyTo),
-		p.CorrelationID, symbolOrNil(p.ContentType)})
+	var uid any
+	if len(p.UserID) > 0 {
+		uid = p.UserID
+	}
+	props := trim([]any{p.MessageID, uid, nilIfEmpty(p.To), nilIfEmpty(p.Subject), nilIfEmpty(p.ReplyTo),
+		p.CorrelationID, symbolOrNil(p.ContentType), symbolOrNil(p.ContentEncoding)})
 	if len(props) > 0 {
 		if b, err = Marshal(b, Described{uint64(descProperties), props}); err != nil {
 			return nil, err

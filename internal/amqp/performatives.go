@@ -395,9 +395,11 @@ func decodeBegin(f fields) (*begin, error) {
 }
 
 // terminus is the part of a source or target this package uses: its
-// address. The whole value is kept to echo it in the answering attach.
+// address and a source's filter set. The whole value is kept to echo it
+// in the answering attach.
 type terminus struct {
 	Address string
+	Filter  *Map
 	raw     any
 }
 
@@ -419,6 +421,11 @@ func decodeTerminus(v any, want uint64) (*terminus, error) {
 		t.Address = string(a)
 	default:
 		return nil, fieldErr(0, "address", a)
+	}
+	if want == descSource {
+		if t.Filter, err = f.mapAt(7); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }

@@ -37,7 +37,7 @@ One hosts-file line ("dpsd hub hosts-line") makes every hub's name resolve.`,
 	twin.AddCommand(hubTwinShowCmd(cc))
 	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc),
 		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc), hubDeviceIdentityCmd(cc), hubModuleIdentityCmd(cc), hubDeviceTwinCmd(cc), hubCertificateCmd(cc),
-		hubInvokeMethodCmd(cc), hubGenerateSASCmd(cc))
+		hubInvokeMethodCmd(cc), hubGenerateSASCmd(cc), hubConnectionStringCmd(cc))
 	names := completeFrom(cc, builtinHubNames)
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -343,10 +343,18 @@ func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 		{"Device MQTT", in.MQTTAddr},
 		{"Hosts-file line", in.HostsLine},
 	}
+	if in.EventHubConnectionString != "" {
+		fields = append(fields, field{"Event Hubs-compatible endpoint", eventHubEndpoint(in.EventHubConnectionString)})
+	}
 	if withCS {
 		fields = append(fields, field{"Connection string", in.ConnectionString})
 	}
 	return details(w, fields)
+}
+
+// eventHubEndpoint is an endpoint connection string without its key.
+func eventHubEndpoint(cs string) string {
+	return fieldOf(cs, "Endpoint") + " (EntityPath " + fieldOf(cs, "EntityPath") + "; \"dpsd hub connection-string show --default-eventhub\")"
 }
 
 func hubDeleteCmd(cc *clientCmd) *cobra.Command {

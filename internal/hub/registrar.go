@@ -67,16 +67,19 @@ var (
 	_ provision.Stager       = (*Registrar)(nil)
 )
 
-// newDeviceStager is implemented by hubs that keep their identities in the
+// deviceStager is implemented by hubs that keep their identities in the
 // engine's store (builtinhub.Hub).
-type newDeviceStager interface {
-	StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin, vouchedCAs []string) (w store.Write, committed func(), ok bool, err error)
+type deviceStager interface {
+	StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error)
+	StageKeep(ctx context.Context, id string) (w store.Write, dev *azurehub.Device, twin *azurehub.Twin, ok bool, err error)
 }
 
-// StageDevice implements provision.Stager: a device new to a built-in hub
-// of this process, not moving from another hub, is staged as the one store
-// write that creates its identity with its initial twin. Anything else goes
-// through RegisterDevice.
+// StageDevice implements provision.Stager for devices of a built-in hub of
+// this process that are not moving from another hub: a new device is the
+// one store write that creates its identity with its initial twin; a
+// device the hub already holds exactly as RegisterDevice would leave it
+// (the same credentials, no twin to reset or to fill) is a write that only
+// checks it stays so. Anything else goes through RegisterDevice.
 func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (*provision.Staged, error) {
 	if r.opt.Local == nil || dev.Hub == "" || dev.DeviceID == "" ||
 		dev.PreviousHub != "" && !strings.EqualFold(dev.PreviousHub, dev.Hub) {
@@ -86,21 +89,35 @@ func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (
 	if !ok {
 		return nil, nil
 	}
-	sg, ok := reg.(newDeviceStager)
+	sg, ok := reg.(deviceStager)
 	if !ok {
+		return nil, nil
+	}
+	if dev.X509 != nil && dev.X509.PrimaryThumbprint == "" {
+		// A device its CA vouched for: the hub must also learn to trust
+		// that CA for it, which RegisterDevice does.
 		return nil, nil
 	}
 	initial, err := initialTwin(dev.InitialTwin)
 	if err != nil {
 		return nil, err
 	}
-	// The CAs that vouched for the device go into its identity's record,
-	// as trustCAs would put them there.
-	w, committed, ok, err := sg.StageNewDevice(ctx, identity(dev), initial, vouchedCAs(dev))
+	want := identity(dev)
+	w, committed, ok, err := sg.StageNewDevice(ctx, want, initial)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		return &provision.Staged{Writes: []store.Write{w}, Committed: committed}, nil
+	}
+	w, cur, twin, ok, err := sg.StageKeep(ctx, dev.DeviceID)
 	if err != nil || !ok {
 		return nil, err
 	}
-	return &provision.Staged{Writes: []store.Write{w}, Committed: committed}, nil
+	if !sameIdentity(cur, want) || dev.ResetTwin || initial != nil && pristine(twin) {
+		return nil, nil
+	}
+	return &provision.Staged{Writes: []store.Write{w}}, nil
 }
 
 // NewRegistrar returns a Registrar.

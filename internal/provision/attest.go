@@ -424,5 +424,7 @@ func (c *vouchCache) remember(regKey, groupID string) {
 			n--
 		}
 	}
-	c.byID[regKey] = groupID
+	// A copy: regKey may share its bytes with the whole request line it
+	// was cut from, which the cache would otherwise keep alive.
+	c.byID[strings.Clone(regKey)] = groupID
 }

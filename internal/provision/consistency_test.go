@@ -143,7 +143,7 @@ func containsWork(data []byte) bool {
 
 // world is one dpsd's worth of engine, store and built-in hub.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	st     store.Store
 	m      *builtinhub.Manager
 	f      *faults
@@ -152,7 +152,7 @@ type world struct {
 	node   string
 }
 
-func newWorld(t *testing.T, st store.Store, nhubs int) *world {
+func newWorld(t testing.TB, st store.Store, nhubs int) *world {
 	t.Helper()
 	dir := t.TempDir()
 	if st == nil {

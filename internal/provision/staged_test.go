@@ -68,7 +68,7 @@ func (a notingAllocator) Allocate(ctx context.Context, in *provision.AllocationI
 
 // stagedWorld is a world whose engine reaches the built-in hubs directly,
 // so that it can stage their identities, through a counting store.
-func stagedWorld(t *testing.T, opt provision.Options) (*world, *countingStore, *alloclog.Log) {
+func stagedWorld(t testing.TB, opt provision.Options) (*world, *countingStore, *alloclog.Log) {
 	t.Helper()
 	w := newWorld(t, nil, 1)
 	cs := newCountingStore(w.st)
@@ -126,6 +126,66 @@ func TestStagedRegistrationIsOneCommit(t *testing.T) {
 	entries, err := alog.List(ctx, "staged-dev")
 	if err != nil || len(entries) != 1 || entries[0].Hub != w.hubs[0] {
 		t.Errorf("allocation log %+v, %v; want the allocation's one entry", entries, err)
+	}
+	w.healthy(w.engine)
+}
+
+// TestStagedReRegistration: a device that registers again and whose hub
+// identity is already as it should be is one batch too (the identity only
+// checked, not rewritten); one whose twin is to be reset is not.
+func TestStagedReRegistration(t *testing.T) {
+	ctx := context.Background()
+	w, cs, _ := stagedWorld(t, provision.Options{})
+	twin := &dps.InitialTwin{Tags: json.RawMessage(`{"site":"lab"}`)}
+	key := w.symmetricGroup("staged-again", twin)
+	must(t).assigned(w.engine.Register(ctx, sasRequest(t, "again", key)))
+	r, _ := w.m.Registry(w.hubs[0])
+	before, err := r.GetDevice(ctx, "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.UpdateTwin(ctx, "again", &azurehub.Twin{Tags: map[string]any{"site": "moved"}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+
+	cs.applies.Store(0)
+	cs.puts.Store(0)
+	res, err := w.engine.Register(ctx, sasRequest(t, "again", key))
+	must(t).assigned(res, err)
+	if st := res.Operation.RegistrationState; st.Substatus != dps.SubstatusReprovisionedToInitialAssignment {
+		t.Errorf("substatus %q, want %q", st.Substatus, dps.SubstatusReprovisionedToInitialAssignment)
+	}
+	if cs.applies.Load() != 1 || cs.puts.Load() != 0 {
+		t.Errorf("%d batches and %d single writes; want one batch and none", cs.applies.Load(), cs.puts.Load())
+	}
+	after, err := r.GetDevice(ctx, "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ETag != before.ETag || after.GenerationID != before.GenerationID {
+		t.Errorf("identity changed by a re-registration that needed no change: %+v, was %+v", after, before)
+	}
+	if tw, err := r.GetTwin(ctx, "again"); err != nil || tw.Tags["site"] != "moved" {
+		t.Errorf("twin tags %v (%v); want the device's own, kept", tw.Tags, err)
+	}
+
+	// Reprovisioning that resets the twin writes the hub: the intent path.
+	g, err := enroll.GetGroup(ctx, w.st, "staged-again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.ReprovisionPolicy = &dps.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: false}
+	if _, err := enroll.PutGroup(ctx, w.st, g.EnrollmentGroupID, g, "*"); err != nil {
+		t.Fatal(err)
+	}
+	w.engine.InvalidateEnrollments()
+	cs.puts.Store(0)
+	must(t).assigned(w.engine.Register(ctx, sasRequest(t, "again", key)))
+	if cs.puts.Load() == 0 {
+		t.Error("a twin reset took no single writes: the intent path was not taken")
+	}
+	if tw, err := r.GetTwin(ctx, "again"); err != nil || tw.Tags["site"] != "lab" {
+		t.Errorf("twin tags after a reset %v (%v); want the initial twin's", tw.Tags, err)
 	}
 	w.healthy(w.engine)
 }
@@ -259,4 +319,31 @@ func TestNoStagingWritesAnIntent(t *testing.T) {
 		t.Errorf("allocation log %+v, %v; want one entry", entries, err)
 	}
 	w.healthy(w.engine)
+}
+
+// BenchmarkRegisterBuiltinHub measures the engine with a real built-in hub
+// on the embedded store, new devices of one symmetric-key group arriving
+// concurrently: the one-commit path against the intent path.
+//
+//	go test ./internal/provision -run '^$' -bench RegisterBuiltinHub -cpu 2
+func BenchmarkRegisterBuiltinHub(b *testing.B) {
+	for _, staging := range []bool{true, false} {
+		b.Run(fmt.Sprintf("staged=%v", staging), func(b *testing.B) {
+			w, _, _ := stagedWorld(b, provision.Options{NoStaging: !staging})
+			key := w.symmetricGroup("bench", nil)
+			var n atomic.Int64
+			b.SetParallelism(16) // group commit needs company
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := fmt.Sprintf("dev-%d", n.Add(1))
+					if _, err := w.engine.Register(context.Background(), sasRequest(b, id, key)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+		})
+	}
 }

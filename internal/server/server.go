@@ -88,6 +88,9 @@ type Config struct {
 	// pruning orphans, which needs an operator's word).
 	DoctorInterval time.Duration
 	DoctorRepair   bool
+	// HubEventHubPartitions is the partition count of each built-in hub's
+	// Event Hubs-compatible endpoint; zero means 4.
+	HubEventHubPartitions int
 	// Banner receives the human-readable start-up summary; nil for none.
 	Banner io.Writer
 	// MaxConns and MaxConnsPerSource cap the connections the node holds
@@ -298,6 +301,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		MessageBufferBytes: s.cfg.HubTelemetryBytes,
 		MessageMaxAge:      s.cfg.HubTelemetryMaxAge,
 		OnDelete:           s.unlinkDeletedHub,
+		EventHubPartitions: cfg.HubEventHubPartitions,
 	})
 	if err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)

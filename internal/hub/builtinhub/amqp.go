@@ -39,8 +39,15 @@ func (m *Manager) newAMQPServer() *wire.Server {
 		Handler: amqpHandler{m},
 		SASL: []wire.SASLServer{
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
+			// A service token as the password (user {policy}@sas.root.{hub}),
+			// checked when a link needs it: the way to ask the hub for its
+			// Event Hubs-compatible endpoint (package eventhub's redirect).
+			wire.PlainServer(nil),
 		},
-		AllowNoSASL:      true,
+		AllowNoSASL: true,
+		// An Event Hubs consumer opens a session per partition besides
+		// those of $cbs and $management.
+		MaxSessions:      m.eventHubPartitions() + 4,
 		ContainerID:      "dpsd-hub",
 		HandshakeTimeout: m.opt.ConnectTimeout,
 		Logger:           m.log.With("component", "hub-amqp"),
@@ -66,7 +73,8 @@ func (a amqpHandler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 	}
 	// No hub yet (a device that dialled an IP address as its gateway):
 	// the first put-token's audience names it.
-	return &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}, nil
+	base := &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}
+	return a.m.wrapEventHub(c, base, a.m.log.With("component", "hub-eventhub")), nil
 }
 
 // amqpLinks is one AMQP connection to a hub: what its tokens allow, and

@@ -250,6 +250,7 @@ type hubOptions struct {
 	messages       int
 	messageBytes   int
 	messageAge     time.Duration
+	partitions     int
 	rate           float64
 	burst          int
 	methodTimeout  time.Duration
@@ -281,6 +282,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		cert:           o.cert,
 		shared:         o.shared,
 	}
+	h.msgs.setPartitions(o.partitions)
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{o.cert},

@@ -71,6 +71,11 @@ type Options struct {
 	MessageBufferBytes int
 	// MessageMaxAge, when set, drops telemetry older than it.
 	MessageMaxAge time.Duration
+	// EventHubPartitions is the partition count of each hub's Event
+	// Hubs-compatible endpoint (default eventhub.DefaultPartitions, at
+	// most eventhub.MaxPartitions); devices' telemetry is spread over
+	// them by a hash of the device id.
+	EventHubPartitions int
 	// RESTRate and RESTBurst throttle each hub's REST API (requests per
 	// second, bucket size) with 429 and Retry-After, as real hubs do.
 	// Zero rate means no throttling.
@@ -275,6 +280,7 @@ func (m *Manager) run(cfg Config) error {
 		messages:       m.opt.MessageBuffer,
 		messageBytes:   m.opt.MessageBufferBytes,
 		messageAge:     m.opt.MessageMaxAge,
+		partitions:     m.opt.EventHubPartitions,
 		rate:           m.opt.RESTRate,
 		burst:          m.opt.RESTBurst,
 		methodTimeout:  m.opt.MethodTimeout,
@@ -529,6 +535,7 @@ func (m *Manager) info(cfg Config) *Info {
 	if cs := cfg.ConnectionString(); cs != nil {
 		in.ConnectionString = cs.String()
 	}
+	in.EventHubConnectionString = m.eventHubConnectionString(cfg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if h := m.hubs[strings.ToLower(cfg.Name)]; h != nil {

@@ -75,11 +75,18 @@ type messageBuffer struct {
 	// added is closed (and replaced) when a message is added: followers
 	// of the telemetry wait on it.
 	added chan struct{}
+	// parts is the state of the Event Hubs-compatible endpoint's
+	// partitions (eventhub.go).
+	parts []partitionState
 }
 
 type keptMessage struct {
 	Message
 	size int
+	// partition and partSeq place the message in the Event Hubs-compatible
+	// endpoint: its partition and its sequence number there.
+	partition int
+	partSeq   int64
 }
 
 // size is what m costs in the buffer, roughly: its strings, plus a fixed
@@ -137,6 +144,7 @@ func (b *messageBuffer) add(m Message) {
 	b.seq++
 	m.SequenceNumber = b.seq
 	km := keptMessage{Message: m, size: size(m)}
+	b.place(&km)
 	b.msgs = append(b.msgs, km)
 	b.bytes += km.size
 	b.expire()
@@ -293,6 +301,10 @@ func (h *Hub) loadTelemetry(ctx context.Context) error {
 	defer b.mu.Unlock()
 	for _, m := range snap.Messages {
 		km := keptMessage{Message: m, size: size(m)}
+		// Placed again: the Event Hubs-compatible endpoint's partition
+		// sequence numbers start over with a restart; offsets (the hub's
+		// sequence numbers) go on.
+		b.place(&km)
 		b.msgs = append(b.msgs, km)
 		b.bytes += km.size
 		b.seq = max(b.seq, m.SequenceNumber)

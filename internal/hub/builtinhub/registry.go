@@ -373,12 +373,9 @@ func (h *Hub) newDevice(ctx context.Context, in *azurehub.Device) (*deviceDoc, e
 // the hub holds the device already (the caller then takes the path that
 // updates it); the write's condition catches a device created meanwhile.
 // committed is to be called once the write has committed.
-func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin, vouchedCAs []string) (w store.Write, committed func(), ok bool, err error) {
+func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error) {
 	d, err := h.newDevice(ctx, in)
 	if err != nil {
-		return store.Write{}, nil, false, err
-	}
-	if d.VouchedCAs, err = normalizeCAs(vouchedCAs); err != nil {
 		return store.Write{}, nil, false, err
 	}
 	if twin != nil {
@@ -407,6 +404,31 @@ func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azu
 	}
 	committed = func() { h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID) }
 	return w, committed, true, nil
+}
+
+// StageKeep returns, for a device the hub holds, the store write that
+// keeps it exactly as it is but fails if it changes before the write
+// commits, with the device and its twin as they are: a caller that finds
+// them already as it wants them commits the write in one batch with
+// records of its own instead of writing the hub. ok is false when the hub
+// holds no such device.
+func (h *Hub) StageKeep(ctx context.Context, id string) (w store.Write, dev *azurehub.Device, twin *azurehub.Twin, ok bool, err error) {
+	d, err := h.load(ctx, id)
+	if errors.Is(err, azurehub.ErrNotFound) {
+		return store.Write{}, nil, nil, false, nil
+	}
+	if err != nil {
+		return store.Write{}, nil, nil, false, err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return store.Write{}, nil, nil, false, fmt.Errorf("device %s: encode: %w", id, err)
+	}
+	w = store.Write{
+		Record: store.Record{Kind: KindDevice, ID: deviceKey(h.cfg.Name, d.DeviceID), Ref: h.cfg.Name, Data: data},
+		Cond:   store.Condition{IfMatch: d.etag},
+	}
+	return w, h.deviceView(d), h.twinView(d), true, nil
 }
 
 // UpdateDevice replaces an existing identity's status, authentication and
