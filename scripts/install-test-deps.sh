@@ -8,7 +8,9 @@
 #   - Chromium and its driver (Debian's chromium and chromium-driver) and
 #     Firefox ESR (Debian's firefox-esr), the browsers of the console tests
 #     (test/console): nothing downloads one;
-#   - swtpm (Debian's), the software TPM of the TPM attestation tests.
+#   - swtpm (Debian's), the software TPM of the TPM attestation tests;
+#   - dockerd (Debian's docker.io), which TestContainerImage starts privately
+#     to build and run the image when no Docker daemon runs (as root only).
 # Idempotent, and a fast no-op when everything is already in place.
 # Needs root (or sudo) only for the apt-get step.
 set -euo pipefail
@@ -47,6 +49,13 @@ if ! /usr/bin/python3 -c 'import proton' >/dev/null 2>&1; then
 	export DEBIAN_FRONTEND=noninteractive
 	as_root apt-get update -qq
 	as_root apt-get install -y -qq --no-install-recommends python3 python3-qpid-proton >/dev/null
+fi
+
+if ! command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+	log "installing dockerd from Debian packages (docker.io)"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends docker.io >/dev/null
 fi
 
 if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null 2>&1; then

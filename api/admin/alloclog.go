@@ -64,6 +64,11 @@ type AllocationCandidate struct {
 	AllocationWeight      int    `json:"allocationWeight"`
 	Location              string `json:"location,omitempty"`
 	ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
+	// Health is the hub's health on the allocating node (HubHealth*),
+	// empty when health checks are off; Skipped says the policy left the
+	// hub out for being unhealthy.
+	Health  string `json:"health,omitempty"`
+	Skipped bool   `json:"skipped,omitempty"`
 }
 
 // AllocationAttempt is one call of the webhook.

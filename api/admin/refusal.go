@@ -26,4 +26,7 @@ type Refusal struct {
 	// Reason is why the request was refused, in the operator's terms.
 	Reason     string `json:"reason"`
 	RemoteAddr string `json:"remoteAddr,omitempty"`
+	// Node is the dpsd node that refused the request, when several share
+	// a store.
+	Node string `json:"node,omitempty"`
 }

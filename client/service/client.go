@@ -170,20 +170,25 @@ func newHTTPClient(o *options) (*http.Client, error) {
 
 // request is one call of the service API.
 type request struct {
-	op      string // for error messages: `get enrollment "x"`
-	method  string
-	path    string     // already escaped, starting with '/'
-	query   url.Values // nil for none
-	ifMatch string
-	header  map[string]string
-	body    any // JSON-encoded when not nil
-	out     any // decoded from a 200 answer when not nil
+	op     string // for error messages: `get enrollment "x"`
+	method string
+	path   string     // already escaped, starting with '/'
+	query  url.Values // nil for none
+	// extraQuery is added to the query do sets.
+	extraQuery url.Values
+	ifMatch    string
+	header     map[string]string
+	body       any // JSON-encoded when not nil
+	out        any // decoded from a 200 answer when not nil
 }
 
 // do sends r as a call of Azure's service API, which carries the
 // api-version, and returns the response headers of a successful answer.
 func (c *Client) do(ctx context.Context, r *request) (http.Header, error) {
 	r.query = url.Values{"api-version": {APIVersion}}
+	for k, v := range r.extraQuery {
+		r.query[k] = v
+	}
 	h, err := c.send(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.op, err)

@@ -127,6 +127,23 @@ func (c *Client) GetEnrollmentAttestation(ctx context.Context, registrationID st
 	return &out, nil
 }
 
+// GetEnrollmentAttestationWithCertificates is GetEnrollmentAttestation
+// with X.509 certificates as stored, not only their info (a dpsd
+// extension; Azure answers their info only).
+func (c *Client) GetEnrollmentAttestationWithCertificates(ctx context.Context, registrationID string) (*dps.AttestationMechanism, error) {
+	var out dps.AttestationMechanism
+	_, err := c.do(ctx, &request{
+		op:     fmt.Sprintf("get attestation of enrollment %q", registrationID),
+		method: http.MethodPost, path: itemPath(pathEnrollments, registrationID) + "/attestationmechanism",
+		extraQuery: url.Values{"includeCertificates": {"true"}},
+		out:        &out,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // QueryEnrollments returns one page of individual enrollments.
 func (c *Client) QueryEnrollments(ctx context.Context, opts QueryOptions) (*Page[dps.IndividualEnrollment], error) {
 	return query[dps.IndividualEnrollment](ctx, c, "query enrollments", pathEnrollments+"/query", opts)
@@ -217,6 +234,23 @@ func (c *Client) GetEnrollmentGroupAttestation(ctx context.Context, groupID stri
 		op:     fmt.Sprintf("get attestation of enrollment group %q", groupID),
 		method: http.MethodPost, path: itemPath(pathEnrollmentGroups, groupID) + "/attestationmechanism",
 		out: &out,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// GetEnrollmentGroupAttestationWithCertificates is
+// GetEnrollmentGroupAttestation with X.509 certificates as stored (a dpsd
+// extension).
+func (c *Client) GetEnrollmentGroupAttestationWithCertificates(ctx context.Context, groupID string) (*dps.AttestationMechanism, error) {
+	var out dps.AttestationMechanism
+	_, err := c.do(ctx, &request{
+		op:     fmt.Sprintf("get attestation of enrollment group %q", groupID),
+		method: http.MethodPost, path: itemPath(pathEnrollmentGroups, groupID) + "/attestationmechanism",
+		extraQuery: url.Values{"includeCertificates": {"true"}},
+		out:        &out,
 	})
 	if err != nil {
 		return nil, err

@@ -68,6 +68,10 @@ const maxRequestBytes = 1 << 20
 // allocator is the webhook's HTTP handler.
 type allocator struct {
 	log *slog.Logger
+	// clientCN, when set, must be the common name of the TLS client
+	// certificate (dpsd's ID scope, with dpsd serve --webhook-client-cert);
+	// without it the webhook answers 401.
+	clientCN string
 	// code, when set, must be the request's "code" query parameter, as an
 	// Azure Function with function-level authorization requires; without
 	// it the webhook answers 401 (which DPS turns into error 400209).
@@ -79,6 +83,15 @@ type allocator struct {
 }
 
 func (a *allocator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.clientCN != "" {
+		// The TLS layer verified the chain to dpsd's CA (--client-ca);
+		// the common name says which dpsd instance it is: its ID scope.
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.TLS.PeerCertificates[0].Subject.CommonName != a.clientCN {
+			a.log.Info("refused: no client certificate of the expected dpsd instance", "remote", r.RemoteAddr)
+			http.Error(w, "Unauthorized.", http.StatusUnauthorized)
+			return
+		}
+	}
 	log := a.log.With("method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 	if r.Method != http.MethodPost {
 		log.Info("refused: not a POST")

@@ -24,10 +24,19 @@
 // request signature, printed by "dpsd webhook-secret show --show-secrets",
 // and answers 401 to a request not signed with it (signature.go shows how);
 // during a secret rotation give both, comma-separated.
+//
+// Mutual TLS: with --tls-cert, --tls-key and --client-ca pointing at dpsd's
+// CA certificate (tls/ca.pem in dpsd's data directory; with several nodes,
+// each node's, concatenated), the webhook accepts only TLS clients
+// presenting a certificate issued by that CA, which "dpsd serve
+// --webhook-client-cert" does; --client-cn ID_SCOPE also checks that its
+// common name is the instance's ID scope, and answers 401 otherwise.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,11 +64,20 @@ func run(args []string) error {
 	secret := fs.String("secret", os.Getenv("CONTOSO_WEBHOOK_SECRET"), "dpsd's webhook signing secret(s), comma-separated: answer 401 to requests not signed with one (env CONTOSO_WEBHOOK_SECRET)")
 	certFile := fs.String("tls-cert", "", "serve HTTPS with this PEM certificate (with --tls-key)")
 	keyFile := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	clientCA := fs.String("client-ca", "", "require a TLS client certificate issued by the CA in this PEM file (dpsd's tls/ca.pem); needs --tls-cert")
+	clientCN := fs.String("client-cn", "", "with --client-ca, accept only the client certificate with this common name (dpsd's ID scope)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if (*clientCA != "" || *clientCN != "") && (*certFile == "" || *clientCA == "") {
+		return errors.New("--client-ca needs --tls-cert, and --client-cn needs --client-ca")
+	}
+	tlsCfg, err := clientAuth(*clientCA)
+	if err != nil {
+		return err
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -71,8 +89,9 @@ func run(args []string) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           &allocator{log: log, code: *code, secrets: splitSecrets(*secret)},
+		Handler:           &allocator{log: log, code: *code, secrets: splitSecrets(*secret), clientCN: *clientCN},
 		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         tlsCfg,
 	}
 	scheme := "http"
 	if *certFile != "" {
@@ -96,6 +115,23 @@ func run(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// clientAuth is the TLS configuration that requires client certificates
+// from the CA in caFile, or nil without one.
+func clientAuth(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--client-ca: no PEM certificate in %s", caFile)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
 }
 
 func splitSecrets(s string) []string {

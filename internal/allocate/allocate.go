@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/linkedhub"
@@ -38,7 +39,18 @@ type Options struct {
 	// customAllocationDefinition.webhookUrl "policy:NAME" selects; nil
 	// makes every such enrollment fail to allocate (400207).
 	Policies *allocpolicy.Registry
-	Logger   *slog.Logger
+	// Health says how each linked hub is (*hubhealth.Checker); nil means
+	// nothing is known and every hub counts as healthy.
+	Health HealthSource
+	// SkipUnhealthy makes hashed and geoLatency allocation leave out
+	// candidates Health calls unhealthy, as long as one candidate is not.
+	SkipUnhealthy bool
+	Logger        *slog.Logger
+}
+
+// HealthSource tells a linked hub's health; *hubhealth.Checker is one.
+type HealthSource interface {
+	Health(host string) admin.LinkedHubHealth
 }
 
 // Allocator implements provision.Allocator over linked hubs. It is safe for
@@ -49,6 +61,8 @@ type Allocator struct {
 	geo           *geoMap
 	webhook       *Webhook
 	policies      *allocpolicy.Registry
+	health        HealthSource
+	skipUnhealthy bool
 	log           *slog.Logger
 }
 
@@ -82,6 +96,8 @@ func New(opt Options) (*Allocator, error) {
 		geo:           newGeoMap(opt.Networks),
 		webhook:       wh,
 		policies:      opt.Policies,
+		health:        opt.Health,
+		skipUnhealthy: opt.SkipUnhealthy,
 		log:           opt.Logger,
 	}, nil
 }
@@ -96,7 +112,7 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 	cands, err := a.Candidates(ctx, in)
 	var derr *dps.Error
 	if errors.As(err, &derr) {
-		a.recordWhy(ctx, in, policy, nil, nil, derr.Message, derr)
+		a.recordWhy(ctx, in, policy, nil, nil, nil, derr.Message, derr)
 	}
 	if err != nil {
 		return nil, err
@@ -105,9 +121,17 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 		hub    *linkedhub.Hub
 		reason string
 	)
-	switch policy {
-	case dps.AllocationCustom:
+	if policy == dps.AllocationCustom {
+		// The webhook or policy decides, among every candidate, as in
+		// Azure; the log still shows each candidate's health.
 		return a.custom(ctx, in, cands)
+	}
+	all := cands
+	var healthNote string
+	if policy == dps.AllocationHashed || policy == dps.AllocationGeoLatency {
+		cands, healthNote = a.healthy(cands)
+	}
+	switch policy {
 	case dps.AllocationStatic:
 		if len(cands) != 1 {
 			derr = dps.Errorf(dps.CodeNoHubForAllocation, "Static allocation needs exactly one IoT hub; %d are candidates (%s).", len(cands), names(cands))
@@ -131,12 +155,46 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 			reason = "the reprovision policy never moves the device: its current hub is the only candidate"
 		}
 	}
+	if healthNote != "" {
+		reason = healthNote + "; " + reason
+	}
 	if derr != nil {
-		a.recordWhy(ctx, in, policy, cands, nil, derr.Message, derr)
+		a.recordWhy(ctx, in, policy, all, cands, nil, derr.Message, derr)
 		return nil, derr
 	}
 	a.log.Debug("allocated", "registrationId", in.RegistrationID, "policy", policy, "hub", hub.Name, "candidates", len(cands))
-	return &provision.Allocation{Hub: hub.Name, Note: a.whyNote(in, policy, cands, hub, reason)}, nil
+	return &provision.Allocation{Hub: hub.Name, Note: a.whyNote(in, policy, all, cands, hub, reason)}, nil
+}
+
+// healthy returns the candidates allocation may choose among, given their
+// health: all of them unless the allocator skips unhealthy hubs, in which
+// case those are left out, except when every candidate is unhealthy. A
+// probe can be wrong (the checking path broken, the hub fine), and a
+// device given a hub that may be down is better off than one refused for
+// certain, so then all of them stay. note says what was done, for the
+// allocation log ("" when nothing was left out and nothing is unhealthy).
+func (a *Allocator) healthy(cands []*linkedhub.Hub) (out []*linkedhub.Hub, note string) {
+	if a.health == nil {
+		return cands, ""
+	}
+	var bad []string
+	for _, h := range cands {
+		if a.health.Health(h.Name).State == admin.HubHealthUnhealthy {
+			bad = append(bad, h.Name)
+			continue
+		}
+		out = append(out, h)
+	}
+	switch {
+	case len(bad) == 0:
+		return cands, ""
+	case !a.skipUnhealthy:
+		return cands, fmt.Sprintf("unhealthy candidates kept, since skipping them is off (--allocation-skip-unhealthy=false): %s", strings.Join(bad, ", "))
+	case len(out) == 0:
+		a.log.Warn("every candidate hub is unhealthy; allocating among all of them", "hubs", bad)
+		return cands, fmt.Sprintf("every candidate is unhealthy (%s), so all of them stay candidates", strings.Join(bad, ", "))
+	}
+	return out, fmt.Sprintf("skipped as unhealthy: %s", strings.Join(bad, ", "))
 }
 
 // Candidates returns the hubs the device may be assigned to (see the

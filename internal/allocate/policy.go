@@ -27,7 +27,14 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 	}
 	regID := req.DeviceRuntimeContext.RegistrationID
 	var at alloclog.Attempt
+	start := a.webhook.opt.Now()
 	alloc, derr, err := a.evalPolicy(ctx, name, req, &at)
+	if o := a.webhook.opt.Observer; o != nil {
+		o.CustomAttempt(groupOf(req), MethodPolicy, a.webhook.opt.Now().Sub(start))
+		if err == nil {
+			o.CustomOutcome(groupOf(req), MethodPolicy, OutcomeRow(derr), 0)
+		}
+	}
 	// An evaluation is instant: its entry is written once, complete.
 	e := alloclog.Entry{RegistrationID: regID, WebhookURL: allocpolicy.Prefix + name, Attempts: []alloclog.Attempt{at}}
 	e.Request, e.RequestTruncated = alloclog.Clip(body, alloclog.MaxRequestBytes)

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
@@ -64,6 +65,10 @@ type WebhookOptions struct {
 	// Targets are then ignored). Its redirects should be disabled, as the
 	// built-in ones are.
 	HTTPClient *http.Client
+	// ClientCertificate, when set, gives the TLS client certificate
+	// presented to HTTPS webhooks that ask for one (mutual TLS), at every
+	// handshake; nil presents none.
+	ClientCertificate func() (*tls.Certificate, error)
 	// Targets decides which addresses webhooks may be called at; nil
 	// means ParseTargets("") (TargetsLocal, nothing of the node's own).
 	Targets *Targets
@@ -93,8 +98,51 @@ type WebhookOptions struct {
 	Signer Signer
 
 	// Audit, when set, records every custom allocation.
-	Audit  *alloclog.Log
-	Logger *slog.Logger
+	Audit *alloclog.Log
+	// Observer, when set, is told of every webhook call and policy
+	// evaluation of a registration, and of how each custom allocation
+	// ended (*metrics.Metrics is one). Trials (dpsd webhook test) are not
+	// reported.
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// Observer is told about custom allocations, for metrics. group is the
+// enrollment group's id, "" for an individual enrollment; method is
+// MethodWebhook or MethodPolicy.
+type Observer interface {
+	// CustomAttempt: one webhook call (answered or not) or policy
+	// evaluation took d.
+	CustomAttempt(group, method string, d time.Duration)
+	// CustomOutcome: a custom allocation ended, with outcome the row of
+	// Azure's outcome table (OutcomeRow), after retries retries.
+	CustomOutcome(group, method, outcome string, retries int)
+}
+
+// Methods of custom allocation, for Observer.
+const (
+	MethodWebhook = "webhook"
+	MethodPolicy  = "policy"
+)
+
+// OutcomeRow names the row of Azure's custom allocation outcome table an
+// allocation ended in: "assigned", or the error code the device saw
+// ("400207" custom allocation failed, "400208" no hub in the answer,
+// "400209" the webhook answered 401, "400210" a hub that is not linked).
+func OutcomeRow(derr *dps.Error) string {
+	if derr == nil {
+		return admin.OutcomeAssigned
+	}
+	return strconv.Itoa(derr.ErrorCode)
+}
+
+// groupOf is the enrollment group of a request, "" for an individual
+// enrollment.
+func groupOf(req *dps.AllocationRequest) string {
+	if req.EnrollmentGroup != nil {
+		return req.EnrollmentGroup.EnrollmentGroupID
+	}
+	return ""
 }
 
 // Signer gives the secrets webhook requests are signed with now;
@@ -164,15 +212,20 @@ func NewWebhook(opt WebhookOptions) (*Webhook, error) {
 	hc := opt.HTTPClient
 	if hc == nil {
 		var err error
-		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets); err != nil {
+		if hc, err = newHTTPClient(opt.CAPool, opt.CAFiles, opt.Targets, opt.ClientCertificate); err != nil {
 			return nil, err
 		}
 	}
 	return &Webhook{hc: hc, opt: opt, log: opt.Logger, inflight: newInflight(opt.MaxConcurrent, opt.MaxConcurrentPerGroup)}, nil
 }
 
-func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets) (*http.Client, error) {
+func newHTTPClient(roots *x509.CertPool, files []string, targets *Targets, clientCert func() (*tls.Certificate, error)) (*http.Client, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if clientCert != nil {
+		// Called only when the webhook asks for a certificate: to others
+		// dpsd stays anonymous, as without it.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return clientCert() }
+	}
 	if roots != nil || len(files) > 0 {
 		// CA files add to the system roots, so public webhooks keep
 		// working next to one signed by a private CA.
@@ -234,7 +287,10 @@ func (w *Webhook) call0(ctx context.Context, webhookURL string, req *dps.Allocat
 	// One message id for every attempt, as Standard Webhooks has it, so a
 	// webhook can tell a retry from a new allocation.
 	msgID := webhooksig.NewID()
-	alloc, derr := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, rec)
+	alloc, derr, retries := w.call(ctx, regID, webhookURL, key, masked, msgID, body, req.LinkedHubs, groupOf(req), rec)
+	if o := w.opt.Observer; o != nil {
+		o.CustomOutcome(groupOf(req), MethodWebhook, OutcomeRow(derr), retries)
+	}
 	if describe != nil {
 		hub := ""
 		if alloc != nil {
@@ -268,14 +324,19 @@ type answer struct {
 	permanent bool  // err is not worth retrying
 }
 
-func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, rec *alloclog.Recorder) (*provision.Allocation, *dps.Error) {
+// call makes the attempts of one custom allocation and returns its result
+// and how many attempts followed the first.
+func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgID string, body []byte, candidates []string, group string, rec *alloclog.Recorder) (_ *provision.Allocation, _ *dps.Error, retries int) {
 	if derr := checkURL(webhookURL, masked); derr != nil {
-		return nil, derr
+		return nil, derr, 0
 	}
 	for attempt := 0; ; attempt++ {
 		start := w.opt.Now()
 		ans := w.attempt(ctx, webhookURL, key, msgID, body)
 		took := w.opt.Now().Sub(start)
+		if o := w.opt.Observer; o != nil {
+			o.CustomAttempt(group, MethodWebhook, took)
+		}
 		alloc, derr, retry := judge(ans, candidates, w.opt.AttemptTimeout)
 		a := alloclog.Attempt{Started: start, Status: ans.status, DurationMs: took.Milliseconds()}
 		if ans.err != nil {
@@ -295,18 +356,18 @@ func (w *Webhook) call(ctx context.Context, regID, webhookURL, key, masked, msgI
 			"attempt", attempt+1, "status", ans.status, "err", ans.err, "took", took)
 
 		if !retry {
-			return alloc, derr
+			return alloc, derr, attempt
 		}
 		if ctx.Err() != nil {
-			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out while calling the webhook (%v).", ctx.Err())
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out while calling the webhook (%v).", ctx.Err()), attempt
 		}
 		if attempt >= w.opt.Retries {
-			return nil, derr
+			return nil, derr, attempt
 		}
 		wait := w.opt.InitialWait + time.Duration(attempt)*w.opt.WaitIncrement
 		rec.Waiting(ctx, wait)
 		if err := w.opt.Sleep(ctx, wait); err != nil {
-			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message)
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the registration timed out waiting to retry the webhook (%v); last error: %s", err, derr.Message), attempt
 		}
 	}
 }
@@ -363,7 +424,7 @@ func (w *Webhook) attempt(ctx context.Context, webhookURL, key, msgID string, bo
 	resp, err := w.hc.Do(req)
 	if err != nil {
 		var re *RefusedError
-		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re)}
+		return answer{err: err, permanent: untrusted(err) || errors.As(err, &re) || clientCertRefused(err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, w.opt.MaxResponseBytes+1))
@@ -389,6 +450,20 @@ func untrusted(err error) bool {
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }
 
+// clientCertRefused reports whether the webhook ended the TLS handshake
+// because it wants a client certificate dpsd did not present or does not
+// trust: a configuration mistake that retrying cannot fix. Over TCP, crypto/tls
+// reports the peer's alert only as text ("remote error: tls: …").
+func clientCertRefused(err error) bool {
+	s := err.Error()
+	for _, alert := range []string{"certificate required", "bad certificate", "unknown certificate authority", "certificate unknown"} {
+		if strings.Contains(s, "remote error: tls: "+alert) {
+			return true
+		}
+	}
+	return false
+}
+
 // judge applies the outcome table to one answer: an allocation, or an
 // error and whether the attempt may be retried.
 func judge(ans answer, candidates []string, timeout time.Duration) (*provision.Allocation, *dps.Error, bool) {
@@ -396,6 +471,8 @@ func judge(ans answer, candidates []string, timeout time.Duration) (*provision.A
 		switch {
 		case ans.permanent && untrusted(ans.err):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's TLS certificate is not trusted."), false
+		case ans.permanent && clientCertRefused(ans.err):
+			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook refused the TLS handshake for want of a client certificate it trusts (see --webhook-client-cert)."), false
 		case ans.permanent && errors.As(ans.err, new(*RefusedError)):
 			return nil, dps.Errorf(dps.CodeCustomAllocationFailed, "Custom allocation failed: the webhook's address is not an allowed webhook target."), false
 		case ans.permanent:
@@ -530,7 +607,10 @@ func (a *Allocator) custom(ctx context.Context, in *provision.AllocationInput, c
 	if err != nil {
 		return nil, err
 	}
-	desc := func(e *alloclog.Entry, hub string) { describe(e, in, dps.AllocationCustom, cands, hub) }
+	desc := func(e *alloclog.Entry, hub string) {
+		describe(e, in, dps.AllocationCustom, cands, hub)
+		a.annotate(e, nil)
+	}
 	if name, ok := allocpolicy.NameOf(webhookURL); ok {
 		return a.policy(ctx, name, req, desc)
 	}

@@ -3,6 +3,7 @@ package allocate
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -46,31 +47,48 @@ func describe(e *alloclog.Entry, in *provision.AllocationInput, policy string, c
 	}
 }
 
+// annotate adds each candidate's health to an entry, and marks those
+// missing from kept (when kept is not nil) as skipped.
+func (a *Allocator) annotate(e *alloclog.Entry, kept []*linkedhub.Hub) {
+	if a.health == nil {
+		return
+	}
+	for i := range e.Candidates {
+		c := &e.Candidates[i]
+		c.Health = a.health.Health(c.Name).State
+		if kept != nil && !slices.ContainsFunc(kept, func(h *linkedhub.Hub) bool { return strings.EqualFold(h.Name, c.Name) }) {
+			c.Skipped = true
+		}
+	}
+}
+
 // recordWhy writes, for an allocation that calls nothing and failed, what
-// it chose among and why it failed.
-func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) {
+// it chose among (cands, of which it kept those in kept) and why it
+// failed.
+func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput, policy string, cands, kept []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) {
 	if log := a.webhook.opt.Audit; log != nil {
-		log.Record(ctx, whyEntry(in, policy, cands, hub, reason, derr))
+		log.Record(ctx, a.whyEntry(in, policy, cands, kept, hub, reason, derr))
 	}
 }
 
 // whyNote is, for an allocation that calls nothing and chose hub, what it
 // chose among and why, for the engine to keep with the registration.
-func (a *Allocator) whyNote(in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string) provision.Note {
+func (a *Allocator) whyNote(in *provision.AllocationInput, policy string, cands, kept []*linkedhub.Hub, hub *linkedhub.Hub, reason string) provision.Note {
 	log := a.webhook.opt.Audit
 	if log == nil {
 		return nil
 	}
-	return log.Pending(whyEntry(in, policy, cands, hub, reason, nil))
+	return log.Pending(a.whyEntry(in, policy, cands, kept, hub, reason, nil))
 }
 
-func whyEntry(in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) alloclog.Entry {
+func (a *Allocator) whyEntry(in *provision.AllocationInput, policy string, cands, kept []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) alloclog.Entry {
 	e := alloclog.Entry{RegistrationID: in.RegistrationID, Reason: reason}
 	name := ""
 	if hub != nil {
 		name = hub.Name
 	}
 	describe(&e, in, policy, cands, name)
+	a.annotate(&e, kept)
 	if derr != nil {
 		e.Outcome, e.ErrorCode, e.ErrorMessage = alloclog.OutcomeFailed, derr.ErrorCode, derr.Message
 	} else {

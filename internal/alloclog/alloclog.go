@@ -149,9 +149,18 @@ type Pending struct {
 
 // Write returns the store write that adds the entry to its registration's
 // log as it is stored now; the write's condition fails if the log changes
-// before it commits.
-func (p *Pending) Write(ctx context.Context) (store.Write, error) {
-	return p.l.prepare(ctx, p.e)
+// before it commits. With fresh (a registration that has no record, whose
+// log went with its record if it had one) it does not read the log but
+// writes one with this entry alone, on condition that there is none.
+func (p *Pending) Write(ctx context.Context, fresh bool) (store.Write, error) {
+	if !fresh {
+		return p.l.prepare(ctx, p.e)
+	}
+	data, err := encodeBounded(&record{RegistrationID: p.e.RegistrationID, Entries: []Entry{p.e}})
+	if err != nil {
+		return store.Write{}, err
+	}
+	return store.Write{Record: store.Record{Kind: Kind, ID: p.e.RegistrationID, Data: data}, Cond: store.Condition{MustNotExist: true}}, nil
 }
 
 // Keep writes the entry on its own, logging a failure.

@@ -157,6 +157,15 @@ type session struct {
 	// refused are the handles of links the server refused or detached
 	// (Link.Detach): the peer's answering detach ends them.
 	refused map[uint32]bool
+	// awaiting are the server's unsettled deliveries whose outcome a
+	// sender waits for (SendUnsettled), by delivery id.
+	awaiting map[uint32]awaited
+}
+
+// awaited is an unsettled delivery's sender waiting for its outcome.
+type awaited struct {
+	link *Link
+	ch   chan Outcome
 }
 
 // Link is one attached link. The peer's role decides what the server
@@ -185,6 +194,7 @@ type Link struct {
 	deliveryCount uint32
 	detached      bool
 	creditCh      chan struct{} // signalled when credit may have arrived
+	gone          chan struct{} // closed when the link ends
 
 	// the delivery being received in several transfer frames
 	partial     []byte
@@ -484,7 +494,7 @@ func (c *Conn) shutdown(err error) {
 	var links []*Link
 	for _, s := range c.sessions {
 		for _, l := range s.links {
-			l.detached = true
+			l.markGone()
 			links = append(links, l)
 		}
 	}
@@ -546,10 +556,7 @@ func (c *Conn) handle(f *frame) (done bool, err error) {
 	case descTransfer:
 		return false, c.onTransfer(s, fl, f.Payload)
 	case descDisposition:
-		// The peer settling what we sent: nothing to track, as the
-		// server's deliveries are answers it does not resend.
-		_, err := decodeDisposition(fl)
-		return false, err
+		return false, c.onDisposition(s, fl)
 	case descDetach:
 		return false, c.onDetach(s, fl)
 	case descEnd:
@@ -584,6 +591,7 @@ func (c *Conn) onBegin(channel uint16, fl fields) error {
 		incomingWindow:       sessionWindow,
 		remoteIncomingWindow: b.IncomingWindow,
 		links:                make(map[uint32]*Link),
+		awaiting:             make(map[uint32]awaited),
 	}
 	c.sessions[channel] = s
 	c.mu.Unlock()
@@ -602,7 +610,7 @@ func (c *Conn) endSession(s *session) {
 	delete(c.sessions, s.channel)
 	links := make([]*Link, 0, len(s.links))
 	for _, l := range s.links {
-		l.detached = true
+		l.markGone()
 		links = append(links, l)
 	}
 	s.links = map[uint32]*Link{}
@@ -636,6 +644,7 @@ func (c *Conn) onAttach(s *session, fl fields) error {
 		peerMaxMsg:    a.MaxMessageSize,
 		deliveryCount: a.InitialDeliveryCount,
 		creditCh:      make(chan struct{}, 1),
+		gone:          make(chan struct{}),
 	}
 	if l.PeerIsSender {
 		if a.Target != nil {
@@ -867,7 +876,7 @@ func (c *Conn) onDetach(s *session, fl fields) error {
 	l := s.links[d.Handle]
 	delete(s.links, d.Handle)
 	if l != nil {
-		l.detached = true
+		l.markGone()
 	}
 	refused := s.refused[d.Handle]
 	delete(s.refused, d.Handle)
@@ -888,7 +897,121 @@ var ErrLinkDetached = errors.New("amqp: link detached")
 
 // Send sends m on l, which must be a link the peer receives on. It waits,
 // until ctx ends, for the peer to grant credit.
-func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, m, nil) }
+func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, m, nil, nil) }
+
+// Outcome is how the peer settled a delivery the server sent (part 3,
+// 3.4).
+type Outcome int
+
+// The outcomes of a delivery.
+const (
+	OutcomeAccepted Outcome = iota + 1
+	OutcomeRejected
+	OutcomeReleased
+	OutcomeModified
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeAccepted:
+		return "accepted"
+	case OutcomeRejected:
+		return "rejected"
+	case OutcomeReleased:
+		return "released"
+	case OutcomeModified:
+		return "modified"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// SendUnsettled sends m on l unsettled, whatever the link's settle mode,
+// and returns once it is written (waiting, until ctx ends, for credit).
+// The peer's outcome arrives on the returned channel when it settles the
+// delivery; a delivery the peer has not settled when the link ends (see
+// Done) gets none. IoT Hub's cloud-to-device messages are sent so: the
+// device completes, rejects or abandons each.
+func (l *Link) SendUnsettled(ctx context.Context, m *Message) (<-chan Outcome, error) {
+	ch := make(chan Outcome, 1)
+	if err := l.send(ctx, m, nil, ch); err != nil {
+		return nil, err
+	}
+	return ch, nil
+}
+
+// Done is closed when the link ends (detached, its session or connection
+// ended).
+func (l *Link) Done() <-chan struct{} { return l.gone }
+
+// markGone records that l ended and drops the outcomes its unsettled
+// deliveries still wait for; c.mu is held.
+func (l *Link) markGone() {
+	if l.detached {
+		return
+	}
+	l.detached = true
+	close(l.gone)
+	for id, w := range l.sess.awaiting {
+		if w.link == l {
+			delete(l.sess.awaiting, id)
+		}
+	}
+}
+
+// onDisposition passes the peer's outcomes of the server's unsettled
+// deliveries to their senders; a peer that did not settle (receiver
+// settle mode second) gets the server's settlement.
+func (c *Conn) onDisposition(s *session, fl fields) error {
+	d, err := decodeDisposition(fl)
+	if err != nil {
+		return err
+	}
+	if !d.Role { // roleSender: the peer settling its own deliveries
+		return nil
+	}
+	o := outcomeOf(d.State)
+	if o == 0 {
+		return nil // no terminal outcome yet (received, or none)
+	}
+	last := d.First
+	if d.Last != nil && *d.Last >= d.First && *d.Last-d.First < 1<<16 {
+		last = *d.Last
+	}
+	c.mu.Lock()
+	for id := d.First; ; id++ {
+		if w, ok := s.awaiting[id]; ok {
+			delete(s.awaiting, id)
+			w.ch <- o
+		}
+		if id == last {
+			break
+		}
+	}
+	c.mu.Unlock()
+	if !d.Settled {
+		return c.writeFrame(s.channel, &disposition{Role: roleSender, First: d.First, Last: d.Last, Settled: true, State: d.State}, nil)
+	}
+	return nil
+}
+
+// outcomeOf reads a delivery state; 0 for none or a non-terminal one.
+func outcomeOf(state any) Outcome {
+	code, ok := descriptorCode(state)
+	if !ok {
+		return 0
+	}
+	switch code {
+	case descAccepted:
+		return OutcomeAccepted
+	case descRejected:
+		return OutcomeRejected
+	case descReleased:
+		return OutcomeReleased
+	case descModified:
+		return OutcomeModified
+	}
+	return 0
+}
 
 // AcceptAndSend settles d as accepted and sends the answer m on l, in one
 // write when l has credit; otherwise d is settled at once and m follows
@@ -896,14 +1019,15 @@ func (l *Link) Send(ctx context.Context, m *Message) error { return l.send(ctx, 
 // the wire, as request/response peers expect. If the answer cannot be
 // sent, d is still accepted.
 func (d *Delivery) AcceptAndSend(ctx context.Context, l *Link, m *Message) error {
-	err := l.send(ctx, m, d)
+	err := l.send(ctx, m, d, nil)
 	if err != nil {
 		_ = d.Accept()
 	}
 	return err
 }
 
-func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
+// send sends m; with await set, unsettled, its outcome going to await.
+func (l *Link) send(ctx context.Context, m *Message, settle *Delivery, await chan Outcome) error {
 	if l.PeerIsSender {
 		return errors.New("amqp: Send on a link the peer sends on")
 	}
@@ -953,6 +1077,10 @@ func (l *Link) send(ctx context.Context, m *Message, settle *Delivery) error {
 	l.credit--
 	l.deliveryCount++
 	settled := l.sndSettle != SenderSettleUnsettled
+	if await != nil {
+		settled = false
+		s.awaiting[id] = awaited{link: l, ch: await}
+	}
 	c.mu.Unlock()
 
 	tag := []byte(fmt.Sprintf("%d", id))

@@ -97,6 +97,16 @@ func FuzzReadFrame(f *testing.F) {
 // FuzzUnmarshalMessage: message sections decode or fail cleanly.
 func FuzzUnmarshalMessage(f *testing.F) {
 	f.Add(seedFrames(f)[5])
+	// A twin request as IoT Hub's device SDKs send it: message annotations.
+	twin, err := MarshalMessage(&Message{
+		MessageAnnotations: map[Symbol]any{"operation": "PATCH", "resource": "/properties/reported"},
+		Properties:         Properties{CorrelationID: "c1"},
+		Data:               [][]byte{[]byte(`{"a":1}`)},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(twin)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := UnmarshalMessage(b)
 		if err != nil {

@@ -1,11 +1,13 @@
 package amqp
 
-// Message is an AMQP message (part 3): the sections a DPS exchange uses.
-// Header, delivery annotations and footer are read past and never sent;
-// message annotations are sent (an Event Hubs endpoint's events carry
-// them) but not read.
+// Message is an AMQP message (part 3): the sections a DPS exchange, IoT
+// Hub's device links and an Event Hubs endpoint use. Header, delivery
+// annotations and footer are read past and never sent.
 type Message struct {
-	// MessageAnnotations are sent before the properties when set.
+	// MessageAnnotations are the message-annotations section, sent before
+	// the properties when set (IoT Hub's twin links carry their operation,
+	// resource and status in it; Event Hubs events their offset and
+	// sequence number).
 	MessageAnnotations map[Symbol]any
 	Properties         Properties
 	// ApplicationProperties maps string keys to simple values.
@@ -68,8 +70,26 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		}
 		val := v.(Described).Value
 		switch code {
-		case descHeader, descDeliveryAnnotations, descMessageAnnotations, descFooter, descSequence:
-			// Not used by DPS: accepted and ignored.
+		case descMessageAnnotations:
+			mp, ok := val.(*Map)
+			if !ok && val != nil {
+				return nil, malformed("message-annotations is a %T", val)
+			}
+			if mp == nil {
+				break
+			}
+			m.MessageAnnotations = make(map[Symbol]any, mp.Len())
+			for _, pr := range mp.Pairs {
+				switch k := pr.Key.(type) {
+				case Symbol:
+					m.MessageAnnotations[k] = pr.Value
+				case string:
+					m.MessageAnnotations[Symbol(k)] = pr.Value
+				}
+				// ulong keys are reserved: read past.
+			}
+		case descHeader, descDeliveryAnnotations, descFooter, descSequence:
+			// Not used: accepted and ignored.
 		case descProperties:
 			f, err := fieldsOf(v, descProperties)
 			if err != nil {

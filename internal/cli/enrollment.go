@@ -613,6 +613,9 @@ func (k *enrollmentKind[T]) command() *cobra.Command {
 			_ = sub.RegisterFlagCompletionFunc(idFlag, listIDs)
 		}
 	}
+	if !k.group {
+		cmd.AddCommand(enrollmentImportCmd(cc))
+	}
 	if k.group {
 		cmd.AddCommand(groupComputeKeyCmd())
 		flagAliases(cmd, map[string]string{"enrollment-id": "enrollment-group-id", "eid": "enrollment-group-id",
@@ -697,12 +700,14 @@ func (k *enrollmentKind[T]) listCmd(cc *clientCmd) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all)")
+	where := whereFlag(cmd, "provisioningStatus = 'enabled' AND allocationPolicy = 'custom'")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
 			return err
 		}
 		list, err := collect(cmd.Context(), top, func(ctx context.Context, o service.QueryOptions) (*service.Page[T], error) {
+			o.Query = whereQuery(*where)
 			return k.query(c, ctx, o)
 		})
 		if err != nil {
@@ -764,4 +769,21 @@ func (k *enrollmentKind[T]) deleteCmd(cc *clientCmd) *cobra.Command {
 		return k.delete(c, cmd.Context(), id, etag)
 	}
 	return cmd
+}
+
+// whereFlag adds --where, a condition for the service's query (see
+// docs/compatibility.md), with an example.
+func whereFlag(cmd *cobra.Command, example string) *string {
+	where := new(string)
+	cmd.Flags().StringVar(where, "where", "", "list only what matches this condition, filtered by the service (e.g. \""+example+"\"; see docs/compatibility.md)")
+	return where
+}
+
+// whereQuery is the query text for a --where condition; "" (everything)
+// without one.
+func whereQuery(where string) string {
+	if strings.TrimSpace(where) == "" {
+		return ""
+	}
+	return "SELECT * FROM c WHERE " + where
 }

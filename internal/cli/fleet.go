@@ -20,6 +20,7 @@ import (
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/client/service"
+	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 )
 
 // fleetAPIVersion names the format of "dpsd export" and "dpsd apply" files.
@@ -34,6 +35,7 @@ type fleet struct {
 	Enrollments      []dps.IndividualEnrollment `json:"enrollments,omitempty"`
 	EnrollmentGroups []dps.EnrollmentGroup      `json:"enrollmentGroups,omitempty"`
 	LinkedHubs       []fleetHub                 `json:"linkedHubs,omitempty"`
+	BuiltinHubs      []fleetBuiltinHub          `json:"builtinHubs,omitempty"`
 
 	// raw holds each item as the file gives it (member name → value), so
 	// that apply compares and changes only the members the file names,
@@ -50,6 +52,17 @@ type fleetHub struct {
 	AllocationWeight      int    `json:"allocationWeight"`
 	ApplyAllocationPolicy bool   `json:"applyAllocationPolicy"`
 	Location              string `json:"location,omitempty"`
+}
+
+// fleetBuiltinHub is a built-in hub as a fleet file declares it. Its keys
+// are its own: a hub created by apply has new ones, and a linked hub that
+// names it is linked with them.
+type fleetBuiltinHub struct {
+	Name     string `json:"name"`
+	HostName string `json:"hostName,omitempty"`
+	// Address is the hub's own listening address; empty for a hub on the
+	// node's shared endpoint.
+	Address string `json:"address,omitempty"`
 }
 
 // normalizeEnrollment leaves what a user declares: no etag, times or
@@ -71,6 +84,26 @@ func normalizeAttestation(a *dps.AttestationMechanism, keys bool) {
 	if !keys && a.SymmetricKey != nil {
 		a.SymmetricKey = nil
 	}
+	// A certificate's info is read from it; the file keeps the
+	// certificate alone.
+	if x := a.X509; x != nil {
+		for _, cs := range []*dps.X509Certificates{x.ClientCertificates, x.SigningCertificates} {
+			if cs == nil {
+				continue
+			}
+			for _, c := range []*dps.X509CertificateWithInfo{cs.Primary, cs.Secondary} {
+				if c != nil && c.Certificate != "" {
+					c.Info = nil
+				}
+			}
+		}
+	}
+}
+
+// hasX509 reports whether a has X.509 certificates (not CA references),
+// which the query shows only the info of.
+func hasX509(a *dps.AttestationMechanism) bool {
+	return a != nil && a.X509 != nil && (a.X509.ClientCertificates != nil || a.X509.SigningCertificates != nil)
 }
 
 // readFleet reads a fleet file (YAML or JSON; "-" is standard input).
@@ -104,7 +137,7 @@ func readFleet(path string, stdin io.Reader) (*fleet, error) {
 	}
 	f.raw = map[string][]map[string]any{}
 	if m, ok := jsonValue(doc).(map[string]any); ok {
-		for _, list := range []string{"enrollments", "enrollmentGroups", "linkedHubs"} {
+		for _, list := range []string{"enrollments", "enrollmentGroups", "linkedHubs", "builtinHubs"} {
 			items, _ := m[list].([]any)
 			for _, it := range items {
 				// Through JSON, so numbers compare as the service's do.
@@ -216,8 +249,13 @@ func exportFleet(ctx context.Context, c *service.Client, keys bool) (*fleet, err
 	}
 	for i := range f.Enrollments {
 		e := &f.Enrollments[i]
-		if keys && e.Attestation != nil && e.Attestation.Type == dps.AttestationSymmetricKey {
+		switch {
+		case keys && e.Attestation != nil && e.Attestation.Type == dps.AttestationSymmetricKey:
 			if e.Attestation, err = c.GetEnrollmentAttestation(ctx, e.RegistrationID); err != nil {
+				return nil, err
+			}
+		case hasX509(e.Attestation):
+			if e.Attestation, err = c.GetEnrollmentAttestationWithCertificates(ctx, e.RegistrationID); err != nil {
 				return nil, err
 			}
 		}
@@ -225,18 +263,35 @@ func exportFleet(ctx context.Context, c *service.Client, keys bool) (*fleet, err
 	}
 	for i := range f.EnrollmentGroups {
 		g := &f.EnrollmentGroups[i]
-		if keys && g.Attestation != nil && g.Attestation.Type == dps.AttestationSymmetricKey {
+		switch {
+		case keys && g.Attestation != nil && g.Attestation.Type == dps.AttestationSymmetricKey:
 			if g.Attestation, err = c.GetEnrollmentGroupAttestation(ctx, g.EnrollmentGroupID); err != nil {
+				return nil, err
+			}
+		case hasX509(g.Attestation):
+			if g.Attestation, err = c.GetEnrollmentGroupAttestationWithCertificates(ctx, g.EnrollmentGroupID); err != nil {
 				return nil, err
 			}
 		}
 		normalizeGroup(g, keys)
 	}
-	var hubs []admin.LinkedHub
-	if err := c.Do(ctx, http.MethodGet, linkedHubsPath, nil, nil, &hubs, ""); err != nil {
-		return nil, fmt.Errorf("list linked hubs: %w", err)
+	hubs, err := builtinhub.AdminClientFor(c).List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list built-in hubs: %w", err)
 	}
 	for _, h := range hubs {
+		bh := fleetBuiltinHub{Name: h.Name, HostName: h.HostName}
+		if !h.Shared {
+			bh.Address = h.Address
+		}
+		f.BuiltinHubs = append(f.BuiltinHubs, bh)
+	}
+	slices.SortFunc(f.BuiltinHubs, func(a, b fleetBuiltinHub) int { return strings.Compare(a.Name, b.Name) })
+	var linked []admin.LinkedHub
+	if err := c.Do(ctx, http.MethodGet, linkedHubsPath, nil, nil, &linked, ""); err != nil {
+		return nil, fmt.Errorf("list linked hubs: %w", err)
+	}
+	for _, h := range linked {
 		// The service never shows the key: a connection string is only
 		// given, never exported or compared.
 		f.LinkedHubs = append(f.LinkedHubs, fleetHub{Name: h.Name, AllocationWeight: h.AllocationWeight,
@@ -362,6 +417,42 @@ func plan(ctx context.Context, c *service.Client, want *fleet, prune bool) ([]ch
 	var changes []change
 	seen := map[string]bool{}
 
+	// Built-in hubs first: a linked hub may name one.
+	hubAdmin := builtinhub.AdminClientFor(c)
+	haveB := map[string]fleetBuiltinHub{}
+	builtinHost := map[string]string{} // lower-cased host name → hub name, of the service's hubs and the file's
+	for _, h := range have.BuiltinHubs {
+		haveB[strings.ToLower(h.Name)] = h
+		builtinHost[strings.ToLower(h.HostName)] = h.Name
+	}
+	for i, h := range want.BuiltinHubs {
+		id := strings.ToLower(h.Name)
+		if h.Name == "" {
+			return nil, errors.New("a built-in hub without a name")
+		}
+		if seen["b/"+id] {
+			return nil, fmt.Errorf("built-in hub %s is named twice", h.Name)
+		}
+		seen["b/"+id] = true
+		cur, ok := haveB[id]
+		if !ok {
+			if h.HostName != "" {
+				builtinHost[strings.ToLower(h.HostName)] = h.Name
+			} else {
+				builtinHost[strings.ToLower(h.Name+"."+builtinhub.DefaultDomain)] = h.Name
+			}
+			changes = append(changes, change{"create", "built-in hub", h.Name, func(ctx context.Context) error {
+				_, err := hubAdmin.Create(ctx, h.Name, builtinhub.CreateRequest{HostName: h.HostName, Address: h.Address})
+				return err
+			}})
+			continue
+		}
+		if !covers(want.rawItem("builtinHubs", i), jsonOf(cur)) {
+			return nil, fmt.Errorf("built-in hub %s: its host name or address differ from the file's (%s, %q), which apply does not change: delete the hub and apply again",
+				h.Name, cur.HostName, cur.Address)
+		}
+	}
+
 	haveE := map[string]dps.IndividualEnrollment{}
 	for _, e := range have.Enrollments {
 		haveE[strings.ToLower(e.RegistrationID)] = e
@@ -461,10 +552,19 @@ func plan(ctx context.Context, c *service.Client, want *fleet, prune bool) ([]ch
 		def.Name = ""
 		cur, ok := haveH[id]
 		if !ok {
-			if h.ConnectionString == "" {
-				return nil, fmt.Errorf("linked hub %s is not linked, and the file gives no connectionString to link it", h.Name)
+			hubName, builtin := builtinHost[id]
+			if h.ConnectionString == "" && !builtin {
+				return nil, fmt.Errorf("linked hub %s is not linked, and the file gives no connectionString to link it (nor is it a built-in hub's host name)", h.Name)
 			}
 			changes = append(changes, change{"link", "hub", h.Name, func(ctx context.Context) error {
+				if def.ConnectionString == "" {
+					// A built-in hub, linked with its own keys.
+					info, err := hubAdmin.Show(ctx, hubName)
+					if err != nil {
+						return err
+					}
+					def.ConnectionString = info.ConnectionString
+				}
 				return c.Do(ctx, http.MethodPost, linkedHubsPath, nil, def, nil, "")
 			}})
 			continue
@@ -503,6 +603,12 @@ func plan(ctx context.Context, c *service.Client, want *fleet, prune bool) ([]ch
 				}})
 			}
 		}
+		for _, h := range have.BuiltinHubs {
+			if !seen["b/"+strings.ToLower(h.Name)] {
+				name := h.Name
+				changes = append(changes, change{"delete", "built-in hub", name, func(ctx context.Context) error { return hubAdmin.Delete(ctx, name) }})
+			}
+		}
 	}
 	return changes, nil
 }
@@ -528,6 +634,8 @@ func (f *fleet) rawItem(list string, i int) map[string]any {
 		v = f.Enrollments[i]
 	case "enrollmentGroups":
 		v = f.EnrollmentGroups[i]
+	case "builtinHubs":
+		v = f.BuiltinHubs[i]
 	default:
 		v = f.LinkedHubs[i]
 	}

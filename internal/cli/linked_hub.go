@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +48,7 @@ func newLinkedHubCmd() *cobra.Command {
 	fs.StringVar(&cf.caFile, "ca-file", "", "PEM file of a CA certificate to trust for the service's TLS")
 	out := addOutputFlag(cmd)
 	lc := &linkedHubCmd{&clientCmd{conn: cf, out: out}}
-	cmd.AddCommand(lc.create(), lc.list(), lc.show(), lc.update(), lc.delete())
+	cmd.AddCommand(lc.create(), lc.list(), lc.show(), lc.update(), lc.delete(), lc.rotateKey())
 	for _, sub := range cmd.Commands() {
 		if sub.Name() != "create" && sub.Name() != "list" {
 			sub.ValidArgsFunction = completeOnce(completeFrom(lc.clientCmd, linkedHubNames))
@@ -64,6 +67,7 @@ type hubFlags struct {
 	weight           int
 	apply            bool
 	location         string
+	caFile           string
 }
 
 func addHubFlags(cmd *cobra.Command, hf *hubFlags, csHelp string) {
@@ -73,13 +77,25 @@ func addHubFlags(cmd *cobra.Command, hf *hubFlags, csHelp string) {
 		fmt.Sprintf("allocation weight, %d–%d: hashed allocation gives the hub this share of devices", linkedhub.MinWeight, linkedhub.MaxWeight))
 	f.BoolVar(&hf.apply, "apply-allocation-policy", true, "whether allocation assigns devices to the hub when enrollments name no hubs")
 	f.StringVar(&hf.location, "location", "", "the hub's location (used by geoLatency allocation)")
+	f.StringVar(&hf.caFile, "hub-ca-file", "", "PEM file of the CAs that issued the hub's TLS certificate, for a hub with a private certificate (trusted instead of the system roots); \"\" on update removes it")
 }
 
 // definition sends only the flags given on the command line, so an update
 // keeps what is not mentioned.
-func (hf *hubFlags) definition(cmd *cobra.Command) admin.LinkedHubDefinition {
+func (hf *hubFlags) definition(cmd *cobra.Command) (admin.LinkedHubDefinition, error) {
 	var d admin.LinkedHubDefinition
 	f := cmd.Flags()
+	if f.Changed("hub-ca-file") {
+		bundle := ""
+		if hf.caFile != "" {
+			b, err := os.ReadFile(hf.caFile)
+			if err != nil {
+				return d, fmt.Errorf("--hub-ca-file: %w", err)
+			}
+			bundle = string(b)
+		}
+		d.CACertificates = &bundle
+	}
 	if f.Changed("connection-string") {
 		d.ConnectionString = hf.connectionString
 	}
@@ -92,7 +108,7 @@ func (hf *hubFlags) definition(cmd *cobra.Command) admin.LinkedHubDefinition {
 	if f.Changed("location") {
 		d.Location = &hf.location
 	}
-	return d
+	return d, nil
 }
 
 func (lc *linkedHubCmd) create() *cobra.Command {
@@ -105,12 +121,16 @@ func (lc *linkedHubCmd) create() *cobra.Command {
 	addHubFlags(cmd, &hf, "the IoT hub's connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...)")
 	_ = cmd.MarkFlagRequired("connection-string")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		def, err := hf.definition(cmd)
+		if err != nil {
+			return err
+		}
 		c, asJSON, err := lc.extSetup()
 		if err != nil {
 			return err
 		}
 		var h admin.LinkedHub
-		if err := c.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, hf.definition(cmd), &h, ""); err != nil {
+		if err := c.do(cmd.Context(), "link hub", http.MethodPost, linkedHubsPath, def, &h, ""); err != nil {
 			return err
 		}
 		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
@@ -170,9 +190,12 @@ func (lc *linkedHubCmd) update() *cobra.Command {
 	addHubFlags(cmd, &hf, "a new connection string for the same hub (a rotated key)")
 	cmd.Flags().StringVar(&etag, "etag", "", "update only if the hub still has this etag")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		def := hf.definition(cmd)
+		def, err := hf.definition(cmd)
+		if err != nil {
+			return err
+		}
 		if def == (admin.LinkedHubDefinition{}) {
-			return errors.New("nothing to update: give --connection-string, --allocation-weight, --apply-allocation-policy or --location")
+			return errors.New("nothing to update: give --connection-string, --allocation-weight, --apply-allocation-policy, --location or --hub-ca-file")
 		}
 		c, asJSON, err := lc.extSetup()
 		if err != nil {
@@ -207,6 +230,40 @@ func (lc *linkedHubCmd) delete() *cobra.Command {
 	return cmd
 }
 
+func (lc *linkedHubCmd) rotateKey() *cobra.Command {
+	var rot admin.LinkedHubKeyRotation
+	var etag string
+	cmd := &cobra.Command{
+		Use:   "rotate-key NAME --connection-string CS",
+		Short: "Replace a linked hub's key in place, after checking the hub accepts the new one",
+		Long: `Replace the connection string dpsd uses for a linked hub with one that holds
+the hub's new (or other) key, without unlinking the hub: its weight, location,
+CA bundle and the enrollments naming it stay as they are. dpsd first checks
+that the hub accepts the new key (a registry statistics call, or the built-in
+hub's own policies) and keeps the old one if it does not. The usual rotation:
+switch to the secondary key, regenerate the primary in the hub, switch back.`,
+		Args: cobra.ExactArgs(1),
+	}
+	f := cmd.Flags()
+	f.StringVar(&rot.ConnectionString, "connection-string", "", "the hub's connection string with the new key (same host name)")
+	f.BoolVar(&rot.SkipCheck, "skip-check", false, "save the new key without checking it against the hub (a hub that is down)")
+	f.StringVar(&etag, "etag", "", "rotate only if the hub still has this etag")
+	_ = cmd.MarkFlagRequired("connection-string")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, asJSON, err := lc.extSetup()
+		if err != nil {
+			return err
+		}
+		var h admin.LinkedHub
+		if err := c.do(cmd.Context(), fmt.Sprintf("rotate the key of linked hub %q", args[0]), http.MethodPost, hubPath(args[0])+"/rotateKey", rot, &h, etag); err != nil {
+			return err
+		}
+		return printLinkedHub(cmd.OutOrStdout(), asJSON, &h)
+	}
+	nameFlag(cmd, "linked-hub", "", "the linked hub's host name, instead of NAME (as az)")
+	return cmd
+}
+
 func hubPath(name string) string { return linkedHubsPath + "/" + url.PathEscape(name) }
 
 // printLinkedHub prints one linked hub; the service already redacted its key.
@@ -220,6 +277,8 @@ func printLinkedHub(w io.Writer, asJSON bool, h *admin.LinkedHub) error {
 		{"Allocation weight", strconv.Itoa(h.AllocationWeight)},
 		{"Apply allocation policy", boolString(h.ApplyAllocationPolicy)},
 		{"Location", h.Location},
+		{"CA certificates", caSummary(h.CACertificates)},
+		{"Health", healthString(h.Health)},
 		{"ETag", h.ETag},
 		{"Created", timeString(h.CreatedDateTimeUTC)},
 		{"Last updated", timeString(h.LastUpdatedDateTimeUTC)},
@@ -232,9 +291,50 @@ func printLinkedHubs(w io.Writer, asJSON bool, hubs []admin.LinkedHub) error {
 	}
 	rows := make([][]string, 0, len(hubs))
 	for _, h := range hubs {
-		rows = append(rows, []string{h.Name, strconv.Itoa(h.AllocationWeight), boolString(h.ApplyAllocationPolicy), h.Location})
+		health := ""
+		if h.Health != nil {
+			health = h.Health.State
+		}
+		rows = append(rows, []string{h.Name, strconv.Itoa(h.AllocationWeight), boolString(h.ApplyAllocationPolicy), h.Location, health})
 	}
-	return table(w, []string{"NAME", "ALLOCATION WEIGHT", "APPLY ALLOCATION POLICY", "LOCATION"}, rows)
+	return table(w, []string{"NAME", "ALLOCATION WEIGHT", "APPLY ALLOCATION POLICY", "LOCATION", "HEALTH"}, rows)
+}
+
+// healthString says what the node's checks found, in one line.
+func healthString(h *admin.LinkedHubHealth) string {
+	if h == nil {
+		return "not checked (health checks are off)"
+	}
+	s := h.State
+	if !h.Since.IsZero() {
+		s += " since " + h.Since.UTC().Format(time.RFC3339)
+	}
+	if !h.LastCheck.IsZero() {
+		s += fmt.Sprintf("; last check %s, %d ms", h.LastCheck.UTC().Format(time.RFC3339), h.LatencyMs)
+	}
+	if h.ConsecutiveFailures > 0 {
+		s += fmt.Sprintf("; %d failed in a row: %s", h.ConsecutiveFailures, h.LastError)
+	}
+	return s
+}
+
+// caSummary names the certificates of a CA bundle, or the system roots.
+func caSummary(bundle string) string {
+	if bundle == "" {
+		return "system roots"
+	}
+	var names []string
+	rest := []byte(bundle)
+	for {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			names = append(names, c.Subject.String())
+		}
+	}
+	return strings.Join(names, "; ")
 }
 
 // fetchAllocationLog reads a registration's custom allocation audit trail,

@@ -2,8 +2,11 @@ package cli
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -45,7 +48,20 @@ func TestLinkedHubCommands(t *testing.T) {
 		return nil
 	}
 	reg := linkedhub.New(st)
-	hubs := reg.Handler(linkedhub.HandlerOptions{Authorize: authorize, Logger: quiet})
+	const newHubKey = "bmV3LWh1Yi1rZXk="
+	hubs := reg.Handler(linkedhub.HandlerOptions{
+		Authorize: authorize, Logger: quiet,
+		Health: func(string) *admin.LinkedHubHealth {
+			return &admin.LinkedHubHealth{State: admin.HubHealthUnhealthy, ConsecutiveFailures: 2, LastError: "connection refused"}
+		},
+		// The hub accepts only its new key.
+		Probe: func(_ context.Context, cs *sas.ConnectionString, _ *x509.CertPool) error {
+			if cs.SharedAccessKey != newHubKey {
+				return errors.New("401 IotHubUnauthorizedAccess")
+			}
+			return nil
+		},
+	})
 	log := alloclog.New(st, alloclog.Options{Logger: quiet})
 	rec := log.Begin(ctx, "breakroom499-contoso-tstrsd-007", "http://127.0.0.1:8090/api/allocate?****", []byte(`{"linkedHubs":["h"]}`))
 	rec.Attempt(ctx, admin.AllocationAttempt{Status: 200, Body: []byte(`{"iotHubHostName":"h"}`), DurationMs: 4})
@@ -59,6 +75,10 @@ func TestLinkedHubCommands(t *testing.T) {
 
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv(envConnectionString, "")
@@ -91,6 +111,14 @@ func TestLinkedHubCommands(t *testing.T) {
 		{name: "update", args: []string{"update", "contoso-toasters-hub-1098.azure-devices.net", "--apply-allocation-policy=false"},
 			want: []string{"Apply allocation policy:", "false", "Allocation weight:"}},
 		{name: "update nothing", args: []string{"update", "contoso-toasters-hub-1098.azure-devices.net"}, wantErr: "nothing to update"},
+		{name: "list shows health", args: []string{"list"}, want: []string{"HEALTH", "unhealthy"}},
+		{name: "update CA bundle", args: []string{"update", "contoso-toasters-hub-1098.azure-devices.net", "--hub-ca-file", caFile},
+			want: []string{"CA certificates:", "O=Acme Co", "Health:", "unhealthy", "2 failed in a row: connection refused"}},
+		{name: "update CA bundle not PEM", args: []string{"update", "contoso-toasters-hub-1098.azure-devices.net", "--hub-ca-file", notPEM}, wantErr: "caCertificates"},
+		{name: "rotate to a refused key", args: []string{"rotate-key", "contoso-toasters-hub-1098.azure-devices.net", "--connection-string", hubCS}, wantErr: "old one stays"},
+		{name: "rotate key", args: []string{"rotate-key", "contoso-toasters-hub-1098.azure-devices.net", "--connection-string",
+			"HostName=contoso-toasters-hub-1098.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=" + newHubKey},
+			want: []string{"SharedAccessKey=****", "Allocation weight:", "3", "O=Acme Co"}},
 		{name: "show json", args: []string{"show", "CONTOSO-TOASTERS-HUB-1098.azure-devices.net", "-o", "json"},
 			want: []string{`"applyAllocationPolicy": false`, `"allocationWeight": 3`}},
 		{name: "delete", args: []string{"delete", "contoso-toasters-hub-1098.azure-devices.net"}},

@@ -169,7 +169,7 @@ func TestRefusalsLeadSomewhere(t *testing.T) {
 		})
 	}
 
-	if _, err := run("registration", "show", "--tracking-id", "no-such-id"); err == nil || !strings.Contains(err.Error(), "no request with tracking id") {
+	if _, err := run("registration", "show", "--tracking-id", "no-such-id"); err == nil || !strings.Contains(err.Error(), "no refused request with tracking id no-such-id") {
 		t.Errorf("unknown tracking id: %v", err)
 	}
 	if _, err := run("registration", "show"); err == nil {

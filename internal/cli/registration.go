@@ -42,7 +42,9 @@ no record; its refusals are still shown, and the command exits 1.
 
 With --tracking-id instead of --registration-id, show the refusal a device
 was told that tracking id with. Each node keeps its latest 1,000 refusals in
-memory: ask the node the device talked to.
+memory; nodes sharing a PostgreSQL store also keep them there (the latest
+10,000 of the last 7 days, all nodes together), so any node finds them. With
+the embedded SQLite store, ask the node the device talked to.
 
 With --allocation-log, also show why each allocation of the device chose its
 hub: the policy, the candidate hubs with their weights and locations, the
@@ -81,7 +83,7 @@ null for a device without a record). --tracking-id prints {"refusals": [...]}.`,
 				return writeJSON(w, rs)
 			}
 			if len(rs.Refusals) == 0 {
-				return fmt.Errorf("this node refused no request with tracking id %s lately (each node keeps its latest refusals; ask the node the device talked to)", trackingID)
+				return fmt.Errorf("no refused request with tracking id %s is kept (a node alone keeps its latest 1,000 refusals, nodes sharing a PostgreSQL store the latest 10,000 of the last 7 days)", trackingID)
 			}
 			return printRefusals(w, rs.Refusals)
 		}
@@ -207,6 +209,7 @@ func registrationListCmd(cc *clientCmd) *cobra.Command {
 	}
 	groupIDFlag(cmd, &groupID)
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (0: all)")
+	where := whereFlag(cmd, "status = 'assigned' AND assignedHub = 'hub1.example.com'")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c, asJSON, err := cc.setup()
 		if err != nil {
@@ -214,6 +217,7 @@ func registrationListCmd(cc *clientCmd) *cobra.Command {
 		}
 		list, err := collect(cmd.Context(), top,
 			func(ctx context.Context, o service.QueryOptions) (*service.Page[dps.DeviceRegistrationState], error) {
+				o.Query = whereQuery(*where)
 				return c.QueryRegistrations(ctx, groupID, o)
 			})
 		if err != nil {

@@ -25,6 +25,7 @@ func newServeCmd() *cobra.Command {
 	var cfg server.Config
 	var level, format string
 	var grace time.Duration
+	var skipUnhealthy bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the provisioning service (device API over HTTPS and MQTT, service API)",
@@ -40,6 +41,7 @@ also be set with the environment variable named in its help.`,
 			cfg.Logger = log
 			cfg.Banner = cmd.OutOrStdout()
 			cfg.ShutdownGrace = grace
+			cfg.AllocateToUnhealthyHubs = !skipUnhealthy
 			if grace <= 0 {
 				cfg.ShutdownGrace = -1 // no wait
 			}
@@ -64,9 +66,14 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
 	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")
 	f.StringVar(&cfg.WebhookTargets, "webhook-targets", envOr("DPSD_WEBHOOK_TARGETS", "local"), "where custom allocation webhooks may be called: local (loopback and private allowed; link-local, cloud metadata and this node's listeners refused), public (only public addresses), or an allow list of CIDRs and host names, e.g. \"10.1.0.0/16,hooks.example.com\" (DPSD_WEBHOOK_TARGETS)")
+	f.BoolVar(&cfg.WebhookClientCert, "webhook-client-cert", envOr("DPSD_WEBHOOK_CLIENT_CERT", "") == "true", "present a TLS client certificate from the local CA (common name: the ID scope) to HTTPS allocation webhooks that ask for one, for mutual TLS (DPSD_WEBHOOK_CLIENT_CERT=true)")
 	f.IntVar(&cfg.WebhookMaxConcurrent, "webhook-max-concurrent", envInt("DPSD_WEBHOOK_MAX_CONCURRENT", 0), "custom allocation webhook calls in flight on this node; 0 means 256 (DPSD_WEBHOOK_MAX_CONCURRENT)")
 	f.IntVar(&cfg.WebhookMaxConcurrentPerGroup, "webhook-max-concurrent-per-group", envInt("DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP", 0), "custom allocation webhook calls in flight per enrollment group (individual enrollments: per webhook URL); 0 means 64 (DPSD_WEBHOOK_MAX_CONCURRENT_PER_GROUP)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", envOr("DPSD_DEBUG_ADDR", ""), "serve Prometheus /metrics and /debug/pprof on this plain-HTTP address, e.g. 127.0.0.1:6060 (DPSD_DEBUG_ADDR)")
+	f.DurationVar(&cfg.HubHealthInterval, "hub-health-interval", envDuration("DPSD_HUB_HEALTH_INTERVAL", 0), "how often this node checks every linked hub (a registry statistics call, or an in-process read for built-in hubs); 0 means 15s, a negative value turns checks off (DPSD_HUB_HEALTH_INTERVAL)")
+	f.DurationVar(&cfg.HubHealthTimeout, "hub-health-timeout", envDuration("DPSD_HUB_HEALTH_TIMEOUT", 0), "bound of one hub health check; 0 means 5s (DPSD_HUB_HEALTH_TIMEOUT)")
+	f.IntVar(&cfg.HubHealthFailures, "hub-health-failures", envInt("DPSD_HUB_HEALTH_FAILURES", 0), "failed checks in a row that make a linked hub unhealthy; 0 means 2 (DPSD_HUB_HEALTH_FAILURES)")
+	f.BoolVar(&skipUnhealthy, "allocation-skip-unhealthy", envOr("DPSD_ALLOCATION_SKIP_UNHEALTHY", "true") != "false", "hashed and geoLatency allocation leave out unhealthy linked hubs while another candidate is healthy (DPSD_ALLOCATION_SKIP_UNHEALTHY=false keeps them)")
 	f.DurationVar(&cfg.DoctorInterval, "doctor-interval", envDuration("DPSD_DOCTOR_INTERVAL", 0), "run the consistency check of 'dpsd doctor' this often, e.g. 1h; its counts go to the metrics (DPSD_DOCTOR_INTERVAL)")
 	f.BoolVar(&cfg.DoctorRepair, "doctor-repair", envOr("DPSD_DOCTOR_REPAIR", "") == "true", "let the scheduled check repair what it finds, never pruning orphans (DPSD_DOCTOR_REPAIR=true)")
 	f.IntVar(&cfg.HubEventHubPartitions, "hub-eventhub-partitions", envInt("DPSD_HUB_EVENTHUB_PARTITIONS", 0), "partitions of each built-in hub's Event Hubs-compatible endpoint, 1 to 32; devices are spread over them by a hash of their ids; 0 means 4 (DPSD_HUB_EVENTHUB_PARTITIONS)")

@@ -42,6 +42,34 @@ func AttestationView(a *dps.AttestationMechanism) *dps.AttestationMechanism {
 	return attestationView(a, ShowKeys)
 }
 
+// AttestationWithCertificates is AttestationView with the X.509
+// certificates as stored, not only their info: a dpsd extension for
+// "dpsd export" (certificates are public; Azure shows only their info).
+func AttestationWithCertificates(a *dps.AttestationMechanism) *dps.AttestationMechanism {
+	v := attestationView(a, ShowKeys)
+	if v == nil || v.X509 == nil {
+		return v
+	}
+	x := a.X509
+	v.X509.ClientCertificates = certificatesCopy(x.ClientCertificates)
+	v.X509.SigningCertificates = certificatesCopy(x.SigningCertificates)
+	return v
+}
+
+func certificatesCopy(c *dps.X509Certificates) *dps.X509Certificates {
+	if c == nil {
+		return nil
+	}
+	cp := func(c *dps.X509CertificateWithInfo) *dps.X509CertificateWithInfo {
+		if c == nil {
+			return nil
+		}
+		v := *c
+		return &v
+	}
+	return &dps.X509Certificates{Primary: cp(c.Primary), Secondary: cp(c.Secondary)}
+}
+
 func attestationView(a *dps.AttestationMechanism, keys Keys) *dps.AttestationMechanism {
 	if a == nil {
 		return nil

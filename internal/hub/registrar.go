@@ -3,10 +3,12 @@ package hub
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,13 @@ import (
 // name, e.g. from the linked hubs of the instance.
 type Credentials interface {
 	HubConnectionString(ctx context.Context, hostName string) (*sas.ConnectionString, error)
+}
+
+// TrustedCredentials is implemented by Credentials that also know which
+// CAs to trust for a hub with a private certificate (a nil pool means the
+// system roots); *linkedhub.Registry is one. The registrar prefers it.
+type TrustedCredentials interface {
+	HubCredentials(ctx context.Context, hostName string) (*sas.ConnectionString, *x509.CertPool, error)
 }
 
 // Local finds hubs that run in this process (dpsd's built-in hubs), which
@@ -57,7 +66,8 @@ type Registrar struct {
 }
 
 type cachedClient struct {
-	cs     string // the connection string the client was built from
+	cs     string         // the connection string the client was built from
+	roots  *x509.CertPool // and the CAs it trusts
 	client *azurehub.Client
 }
 
@@ -249,7 +259,16 @@ func (r *Registrar) registry(ctx context.Context, host string) (azurehub.Registr
 	if r.opt.Credentials == nil {
 		return nil, fmt.Errorf("hub %s: unknown hub and no credentials source", host)
 	}
-	cs, err := r.opt.Credentials.HubConnectionString(ctx, host)
+	var (
+		cs    *sas.ConnectionString
+		roots *x509.CertPool
+		err   error
+	)
+	if tc, ok := r.opt.Credentials.(TrustedCredentials); ok {
+		cs, roots, err = tc.HubCredentials(ctx, host)
+	} else {
+		cs, err = r.opt.Credentials.HubConnectionString(ctx, host)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("hub %s: credentials: %w", host, err)
 	}
@@ -257,15 +276,84 @@ func (r *Registrar) registry(ctx context.Context, host string) (azurehub.Registr
 	s := cs.String()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c, ok := r.clients[key]; ok && c.cs == s {
+	if c, ok := r.clients[key]; ok && c.cs == s && samePool(c.roots, roots) {
 		return c.client, nil
 	}
-	c, err := azurehub.NewClient(cs, r.opt.ClientOptions...)
+	opts := r.opt.ClientOptions
+	if roots != nil {
+		// After the shared options, so the hub's own CAs win.
+		opts = append(slices.Clone(opts), azurehub.WithRootCAs(roots))
+	}
+	c, err := azurehub.NewClient(cs, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("hub %s: %w", host, err)
 	}
-	r.clients[key] = &cachedClient{cs: s, client: c}
+	r.clients[key] = &cachedClient{cs: s, roots: roots, client: c}
 	return c, nil
+}
+
+// samePool reports whether two CA pools (nil: the system roots) trust the
+// same certificates.
+func samePool(a, b *x509.CertPool) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(b)
+}
+
+// Probe checks that the hub with host name host answers, for the health
+// checks of linked hubs: a built-in hub running in this process is asked
+// in-process (a read of its registry, which reaches the store), any other
+// hub over REST for its registry statistics, with the same credentials
+// and CAs as registrations use. It returns nil when the hub answered.
+func (r *Registrar) Probe(ctx context.Context, host string) error {
+	reg, err := r.registry(ctx, host)
+	if err != nil {
+		return err
+	}
+	if c, ok := reg.(*azurehub.Client); ok {
+		_, err := c.DeviceStatistics(ctx)
+		return err
+	}
+	// Any id will do: the read succeeds (found or not found) whenever
+	// the registry, and the store under it, answers.
+	_, err = reg.GetDevice(ctx, "$dpsd-health-probe")
+	if err == nil || errors.Is(err, azurehub.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// keyChecker is a built-in hub's, which can say whether a key is its own
+// without a network round trip (*builtinhub.Hub).
+type keyChecker interface {
+	CheckKey(keyName, key string) error
+}
+
+// ProbeCredentials checks that cs (a hub connection string) and the CAs
+// in roots (nil: the system roots) reach the hub cs names and are
+// accepted by it, before a linked hub's rotated key replaces the one in
+// use: a built-in hub running in this process checks the key itself, any
+// other hub is asked for its registry statistics with a client made for
+// this check alone.
+func (r *Registrar) ProbeCredentials(ctx context.Context, cs *sas.ConnectionString, roots *x509.CertPool) error {
+	if r.opt.Local != nil {
+		if reg, ok := r.opt.Local.Registry(cs.HostName); ok {
+			if kc, ok := reg.(keyChecker); ok {
+				return kc.CheckKey(cs.SharedAccessKeyName, cs.SharedAccessKey)
+			}
+		}
+	}
+	opts := slices.Clone(r.opt.ClientOptions)
+	if roots != nil {
+		opts = append(opts, azurehub.WithRootCAs(roots))
+	}
+	c, err := azurehub.NewClient(cs, opts...)
+	if err != nil {
+		return err
+	}
+	_, err = c.DeviceStatistics(ctx)
+	return err
 }
 
 // undoIdentity takes back what ensureIdentity did, with a context of its

@@ -1,8 +1,11 @@
 package linkedhub
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"strings"
@@ -24,6 +27,9 @@ const (
 	MaxWeight        = 1000
 	DefaultWeight    = 1
 	maxLocationBytes = 128
+	// MaxCABytes bounds a hub's CA bundle: a few certificates, not a
+	// system trust store.
+	MaxCABytes = 64 << 10
 )
 
 // ErrNotFound is returned (wrapped) for a hub that is not linked.
@@ -111,6 +117,60 @@ func (r *Registry) HubConnectionString(ctx context.Context, hostName string) (*s
 	return cs, nil
 }
 
+// HubCredentials returns what the hub registrar needs to reach the linked
+// hub with host name hostName: its connection string, and the CA
+// certificates to trust for it (nil for the system roots). Errors are as
+// HubConnectionString's.
+func (r *Registry) HubCredentials(ctx context.Context, hostName string) (*sas.ConnectionString, *x509.CertPool, error) {
+	h, err := r.Get(ctx, hostName)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := sas.ParseConnectionString(h.ConnectionString)
+	if err != nil {
+		return nil, nil, fmt.Errorf("linked hub %q: stored %w", h.Name, err)
+	}
+	if h.CACertificates == "" {
+		return cs, nil, nil
+	}
+	pool, err := CAPool(h.CACertificates)
+	if err != nil {
+		return nil, nil, fmt.Errorf("linked hub %q: stored CA certificates: %w", h.Name, err)
+	}
+	return cs, pool, nil
+}
+
+// CAPool parses a PEM bundle of CA certificates. It fails on anything
+// that is not a CERTIFICATE block, and on a bundle with no certificate.
+func CAPool(bundle string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	rest := []byte(bundle)
+	n := 0
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is a %s, not a CERTIFICATE", n+1, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("no PEM certificate found")
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, errors.New("text after the last PEM block is not PEM")
+	}
+	return pool, nil
+}
+
 // Create links a new hub. It fails with dps.CodeConflict if a hub with the
 // same host name is linked already.
 func (r *Registry) Create(ctx context.Context, def Definition) (*Hub, error) {
@@ -164,6 +224,46 @@ func (r *Registry) Update(ctx context.Context, name string, def Definition, ifMa
 		return saved, err
 	}
 	return nil, dps.Errorf(dps.CodeConflict, "The linked hub %s is being changed concurrently; try again.", name)
+}
+
+// KeyProbe checks that a connection string and CA pool (nil: the system
+// roots) are accepted by the hub they name (hub.Registrar.ProbeCredentials).
+type KeyProbe func(ctx context.Context, cs *sas.ConnectionString, roots *x509.CertPool) error
+
+// RotateKey replaces a linked hub's connection string with rot's, which
+// must name the same host, keeping everything else (weight, location, CA
+// bundle) and the link itself: devices and enrollments see no change.
+// Unless rot.SkipCheck, probe must accept the new connection string first;
+// a rejected key leaves the link as it was, with dps.CodeInvalidArgument
+// saying why. ifMatch works as in Update.
+func (r *Registry) RotateKey(ctx context.Context, name string, rot admin.LinkedHubKeyRotation, ifMatch string, probe KeyProbe) (*Hub, error) {
+	if rot.ConnectionString == "" {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The new connectionString of the IoT hub is required.")
+	}
+	cur, err := r.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	probeHub := &Hub{}
+	if err := apply(probeHub, Definition{ConnectionString: rot.ConnectionString}); err != nil {
+		return nil, err
+	}
+	if !strings.EqualFold(probeHub.Name, cur.Name) {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The connection string names host %s, not the linked hub %s; link it as a new hub instead.", probeHub.Name, cur.Name)
+	}
+	if !rot.SkipCheck && probe != nil {
+		cs, _ := sas.ParseConnectionString(probeHub.ConnectionString)
+		var roots *x509.CertPool
+		if cur.CACertificates != "" {
+			if roots, err = CAPool(cur.CACertificates); err != nil {
+				return nil, fmt.Errorf("linked hub %q: stored CA certificates: %w", cur.Name, err)
+			}
+		}
+		if err := probe(ctx, cs, roots); err != nil {
+			return nil, dps.Errorf(dps.CodeInvalidArgument, "The hub %s did not accept the new connection string, so the old one stays in use: %v", cur.Name, err)
+		}
+	}
+	return r.Update(ctx, name, Definition{ConnectionString: rot.ConnectionString}, ifMatch)
 }
 
 // Put links the hub def describes, or updates it if it is linked already,
@@ -229,7 +329,7 @@ func (r *Registry) checkLimit(ctx context.Context) error {
 
 func (r *Registry) put(ctx context.Context, h *Hub, cond store.Condition) (*Hub, error) {
 	doc := *h
-	doc.ETag, doc.CreatedDateTimeUTC, doc.LastUpdatedDateTimeUTC = "", nil, nil
+	doc.ETag, doc.CreatedDateTimeUTC, doc.LastUpdatedDateTimeUTC, doc.Health = "", nil, nil, nil
 	data, err := json.Marshal(&doc)
 	if err != nil {
 		return nil, fmt.Errorf("encode linked hub: %w", err)
@@ -278,6 +378,19 @@ func apply(h *Hub, def Definition) error {
 			return dps.Errorf(dps.CodeInvalidArgument, "The location must be a single line of at most %d bytes.", maxLocationBytes)
 		}
 		h.Location = loc
+	}
+	if c := def.CACertificates; c != nil {
+		bundle := strings.TrimSpace(*c)
+		if len(bundle) > MaxCABytes {
+			return dps.Errorf(dps.CodeInvalidArgument, "The caCertificates bundle is larger than %d bytes.", MaxCABytes)
+		}
+		if bundle != "" {
+			if _, err := CAPool(bundle); err != nil {
+				return dps.Errorf(dps.CodeInvalidArgument, "The caCertificates bundle is not valid PEM of CA certificates: %v.", err)
+			}
+			bundle += "\n"
+		}
+		h.CACertificates = bundle
 	}
 	return nil
 }

@@ -132,6 +132,47 @@ func (ca *CA) ServerCertificate(name string, names []string) (tls.Certificate, e
 	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
+// ClientCertificate returns a TLS client certificate with common name cn,
+// stored under dir/name.pem, for dpsd to present where a peer asks for
+// one (custom allocation webhooks with mutual TLS): the peer trusts the
+// local CA to know it is dpsd. Like ServerCertificate, a stored
+// certificate is reused while it has the same common name and is valid
+// for at least another 30 days.
+func (ca *CA) ClientCertificate(name, cn string) (tls.Certificate, error) {
+	certPath := filepath.Join(ca.dir, name+".pem")
+	keyPath := filepath.Join(ca.dir, name+"-key.pem")
+	if cert, key, err := loadPair(certPath, keyPath); err == nil && cert.Subject.CommonName == cn &&
+		time.Until(cert.NotAfter) > 30*24*time.Hour && cert.CheckSignatureFrom(ca.Cert) == nil &&
+		slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: cert}, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"dpsd"}, OrganizationalUnit: []string{"webhook client"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue client certificate: %w", err)
+	}
+	if err := writePair(certPath, keyPath, der, key); err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue client certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
 func splitNames(names []string) (dns []string, ips []net.IP) {
 	for _, n := range names {
 		n = strings.TrimSpace(n)

@@ -2,7 +2,9 @@ package metrics
 
 import (
 	"net/http"
+	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +19,9 @@ const (
 	RegistrationsTotal     = "dpsd_registrations_total"
 	ServiceRequestsTotal   = "dpsd_service_requests_total"
 	ServiceRequestDuration = "dpsd_service_request_duration_seconds"
+	CustomDuration         = "dpsd_custom_allocation_duration_seconds"
+	CustomAllocations      = "dpsd_custom_allocations_total"
+	CustomRetries          = "dpsd_custom_allocation_retries_total"
 )
 
 // Values of the operation label of the device metrics.
@@ -51,6 +56,9 @@ type Metrics struct {
 	registrations   *prometheus.CounterVec
 	serviceRequests *prometheus.CounterVec
 	serviceDuration *prometheus.HistogramVec
+	customDuration  *prometheus.HistogramVec
+	customOutcomes  *prometheus.CounterVec
+	customRetries   *prometheus.CounterVec
 }
 
 // New returns a registry with the Go runtime, process and build-information
@@ -80,8 +88,22 @@ func New() *Metrics {
 			Help:    "Time the service API took to answer, by HTTP method.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"method"}),
+		customDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    CustomDuration,
+			Help:    "Time of each custom allocation webhook call (answered or not) or in-process policy evaluation of a registration, by enrollment group (\"\" for individual enrollments) and method (webhook, policy).",
+			Buckets: customBuckets,
+		}, []string{"group", "method"}),
+		customOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: CustomAllocations,
+			Help: "Custom allocations that ended, by enrollment group, method and row of Azure's outcome table: assigned, or the error code the device saw (400207, 400208, 400209, 400210).",
+		}, []string{"group", "method", "outcome"}),
+		customRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: CustomRetries,
+			Help: "Custom allocation webhook calls retried (after a 429, a 5xx or no answer), by enrollment group and method.",
+		}, []string{"group", "method"}),
 	}
 	m.reg.MustRegister(
+		m.customDuration, m.customOutcomes, m.customRetries,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
@@ -94,6 +116,25 @@ func New() *Metrics {
 		m.registrations.WithLabelValues(st)
 	}
 	return m
+}
+
+// customBuckets span an in-process policy (microseconds) to a webhook
+// attempt that times out (Azure's 30 s).
+var customBuckets = []float64{.0001, .0005, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// CustomAttempt implements allocate.Observer.
+func (m *Metrics) CustomAttempt(group, method string, d time.Duration) {
+	m.customDuration.WithLabelValues(group, method).Observe(d.Seconds())
+}
+
+// CustomOutcome implements allocate.Observer. A group's series appear with
+// its first custom allocation.
+func (m *Metrics) CustomOutcome(group, method, outcome string, retries int) {
+	m.customOutcomes.WithLabelValues(group, method, outcome).Inc()
+	c := m.customRetries.WithLabelValues(group, method)
+	if retries > 0 {
+		c.Add(float64(retries))
+	}
 }
 
 // Registry returns the registry, for callers that add collectors of their
@@ -120,4 +161,55 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) InstrumentService(h http.Handler) http.Handler {
 	return promhttp.InstrumentHandlerCounter(m.serviceRequests,
 		promhttp.InstrumentHandlerDuration(m.serviceDuration, h))
+}
+
+// Metric names of the linked hubs' health.
+const (
+	LinkedHubHealth              = "dpsd_linked_hub_health"
+	LinkedHubCheckSeconds        = "dpsd_linked_hub_check_duration_seconds"
+	LinkedHubConsecutiveFailures = "dpsd_linked_hub_check_consecutive_failures"
+)
+
+// LinkedHubHealth exposes the health of the linked hubs, read from all at
+// every scrape: dpsd_linked_hub_health{hub,state} is 1 for the hub's
+// current state and 0 for the others (so alerts can say
+// dpsd_linked_hub_health{state="unhealthy"} == 1), with the last check's
+// duration and the failed checks in a row beside it. Hubs not checked yet
+// are absent. The hub label is bounded by the 50 hubs one instance links.
+func (m *Metrics) LinkedHubHealth(all func() map[string]admin.LinkedHubHealth) {
+	m.reg.MustRegister(&hubHealthCollector{all: all})
+}
+
+var (
+	hubHealthDesc = prometheus.NewDesc(LinkedHubHealth,
+		"Health of each linked hub as this node's background checks see it: 1 for the current state (healthy, unhealthy, unknown), 0 for the others.",
+		[]string{"hub", "state"}, nil)
+	hubCheckDesc = prometheus.NewDesc(LinkedHubCheckSeconds,
+		"Duration of the last health check of each linked hub.", []string{"hub"}, nil)
+	hubFailuresDesc = prometheus.NewDesc(LinkedHubConsecutiveFailures,
+		"Failed health checks of each linked hub since its last successful one.", []string{"hub"}, nil)
+)
+
+type hubHealthCollector struct {
+	all func() map[string]admin.LinkedHubHealth
+}
+
+func (c *hubHealthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- hubHealthDesc
+	ch <- hubCheckDesc
+	ch <- hubFailuresDesc
+}
+
+func (c *hubHealthCollector) Collect(ch chan<- prometheus.Metric) {
+	for hub, h := range c.all() {
+		for _, st := range []string{admin.HubHealthHealthy, admin.HubHealthUnhealthy, admin.HubHealthUnknown} {
+			v := 0.0
+			if h.State == st {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(hubHealthDesc, prometheus.GaugeValue, v, hub, st)
+		}
+		ch <- prometheus.MustNewConstMetric(hubCheckDesc, prometheus.GaugeValue, float64(h.LatencyMs)/1000, hub)
+		ch <- prometheus.MustNewConstMetric(hubFailuresDesc, prometheus.GaugeValue, float64(h.ConsecutiveFailures), hub)
+	}
 }

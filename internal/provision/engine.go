@@ -81,7 +81,9 @@ type Allocation struct {
 type Note interface {
 	// Write returns the store write that keeps the note, made against what
 	// is stored now; its condition fails if that changes before it commits.
-	Write(ctx context.Context) (store.Write, error)
+	// fresh says the registration has no record yet, which lets a note
+	// whose record goes with the registration's assume it has none.
+	Write(ctx context.Context, fresh bool) (store.Write, error)
 	// Keep writes the note on its own. A failure is logged, not returned:
 	// a note never fails a registration.
 	Keep(ctx context.Context)

@@ -107,11 +107,11 @@ func (e *Engine) swapWith(ctx context.Context, r, prev *enroll.Registration, ext
 	if err != nil {
 		return nil, err
 	}
-	for range maxNoteAttempts {
+	for attempt := range maxNoteAttempts {
 		writes := append([]store.Write{rw}, extra...)
 		noted := false
 		if note != nil {
-			if nw, err := note.Write(ctx); err == nil {
+			if nw, err := note.Write(ctx, prev == nil && attempt == 0); err == nil {
 				writes = append(writes, nw)
 				noted = true
 			}

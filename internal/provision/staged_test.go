@@ -190,6 +190,26 @@ func TestStagedReRegistration(t *testing.T) {
 	w.healthy(w.engine)
 }
 
+// TestStagedNoteOnAnExistingLog: a new registration writes its allocation
+// log entry without reading the log first; when a log exists all the same,
+// the batch is refused whole and made again with the log read.
+func TestStagedNoteOnAnExistingLog(t *testing.T) {
+	ctx := context.Background()
+	w, cs, alog := stagedWorld(t, provision.Options{})
+	key := w.symmetricGroup("staged-log", nil)
+	alog.Record(ctx, alloclog.Entry{RegistrationID: "logged", Reason: "an earlier entry", Outcome: alloclog.OutcomeFailed})
+	cs.applies.Store(0)
+	must(t).assigned(w.engine.Register(ctx, sasRequest(t, "logged", key)))
+	if got := cs.applies.Load(); got != 2 {
+		t.Errorf("%d batches; want 2 (the first refused on the log, the second with it read)", got)
+	}
+	entries, err := alog.List(ctx, "logged")
+	if err != nil || len(entries) != 2 || entries[0].Reason != "an earlier entry" {
+		t.Errorf("allocation log %+v, %v; want the earlier entry and this allocation's", entries, err)
+	}
+	w.healthy(w.engine)
+}
+
 // TestStagedBatchFailureLeavesNothing: when the batch cannot commit, the
 // device is told to retry and neither a record nor an identity exists;
 // its retry then succeeds.

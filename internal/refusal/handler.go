@@ -44,7 +44,12 @@ func (l *Log) Handler(opt HandlerOptions) http.Handler {
 			}
 			top = min(n, maxListed)
 		}
-		list := l.Find(q.Get("registrationId"), q.Get("trackingId"), top)
+		list, err := l.Find(r.Context(), q.Get("registrationId"), q.Get("trackingId"), top)
+		if err != nil {
+			// This node's own are still worth having; the others' are
+			// missing, which the log says.
+			opt.Logger.Warn("refusals: reading the shared store failed", "err", err)
+		}
 		httperr.WriteJSON(w, http.StatusOK, &admin.Refusals{Refusals: list})
 	})
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // Error is an answer for the device with the reason the operator is told.
@@ -64,6 +65,18 @@ type Options struct {
 	Size   int
 	Logger *slog.Logger
 	Now    func() time.Time
+
+	// Store, when set, is a store shared by several nodes: refusals are
+	// also written there (by Run, in the background) and Find looks there
+	// too, so that any node finds a refusal by tracking or registration id
+	// whichever node refused the request. A node alone needs none.
+	Store store.Store
+	// Node names this node in the refusals it stores.
+	Node string
+	// StoreMax and StoreMaxAge bound what the store keeps (all nodes
+	// together); 0 means DefaultStoreMax and DefaultStoreMaxAge.
+	StoreMax    int
+	StoreMaxAge time.Duration
 }
 
 // Log logs refused device requests and keeps the latest ones. It is safe
@@ -76,6 +89,8 @@ type Log struct {
 	ring []admin.Refusal
 	next int // where the next refusal goes
 	full bool
+
+	shared *shared // nil without Options.Store
 }
 
 // New returns a Log.
@@ -89,7 +104,11 @@ func New(opt Options) *Log {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Log{log: opt.Logger, now: opt.Now, ring: make([]admin.Refusal, opt.Size)}
+	l := &Log{log: opt.Logger, now: opt.Now, ring: make([]admin.Refusal, opt.Size)}
+	if opt.Store != nil {
+		l.shared = newShared(opt)
+	}
+	return l
 }
 
 // Request describes the refused request.
@@ -118,6 +137,9 @@ func (l *Log) Record(ctx context.Context, req Request, answer *dps.Error, err er
 		Reason:         clip(Reason(err)),
 		RemoteAddr:     req.RemoteAddr,
 	}
+	if l.shared != nil {
+		r.Node = l.shared.node
+	}
 	level, msg := slog.LevelInfo, "device request refused"
 	if answer.Status() >= http.StatusInternalServerError {
 		level, msg = slog.LevelError, "device request failed"
@@ -127,18 +149,34 @@ func (l *Log) Record(ctx context.Context, req Request, answer *dps.Error, err er
 		"op", r.Operation, "errorCode", r.ErrorCode, "reason", r.Reason, "remoteAddr", r.RemoteAddr)
 
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.ring[l.next] = r
 	l.next = (l.next + 1) % len(l.ring)
 	if l.next == 0 {
 		l.full = true
 	}
+	l.mu.Unlock()
+	l.shared.enqueue(r)
 }
 
 // Find returns the kept refusals of registrationID (case-insensitive) and
 // with trackingID, newest first; an empty filter matches everything. At
-// most limit are returned (0: all kept).
-func (l *Log) Find(registrationID, trackingID string, limit int) []admin.Refusal {
+// most limit are returned (0: all kept). With a shared store, a search by
+// registration or tracking id also finds what the other nodes refused;
+// a search without either returns this node's only.
+func (l *Log) Find(ctx context.Context, registrationID, trackingID string, limit int) ([]admin.Refusal, error) {
+	local := l.findLocal(registrationID, trackingID, limit)
+	if l.shared == nil || (registrationID == "" && trackingID == "") {
+		return local, nil
+	}
+	stored, err := l.shared.find(ctx, registrationID, trackingID)
+	if err != nil {
+		return local, err
+	}
+	return merge(local, stored, limit), nil
+}
+
+// findLocal is Find over this node's ring.
+func (l *Log) findLocal(registrationID, trackingID string, limit int) []admin.Refusal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := l.next

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
 )
 
@@ -45,7 +46,11 @@ func TestLogKeepsTheLatest(t *testing.T) {
 	}
 	ids := func(registrationID, trackingID string, limit int) string {
 		var s []string
-		for _, r := range l.Find(registrationID, trackingID, limit) {
+		found, err := l.Find(context.Background(), registrationID, trackingID, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range found {
 			s = append(s, r.TrackingID)
 		}
 		return strings.Join(s, ",")
@@ -76,7 +81,16 @@ func TestLogKeepsTheLatest(t *testing.T) {
 	if !strings.Contains(buf.String(), "level=ERROR") {
 		t.Errorf("5xx logged as %s", buf.String())
 	}
-	if r := l.Find("", "", 1)[0]; len(r.RegistrationID) > maxField+len("…") {
+	if r := mustFind(t, l)[0]; len(r.RegistrationID) > maxField+len("…") {
 		t.Errorf("registration id kept at %d bytes", len(r.RegistrationID))
 	}
+}
+
+func mustFind(t *testing.T, l *Log) []admin.Refusal {
+	t.Helper()
+	found, err := l.Find(context.Background(), "", "", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
 }

@@ -54,7 +54,7 @@ func TestWebhookNotPointedAtOwnListeners(t *testing.T) {
 	httpsTCP, _ := net.ResolveTCPAddr("tcp", httpsAddr)
 
 	alog := alloclog.New(st, alloclog.Options{Logger: quiet})
-	alloc, err := newAllocator(Config{DebugAddr: debugAddr}, hubs, alog, nil, nil, quiet, []net.Addr{httpsTCP})
+	alloc, err := newAllocator(Config{DebugAddr: debugAddr}, hubs, alog, nil, nil, nil, nil, nil, quiet, []net.Addr{httpsTCP})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/internal/allocate"
 	"github.com/dpsd/dpsd/internal/alloclog"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
@@ -27,6 +28,7 @@ import (
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/hub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
+	"github.com/dpsd/dpsd/internal/hubhealth"
 	"github.com/dpsd/dpsd/internal/instance"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
@@ -73,10 +75,27 @@ type Config struct {
 	// listeners; "public" refuses loopback and private addresses too; a
 	// list of CIDRs and host names allows only those.
 	WebhookTargets string
+	// WebhookClientCert makes the node present a TLS client certificate
+	// issued by its local CA (common name: the ID scope) to HTTPS
+	// webhooks that ask for one, for webhooks that authenticate dpsd by
+	// mutual TLS.
+	WebhookClientCert bool
 	// WebhookMaxConcurrent and WebhookMaxConcurrentPerGroup bound the
 	// webhook calls in flight, on the node and per enrollment group; zero
 	// means allocate's defaults.
 	WebhookMaxConcurrent, WebhookMaxConcurrentPerGroup int
+	// HubHealthInterval is how often the node checks every linked hub
+	// (see hubhealth); zero means hubhealth.DefaultInterval, a negative
+	// value no checks (every hub then counts as healthy).
+	// HubHealthTimeout bounds one check and HubHealthFailures is how many
+	// failed checks in a row make a hub unhealthy; zero means hubhealth's
+	// defaults.
+	HubHealthInterval, HubHealthTimeout time.Duration
+	HubHealthFailures                   int
+	// AllocateToUnhealthyHubs keeps unhealthy hubs among the candidates of
+	// hashed and geoLatency allocation; by default they are skipped while
+	// another candidate is healthy.
+	AllocateToUnhealthyHubs bool
 	// DebugAddr, when set, serves /debug/pprof and the Prometheus
 	// /metrics on a plain-HTTP listener; keep it on a loopback address.
 	DebugAddr string
@@ -155,6 +174,10 @@ type Server struct {
 	// signing keeps the secret webhook requests are signed with.
 	signing *webhooksig.Keeper
 	alloc   *allocate.Allocator
+	// registrar puts devices into their hubs, and checks hubs and keys.
+	registrar *hub.Registrar
+	// health checks the linked hubs; nil when checks are off.
+	health *hubhealth.Checker
 	// refusals keeps the device requests this node refused lately.
 	refusals *refusal.Log
 	auth     *serviceapi.Authorizer
@@ -272,6 +295,8 @@ func (s *Server) listen() (*tls.Config, string, error) {
 // the engine's caches are written out in effects), and the transports.
 func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	st, cfg := s.st, s.cfg
+	// First: the allocator reports its webhook calls to it.
+	s.prom = metrics.New()
 	s.auth = serviceapi.NewAuthorizer(s.inst, s.serviceHostNames(), nil)
 	s.alog = alloclog.New(st, alloclog.Options{Logger: s.log})
 	// Reads of linked hubs need no notification, so they go to the store
@@ -285,7 +310,24 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if _, err := s.signing.Get(ctx, false); err != nil {
 		return fmt.Errorf("webhook signing secret: %w", err)
 	}
-	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
+	// The checks go through the registrar, made below with the built-in
+	// hubs: what a check exercises is what registrations will use.
+	var registrar *hub.Registrar
+	if cfg.HubHealthInterval >= 0 {
+		var err error
+		s.health, err = hubhealth.New(hubhealth.Options{
+			Hubs:     hubList,
+			Probe:    func(ctx context.Context, host string) error { return registrar.Probe(ctx, host) },
+			Interval: cfg.HubHealthInterval,
+			Timeout:  cfg.HubHealthTimeout,
+			Failures: cfg.HubHealthFailures,
+			Logger:   s.log,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	alloc, err := newAllocator(cfg, hubList, s.alog, s.policies, s.signing, s.health, s.prom, s.webhookClientCert(), s.log, []net.Addr{s.httpsL.Addr(), s.mqttL.Addr(), s.amqpL.Addr()})
 	if err != nil {
 		return err
 	}
@@ -311,7 +353,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err := s.hubs.Start(ctx); err != nil {
 		return fmt.Errorf("built-in hubs: %w", err)
 	}
-	registrar := hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
+	registrar = hub.NewRegistrar(hub.RegistrarOptions{Credentials: readLinked, Local: s.hubs, Logger: s.log})
+	s.registrar = registrar
 	node, err := nodeName(cfg.DataDir)
 	if err != nil {
 		return err
@@ -335,8 +378,10 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 
 	// Both device transports see the engine through the metrics
 	// decorator, so every device request is counted the same way.
-	s.prom = metrics.New()
 	s.doctor.register(s.prom.Registry())
+	if s.health != nil {
+		s.prom.LinkedHubHealth(s.health.All)
+	}
 	// Throttled requests are counted too: the limits sit between the
 	// metrics and the engine.
 	prov := s.prom.Provisioner(throttle.New(s.engine, throttle.Options{
@@ -344,10 +389,19 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Lookup:    throttle.DefaultLookup.Scaled(cfg.ThrottleLookup),
 		PerSource: throttle.DefaultPerSource.Scaled(cfg.ThrottlePerSource),
 	}))
-	s.refusals = refusal.New(refusal.Options{Logger: s.log})
+	// With a store shared by several nodes, refusals go there too, so
+	// that any node finds one whichever node refused the device.
+	var refusalStore store.Store
+	if _, shared := st.(store.Notifier); shared {
+		refusalStore = st
+	}
+	s.refusals = refusal.New(refusal.Options{Logger: s.log, Store: refusalStore, Node: node})
 	s.dev = https.New(prov, https.Options{Logger: s.log, Refusals: s.refusals})
 	s.svc = s.prom.InstrumentService(serviceapi.New(svcStore, s.inst, serviceapi.Options{Logger: s.log, HostNames: s.serviceHostNames()}))
-	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg})
+	s.mqtt, err = mqtt.New(prov, mqtt.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg,
+		// A device that dialled the address over WebSockets names its
+		// hub only in its CONNECT's user name.
+		ClaimWebSocket: s.hubs.ClaimMQTTWebSocket})
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
@@ -371,6 +425,16 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return nil
+}
+
+// hubHealth is a linked hub's health for the linked-hub endpoints; nil
+// when health checks are off.
+func (s *Server) hubHealth(host string) *admin.LinkedHubHealth {
+	if s.health == nil {
+		return nil
+	}
+	h := s.health.Health(host)
+	return &h
 }
 
 // writeInfo leaves in the data directory what clients need to reach the
@@ -411,6 +475,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer dbg.Close()
 	}
 	stopFollowing := s.followChanges(ctx)
+	if s.health != nil {
+		go s.health.Run(ctx)
+	}
+	// Refusals are written until the transports are closed, so those of
+	// the drain are kept too.
+	refusalsCtx, stopRefusals := context.WithCancel(context.WithoutCancel(ctx))
+	refusalsDone := make(chan struct{})
+	go func() {
+		defer close(refusalsDone)
+		s.refusals.Run(refusalsCtx)
+	}()
 	// Work an earlier run of this node left half done (a crash, a kill)
 	// is finished or undone now rather than when its device comes back;
 	// so is other nodes' work whose lease has run out.
@@ -445,6 +520,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.engine.Close(sctx); err != nil {
 		s.log.Warn("registrations still running at shutdown", "err", err)
 	}
+	stopRefusals()
+	<-refusalsDone
 	s.closeHubs(sctx)
 	stopFollowing()
 	s.closeAll()
@@ -626,7 +703,7 @@ func (s *Server) extension(path string) http.Handler {
 	case segs[1] == "certificates":
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
-		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Health: s.hubHealth, Probe: s.registrar.ProbeCredentials, Logger: s.log})
 	case segs[1] == "allocationpolicies" && len(segs) <= 3:
 		return s.policies.Handler(allocpolicy.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "webhooktest" && len(segs) == 2:

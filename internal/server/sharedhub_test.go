@@ -135,6 +135,31 @@ func TestHubsOnTheNodeListeners(t *testing.T) {
 		c.Disconnect(100)
 	})
 
+	t.Run("device MQTT over WebSockets by IP, told apart by user name", func(t *testing.T) {
+		tok, _ := sas.New(url.QueryEscape(cs.HostName+"/devices/dev-1"), "", key, time.Now().Add(time.Hour))
+		opts := paho.NewClientOptions().AddBroker("wss://" + info.HTTPSAddr + "/$iothub/websocket").SetClientID("dev-1").
+			SetUsername(cs.HostName + "/dev-1/?api-version=2021-04-12").SetPassword(tok).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
+			SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.10.3"}) // an IP: no SNI, Host the IP
+		c := paho.NewClient(opts)
+		if tk := c.Connect(); !tk.WaitTimeout(15*time.Second) || tk.Error() != nil {
+			t.Fatalf("connect: %v", tk.Error())
+		}
+		defer c.Disconnect(100)
+		if tk := c.Publish("devices/dev-1/messages/events/", 1, false, "over ws"); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("publish: %v", tk.Error())
+		}
+		for range 100 {
+			for _, m := range h.Messages("dev-1", 0, 10) {
+				if m.Body == "over ws" {
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatal("the hub did not get the telemetry sent over WebSockets")
+	})
+
 	// The provisioning service answers on the same listeners, with a
 	// server name and without (its MQTT user names name no hub).
 	for _, tr := range []device.Transport{device.TransportMQTT, device.TransportHTTPS} {

@@ -9,6 +9,10 @@ const (
 	KindAllocationLog Kind = "allocationLog" // alloclog entries; id = registration id
 	// KindAllocationPolicy holds allocpolicy.Policy; id = policy name.
 	KindAllocationPolicy Kind = "allocationPolicy"
+	// KindRefusal holds refused device requests (admin.Refusal) when the
+	// store is shared by several nodes; id = tracking id, Ref =
+	// registration id.
+	KindRefusal Kind = "refusal"
 
 	KindHub        Kind = "hub"        // built-in hub configuration; id = hub name
 	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
@@ -25,7 +29,7 @@ const (
 // constants of this package.
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
-	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
+	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindRefusal,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry,
 	KindHealth,
 }

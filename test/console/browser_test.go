@@ -94,6 +94,7 @@ func freeIP(t *testing.T, ports ...string) string {
 type node struct {
 	*testenv.Node
 	hub   string
+	hubCS string // the built-in hub's iothubowner connection string
 	roots *x509.CertPool
 }
 
@@ -117,6 +118,8 @@ func startNode(t *testing.T, sdk bool) *node {
 			"--https-addr", net.JoinHostPort(ip, httpsPort),
 			"--mqtt-addr", net.JoinHostPort(ip, "18883"),
 			"--amqp-addr", net.JoinHostPort(ip, "15671"),
+			// Linked hubs show their health soon after they are linked.
+			"--hub-health-interval", "200ms",
 		},
 	})
 	if err != nil {
@@ -148,7 +151,7 @@ func startNode(t *testing.T, sdk bool) *node {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(ca)
-	return &node{Node: n, hub: h.HostName, roots: roots}
+	return &node{Node: n, hub: h.HostName, hubCS: h.ConnectionString, roots: roots}
 }
 
 // seedReaderPolicy creates the instance in dir's store with a second

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,54 @@ func TestConsolePages(t *testing.T) {
 	answerDialogs()
 	b.run(t, "change the weight", chromedp.Click(chromedp.CSS("button.change-weight")))
 	b.waitText(t, "#linked-hubs td[data-label=Weight]", "5")
+	// Its health, as the node's checks found it (the page reads it anew
+	// after every change).
+	b.run(t, "reload linked hubs", chromedp.Reload())
+	b.waitText(t, "#linked-hubs td[data-label=Health] .badge.healthy", "healthy")
+	b.waitText(t, "#linked-hubs td[data-label=Health] .health-note", "checked")
+	// Its key, rotated in place: a key the hub refuses is not saved.
+	checkProblems(t, b)
+	eval[bool](t, b, fmt.Sprintf(`(window.prompt = () => %q, true)`, strings.Replace(n.hubCS, "SharedAccessKey=", "SharedAccessKey=AAAA", 1)))
+	b.run(t, "rotate to a wrong key", chromedp.Click(chromedp.CSS("button.rotate-key")))
+	b.waitText(t, "main .error", "old one stays")
+	checkProblems(t, b, "status of 400")
+	eval[bool](t, b, fmt.Sprintf(`(window.prompt = () => %q, true)`, n.hubCS))
+	b.run(t, "rotate the key", chromedp.Click(chromedp.CSS("button.rotate-key")))
+	b.waitText(t, "main .ok", "was rotated")
+
+	// An allocation policy: refused while it does not compile (the
+	// compiler's line and column shown), created, edited, deleted.
+	b.run(t, "open allocation policies", chromedp.Navigate(origin+"/console/#/policies"))
+	b.waitText(t, "#policies", "No allocation policy yet.")
+	b.run(t, "new policy",
+		chromedp.Click(chromedp.CSS("#new-policy")),
+		chromedp.WaitVisible(chromedp.CSS("#policy-form")),
+		chromedp.SendKeys(chromedp.CSS("#ap-name"), "first-hub"),
+		chromedp.SetValue(chromedp.CSS("#policy-expr"), `{"iotHubHostName": linkedHubs[0]`),
+		chromedp.Click(chromedp.CSS("#save-policy")))
+	b.waitText(t, "#policy-message .error", "line 1, column")
+	checkProblems(t, b, "status of 400")
+	b.run(t, "fix and save",
+		chromedp.SetValue(chromedp.CSS("#policy-expr"), `{"iotHubHostName": linkedHubs[0]}`),
+		chromedp.Click(chromedp.CSS("#save-policy")))
+	b.waitText(t, "#policy-expression", "linkedHubs[0]}")
+	b.run(t, "edit it",
+		chromedp.Click(chromedp.CSS("#edit-policy")),
+		chromedp.WaitVisible(chromedp.CSS("#policy-form")),
+		chromedp.SendKeys(chromedp.CSS("#policy-description"), "the first linked hub"),
+		chromedp.Click(chromedp.CSS("#save-policy")))
+	b.waitText(t, "main .panel", "the first linked hub")
+	b.run(t, "list", chromedp.Navigate(origin+"/console/#/policies"))
+	b.waitText(t, "#policies", "policy:first-hub")
+	// The service API sees what the console saved.
+	service(t, n, "GET", "/dpsd/allocationPolicies/first-hub", "", 200)
+	answerDialogs()
+	b.run(t, "delete it",
+		chromedp.Click(chromedp.CSS(`a[href="#/policies/first-hub"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#delete-policy")),
+		chromedp.Click(chromedp.CSS("#delete-policy")))
+	b.waitText(t, "#policies", "No allocation policy yet.")
+	service(t, n, "GET", "/dpsd/allocationPolicies/first-hub", "", 404)
 
 	// The built-in hub's page.
 	b.run(t, "open built-in hubs", chromedp.Navigate(origin+"/console/#/hubs"))

@@ -249,6 +249,21 @@ func (c *cluster) deviceConfig(n *node, groupKey, id string) device.Config {
 // of a register, polling it elsewhere, and the status lookup.
 func (c *cluster) deviceRequest(t *testing.T, n *node, groupKey, id, method, path string, out any) int {
 	t.Helper()
+	code, data := c.deviceRequestBody(t, n, groupKey, id, method, path)
+	if code/100 == 2 && out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s on %s: answer %s: %v", method, path, n.name, data, err)
+		}
+	} else if code/100 != 2 {
+		t.Logf("%s %s on %s: %d %s", method, path, n.name, code, data)
+	}
+	return code
+}
+
+// deviceRequestBody is deviceRequest returning the answer's body
+// undecoded, whatever its status.
+func (c *cluster) deviceRequestBody(t *testing.T, n *node, groupKey, id, method, path string) (int, []byte) {
+	t.Helper()
 	key, err := sas.DeriveDeviceKey(groupKey, id)
 	if err != nil {
 		t.Fatal(err)
@@ -280,12 +295,5 @@ func (c *cluster) deviceRequest(t *testing.T, n *node, groupKey, id, method, pat
 	if err != nil {
 		t.Fatalf("%s %s on %s: read answer: %v", method, path, n.name, err)
 	}
-	if resp.StatusCode/100 == 2 && out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			t.Fatalf("%s %s on %s: answer %s: %v", method, path, n.name, data, err)
-		}
-	} else if resp.StatusCode/100 != 2 {
-		t.Logf("%s %s on %s: %d %s", method, path, n.name, resp.StatusCode, data)
-	}
-	return resp.StatusCode
+	return resp.StatusCode, data
 }

@@ -81,6 +81,14 @@ func (h *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeHubError(w, http.StatusUnauthorized, "IotHubUnauthorizedAccess", "no SAS token")
 		return
 	}
+	if r.URL.Path == "/statistics/devices" && r.Method == http.MethodGet {
+		// Every node's background health check of the linked hub.
+		h.mu.Lock()
+		n := len(h.devices)
+		h.mu.Unlock()
+		writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"totalDeviceCount":%d,"enabledDeviceCount":%d,"disabledDeviceCount":0}`, n, n))
+		return
+	}
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/devices/")
 	id, err := url.PathUnescape(rest)
 	if !ok || err != nil || id == "" || strings.Contains(rest, "/") {

@@ -297,7 +297,7 @@ async function createMany(prefix, n, put) {
   const ids = [];
   for (let i = 0; i < n; i++) {
     const id = `${prefix}-${i}`;
-    await put(id);
+    await put(id, i);
     ids.push(id);
   }
   return ids;
@@ -375,6 +375,36 @@ test('query enrollment groups with pageSize', T, async () => {
   } finally {
     for (const id of mine) await svc.deleteGroup(id);
   }
+});
+
+test('query individual enrollments with SELECT * FROM and a WHERE filter, paged', T, async () => {
+  const prefix = uid('sdk-qw');
+  const mine = await createMany(prefix, 6, (id, i) => svc.putEnrollment(symmetricEnrollment(id,
+    { provisioningStatus: i % 2 === 0 ? 'disabled' : 'enabled' })));
+  try {
+    // The form the Azure samples use keeps returning everything.
+    const all = await svc.drain(svc.client.createIndividualEnrollmentQuery({ query: 'SELECT * FROM enrollments' }, 4));
+    const allIds = new Set(all.flatMap((p) => p.items.map((e) => e.registrationId)));
+    for (const id of mine) assert.ok(allIds.has(id), `${id} missing from SELECT * FROM enrollments`);
+
+    const q = svc.client.createIndividualEnrollmentQuery({ query:
+      `SELECT * FROM enrollments WHERE provisioningStatus = 'disabled' AND registrationId IN ('${mine.join("','")}')` }, 1);
+    const pages = await svc.drain(q);
+    const got = pages.flatMap((p) => p.items.map((e) => e.registrationId));
+    const want = mine.filter((_, i) => i % 2 === 0);
+    assert.deepEqual(got, want, `filtered pages: ${safeJSON(got)}`);
+    for (const p of pages) assert.ok(p.items.length <= 1, 'page size 1 is kept');
+  } finally {
+    for (const id of mine) await svc.deleteEnrollment(id);
+  }
+});
+
+test('a query dpsd cannot filter is a 400, not everything', T, async () => {
+  const q = svc.client.createIndividualEnrollmentQuery({ query: "SELECT * FROM enrollments WHERE registrationId LIKE 'a%'" }, 5);
+  await assert.rejects(svc.drain(q), (err) => {
+    assertStatus(err, 400, 'ArgumentError');
+    return true;
+  });
 });
 
 test('query registration states of a group with no registrations returns []', T, async () => {

@@ -313,6 +313,25 @@ func (c *Client) sasToken() (string, error) {
 	return tok, nil
 }
 
+// RegistryStatistics is the answer of GET /statistics/devices.
+type RegistryStatistics struct {
+	TotalDeviceCount    int64 `json:"totalDeviceCount"`
+	EnabledDeviceCount  int64 `json:"enabledDeviceCount"`
+	DisabledDeviceCount int64 `json:"disabledDeviceCount"`
+}
+
+// DeviceStatistics reads the hub's device registry statistics: the
+// cheapest authenticated call of the REST API, which dpsd uses to check a
+// hub's health. It is tried once, never retried: a health check wants to
+// know whether the hub answers now.
+func (c *Client) DeviceStatistics(ctx context.Context) (*RegistryStatistics, error) {
+	var out RegistryStatistics
+	if err := c.once(ctx, http.MethodGet, "/statistics/devices", "", nil, &out); err != nil {
+		return nil, fmt.Errorf("registry statistics: %w", err)
+	}
+	return &out, nil
+}
+
 // MethodRequest is a direct method call (POST /twins/{id}/methods).
 type MethodRequest struct {
 	MethodName               string          `json:"methodName"`

@@ -24,8 +24,8 @@ import (
 // /messages/serviceBound/feedback, on which delivery outcomes go out as
 // the messages' ack asks; for devices telemetry on
 // /devices/{id}/messages/events and cloud-to-device messages on
-// /devices/{id}/messages/devicebound (settled when sent: the peer's
-// dispositions are not read). Twins and methods over AMQP are not served.
+// /devices/{id}/messages/devicebound (each settled by the device's
+// disposition); twins and methods on the device links of amqpdevice.go.
 const (
 	amqpCBS      = "$cbs"
 	amqpC2D      = "/messages/devicebound"
@@ -152,6 +152,13 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 		}
 		return nil
 	case strings.HasPrefix(l.Address, "/devices/"):
+		if id, _, ok := deviceNode(l.Address); ok {
+			if !a.deviceAuthorized(id) {
+				return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
+			}
+			a.hub().attachDeviceNode(l)
+			return nil
+		}
 		id, kind, ok := deviceLink(l.Address)
 		switch {
 		case !ok || !(kind == "events" && l.PeerIsSender || kind == "devicebound" && !l.PeerIsSender && !strings.Contains(id, "/")):
@@ -196,6 +203,14 @@ func (a *amqpLinks) Message(ctx context.Context, d *wire.Delivery) {
 	case d.Link.Address == amqpC2D:
 		a.sendC2D(ctx, d)
 	case strings.HasPrefix(d.Link.Address, "/devices/"):
+		if id, _, ok := deviceNode(d.Link.Address); ok {
+			if !a.deviceAuthorized(id) {
+				_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the device token expired"})
+				return
+			}
+			a.hub().deviceNodeMessage(ctx, d)
+			return
+		}
 		a.telemetry(d)
 	default:
 		_ = d.Reject(&wire.Error{Condition: "amqp:not-allowed", Description: "this link takes no messages"})
@@ -369,6 +384,7 @@ func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
 func (a *amqpLinks) Detach(l *wire.Link) {
 	if h := a.hub(); h != nil {
 		h.removeFeedbackLink(l)
+		h.detachDeviceNode(l)
 		if id, kind, ok := deviceLink(l.Address); ok && kind == "devicebound" {
 			h.removeAMQPC2D(id, l)
 		}

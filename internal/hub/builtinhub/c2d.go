@@ -15,6 +15,9 @@ import (
 	"sync"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/store"
@@ -53,6 +56,7 @@ type C2DMessage struct {
 // queued is a message waiting in a device's queue.
 type queued struct {
 	C2DMessage
+	device      string // the device id as the sender spelled it
 	seq         int64
 	enqueued    time.Time
 	lockToken   string // set while locked
@@ -71,6 +75,10 @@ type c2dQueues struct {
 	hub string
 	log *slog.Logger
 
+	// dead receives the messages dropped undelivered (expired, or past
+	// their delivery count), with the feedback status; mu is held.
+	dead func(m *queued, status string)
+
 	mu     sync.Mutex
 	seq    int64
 	queues map[string][]*queued // by lower-cased device id
@@ -83,6 +91,7 @@ func newC2DQueues(st store.Store, hub string, log *slog.Logger) *c2dQueues {
 // storedC2D is a waiting message as the store keeps it.
 type storedC2D struct {
 	C2DMessage
+	Device     string    `json:"deviceId,omitempty"`
 	Seq        int64     `json:"seq"`
 	Enqueued   time.Time `json:"enqueued"`
 	Deliveries int       `json:"deliveries"`
@@ -106,7 +115,7 @@ func (c *c2dQueues) save(key string) {
 	}
 	out := make([]storedC2D, len(q))
 	for i, m := range q {
-		out[i] = storedC2D{C2DMessage: m.C2DMessage, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries}
+		out[i] = storedC2D{C2DMessage: m.C2DMessage, Device: m.device, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries}
 	}
 	data, err := json.Marshal(out)
 	if err == nil {
@@ -137,7 +146,10 @@ func (c *c2dQueues) load(ctx context.Context) error {
 			}
 			key := strings.ToLower(strings.TrimPrefix(rec.ID, c.hub+"/"))
 			for _, m := range ms {
-				c.queues[key] = append(c.queues[key], &queued{C2DMessage: m.C2DMessage, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries})
+				if m.Device == "" {
+					m.Device = key
+				}
+				c.queues[key] = append(c.queues[key], &queued{C2DMessage: m.C2DMessage, device: m.Device, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries})
 				c.seq = max(c.seq, m.Seq)
 			}
 		}
@@ -158,7 +170,7 @@ func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
 		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "MessageTooLarge", "The message body is larger than %d bytes.", MaxC2DBody)
 	}
 	now := h.now()
-	q := &queued{C2DMessage: *m, enqueued: now}
+	q := &queued{C2DMessage: *m, device: id, enqueued: now}
 	if q.MessageID == "" {
 		q.MessageID = newToken()
 	}
@@ -182,13 +194,36 @@ func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
 	return nil
 }
 
-// expire drops the expired messages of a queue; mu is held.
+// Feedback status codes and descriptions, IoT Hub's.
+const (
+	statusSuccess       = "Success"
+	statusExpired       = "Expired"
+	statusDeliveryCount = "DeliveryCountExceeded"
+	statusRejected      = "Rejected"
+)
+
+var statusDescription = map[string]string{
+	statusSuccess:       "Success",
+	statusExpired:       "Message expired",
+	statusDeliveryCount: "Message delivery count exceeded",
+	statusRejected:      "Message rejected",
+}
+
+// expire dead-letters the messages of a queue that expired, or that are
+// visible again after their last allowed delivery; mu is held.
 func (c *c2dQueues) expire(key string, now time.Time) {
 	q := c.queues[key]
 	kept := q[:0]
 	for _, m := range q {
-		if now.Before(m.Expiry) && m.deliveries < maxDeliveries {
+		locked := m.lockToken != "" && now.Before(m.lockedUntil)
+		switch {
+		case !now.Before(m.Expiry):
+			c.deadLetter(m, statusExpired)
+		case !locked && m.deliveries >= maxDeliveries:
+			c.deadLetter(m, statusDeliveryCount)
+		default:
 			kept = append(kept, m)
+			continue
 		}
 	}
 	dropped := len(q) - len(kept)
@@ -200,6 +235,14 @@ func (c *c2dQueues) expire(key string, now time.Time) {
 	}
 	if dropped > 0 {
 		c.save(key)
+	}
+}
+
+// deadLetter reports a message dropped undelivered; mu is held.
+func (c *c2dQueues) deadLetter(m *queued, status string) {
+	c.log.Debug("cloud-to-device message dead-lettered", "deviceId", m.device, "messageId", m.MessageID, "status", status)
+	if c.dead != nil {
+		c.dead(m, status)
 	}
 }
 
@@ -223,30 +266,64 @@ func (c *c2dQueues) next(id string, now time.Time) *queued {
 	return nil
 }
 
-// settle completes (remove), rejects (remove, dead-letter) or abandons
-// (unlock) the locked message with lockToken and returns it; nil if there
-// is none.
-func (c *c2dQueues) settle(id, lockToken string, remove bool) *queued {
+// c2dOutcome is how a device settles a message it received.
+type c2dOutcome int
+
+const (
+	c2dComplete c2dOutcome = iota // done: removed
+	c2dReject                     // refused: removed, dead-lettered
+	c2dAbandon                    // not now: visible again
+)
+
+// settle applies outcome o to the message locked with lockToken and
+// returns it, and whether an abandoned message was its last allowed
+// delivery (and is dead-lettered); nil if no message holds that lock.
+func (c *c2dQueues) settle(id, lockToken string, o c2dOutcome, now time.Time) (*queued, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	key := strings.ToLower(id)
 	q := c.queues[key]
 	for i, m := range q {
-		if m.lockToken != lockToken || lockToken == "" {
+		if m.lockToken != lockToken || lockToken == "" || !now.Before(m.lockedUntil) {
 			continue
 		}
-		if remove {
-			c.queues[key] = append(q[:i:i], q[i+1:]...)
-			if len(c.queues[key]) == 0 {
-				delete(c.queues, key)
-			}
-			c.save(key)
-		} else {
+		dead := o == c2dAbandon && m.deliveries >= maxDeliveries
+		if o == c2dAbandon && !dead {
 			m.lockToken = ""
+			cp := *m
+			return &cp, false
 		}
-		return m
+		c.queues[key] = append(q[:i:i], q[i+1:]...)
+		if len(c.queues[key]) == 0 {
+			delete(c.queues, key)
+		}
+		c.save(key)
+		return m, dead
 	}
-	return nil
+	return nil, false
+}
+
+// settleC2D applies a device's settlement of the message it holds with
+// lockToken, sends the feedback the message asked for, and offers an
+// abandoned message again to a device connected over MQTT or AMQP. It
+// reports whether a message held that lock.
+func (h *Hub) settleC2D(id, lockToken string, o c2dOutcome) bool {
+	m, dead := h.c2d.settle(id, lockToken, o, h.now())
+	if m == nil {
+		return false
+	}
+	switch {
+	case o == c2dComplete:
+		h.feedback(m, statusSuccess)
+	case o == c2dReject:
+		h.feedback(m, statusRejected)
+	case dead:
+		h.feedback(m, statusDeliveryCount)
+	default:
+		go h.deliverC2D(id)
+	}
+	h.log.Debug("cloud-to-device message settled", "deviceId", id, "messageId", m.MessageID, "outcome", o, "deliveries", m.deliveries)
+	return true
 }
 
 // drop forgets a deleted device's messages.
@@ -259,11 +336,20 @@ func (c *c2dQueues) drop(id string) {
 
 // deliverC2D sends a device's waiting messages over its MQTT connection,
 // when it has one subscribed to its cloud-to-device topic, or else its
-// AMQP link. Messages go out at QoS 0 (MQTT) or settled (AMQP) and count
-// as completed once written.
+// AMQP link. Over MQTT a message is complete when the device acknowledges
+// it (PUBACK; at once for a QoS 0 subscription), as on IoT Hub; over
+// AMQP the device's disposition settles it.
 func (h *Hub) deliverC2D(id string) {
 	cl := h.client(id)
-	if cl == nil || !subscribed(cl, "devices/"+cl.ID+"/messages/devicebound/#") {
+	filter := "devices/" + id + "/messages/devicebound/#"
+	if cl != nil {
+		filter = "devices/" + cl.ID + "/messages/devicebound/#"
+	}
+	sub, ok := packets.Subscription{}, false
+	if cl != nil {
+		sub, ok = cl.State.Subscriptions.Get(filter)
+	}
+	if !ok {
 		if l := h.amqpC2DLink(id); l != nil {
 			h.deliverAMQP(id, l)
 		}
@@ -274,10 +360,95 @@ func (h *Hub) deliverC2D(id string) {
 		if m == nil {
 			return
 		}
-		h.writeTo(cl, "devices/"+cl.ID+"/messages/devicebound/"+c2dPropertyBag(id, m), m.Body)
-		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
-			h.feedback(id, done, "Success", "Success")
+		topic := "devices/" + cl.ID + "/messages/devicebound/" + c2dPropertyBag(id, m)
+		if sub.Qos == 0 {
+			h.writeTo(cl, topic, m.Body)
+			h.settleC2D(id, m.lockToken, c2dComplete)
+			continue
 		}
+		if err := h.publishC2D(cl, topic, m); err != nil {
+			h.log.Debug("cloud-to-device message not sent over MQTT", "deviceId", id, "err", err)
+			h.c2d.settle(id, m.lockToken, c2dAbandon, h.now())
+			return
+		}
+	}
+}
+
+// publishC2D sends a message at QoS 1: the device's PUBACK completes it
+// (OnPacketRead), and a connection that ends first abandons it
+// (OnDisconnect), so the device's next connection gets it again. The
+// hub keeps these in-flight messages itself: the broker's own in-flight
+// table shares packet ids with the device's publishes and would take a
+// device's telemetry for the PUBACK of a message with the same id.
+func (h *Hub) publishC2D(cl *mqtt.Client, topic string, m *queued) error {
+	h.mu.Lock()
+	if h.mqttC2D == nil {
+		h.mqttC2D = map[mqttInflight]string{}
+	}
+	var k mqttInflight
+	for range 1 << 16 {
+		h.mqttPacketID++
+		if h.mqttPacketID == 0 {
+			h.mqttPacketID = 1
+		}
+		k = mqttInflight{cl, h.mqttPacketID}
+		if _, used := h.mqttC2D[k]; !used {
+			break
+		}
+	}
+	if _, used := h.mqttC2D[k]; used {
+		h.mu.Unlock()
+		return errors.New("no free packet id")
+	}
+	h.mqttC2D[k] = m.lockToken
+	h.mu.Unlock()
+	err := cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   topic,
+		Payload:     m.Body,
+		PacketID:    k.packet,
+	})
+	if err != nil {
+		h.mu.Lock()
+		delete(h.mqttC2D, k)
+		h.mu.Unlock()
+	}
+	return err
+}
+
+// mqttInflight names a cloud-to-device message in flight on one MQTT
+// connection.
+type mqttInflight struct {
+	cl     *mqtt.Client
+	packet uint16
+}
+
+// mqttC2DAcked completes the message a device's PUBACK answered.
+func (h *Hub) mqttC2DAcked(cl *mqtt.Client, pid uint16) {
+	k := mqttInflight{cl, pid}
+	h.mu.Lock()
+	lock, ok := h.mqttC2D[k]
+	delete(h.mqttC2D, k)
+	h.mu.Unlock()
+	if ok {
+		h.settleC2D(cl.ID, lock, c2dComplete)
+	}
+}
+
+// mqttC2DEnded abandons the messages still in flight on a connection
+// that ended.
+func (h *Hub) mqttC2DEnded(cl *mqtt.Client) {
+	var locks []string
+	h.mu.Lock()
+	for k, lock := range h.mqttC2D {
+		if k.cl == cl {
+			locks = append(locks, lock)
+			delete(h.mqttC2D, k)
+		}
+	}
+	h.mu.Unlock()
+	for _, lock := range locks {
+		h.settleC2D(cl.ID, lock, c2dAbandon)
 	}
 }
 
@@ -342,8 +513,11 @@ func (h *Hub) amqpC2DLink(id string) *wire.Link {
 	return h.amqpC2D[strings.ToLower(id)]
 }
 
-// deliverAMQP sends a device's waiting messages on its AMQP link; each
-// counts as completed once sent.
+// deliverAMQP sends a device's waiting messages on its AMQP link,
+// unsettled: the device's disposition completes (accepted), rejects
+// (rejected) or abandons (released, modified) each. A message the device
+// leaves unsettled for the lock's duration, or whose link ends, is
+// abandoned.
 func (h *Hub) deliverAMQP(id string, l *wire.Link) {
 	for range MaxC2DQueue {
 		m := h.c2d.next(id, h.now())
@@ -360,17 +534,35 @@ func (h *Hub) deliverAMQP(id string, l *wire.Link) {
 			ApplicationProperties: app,
 			Data:                  [][]byte{m.Body},
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := l.Send(ctx, msg)
-		cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), c2dLock)
+		outcome, err := l.SendUnsettled(ctx, msg)
 		if err != nil {
-			h.c2d.settle(id, m.lockToken, false) // abandoned: delivered again later
+			cancel()
 			h.log.Debug("cloud-to-device message not sent over AMQP", "deviceId", id, "err", err)
+			h.c2d.settle(id, m.lockToken, c2dAbandon, h.now())
 			return
 		}
-		if done := h.c2d.settle(id, m.lockToken, true); done != nil {
-			h.feedback(id, done, "Success", "Success")
-		}
+		go func() {
+			defer cancel()
+			select {
+			case o := <-outcome:
+				switch o {
+				case wire.OutcomeAccepted:
+					h.settleC2D(id, m.lockToken, c2dComplete)
+				case wire.OutcomeRejected:
+					h.settleC2D(id, m.lockToken, c2dReject)
+				default: // released, modified
+					h.settleC2D(id, m.lockToken, c2dAbandon)
+				}
+			case <-l.Done():
+				// Visible again for the device's next link, not
+				// offered on this one.
+				h.c2d.settle(id, m.lockToken, c2dAbandon, h.now())
+			case <-ctx.Done():
+				// The lock expired: the message is visible again.
+				go h.deliverC2D(id)
+			}
+		}()
 	}
 }
 

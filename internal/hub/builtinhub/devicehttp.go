@@ -214,20 +214,20 @@ func (h *Hub) deviceReceive(w http.ResponseWriter, r *http.Request, reqID string
 	_, _ = w.Write(m.Body)
 }
 
-// deviceSettle completes, rejects or abandons a received message.
+// deviceSettle completes, rejects or abandons a received message: the
+// lock is its ETag.
 func (h *Hub) deviceSettle(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
 	id, lock := segs[1], strings.Trim(segs[4], `"`)
-	remove := r.Method == http.MethodDelete // complete, or reject with ?reject
-	m := h.c2d.settle(id, lock, remove)
-	if m == nil {
+	o := c2dAbandon
+	if r.Method == http.MethodDelete {
+		o = c2dComplete
+		if r.URL.Query().Has("reject") {
+			o = c2dReject
+		}
+	}
+	if !h.settleC2D(id, lock, o) {
 		h.writeError(w, reqID, azurehub.Errorf(http.StatusPreconditionFailed, "DeviceMessageLockLost", "No message of device %s is locked with %s.", id, lock))
 		return
-	}
-	switch {
-	case remove && r.URL.Query().Has("reject"):
-		h.feedback(id, m, "Rejected", "Message rejected")
-	case remove:
-		h.feedback(id, m, "Success", "Success")
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -34,11 +34,10 @@ type feedbackHub struct {
 
 func newFeedbackHub() *feedbackHub { return &feedbackHub{links: map[*wire.Link]struct{}{}} }
 
-// feedback records the outcome of message m for device id, if its ack
-// asks for it: "positive" for successes, "negative" for the others,
-// "full" for both.
-func (h *Hub) feedback(id string, m *queued, status, desc string) {
-	success := status == "Success"
+// feedback records the outcome of message m, if its ack asks for it:
+// "positive" for successes, "negative" for the others, "full" for both.
+func (h *Hub) feedback(m *queued, status string) {
+	success := status == statusSuccess
 	switch m.Ack {
 	case "full":
 	case "positive":
@@ -52,7 +51,7 @@ func (h *Hub) feedback(id string, m *queued, status, desc string) {
 	default:
 		return
 	}
-	rec := FeedbackRecord{OriginalMessageID: m.MessageID, DeviceID: id, StatusCode: status, Description: desc,
+	rec := FeedbackRecord{OriginalMessageID: m.MessageID, DeviceID: m.device, StatusCode: status, Description: statusDescription[status],
 		EnqueuedTimeUTC: h.now().UTC().Format("2006-01-02T15:04:05.0000000Z")}
 	f := h.fb
 	f.mu.Lock()

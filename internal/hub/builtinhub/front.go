@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/dpsd/dpsd/internal/deadline"
 	"github.com/dpsd/dpsd/internal/sas"
 	"github.com/dpsd/dpsd/internal/tlsmux"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // Protocol names a shared listener's protocol.
@@ -174,6 +176,31 @@ func (m *Manager) ClaimMQTT(tc *tls.Conn) (net.Conn, bool) {
 	return nil, true
 }
 
+// ClaimMQTTWebSocket is ClaimMQTT for MQTT over WebSockets on the node's
+// HTTPS listener, upgraded by the provisioning service because the
+// request named no hub (a device that dialled the shared address). A
+// connection that sends no whole CONNECT in time is closed (and claimed).
+func (m *Manager) ClaimMQTTWebSocket(c net.Conn, peers []*x509.Certificate) (net.Conn, bool) {
+	if m == nil || m.front == nil || !m.Running() {
+		return c, false
+	}
+	_ = c.SetReadDeadline(time.Now().Add(m.opt.ConnectTimeout))
+	id, user, read, err := mqttConnect(c, maxMQTTPacket)
+	_ = c.SetReadDeadline(time.Time{})
+	if errors.Is(err, errShortConnect) {
+		c.Close()
+		return nil, true
+	}
+	rc := tlsmux.Prepend(c, read)
+	h := m.hubOfConnect(id, user)
+	if h == nil || !h.enter() {
+		return rc, false
+	}
+	defer h.wg.Done()
+	h.serveMQTT(rc, listenerWebSocket, peers)
+	return nil, true
+}
+
 // hubOfConnect finds the hub an MQTT CONNECT is for: the one whose host
 // name starts the user name ({hubHostName}/{deviceId}/…); or, when the
 // user name starts with an IP address (a device that names its hub by
@@ -212,6 +239,9 @@ func (m *Manager) hubOfConnect(clientID, user string) *Hub {
 
 // serveHTTP gives a request on the shared HTTPS endpoint to its hub.
 func (f *front) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.m.serveAMQPWebSocket(w, r) {
+		return
+	}
 	h := f.m.hubOfRequest(r)
 	if h == nil {
 		deadline.Body(w, r, f.m.opt.BodyTimeout)
@@ -219,6 +249,26 @@ func (f *front) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.serveHTTP(w, r)
+}
+
+// amqpWebSocketSubprotocol is the WebSocket subprotocol of AMQP 1.0
+// (AMQP WebSocket binding), which the SDKs' AMQP-over-WebSockets
+// transports offer on /$iothub/websocket.
+const amqpWebSocketSubprotocol = "AMQPWSB10"
+
+// serveAMQPWebSocket serves AMQP over WebSockets when r asks for it and
+// reports whether it did. The connection's hub is found as for AMQP over
+// TLS: by the open frame's host name or the first put-token's audience.
+func (m *Manager) serveAMQPWebSocket(w http.ResponseWriter, r *http.Request) bool {
+	if m.amqp == nil || m.front == nil || !wsconn.IsUpgrade(r) || !wsconn.Offers(r, amqpWebSocketSubprotocol) {
+		return false
+	}
+	c, err := wsconn.UpgradeSubprotocol(w, r, amqpWebSocketSubprotocol)
+	if err != nil {
+		return true // answered
+	}
+	_ = m.amqp.ServeConn(m.front.ctx, c)
+	return true
 }
 
 // hubOfRequest finds the hub an HTTPS request is for: by the TLS server

@@ -139,6 +139,7 @@ type dialOpts struct {
 	tlsName   string
 	username  string // overrides the computed user name
 	keepAlive int64  // seconds; 0 means paho's default, -1 none
+	manualAck bool   // PUBACK only when the test calls Ack
 }
 
 func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, bool, error) {
@@ -169,7 +170,8 @@ func dialDevice(t *testing.T, e *env, id string, o dialOpts) (*deviceClient, boo
 		SetConnectRetry(false).
 		SetConnectTimeout(10 * time.Second).
 		SetTLSConfig(e.tlsConfig(o.tlsName)).
-		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { dc.msgs <- m })
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { dc.msgs <- m }).
+		SetAutoAckDisabled(o.manualAck)
 	switch {
 	case o.keepAlive < 0:
 		opts.SetKeepAlive(0)

@@ -142,7 +142,13 @@ type Hub struct {
 	devices map[string]*devState     // by lower-cased device id
 	methods map[string]pendingMethod // by request id
 	amqpC2D map[string]*wire.Link    // devices' AMQP cloud-to-device links, by lower-cased id
-	wg      sync.WaitGroup
+	// mqttC2D are the locks of the cloud-to-device messages in flight
+	// over MQTT, by connection and packet id, and mqttPacketID the last
+	// packet id given out; under mu.
+	mqttC2D      map[mqttInflight]string
+	mqttPacketID uint16
+	amqpDev      amqpDeviceLinks // devices' AMQP twin and method links
+	wg           sync.WaitGroup
 }
 
 var (
@@ -283,6 +289,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		shared:         o.shared,
 	}
 	h.msgs.setPartitions(o.partitions)
+	h.c2d.dead = h.feedback
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{o.cert},

@@ -205,6 +205,9 @@ func (m *Manager) ServeListener(p Protocol, l net.Listener) error {
 // names a hub in its Host header (a client that dialled the address and
 // sent no TLS server name); ServesHost says which requests those are.
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if m.serveAMQPWebSocket(w, r) {
+		return
+	}
 	if h := m.hubOfRequest(r); h != nil {
 		h.serveHTTP(w, r)
 		return

@@ -178,6 +178,7 @@ func (k *deviceHook) Provides(b byte) bool {
 		mqtt.OnPublished,
 		mqtt.OnDisconnect,
 		mqtt.OnPacketEncode,
+		mqtt.OnPacketRead,
 		mqtt.StoredClients,
 		mqtt.StoredSubscriptions,
 	}, []byte{b})
@@ -369,6 +370,7 @@ func (k *deviceHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if cl.Net.Conn == nil {
 		return // a session restored from the store, not a connection
 	}
+	k.h.mqttC2DEnded(cl)
 	if !cl.IsTakenOver() {
 		k.h.setConnected(cl.ID, cl, false)
 		if expire {
@@ -492,6 +494,16 @@ func (k *deviceHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.handleDevicePublish(cl, pk.TopicName, bytes.Clone(pk.Payload))
 }
 
+// OnPacketRead completes the cloud-to-device message a device
+// acknowledged: MQTT has no reject or abandon, and IoT Hub takes the
+// PUBACK as completion.
+func (k *deviceHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Puback {
+		k.h.mqttC2DAcked(cl, pk.PacketID)
+	}
+	return pk, nil
+}
+
 // StoredClients and StoredSubscriptions restore persistent sessions at
 // start, so a device that reconnects with clean session off finds its
 // subscriptions (the Node SDK never subscribes again).
@@ -601,10 +613,6 @@ func subscribed(cl *mqtt.Client, filter string) bool {
 // connected and subscribed (possibly in an earlier connection of its
 // persistent session).
 func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
-	cl := h.client(id)
-	if cl == nil || !subscribed(cl, filterDesired) {
-		return
-	}
 	body := make(map[string]any, len(patch)+1)
 	for k, v := range patch {
 		body[k] = v
@@ -614,7 +622,10 @@ func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
 	if err != nil {
 		return
 	}
-	h.writeTo(cl, topicDesiredPush+"?$version="+strconv.FormatInt(version, 10), data)
+	if cl := h.client(id); cl != nil && subscribed(cl, filterDesired) {
+		h.writeTo(cl, topicDesiredPush+"?$version="+strconv.FormatInt(version, 10), data)
+	}
+	h.pushDesiredAMQP(id, data, version)
 }
 
 // InvokeMethod calls a direct method on a connected device and waits for
@@ -644,7 +655,11 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 		return nil, err
 	}
 	cl := h.client(id)
-	if cl == nil || !subscribed(cl, filterMethods) {
+	if cl != nil && !subscribed(cl, filterMethods) {
+		cl = nil
+	}
+	amqpLink := h.amqpMethodLink(id)
+	if cl == nil && amqpLink == nil {
 		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
 	}
 	timeout := h.methodTimeout
@@ -665,7 +680,11 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	if len(payload) == 0 {
 		payload = []byte("null")
 	}
-	h.writeTo(cl, topicMethodsPost+req.MethodName+"/?$rid="+rid, payload)
+	if cl != nil {
+		h.writeTo(cl, topicMethodsPost+req.MethodName+"/?$rid="+rid, payload)
+	} else if err := h.invokeAMQP(ctx, amqpLink, req.MethodName, rid, payload); err != nil {
+		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online: %v", id, err)
+	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -706,6 +725,11 @@ func (h *Hub) handleMethodResponse(id, topic string, payload []byte) {
 		h.log.Debug("malformed method response", "deviceId", id, "topic", topic)
 		return
 	}
+	h.answerMethod(id, rid, status, payload)
+}
+
+// answerMethod passes a device's answer to the method call rid waits for.
+func (h *Hub) answerMethod(id, rid string, status int, payload []byte) {
 	body := json.RawMessage(payload)
 	if !json.Valid(body) {
 		b, _ := json.Marshal(string(payload))

@@ -1,6 +1,7 @@
 package builtinhub
 
 import (
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,6 +76,8 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 		return h.restListDevices, RightRegistryRead
 	case len(segs) == 1 && segs[0] == "devices" && method == http.MethodPost:
 		return h.restBulkDevices, RightRegistryWrite
+	case len(segs) == 2 && segs[0] == "statistics" && segs[1] == "devices" && method == http.MethodGet:
+		return h.restStatistics, RightRegistryRead
 	case len(segs) == 2 && segs[0] == "devices":
 		switch method {
 		case http.MethodGet:
@@ -242,6 +245,36 @@ func (h *Hub) restBulkDevices(w http.ResponseWriter, r *http.Request, reqID stri
 		return
 	}
 	writeJSON(w, http.StatusOK, "", res)
+}
+
+// maxStatisticsDevices bounds the devices GET /statistics/devices counts:
+// it is what other dpsd instances call to check the hub's health, and must
+// stay cheap whatever the hub holds. Beyond it the counts are a floor.
+const maxStatisticsDevices = 10000
+
+func (h *Hub) restStatistics(w http.ResponseWriter, r *http.Request, reqID string, _ []string) {
+	var st azurehub.RegistryStatistics
+	after := ""
+	for st.TotalDeviceCount < maxStatisticsDevices {
+		page, more, err := h.ListDevices(r.Context(), after, 1000)
+		if err != nil {
+			h.writeError(w, reqID, err)
+			return
+		}
+		for _, d := range page {
+			st.TotalDeviceCount++
+			if strings.EqualFold(d.Status, "disabled") {
+				st.DisabledDeviceCount++
+			} else {
+				st.EnabledDeviceCount++
+			}
+		}
+		if !more || len(page) == 0 {
+			break
+		}
+		after = page[len(page)-1].DeviceID
+	}
+	writeJSON(w, http.StatusOK, "", &st)
 }
 
 func (h *Hub) restGetDevice(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
@@ -554,3 +587,22 @@ func (w *statusWriter) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// CheckKey reports whether key is a current key (primary or secondary)
+// of the hub's shared access policy keyName with the rights dpsd's hub
+// registrar needs (RegistryWrite and ServiceConnect), so that a linked
+// hub's rotated connection string can be checked before it is saved.
+func (h *Hub) CheckKey(keyName, key string) error {
+	pol, ok := h.cfg.policy(keyName)
+	if !ok {
+		return fmt.Errorf("hub %s has no shared access policy %q", h.cfg.HostName, keyName)
+	}
+	k := decodeKey(key)
+	if k == nil || (!hmac.Equal(k, decodeKey(pol.PrimaryKey)) && !hmac.Equal(k, decodeKey(pol.SecondaryKey))) {
+		return fmt.Errorf("the key is neither key of the policy %q of hub %s", pol.KeyName, h.cfg.HostName)
+	}
+	if !pol.has(RightRegistryWrite) || !pol.has(RightServiceConnect) {
+		return fmt.Errorf("the policy %q of hub %s lacks RegistryWrite or ServiceConnect", pol.KeyName, h.cfg.HostName)
+	}
+	return nil
+}

@@ -84,6 +84,11 @@ type Options struct {
 	// UnauthorizedGrace bounds how long a connection stays open once a
 	// request was refused with 401. Zero means DefaultUnauthorizedGrace.
 	UnauthorizedGrace time.Duration
+	// ClaimWebSocket, when set, is offered every MQTT-over-WebSockets
+	// connection first (with the client's certificates): built-in hubs
+	// sharing the listener take the ones whose CONNECT is theirs. It
+	// returns the connection, its bytes intact, when it did not take it.
+	ClaimWebSocket func(c net.Conn, peers []*x509.Certificate) (net.Conn, bool)
 }
 
 // Server is the DPS MQTT transport. Create it with New.
@@ -96,6 +101,7 @@ type Server struct {
 	connectTimeout time.Duration
 	maxIdle        time.Duration
 	unauthGrace    time.Duration
+	claimWS        func(net.Conn, []*x509.Certificate) (net.Conn, bool)
 	broker         *mqtt.Server
 
 	// baseCtx is the parent of every connection's context; cancel ends
@@ -138,6 +144,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		connectTimeout: opts.ConnectTimeout,
 		maxIdle:        opts.MaxIdle,
 		unauthGrace:    opts.UnauthorizedGrace,
+		claimWS:        opts.ClaimWebSocket,
 		listeners:      make(map[net.Listener]struct{}),
 		active:         make(map[net.Conn]*connState),
 	}

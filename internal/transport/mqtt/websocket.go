@@ -36,5 +36,12 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		peers = r.TLS.PeerCertificates
 	}
+	if claim := s.claimWS; claim != nil {
+		rest, claimed := claim(c, peers)
+		if claimed {
+			return
+		}
+		c = rest
+	}
 	s.serveConn(c, TransportMQTTWebSocket, peers, false)
 }

@@ -1,12 +1,14 @@
 package serviceapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/query"
 	"github.com/dpsd/dpsd/internal/store"
 )
 
@@ -66,8 +68,18 @@ func (h *handler) enrollmentAttestation(req *request) error {
 	if err != nil {
 		return err
 	}
-	h.writeJSON(req, http.StatusOK, enroll.AttestationView(e.Attestation))
+	h.writeJSON(req, http.StatusOK, attestationAnswer(req, e.Attestation))
 	return nil
+}
+
+// attestationAnswer is what an attestationmechanism request answers: with
+// the dpsd extension includeCertificates=true, X.509 certificates as
+// stored rather than only their info.
+func attestationAnswer(req *request, a *dps.AttestationMechanism) *dps.AttestationMechanism {
+	if req.r.URL.Query().Get("includeCertificates") == "true" {
+		return enroll.AttestationWithCertificates(a)
+	}
+	return enroll.AttestationView(a)
 }
 
 func (h *handler) bulkEnrollments(req *request) error {
@@ -89,19 +101,19 @@ func (h *handler) bulkEnrollments(req *request) error {
 
 func (h *handler) queryEnrollments(req *request) error {
 	const scope = "enrollments"
-	opt, err := queryOptions(req, scope)
+	q, opt, err := queryOptions(req, scope)
 	if err != nil {
 		return err
 	}
-	list, more, err := enroll.ListEnrollments(req.r.Context(), h.st, opt)
+	out, last, more, err := filteredPage(req.r.Context(), q, opt,
+		func(ctx context.Context, o store.ListOptions) ([]*dps.IndividualEnrollment, bool, error) {
+			return enroll.ListEnrollments(ctx, h.st, o)
+		},
+		func(e *dps.IndividualEnrollment) (string, *dps.IndividualEnrollment) {
+			return e.RegistrationID, enroll.EnrollmentView(e, enroll.HideKeys)
+		})
 	if err != nil {
 		return err
-	}
-	out := make([]*dps.IndividualEnrollment, 0, len(list))
-	last := ""
-	for _, e := range list {
-		out = append(out, enroll.EnrollmentView(e, enroll.HideKeys))
-		last = e.RegistrationID
 	}
 	h.writePage(req, dps.ItemTypeEnrollment, opt.Limit, scope, last, more, out)
 	return nil
@@ -150,7 +162,7 @@ func (h *handler) groupAttestation(req *request) error {
 	if err != nil {
 		return err
 	}
-	h.writeJSON(req, http.StatusOK, enroll.AttestationView(g.Attestation))
+	h.writeJSON(req, http.StatusOK, attestationAnswer(req, g.Attestation))
 	return nil
 }
 
@@ -173,48 +185,52 @@ func (h *handler) bulkGroups(req *request) error {
 
 func (h *handler) queryGroups(req *request) error {
 	const scope = "enrollmentGroups"
-	opt, err := queryOptions(req, scope)
+	q, opt, err := queryOptions(req, scope)
 	if err != nil {
 		return err
 	}
-	list, more, err := enroll.ListGroups(req.r.Context(), h.st, opt)
+	out, last, more, err := filteredPage(req.r.Context(), q, opt,
+		func(ctx context.Context, o store.ListOptions) ([]*dps.EnrollmentGroup, bool, error) {
+			return enroll.ListGroups(ctx, h.st, o)
+		},
+		func(g *dps.EnrollmentGroup) (string, *dps.EnrollmentGroup) {
+			return g.EnrollmentGroupID, enroll.GroupView(g, enroll.HideKeys)
+		})
 	if err != nil {
 		return err
-	}
-	out := make([]*dps.EnrollmentGroup, 0, len(list))
-	last := ""
-	for _, g := range list {
-		out = append(out, enroll.GroupView(g, enroll.HideKeys))
-		last = g.EnrollmentGroupID
 	}
 	h.writePage(req, dps.ItemTypeEnrollmentGroup, opt.Limit, scope, last, more, out)
 	return nil
 }
 
 // queryOptions reads a query request: the optional QuerySpecification body
-// (its text is not interpreted — "*" and "SELECT *" both mean everything,
-// and the Azure CLI sends no body for registration queries) and the paging
-// headers.
-func queryOptions(req *request, scope string) (store.ListOptions, error) {
+// (a subset of the query language, see package query: "*" and "SELECT *"
+// mean everything, WHERE filters; the Azure CLI sends no body for
+// registration queries) and the paging headers.
+func queryOptions(req *request, scope string) (*query.Query, store.ListOptions, error) {
 	body, err := readBody(req)
 	if err != nil {
-		return store.ListOptions{}, err
+		return nil, store.ListOptions{}, err
 	}
+	var q *query.Query
 	if len(strings.TrimSpace(string(body))) > 0 {
-		var q dps.QuerySpecification
-		if err := enroll.DecodeJSON(body, &q); err != nil {
-			return store.ListOptions{}, err
+		var spec dps.QuerySpecification
+		if err := enroll.DecodeJSON(body, &spec); err != nil {
+			return nil, store.ListOptions{}, err
+		}
+		if q, err = query.Parse(spec.Query); err != nil {
+			return nil, store.ListOptions{}, err
 		}
 	}
 	n, err := pageSize(req)
 	if err != nil {
-		return store.ListOptions{}, err
+		return nil, store.ListOptions{}, err
 	}
 	after, err := decodeContinuation(scope, req.r.Header.Get(dps.HeaderContinuation))
 	if err != nil {
-		return store.ListOptions{}, err
+		return nil, store.ListOptions{}, err
 	}
-	return store.ListOptions{After: after, Limit: n}, nil
+	return q, store.ListOptions{After: after, Limit: n}, nil
 }
 
 // writePage answers a query: always x-ms-item-type (the C# v1 client

@@ -1,12 +1,14 @@
 package serviceapi
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 func (h *handler) getRegistration(req *request) error {
@@ -32,19 +34,19 @@ func (h *handler) deleteRegistration(req *request) error {
 // registration records outlive a deleted group.
 func (h *handler) queryRegistrations(req *request) error {
 	scope := "registrations/" + strings.ToLower(req.id)
-	opt, err := queryOptions(req, scope)
+	q, opt, err := queryOptions(req, scope)
 	if err != nil {
 		return err
 	}
-	regs, more, err := enroll.ListRegistrations(req.r.Context(), h.st, req.id, opt)
+	out, last, more, err := filteredPage(req.r.Context(), q, opt,
+		func(ctx context.Context, o store.ListOptions) ([]*enroll.Registration, bool, error) {
+			return enroll.ListRegistrations(ctx, h.st, req.id, o)
+		},
+		func(r *enroll.Registration) (string, *dps.DeviceRegistrationState) {
+			return r.State.RegistrationID, &r.State
+		})
 	if err != nil {
 		return err
-	}
-	out := make([]*dps.DeviceRegistrationState, 0, len(regs))
-	last := ""
-	for _, r := range regs {
-		out = append(out, &r.State)
-		last = r.State.RegistrationID
 	}
 	h.writePage(req, dps.ItemTypeDeviceRegistration, opt.Limit, scope, last, more, out)
 	return nil

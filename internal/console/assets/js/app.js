@@ -7,6 +7,7 @@ import { enrollmentListPage, enrollmentEditPage, enrollmentDetailPage } from './
 import { registrationListPage, registrationDetailPage } from './registrations.js';
 import { linkedHubsPage, builtinHubsPage, builtinHubPage } from './hubs.js';
 import { certificatesPage } from './certificates.js';
+import { policyListPage, policyDetailPage, policyEditPage } from './policies.js';
 
 export const state = { session: null };
 
@@ -20,6 +21,7 @@ const nav = [
   ['#/enrollments', 'Individual enrollments', 'EnrollmentRead'],
   ['#/registrations', 'Registrations', 'RegistrationStatusRead'],
   ['#/linkedhubs', 'Linked hubs', 'ServiceConfig'],
+  ['#/policies', 'Allocation policies', 'ServiceConfig'],
   ['#/hubs', 'Built-in hubs', 'ServiceConfig'],
   ['#/certificates', 'Certificates', 'ServiceConfig'],
 ];
@@ -41,6 +43,10 @@ const routes = [
   [/^#\/hubs$/, () => builtinHubsPage],
   [/^#\/hubs\/([^/]+)$/, (name) => (m) => builtinHubPage(m, name)],
   [/^#\/certificates$/, () => certificatesPage],
+  [/^#\/policies$/, () => policyListPage],
+  [/^#\/policies\/new$/, () => (m) => policyEditPage(m, null)],
+  [/^#\/policies\/([^/]+)\/edit$/, (name) => (m) => policyEditPage(m, name)],
+  [/^#\/policies\/([^/]+)$/, (name) => (m) => policyDetailPage(m, name)],
 ];
 
 function drawHeader() {

@@ -1,21 +1,33 @@
 // Linked hubs (where devices are assigned) and dpsd's built-in hubs
 // (devices, twins and live telemetry).
-import { h, clear, table, badge, errorBox, field, facts, fmtTime } from './dom.js';
+import { h, clear, table, badge, errorBox, okBox, field, facts, fmtTime } from './dom.js';
 import * as api from './api.js';
 import { can, navigate } from './app.js';
 
-// hubHealth returns the linked hubs with a health each: a built-in hub's
-// is whether it runs; an Azure hub's is unknown to the console (dpsd
-// notices a failing hub when a registration fails there).
+// hubHealth returns the linked hubs with a health each: what the node's
+// background checks found (healthy, unhealthy, unknown until the first
+// check), and with checks turned off, whether a built-in hub runs.
 export async function hubHealth() {
   const linked = (await api.get('dpsd/linkedhubs')).body || [];
   let builtin = [];
-  try { builtin = (await api.get('dpsd/hubs')).body || []; } catch { /* health unknown */ }
+  if (linked.some(l => !l.health)) {
+    try { builtin = (await api.get('dpsd/hubs')).body || []; } catch { /* health unknown */ }
+  }
   const byHost = new Map(builtin.map(b => [String(b.hostName).toLowerCase(), b]));
   return linked.map(l => {
+    if (l.health) return { ...l, healthInfo: l.health, health: l.health.state };
     const b = byHost.get(String(l.name).toLowerCase());
     return { ...l, builtin: b, health: b ? (b.running ? 'healthy' : 'down') : 'unknown' };
   });
+}
+
+// healthCell shows a hub's health, and why when it is not healthy.
+export function healthCell(x) {
+  const i = x.healthInfo;
+  if (!i) return badge(x.health);
+  const note = i.lastError ? `${i.consecutiveFailures} failed check(s): ${i.lastError}`
+    : i.lastCheckUtc ? `checked ${fmtTime(i.lastCheckUtc)}, ${i.latencyMs || 0} ms` : 'not checked yet';
+  return h('span', {}, badge(x.health), ' ', h('small', { class: 'muted health-note' }, note));
 }
 
 export async function linkedHubsPage(main) {
@@ -31,10 +43,12 @@ export async function linkedHubsPage(main) {
       ['Weight', x => String(x.allocationWeight)],
       ['Apply allocation policy', x => x.applyAllocationPolicy ? 'yes' : 'no'],
       ['Location', x => x.location || '—'],
-      ['Health', x => badge(x.health)],
+      ['Health', healthCell],
       ['Connection string', x => h('code', {}, x.connectionString)],
+      ['CA', x => x.caCertificates ? 'own CA bundle' : 'system roots'],
       ['', x => h('div', { class: 'toolbar' },
         h('button', { type: 'button', class: 'secondary change-weight', onclick: () => editWeight(x) }, 'Change weight'),
+        h('button', { type: 'button', class: 'secondary rotate-key', onclick: () => rotateKey(x) }, 'Rotate key'),
         h('button', { type: 'button', class: 'danger', onclick: async () => {
           if (!confirm(`Unlink ${x.name}? Devices already assigned there keep working; no new device is assigned to it.`)) return;
           try { await api.del('dpsd/linkedhubs/' + api.enc(x.name), { headers: x.etag ? { 'If-Match': x.etag } : {} }); await load(); } catch (e) { clear(msg).append(errorBox(e)); }
@@ -51,7 +65,17 @@ export async function linkedHubsPage(main) {
       await load();
     } catch (e) { clear(msg).append(errorBox(e)); }
   }
+  async function rotateKey(x) {
+    const v = prompt(`New connection string of ${x.name} (same host name; dpsd checks the hub accepts it first)`, '');
+    if (!v) return;
+    try {
+      await api.post('dpsd/linkedhubs/' + api.enc(x.name) + '/rotateKey', { connectionString: v.trim() });
+      clear(msg).append(okBox(`The key of ${x.name} was rotated.`));
+      await load();
+    } catch (e) { clear(msg).append(errorBox(e)); }
+  }
   const cs = h('input', { type: 'password', id: 'hub-connection-string', autocomplete: 'off', spellcheck: 'false' });
+  const caBundle = h('textarea', { id: 'hub-ca', rows: '3', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
   const weight = h('input', { type: 'number', id: 'hub-weight', min: '0', value: '1' });
   const apply = h('input', { type: 'checkbox', id: 'hub-apply', checked: true });
   const location_ = h('input', { type: 'text', id: 'hub-location' });
@@ -59,12 +83,14 @@ export async function linkedHubsPage(main) {
     ev.preventDefault();
     clear(msg);
     try {
-      await api.post('dpsd/linkedhubs', { connectionString: cs.value.trim(), allocationWeight: Number(weight.value || 1), applyAllocationPolicy: apply.checked, location: location_.value.trim() || undefined });
+      await api.post('dpsd/linkedhubs', { connectionString: cs.value.trim(), allocationWeight: Number(weight.value || 1), applyAllocationPolicy: apply.checked, location: location_.value.trim() || undefined, caCertificates: caBundle.value.trim() || undefined });
       cs.value = '';
+      caBundle.value = '';
       await load();
     } catch (e) { msg.append(errorBox(e)); }
   } }, field('Hub connection string (iothubowner or a policy with registry write)', cs), field('Allocation weight', weight),
     h('label', { class: 'inline' }, apply, 'Apply allocation policy'), field('Location (for geoLatency)', location_),
+    field('CA certificates of a hub with a private certificate (PEM; empty: the system roots)', caBundle),
     h('div', {}, h('button', { type: 'submit' }, 'Link'))));
   await load();
 }

@@ -1,7 +1,7 @@
 import { h, svg, facts, table, badge, errorBox, clear } from './dom.js';
 import * as api from './api.js';
 import { can } from './app.js';
-import { hubHealth } from './hubs.js';
+import { hubHealth, healthCell } from './hubs.js';
 
 export async function overviewPage(main) {
   main.append(h('h1', {}, 'Overview'));
@@ -52,7 +52,7 @@ export async function overviewPage(main) {
           ['Hub', x => x.name],
           ['Weight', x => String(x.allocationWeight)],
           ['Location', x => x.location || '—'],
-          ['Health', x => badge(x.health)],
+          ['Health', healthCell],
         ], hubs, { label: 'Linked hubs', empty: 'No hub is linked: devices cannot be assigned until one is (see Linked hubs).' })));
     } catch (e) { main.append(errorBox(e)); }
   }
