@@ -36,7 +36,7 @@ One hosts-file line ("dpsd hub hosts-line") makes every hub's name resolve.`,
 	twin := &cobra.Command{Use: "twin", Short: "Show device twins of a built-in hub", Args: cobra.NoArgs}
 	twin.AddCommand(hubTwinShowCmd(cc))
 	cmd.AddCommand(hubCreateCmd(cc), hubListCmd(cc), hubShowCmd(cc), hubDeleteCmd(cc), hubHostsLineCmd(cc), device, twin, hubMessagesCmd(cc),
-		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc), hubDeviceIdentityCmd(cc), hubDeviceTwinCmd(cc),
+		hubMonitorEventsCmd(cc), hubC2DMessageCmd(cc), hubDeviceIdentityCmd(cc), hubModuleIdentityCmd(cc), hubDeviceTwinCmd(cc), hubCertificateCmd(cc),
 		hubInvokeMethodCmd(cc), hubGenerateSASCmd(cc), hubConnectionStringCmd(cc))
 	names := completeFrom(cc, builtinHubNames)
 	var walk func(c *cobra.Command)

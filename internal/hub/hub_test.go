@@ -349,3 +349,51 @@ func TestRegistrar(t *testing.T) {
 		})
 	}
 }
+
+// A device DPS registers through an edge-enabled enrollment gets its own
+// edge scope, and keeps a parent the hub's operator gave it.
+func TestRegistrarEdgeScope(t *testing.T) {
+	b := startBuiltin(t, 0, 0)
+	h := b.create(t, "edge-scope-hub", "127.0.19.12")
+	r := hub.NewRegistrar(hub.RegistrarOptions{Credentials: credentials{b.m}, Local: b.m})
+	ctx := context.Background()
+	dev := &provision.HubDevice{Hub: h.Config().HostName, DeviceID: "edge-gw", PrimaryKey: key1, SecondaryKey: key2, IoTEdge: true}
+	if err := r.RegisterDevice(ctx, dev); err != nil {
+		t.Fatal(err)
+	}
+	d, err := h.GetDevice(ctx, dev.DeviceID)
+	if err != nil || d.DeviceScope != "ms-azure-iot-edge://edge-gw-"+d.GenerationID || !d.Capabilities.IoTEdge {
+		t.Fatalf("edge identity %+v %v", d, err)
+	}
+	parent := d.DeviceScope
+
+	// A leaf registered without edge gets no scope; its operator sets a
+	// parent, and a new registration (re-keyed) keeps it.
+	leaf := &provision.HubDevice{Hub: h.Config().HostName, DeviceID: "leaf", PrimaryKey: key1, SecondaryKey: key2}
+	if err := r.RegisterDevice(ctx, leaf); err != nil {
+		t.Fatal(err)
+	}
+	ld, _ := h.GetDevice(ctx, "leaf")
+	if ld.DeviceScope != "" || len(ld.ParentScopes) != 0 {
+		t.Fatalf("leaf scopes %+v", ld)
+	}
+	ld.ParentScopes = []string{parent}
+	if _, err := h.UpdateDevice(ctx, ld, "*"); err != nil {
+		t.Fatal(err)
+	}
+	leaf.PrimaryKey = key3
+	if err := r.RegisterDevice(ctx, leaf); err != nil {
+		t.Fatal(err)
+	}
+	if ld, _ = h.GetDevice(ctx, "leaf"); ld.DeviceScope != parent || len(ld.ParentScopes) != 1 || ld.ParentScopes[0] != parent || ld.Authentication.SymmetricKey.PrimaryKey != key3 {
+		t.Fatalf("leaf after re-registration %+v", ld)
+	}
+	// The enrollment turns edge on: own scope, parent kept.
+	leaf.IoTEdge = true
+	if err := r.RegisterDevice(ctx, leaf); err != nil {
+		t.Fatal(err)
+	}
+	if ld, _ = h.GetDevice(ctx, "leaf"); ld.DeviceScope != "ms-azure-iot-edge://leaf-"+ld.GenerationID || len(ld.ParentScopes) != 1 || ld.ParentScopes[0] != parent {
+		t.Fatalf("leaf made edge %+v", ld)
+	}
+}

@@ -184,9 +184,6 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 		}
 	}
 
-	if err := trustCAs(ctx, to, dev); err != nil {
-		return fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
-	}
 	created, replaced, err := ensureIdentity(ctx, to, dev)
 	if err != nil {
 		return fmt.Errorf("device identity in hub %s: %w", dev.Hub, err)
@@ -207,6 +204,9 @@ func (r *Registrar) RegisterDevice(ctx context.Context, dev *provision.HubDevice
 // finish writes the twin and, for a move, removes the identity from the
 // previous hub.
 func (r *Registrar) finish(ctx context.Context, to, from azurehub.Registry, dev *provision.HubDevice, initial, carried *azurehub.Twin, created, moving, movedBefore bool) error {
+	if err := trustCAs(ctx, to, dev); err != nil {
+		return fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
+	}
 
 	switch {
 	case carried != nil:
@@ -536,24 +536,25 @@ func authentication(dev *provision.HubDevice) *azurehub.Authentication {
 	return &azurehub.Authentication{Type: azurehub.AuthSAS, SymmetricKey: &azurehub.SymmetricKey{PrimaryKey: dev.PrimaryKey, SecondaryKey: dev.SecondaryKey}}
 }
 
-// trustCAs gives a hub that can take them (a built-in hub) the CA
-// certificates that vouched for a certificateAuthority device, so the
-// device can connect with its certificate. On an Azure hub the operator
-// uploads and verifies the CA certificate instead, as with Azure DPS.
+// trustCAs tells a hub that can take them (a built-in hub) which CA
+// certificates vouched for a certificateAuthority device, so that device
+// can connect with its certificate. On an Azure hub the operator uploads
+// and verifies the CA certificate instead, as with Azure DPS.
 func trustCAs(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevice) error {
-	if dev.X509 == nil || len(dev.X509.CACertificates) == 0 {
+	ct, ok := reg.(azurehub.DeviceCAs)
+	if !ok || dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
 		return nil
 	}
-	ct, ok := reg.(azurehub.CertificateAuthorities)
-	if !ok {
+	return ct.TrustDeviceCAs(ctx, dev.DeviceID, vouchedCAs(dev))
+}
+
+// vouchedCAs are the CA certificates (PEM) that vouched for a
+// certificateAuthority device.
+func vouchedCAs(dev *provision.HubDevice) []string {
+	if dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
 		return nil
 	}
-	for _, pem := range dev.X509.CACertificates {
-		if err := ct.AddCertificateAuthority(ctx, pem); err != nil {
-			return err
-		}
-	}
-	return nil
+	return dev.X509.CACertificates
 }
 
 func sameIdentity(cur, want *azurehub.Device) bool {

@@ -117,6 +117,13 @@ type Config struct {
 	// those of its built-in hubs; zero means connlimit's defaults, a
 	// negative value no cap.
 	MaxConns, MaxConnsPerSource int
+	// HubTelemetryMessages, HubTelemetryBytes and HubTelemetryMaxAge bound
+	// the telemetry each built-in hub keeps (for dpsd hub messages,
+	// monitor-events and the consoles): zero means 1000 messages, 64 MiB
+	// and no age limit.
+	HubTelemetryMessages int
+	HubTelemetryBytes    int
+	HubTelemetryMaxAge   time.Duration
 	// ThrottleRegister, ThrottleLookup and ThrottlePerSource are the
 	// device request rates (per second) allowed per registration id for
 	// registers, per registration id for status lookups, and per source
@@ -331,8 +338,11 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Authorize:   func(r *http.Request) error { return s.auth.Authorize(r, instance.RightServiceConfig) },
 		Listener:    s.conns.Listener,
 		Shared:      s.sharedHubEndpoint(),
-		OnDelete:    s.unlinkDeletedHub,
 
+		MessageBuffer:      s.cfg.HubTelemetryMessages,
+		MessageBufferBytes: s.cfg.HubTelemetryBytes,
+		MessageMaxAge:      s.cfg.HubTelemetryMaxAge,
+		OnDelete:           s.unlinkDeletedHub,
 		EventHubPartitions: cfg.HubEventHubPartitions,
 	})
 	if err != nil {

@@ -19,6 +19,10 @@ const (
 	KindHubSession Kind = "hubSession" // built-in hub persistent MQTT session; id = hub/clientId, Ref = hub name
 	KindHubCA      Kind = "hubCA"      // CA a built-in hub trusts; id = hub/SHA-256 thumbprint, Ref = hub name
 	KindHubC2D     Kind = "hubC2D"     // a built-in hub device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
+	KindHubModule  Kind = "hubModule"  // built-in hub module identity and twin; id = hub/deviceId/moduleId, Ref = hub name
+	// KindHubTelemetry is a built-in hub's telemetry, kept over a restart;
+	// id = hub name, Ref = hub name.
+	KindHubTelemetry Kind = "hubTelemetry"
 )
 
 // Kinds lists every kind dpsd stores. A test checks it against the
@@ -26,7 +30,7 @@ const (
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindRefusal,
-	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry,
 	KindHealth,
 }
 

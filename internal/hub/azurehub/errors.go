@@ -14,6 +14,8 @@ import (
 const (
 	CodeDeviceAlreadyExists = "DeviceAlreadyExists"
 	CodeDeviceNotFound      = "DeviceNotFound"
+	CodeModuleNotFound      = "ModuleNotFound"
+	CodeModuleAlreadyExists = "ModuleAlreadyExistsOnDevice"
 	CodePreconditionFailed  = "PreconditionFailed"
 	CodeArgumentInvalid     = "ArgumentInvalid"
 	CodeUnauthorized        = "IotHubUnauthorizedAccess"

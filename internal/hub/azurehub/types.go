@@ -1,6 +1,11 @@
 package azurehub
 
-import "context"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+)
 
 // APIVersion is the api-version every request carries.
 const APIVersion = "2021-04-12"
@@ -90,6 +95,8 @@ type Twin struct {
 	Tags                      map[string]any  `json:"tags"`
 	Properties                *TwinProperties `json:"properties,omitempty"`
 	Capabilities              *Capabilities   `json:"capabilities,omitempty"`
+	DeviceScope               string          `json:"deviceScope,omitempty"`
+	ParentScopes              []string        `json:"parentScopes,omitempty"`
 }
 
 // TwinProperties are the desired and reported property sets of a twin. In
@@ -97,6 +104,39 @@ type Twin struct {
 type TwinProperties struct {
 	Desired  map[string]any `json:"desired,omitempty"`
 	Reported map[string]any `json:"reported,omitempty"`
+	// DesiredNull is set when a decoded body said "desired": null, which
+	// in a twin patch clears every desired property (a nil Desired alone
+	// cannot tell that from no "desired" at all).
+	DesiredNull bool `json:"-"`
+}
+
+// UnmarshalJSON decodes the property sets, numbers kept exact, and notes
+// an explicit "desired": null.
+func (p *TwinProperties) UnmarshalJSON(data []byte) error {
+	var raw struct {
+		Desired  json.RawMessage `json:"desired"`
+		Reported json.RawMessage `json:"reported"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	*p = TwinProperties{}
+	decode := func(b json.RawMessage, dst *map[string]any) error {
+		if len(b) == 0 || bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+			return nil
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		return dec.Decode(dst)
+	}
+	p.DesiredNull = bytes.Equal(bytes.TrimSpace(raw.Desired), []byte("null"))
+	if err := decode(raw.Desired, &p.Desired); err != nil {
+		return fmt.Errorf("properties.desired: %w", err)
+	}
+	if err := decode(raw.Reported, &p.Reported); err != nil {
+		return fmt.Errorf("properties.reported: %w", err)
+	}
+	return nil
 }
 
 // Registry is what registering a device needs from a hub. The REST Client
@@ -134,14 +174,15 @@ type ReportedImporter interface {
 	ImportReported(ctx context.Context, id string, reported map[string]any) error
 }
 
-// CertificateAuthorities is implemented by registries that can be told
-// which CA certificates vouch for their certificateAuthority devices.
-// Built-in hubs implement it; on an Azure hub the CA certificate is
-// uploaded and verified by its operator.
-type CertificateAuthorities interface {
-	// AddCertificateAuthority trusts certPEM for certificateAuthority
-	// devices. Adding a certificate that is already trusted does nothing.
-	AddCertificateAuthority(ctx context.Context, certPEM string) error
+// DeviceCAs is implemented by registries that can be told which CA
+// certificates vouched for a certificateAuthority device at provisioning.
+// Built-in hubs implement it and let that device (only) connect through
+// them; on an Azure hub the operator uploads and verifies the CA
+// certificate instead, as with Azure DPS.
+type DeviceCAs interface {
+	// TrustDeviceCAs records certPEMs for the existing device id,
+	// replacing what was recorded before.
+	TrustDeviceCAs(ctx context.Context, id string, certPEMs []string) error
 }
 
 // DeviceLister is implemented by registries that can list their device
@@ -149,4 +190,19 @@ type CertificateAuthorities interface {
 // needs it to find identities that no registration record names.
 type DeviceLister interface {
 	ListDevices(ctx context.Context, after string, limit int) ([]*Device, bool, error)
+}
+
+// Module is a module identity of a device as the registry API sends and
+// accepts it.
+type Module struct {
+	ModuleID                   string          `json:"moduleId"`
+	ManagedBy                  string          `json:"managedBy,omitempty"`
+	DeviceID                   string          `json:"deviceId"`
+	GenerationID               string          `json:"generationId,omitempty"`
+	ETag                       string          `json:"etag,omitempty"`
+	ConnectionState            string          `json:"connectionState,omitempty"`
+	ConnectionStateUpdatedTime string          `json:"connectionStateUpdatedTime,omitempty"`
+	LastActivityTime           string          `json:"lastActivityTime,omitempty"`
+	CloudToDeviceMessageCount  int64           `json:"cloudToDeviceMessageCount"`
+	Authentication             *Authentication `json:"authentication,omitempty"`
 }

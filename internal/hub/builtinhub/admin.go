@@ -47,6 +47,7 @@ type DeviceList struct {
 //	       (&wait=N: a long poll, answered when a message comes or after N s;
 //	       Accept: text/event-stream: follow it as server-sent events)
 //	POST   /dpsd/hubs/{name}/devices/{id}/messages  send a cloud-to-device message
+//	…      /dpsd/hubs/{name}/certificates[/{cert}[/verify]]  CA certificates (serveCertificates)
 //
 // Requests pass Options.Authorize first. Errors have the DPS error shape.
 // The handler accepts paths with or without the prefix.
@@ -100,6 +101,13 @@ func (m *Manager) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	case len(segs) >= 2 && segs[1] == "certificates":
+		h, ok := m.Hub(segs[0])
+		if !ok {
+			m.adminError(w, r, m.hubNotRunning(r, segs[0]))
+			return
+		}
+		m.serveCertificates(w, r, h, segs[2:])
 	case len(segs) >= 2 && r.Method == http.MethodGet:
 		h, ok := m.Hub(segs[0])
 		if !ok {

@@ -111,7 +111,9 @@ func (a *amqpLinks) deviceAuthorized(id string) bool {
 	return a.h != nil && a.h.now().Before(a.devices[strings.ToLower(id)])
 }
 
-// deviceLink parses /devices/{id}/messages/{kind}.
+// deviceLink parses /devices/{id}/messages/{kind}, or a module's
+// /devices/{id}/modules/{moduleId}/messages/{kind}, whose id it returns as
+// "{id}/{moduleId}".
 func deviceLink(addr string) (id, kind string, ok bool) {
 	rest, ok := strings.CutPrefix(addr, "/devices/")
 	if !ok {
@@ -121,10 +123,23 @@ func deviceLink(addr string) (id, kind string, ok bool) {
 	if !ok || id == "" {
 		return "", "", false
 	}
-	if u, err := url.PathUnescape(id); err == nil {
-		id = u
+	dev, mod, isModule := strings.Cut(id, "/modules/")
+	if u, err := url.PathUnescape(dev); err == nil {
+		dev = u
 	}
-	return id, strings.ToLower(tail), true
+	if !isModule {
+		if strings.Contains(dev, "/") {
+			return "", "", false // device ids hold no '/'
+		}
+		return dev, strings.ToLower(tail), true
+	}
+	if u, err := url.PathUnescape(mod); err == nil {
+		mod = u
+	}
+	if dev == "" || mod == "" || strings.Contains(dev, "/") || strings.Contains(mod, "/") {
+		return "", "", false
+	}
+	return dev + "/" + mod, strings.ToLower(tail), true
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
@@ -146,7 +161,7 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 		}
 		id, kind, ok := deviceLink(l.Address)
 		switch {
-		case !ok || !(kind == "events" && l.PeerIsSender || kind == "devicebound" && !l.PeerIsSender):
+		case !ok || !(kind == "events" && l.PeerIsSender || kind == "devicebound" && !l.PeerIsSender && !strings.Contains(id, "/")):
 			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("no such node %q on a built-in hub", l.Address)}
 		case !a.deviceAuthorized(id):
 			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
@@ -257,12 +272,23 @@ func (a *amqpLinks) authorize(ctx context.Context, s string) error {
 	}
 	if id, ok := strings.CutPrefix(path, "devices/"); ok && tok.KeyName == "" {
 		id = strings.TrimSuffix(id, "/")
-		d, err := h.load(ctx, id)
+		// A module's token is for devices/{id}/modules/{moduleId}.
+		dev, mod, isModule := strings.Cut(id, "/modules/")
+		if strings.Contains(dev, "/") {
+			return fmt.Errorf("token resource %q is neither a device nor a module", res)
+		}
+		d, err := h.load(ctx, dev)
 		if err != nil {
-			return fmt.Errorf("device %s: %v", id, err)
+			return fmt.Errorf("device %s: %v", dev, err)
 		}
 		if d.Status != azurehub.StatusEnabled {
-			return fmt.Errorf("device %s is disabled", id)
+			return fmt.Errorf("device %s is disabled", dev)
+		}
+		if isModule {
+			id = dev + "/" + mod
+			if d, err = h.loadTwin(ctx, id); err != nil {
+				return fmt.Errorf("module %s: %v", id, err)
+			}
 		}
 		if err := h.checkDeviceToken(d, s); err != nil {
 			return err

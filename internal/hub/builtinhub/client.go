@@ -154,10 +154,19 @@ func (c *AdminClient) SendC2D(ctx context.Context, name, deviceID string, m *C2D
 // do sends one request below AdminPathPrefix. The answer is decoded here
 // rather than by the service client, with numbers kept exact, as twins need.
 func (c *AdminClient) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	return c.send(ctx, method, path, query, "", in, out)
+}
+
+// doMatch is do with an If-Match header.
+func (c *AdminClient) doMatch(ctx context.Context, method, path, ifMatch string, in, out any) error {
+	return c.send(ctx, method, path, nil, ifMatch, in, out)
+}
+
+func (c *AdminClient) send(ctx context.Context, method, path string, query url.Values, ifMatch string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
 	var raw json.RawMessage
-	if err := c.svc.Do(ctx, method, AdminPathPrefix+path, query, in, &raw, ""); err != nil {
+	if err := c.svc.Do(ctx, method, AdminPathPrefix+path, query, in, &raw, ifMatch); err != nil {
 		return err
 	}
 	if out != nil && len(raw) > 0 {

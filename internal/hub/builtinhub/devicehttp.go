@@ -154,7 +154,8 @@ func headerProperties(hdr http.Header) map[string]string {
 // (iothub-* headers, or a batch member's properties: iothub-app-* are
 // application properties) and body.
 func (h *Hub) httpMessage(id string, props map[string]string, payload []byte) Message {
-	m := Message{DeviceID: id, EnqueuedTime: h.now().UTC()}
+	dev, mod, _ := strings.Cut(id, "/") // a module is device/module
+	m := Message{DeviceID: dev, ModuleID: mod, EnqueuedTime: h.now().UTC()}
 	const app = "iothub-app-"
 	for k, v := range props {
 		if name, ok := httpSystemHeaders[http.CanonicalHeaderKey(k)]; ok {

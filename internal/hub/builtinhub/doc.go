@@ -16,7 +16,9 @@
 // the SDKs hard-code (HTTPS and MQTT over WebSockets on 443, MQTT on 8883).
 // Certificates come from the local CA.
 //
-// Devices, twins and persistent MQTT sessions live in the store, so hubs
-// survive restarts; telemetry is kept in a bounded in-memory buffer per
-// hub. The wire behaviour follows iothub-surface.md.
+// Devices, modules, twins, persistent MQTT sessions, cloud-to-device
+// queues and CA certificates live in the store, so hubs survive restarts;
+// telemetry is kept in a buffer per hub bounded by count, bytes and age,
+// written to the store at a clean stop. The wire behaviour follows
+// iothub-surface.md.
 package builtinhub

@@ -162,6 +162,7 @@ func toEvent(m keptMessage) eventhub.Event {
 		Offset:         m.SequenceNumber,
 		EnqueuedTime:   m.EnqueuedTime,
 		DeviceID:       m.DeviceID,
+		ModuleID:       m.ModuleID,
 		Properties:     m.Properties,
 		Body:           []byte(m.Body),
 	}

@@ -12,7 +12,7 @@ import (
 // numbers from 0, and what the buffer drops is gone from the partition
 // while its last event is still told.
 func TestEventSourceFollowsTheBuffer(t *testing.T) {
-	b := newMessageBuffer(4, 0)
+	b := newMessageBuffer(4, 0, 0, nil)
 	b.setPartitions(2)
 	src := eventSource{&Hub{msgs: b}}
 	if n := src.Partitions(); n != 2 {

@@ -227,7 +227,7 @@ func (m *Manager) hubOfConnect(clientID, user string) *Hub {
 	defer cancel()
 	var found *Hub
 	for _, h := range hubs {
-		if _, err := h.load(ctx, clientID); err == nil {
+		if _, err := h.loadTwin(ctx, clientID); err == nil {
 			if found != nil {
 				return nil // ambiguous: the user name must name the hub
 			}

@@ -255,6 +255,7 @@ type hubOptions struct {
 	mqttPort       string
 	messages       int
 	messageBytes   int
+	messageAge     time.Duration
 	partitions     int
 	rate           float64
 	burst          int
@@ -274,7 +275,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		log:            o.logger.With("hub", cfg.Name),
 		now:            o.now,
 		limiter:        newLimiter(o.rate, o.burst),
-		msgs:           newMessageBuffer(o.messages, o.messageBytes),
+		msgs:           newMessageBuffer(o.messages, o.messageBytes, o.messageAge, o.now),
 		c2d:            newC2DQueues(st, cfg.Name, o.logger.With("hub", cfg.Name)),
 		fb:             newFeedbackHub(),
 		methodTimeout:  o.methodTimeout,
@@ -298,6 +299,9 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	err := h.c2d.load(ctx)
+	if err == nil {
+		err = h.loadTelemetry(ctx)
+	}
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)

@@ -69,6 +69,8 @@ type Options struct {
 	// MessageBufferBytes bounds the bytes of telemetry each hub keeps
 	// (default DefaultMessageBufferBytes); the oldest messages go first.
 	MessageBufferBytes int
+	// MessageMaxAge, when set, drops telemetry older than it.
+	MessageMaxAge time.Duration
 	// EventHubPartitions is the partition count of each hub's Event
 	// Hubs-compatible endpoint (default eventhub.DefaultPartitions, at
 	// most eventhub.MaxPartitions); devices' telemetry is spread over
@@ -245,6 +247,11 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	for _, h := range hubs {
 		errs = append(errs, h.close(ctx))
+		// After close, so no message comes in between: the telemetry
+		// kept goes into the store for the next start.
+		if err := h.saveTelemetry(ctx); err != nil {
+			m.log.Warn("keeping a hub's telemetry over the restart failed", "hub", h.cfg.Name, "err", err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -275,6 +282,7 @@ func (m *Manager) run(cfg Config) error {
 		mqttPort:       m.opt.MQTTPort,
 		messages:       m.opt.MessageBuffer,
 		messageBytes:   m.opt.MessageBufferBytes,
+		messageAge:     m.opt.MessageMaxAge,
 		partitions:     m.opt.EventHubPartitions,
 		rate:           m.opt.RESTRate,
 		burst:          m.opt.RESTBurst,
@@ -480,7 +488,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			m.log.Warn("stopping hub", "hub", name, "err", err)
 		}
 	}
-	for _, kind := range []store.Kind{KindDevice, KindSession, KindCA, KindC2D} {
+	for _, kind := range []store.Kind{KindDevice, KindModule, KindSession, KindCA, KindC2D, KindTelemetry} {
 		if err := m.deleteAll(ctx, kind, name); err != nil {
 			return err
 		}

@@ -3,11 +3,16 @@ package builtinhub
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // DefaultMessageBuffer is how many device-to-cloud messages a hub keeps.
@@ -16,9 +21,11 @@ const DefaultMessageBuffer = 1000
 // Message is a device-to-cloud (telemetry) message a hub received.
 type Message struct {
 	// SequenceNumber increases with each message a hub receives.
-	SequenceNumber int64     `json:"sequenceNumber"`
-	DeviceID       string    `json:"deviceId"`
-	EnqueuedTime   time.Time `json:"enqueuedTime"`
+	SequenceNumber int64  `json:"sequenceNumber"`
+	DeviceID       string `json:"deviceId"`
+	// ModuleID is set for a module's message.
+	ModuleID     string    `json:"moduleId,omitempty"`
+	EnqueuedTime time.Time `json:"enqueuedTime"`
 	// SystemProperties are the "$."-prefixed properties of the topic's
 	// property bag, by their Azure names (messageId, contentType, …).
 	SystemProperties map[string]string `json:"systemProperties,omitempty"`
@@ -54,11 +61,14 @@ const DefaultMessageBufferBytes = 64 << 20
 const maxListBytes = 4 << 20
 
 // messageBuffer keeps the most recent messages of a hub, at most max of
-// them and at most maxBytes of them (the newest is always kept).
+// them, at most maxBytes of them (the newest is always kept) and, when
+// maxAge is set, none older than maxAge.
 type messageBuffer struct {
 	mu       sync.Mutex
 	max      int
 	maxBytes int
+	maxAge   time.Duration
+	now      func() time.Time
 	seq      int64
 	msgs     []keptMessage // oldest first
 	bytes    int
@@ -92,14 +102,33 @@ func size(m Message) int {
 	return n
 }
 
-func newMessageBuffer(n, maxBytes int) *messageBuffer {
+func newMessageBuffer(n, maxBytes int, maxAge time.Duration, now func() time.Time) *messageBuffer {
 	if n <= 0 {
 		n = DefaultMessageBuffer
 	}
 	if maxBytes <= 0 {
 		maxBytes = DefaultMessageBufferBytes
 	}
-	return &messageBuffer{max: n, maxBytes: maxBytes, added: make(chan struct{})}
+	if now == nil {
+		now = time.Now
+	}
+	return &messageBuffer{max: n, maxBytes: maxBytes, maxAge: max(maxAge, 0), now: now, added: make(chan struct{})}
+}
+
+// expire drops the messages older than maxAge; b.mu is held.
+func (b *messageBuffer) expire() {
+	if b.maxAge == 0 {
+		return
+	}
+	cutoff := b.now().Add(-b.maxAge)
+	drop := 0
+	for drop < len(b.msgs) && b.msgs[drop].EnqueuedTime.Before(cutoff) {
+		b.bytes -= b.msgs[drop].size
+		drop++
+	}
+	if drop > 0 {
+		b.msgs = append(b.msgs[:0:0], b.msgs[drop:]...)
+	}
 }
 
 // changed returns a channel closed when the next message is added.
@@ -118,6 +147,7 @@ func (b *messageBuffer) add(m Message) {
 	b.place(&km)
 	b.msgs = append(b.msgs, km)
 	b.bytes += km.size
+	b.expire()
 	drop := 0
 	for len(b.msgs)-drop > b.max || (b.bytes > b.maxBytes && len(b.msgs)-drop > 1) {
 		b.bytes -= b.msgs[drop].size
@@ -139,6 +169,7 @@ func (b *messageBuffer) add(m Message) {
 func (b *messageBuffer) list(deviceID string, after int64, limit, maxBytes int) []Message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.expire()
 	out := []Message{}
 	bytes := 0
 	for _, m := range b.msgs {
@@ -187,7 +218,8 @@ func (h *Hub) WaitMessages(ctx context.Context, deviceID string, after int64, li
 func (h *Hub) recordTelemetry(id, topic string, payload []byte) {
 	_, bag, _ := strings.Cut(topic, "/messages/events")
 	bag = strings.TrimPrefix(bag, "/")
-	m := Message{DeviceID: id, EnqueuedTime: h.now().UTC()}
+	dev, mod, _ := strings.Cut(id, "/") // a module's client id is device/module
+	m := Message{DeviceID: dev, ModuleID: mod, EnqueuedTime: h.now().UTC()}
 	for part := range strings.SplitSeq(bag, "&") {
 		if part == "" {
 			continue
@@ -218,4 +250,72 @@ func (h *Hub) recordTelemetry(id, topic string, payload []byte) {
 	}
 	h.msgs.add(m)
 	h.log.Debug("telemetry received", "deviceId", id, "bytes", len(payload))
+}
+
+// KindTelemetry holds the telemetry a hub kept when dpsd stopped; id = hub
+// name, Ref = hub name.
+const KindTelemetry = store.KindHubTelemetry
+
+// telemetrySnapshot is a hub's telemetry as kept over a restart.
+type telemetrySnapshot struct {
+	Sequence int64     `json:"sequence"` // the last sequence number given
+	Messages []Message `json:"messages"`
+}
+
+// saveTelemetry writes what the buffer keeps to the store, so that a
+// restart keeps it (a crash loses what came since the last stop).
+func (h *Hub) saveTelemetry(ctx context.Context) error {
+	b := h.msgs
+	b.mu.Lock()
+	b.expire()
+	snap := telemetrySnapshot{Sequence: b.seq, Messages: make([]Message, 0, len(b.msgs))}
+	for _, m := range b.msgs {
+		snap.Messages = append(snap.Messages, m.Message)
+	}
+	b.mu.Unlock()
+	data, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("encode telemetry: %w", err)
+	}
+	_, err = h.st.Put(ctx, store.Record{Kind: KindTelemetry, ID: h.cfg.Name, Ref: h.cfg.Name, Data: data}, store.Condition{})
+	return err
+}
+
+// loadTelemetry restores the telemetry kept at the last stop, within the
+// buffer's bounds, and continues its sequence numbers.
+func (h *Hub) loadTelemetry(ctx context.Context) error {
+	rec, err := h.st.Get(ctx, KindTelemetry, h.cfg.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read kept telemetry: %w", err)
+	}
+	var snap telemetrySnapshot
+	if err := json.Unmarshal(rec.Data, &snap); err != nil {
+		h.log.Warn("kept telemetry unreadable; starting without it", "err", err)
+		return nil
+	}
+	b := h.msgs
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range snap.Messages {
+		km := keptMessage{Message: m, size: size(m)}
+		// Placed again: the Event Hubs-compatible endpoint's partition
+		// sequence numbers start over with a restart; offsets (the hub's
+		// sequence numbers) go on.
+		b.place(&km)
+		b.msgs = append(b.msgs, km)
+		b.bytes += km.size
+		b.seq = max(b.seq, m.SequenceNumber)
+	}
+	b.seq = max(b.seq, snap.Sequence)
+	b.expire()
+	drop := 0
+	for len(b.msgs)-drop > b.max || (b.bytes > b.maxBytes && len(b.msgs)-drop > 0) {
+		b.bytes -= b.msgs[drop].size
+		drop++
+	}
+	b.msgs = b.msgs[drop:]
+	return nil
 }

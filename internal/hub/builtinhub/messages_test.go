@@ -3,10 +3,11 @@ package builtinhub
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMessageBufferKeepsTheNewestInOrder(t *testing.T) {
-	b := newMessageBuffer(3, 0)
+	b := newMessageBuffer(3, 0, 0, nil)
 	for i := range 7 {
 		dev := "a"
 		if i%2 == 1 {
@@ -31,7 +32,7 @@ func TestMessageBufferKeepsTheNewestInOrder(t *testing.T) {
 // listing page holds at most its bytes too, paging on by sequence number.
 func TestMessageBufferBoundedByBytes(t *testing.T) {
 	body := strings.Repeat("x", 1000)
-	b := newMessageBuffer(1000, 4600)
+	b := newMessageBuffer(1000, 4600, 0, nil)
 	for range 20 {
 		b.add(Message{DeviceID: "a", Body: body})
 	}
@@ -39,7 +40,7 @@ func TestMessageBufferBoundedByBytes(t *testing.T) {
 	if len(got) != 4 || got[3].SequenceNumber != 20 || b.bytes > 4600 {
 		t.Fatalf("kept %d messages (%d bytes), last %d; want the newest 4 within 4600 bytes", len(got), b.bytes, got[len(got)-1].SequenceNumber)
 	}
-	huge := newMessageBuffer(10, 100)
+	huge := newMessageBuffer(10, 100, 0, nil)
 	huge.add(Message{DeviceID: "a", Body: body})
 	if len(huge.list("", 0, 0, 0)) != 1 {
 		t.Fatal("a message larger than the buffer is not kept alone")
@@ -52,5 +53,20 @@ func TestMessageBufferBoundedByBytes(t *testing.T) {
 	next := b.list("", page[len(page)-1].SequenceNumber, 0, 2500)
 	if len(next) != 2 || next[0].SequenceNumber != 19 {
 		t.Fatalf("second page %d messages from %d; want 2 from 19", len(next), next[0].SequenceNumber)
+	}
+}
+
+func TestMessageBufferBoundedByAge(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	b := newMessageBuffer(100, 0, time.Hour, func() time.Time { return now })
+	for i := range 3 {
+		b.add(Message{DeviceID: "a", EnqueuedTime: now.Add(time.Duration(i-3) * 30 * time.Minute)}) // -90, -60, -30 min
+	}
+	if got := b.list("", 0, 0, 0); len(got) != 2 || got[0].SequenceNumber != 2 {
+		t.Fatalf("kept %+v; want messages 2 and 3 (not older than an hour)", got)
+	}
+	now = now.Add(31 * time.Minute) // message 2 is 91 min old, 3 is 61
+	if got := b.list("", 0, 0, 0); len(got) != 0 || b.bytes != 0 {
+		t.Fatalf("kept %+v (%d bytes) after they aged out", got, b.bytes)
 	}
 }

@@ -233,23 +233,35 @@ func (k *deviceHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) b
 }
 
 // authenticateDevice is the CONNECT check of iothub-surface.md §4.1.2.
+// A module connects with client id "{deviceId}/{moduleId}" and user name
+// "{hub}/{deviceId}/{moduleId}/…".
 func (h *Hub) authenticateDevice(ctx context.Context, id, username, password string, peers []*x509.Certificate) error {
-	if id == "" || strings.Contains(id, "/") {
-		return errors.New("client id must be a device id (modules are not supported)")
+	if id == "" || strings.Count(id, "/") > 1 {
+		return errors.New("client id must be a device id or {deviceId}/{moduleId}")
 	}
 	host, rest, ok := strings.Cut(username, "/")
 	if !ok || !h.isAlias(host) {
 		return fmt.Errorf("user name %q does not start with this hub's host name", username)
 	}
-	if dev, _, _ := strings.Cut(rest, "/"); dev != id {
-		return fmt.Errorf("user name %q is not for device %q", username, id)
+	devID, modID, isModule := strings.Cut(id, "/")
+	dev, rest, _ := strings.Cut(rest, "/")
+	if dev != devID {
+		return fmt.Errorf("user name %q is not for device %q", username, devID)
 	}
-	d, err := h.load(ctx, id)
+	if mod, _, _ := strings.Cut(rest, "/"); isModule && mod != modID {
+		return fmt.Errorf("user name %q is not for module %q", username, modID)
+	}
+	d, err := h.load(ctx, devID)
 	if err != nil {
 		return err
 	}
 	if d.Status != azurehub.StatusEnabled {
 		return errors.New("device is disabled")
+	}
+	if isModule {
+		if d, err = h.loadTwin(ctx, id); err != nil {
+			return err
+		}
 	}
 	switch d.Auth.Type {
 	case azurehub.AuthSAS:
@@ -266,7 +278,7 @@ func (h *Hub) authenticateDevice(ctx context.Context, id, username, password str
 		}
 		return nil
 	case azurehub.AuthCertificateAuthority:
-		return h.checkCADevice(ctx, id, peers)
+		return h.checkCADevice(ctx, d, peers)
 	}
 	return fmt.Errorf("authentication type %q is not supported by built-in hubs", d.Auth.Type)
 }
@@ -285,6 +297,9 @@ func (h *Hub) checkDeviceToken(d *deviceDoc, password string) error {
 	}
 	host, path, _ := strings.Cut(res, "/")
 	want := "devices/" + strings.ToLower(d.DeviceID)
+	if d.ModuleID != "" {
+		want += "/modules/" + strings.ToLower(d.ModuleID)
+	}
 	path = strings.ToLower(strings.TrimSuffix(path, "/"))
 	if !h.isAlias(host) {
 		return fmt.Errorf("token resource %q is not this hub", res)
@@ -370,6 +385,21 @@ func (k *deviceHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 // topics of the device itself pass.
 func (k *deviceHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	id := cl.ID
+	if dev, mod, ok := strings.Cut(id, "/"); ok {
+		// A module sends telemetry and uses its twin and methods; it
+		// receives no cloud-to-device messages.
+		if write {
+			return strings.HasPrefix(topic, "devices/"+dev+"/modules/"+mod+"/messages/events/") ||
+				topic == "devices/"+dev+"/modules/"+mod+"/messages/events" ||
+				strings.HasPrefix(topic, topicTwinPrefix) ||
+				strings.HasPrefix(topic, topicMethodsRes)
+		}
+		switch topic {
+		case filterTwinRes, filterDesired, filterMethods:
+			return true
+		}
+		return false
+	}
 	if write {
 		return strings.HasPrefix(topic, "devices/"+id+"/messages/events/") ||
 			topic == "devices/"+id+"/messages/events" ||
@@ -508,7 +538,7 @@ func (h *Hub) handleTwinRequest(cl *mqtt.Client, topic string, payload []byte) {
 	defer cancel()
 	switch op {
 	case topicTwinGet:
-		d, err := h.load(ctx, cl.ID)
+		d, err := h.loadTwin(ctx, cl.ID)
 		if err != nil {
 			h.twinError(cl, rid, err)
 			return
@@ -601,10 +631,27 @@ func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
 // InvokeMethod calls a direct method on a connected device and waits for
 // its answer.
 func (h *Hub) InvokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.invokeMethod(ctx, id, req)
+}
+
+// InvokeModuleMethod calls a direct method on a connected module.
+func (h *Hub) InvokeModuleMethod(ctx context.Context, dev, mod string, req *MethodRequest) (*MethodResult, error) {
+	tid, err := moduleTID(dev, mod)
+	if err != nil {
+		return nil, err
+	}
+	return h.invokeMethod(ctx, tid, req)
+}
+
+// invokeMethod is InvokeMethod for a device or a module (loadTwin).
+func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
 	if req.MethodName == "" {
 		return nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "methodName is required.")
 	}
-	if _, err := h.load(ctx, id); err != nil {
+	if _, err := h.loadTwin(ctx, id); err != nil {
 		return nil, err
 	}
 	cl := h.client(id)

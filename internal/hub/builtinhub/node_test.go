@@ -149,3 +149,54 @@ func TestNodeSDKCloudToDevice(t *testing.T) {
 		t.Fatalf("telemetry over AMQP %+v", msgs)
 	}
 }
+
+// TestNodeSDKModules runs test/sdk/hub-modules.test.js: the Node
+// azure-iothub Registry manages module identities and module twins and
+// uses the bulk registry operation, and an azure-iot-device ModuleClient
+// uses its twin and sends telemetry over MQTT, and another sends telemetry
+// over AMQP.
+func TestNodeSDKModules(t *testing.T) {
+	sdkDir, err := filepath.Abs("../../../test/sdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil || !fileExists(filepath.Join(sdkDir, "node_modules", "azure-iothub")) {
+		if os.Getenv("CI") == "" {
+			t.Skip("node or test/sdk/node_modules missing (run test/sdk/scripts/install-test-deps.sh)")
+		}
+		t.Fatalf("CI is set but node or the SDKs are missing: %v", err)
+	}
+	e, shared := sharedEnv(t)
+	if _, err := e.m.Create(context.Background(), "module-node-hub", builtinhub.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := e.hub("module-node-hub")
+	createDevice(t, h, "gateway-1")
+	cfg := h.Config()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", "hub-modules.test.js")
+	cmd.Dir = sdkDir
+	cmd.Env = append(os.Environ(),
+		"DPSD_HUB_CONNECTION_STRING="+cfg.ConnectionString().String(),
+		"DPSD_HUB_HTTPS_ADDR="+h.HTTPSAddr(),
+		"DPSD_HUB_MQTT_ADDR="+h.MQTTAddr(),
+		"DPSD_HUB_AMQP_ADDR="+shared.AMQPAddr,
+		"DPSD_HUB_DEVICE_ID=gateway-1",
+		"NODE_EXTRA_CA_CERTS="+e.ca.CertFile(),
+	)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node --test hub-modules.test.js:\n%s", out)
+	if err != nil {
+		t.Fatalf("node tests failed: %v", err)
+	}
+	if !strings.Contains(string(out), "# pass 3") {
+		t.Fatal("node tests were skipped")
+	}
+	msgs := h.Messages("gateway-1", 0, 0)
+	if len(msgs) != 2 || msgs[0].ModuleID != "filter" || msgs[0].SystemProperties["messageId"] != "module-m-1" ||
+		msgs[1].ModuleID != "amqpmod" || msgs[1].SystemProperties["messageId"] != "module-amqp-1" {
+		t.Fatalf("module telemetry %+v", msgs)
+	}
+}

@@ -27,12 +27,16 @@ const (
 	KindDevice  = store.KindHubDevice  // deviceDoc; id = hub/deviceId, Ref = hub name
 	KindSession = store.KindHubSession // persistent MQTT session; id = hub/clientId, Ref = hub name
 	KindC2D     = store.KindHubC2D     // a device's cloud-to-device queue; id = hub/deviceId, Ref = hub name
+	KindModule  = store.KindHubModule  // deviceDoc of a module; id = hub/deviceId/moduleId, Ref = hub name
 )
 
-// deviceDoc is the stored state of one device of a built-in hub: its
-// identity and its twin, kept together so one compare-and-swap covers both.
+// deviceDoc is the stored state of one device of a built-in hub, or of
+// one module of a device: its identity and its twin, kept together so one
+// compare-and-swap covers both.
 type deviceDoc struct {
 	DeviceID          string                  `json:"deviceId"`
+	ModuleID          string                  `json:"moduleId,omitempty"`
+	ManagedBy         string                  `json:"managedBy,omitempty"`
 	GenerationID      string                  `json:"generationId"`
 	DeviceVersion     int64                   `json:"deviceVersion"`
 	Status            string                  `json:"status"`
@@ -41,11 +45,15 @@ type deviceDoc struct {
 	Auth              azurehub.Authentication `json:"authentication"`
 	IoTEdge           bool                    `json:"iotEdge"`
 	DeviceScope       string                  `json:"deviceScope,omitempty"`
-	ModelID           string                  `json:"modelId,omitempty"`
-	TwinVersion       int64                   `json:"twinVersion"`
-	Tags              map[string]any          `json:"tags"`
-	Desired           section                 `json:"desired"`
-	Reported          section                 `json:"reported"`
+	ParentScopes      []string                `json:"parentScopes,omitempty"`
+	// VouchedCAs (PEM) are the CA certificates that vouched for a
+	// certificateAuthority device when DPS registered it (ca.go).
+	VouchedCAs  []string       `json:"vouchedCAs,omitempty"`
+	ModelID     string         `json:"modelId,omitempty"`
+	TwinVersion int64          `json:"twinVersion"`
+	Tags        map[string]any `json:"tags"`
+	Desired     section        `json:"desired"`
+	Reported    section        `json:"reported"`
 
 	etag string // the store record's etag, for compare-and-swap
 }
@@ -59,6 +67,16 @@ func (d *deviceDoc) twinETag() string {
 }
 
 func deviceKey(hubName, id string) string { return hubName + "/" + id }
+
+// twinID names a twin: a device's is its device id, a module's is
+// "{deviceId}/{moduleId}" (device ids never hold '/'), which is also the
+// module's MQTT client id.
+func (d *deviceDoc) twinID() string {
+	if d.ModuleID != "" {
+		return d.DeviceID + "/" + d.ModuleID
+	}
+	return d.DeviceID
+}
 
 // decodeJSON decodes with numbers kept exact, as twins need.
 func decodeJSON(data []byte, v any) error {
@@ -129,16 +147,32 @@ func (h *Hub) load(ctx context.Context, id string) (*deviceDoc, error) {
 	if err := validDeviceID(id); err != nil {
 		return nil, err
 	}
-	rec, err := h.st.Get(ctx, KindDevice, deviceKey(h.cfg.Name, id))
+	return h.loadTwin(ctx, id)
+}
+
+// loadTwin loads a device or, for "{deviceId}/{moduleId}", a module.
+func (h *Hub) loadTwin(ctx context.Context, tid string) (*deviceDoc, error) {
+	dev, mod, isModule := strings.Cut(tid, "/")
+	if err := validDeviceID(dev); err != nil {
+		return nil, err
+	}
+	kind, missing := KindDevice, notFound(dev)
+	if isModule {
+		if err := validModuleID(mod); err != nil {
+			return nil, err
+		}
+		kind, missing = KindModule, moduleNotFound(dev, mod)
+	}
+	rec, err := h.st.Get(ctx, kind, deviceKey(h.cfg.Name, tid))
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, notFound(id)
+		return nil, missing
 	}
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	var d deviceDoc
 	if err := decodeJSON(rec.Data, &d); err != nil {
-		return nil, fmt.Errorf("device %s: decode: %w", id, err)
+		return nil, fmt.Errorf("twin %s: decode: %w", tid, err)
 	}
 	d.etag = rec.ETag
 	return &d, nil
@@ -155,7 +189,11 @@ func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
 	if create {
 		cond = store.Condition{MustNotExist: true}
 	}
-	rec, err := h.st.Put(ctx, store.Record{Kind: KindDevice, ID: deviceKey(h.cfg.Name, d.DeviceID), Ref: h.cfg.Name, Data: data}, cond)
+	kind := KindDevice
+	if d.ModuleID != "" {
+		kind = KindModule
+	}
+	rec, err := h.st.Put(ctx, store.Record{Kind: kind, ID: deviceKey(h.cfg.Name, d.twinID()), Ref: h.cfg.Name, Data: data}, cond)
 	if err != nil {
 		return err
 	}
@@ -166,8 +204,17 @@ func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
 // modify loads a device, applies fn and saves it, retrying when a
 // concurrent write got in between. fn may return an error to stop.
 func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) (*deviceDoc, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.modifyTwin(ctx, id, fn)
+}
+
+// modifyTwin is modify for a device or a module (loadTwin).
+func (h *Hub) modifyTwin(ctx context.Context, tid string, fn func(*deviceDoc) error) (*deviceDoc, error) {
+	id := tid
 	for range maxPatchAttempts {
-		d, err := h.load(ctx, id)
+		d, err := h.loadTwin(ctx, tid)
 		if err != nil {
 			return nil, err
 		}
@@ -179,6 +226,9 @@ func (h *Hub) modify(ctx context.Context, id string, fn func(*deviceDoc) error) 
 			return d, nil
 		}
 		if errors.Is(err, store.ErrNotFound) {
+			if dev, mod, ok := strings.Cut(tid, "/"); ok {
+				return nil, moduleNotFound(dev, mod)
+			}
 			return nil, notFound(id)
 		}
 		if !errors.Is(err, store.ErrPrecondition) {
@@ -264,7 +314,7 @@ func newGenerationID() string {
 
 // CreateDevice creates a device identity with an empty twin.
 func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.Device, error) {
-	d, err := h.newDevice(in)
+	d, err := h.newDevice(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +330,7 @@ func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.
 
 // newDevice is the document of a device identity created from in, with an
 // empty twin.
-func (h *Hub) newDevice(in *azurehub.Device) (*deviceDoc, error) {
+func (h *Hub) newDevice(ctx context.Context, in *azurehub.Device) (*deviceDoc, error) {
 	if err := validDeviceID(in.DeviceID); err != nil {
 		return nil, err
 	}
@@ -301,7 +351,6 @@ func (h *Hub) newDevice(in *azurehub.Device) (*deviceDoc, error) {
 		StatusReason:      in.StatusReason,
 		StatusUpdatedTime: now,
 		Auth:              auth,
-		DeviceScope:       in.DeviceScope,
 		TwinVersion:       1,
 		Tags:              map[string]any{},
 		Desired:           newSection(now),
@@ -309,6 +358,9 @@ func (h *Hub) newDevice(in *azurehub.Device) (*deviceDoc, error) {
 	}
 	if in.Capabilities != nil {
 		d.IoTEdge = in.Capabilities.IoTEdge
+	}
+	if err := h.setScopes(ctx, d, in.DeviceScope, in.ParentScopes); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -322,7 +374,7 @@ func (h *Hub) newDevice(in *azurehub.Device) (*deviceDoc, error) {
 // updates it); the write's condition catches a device created meanwhile.
 // committed is to be called once the write has committed.
 func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error) {
-	d, err := h.newDevice(in)
+	d, err := h.newDevice(ctx, in)
 	if err != nil {
 		return store.Write{}, nil, false, err
 	}
@@ -405,7 +457,9 @@ func (h *Hub) UpdateDevice(ctx context.Context, in *azurehub.Device, etag string
 		if in.Capabilities != nil {
 			d.IoTEdge = in.Capabilities.IoTEdge
 		}
-		d.DeviceScope = in.DeviceScope
+		if err := h.setScopes(ctx, d, in.DeviceScope, in.ParentScopes); err != nil {
+			return err
+		}
 		d.DeviceVersion++
 		return nil
 	})
@@ -457,6 +511,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, etag string) error {
 		h.forget(d.DeviceID)
 		h.c2d.drop(d.DeviceID)
 		h.dropSession(ctx, d.DeviceID)
+		h.deleteModules(ctx, d.DeviceID)
 		h.log.Info("device deleted", "hub", h.cfg.Name, "deviceId", d.DeviceID)
 		return nil
 	}
@@ -486,7 +541,14 @@ func (h *Hub) ListDevices(ctx context.Context, after string, limit int) ([]*azur
 
 // GetTwin returns a device twin.
 func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
-	d, err := h.load(ctx, id)
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.getTwin(ctx, id)
+}
+
+func (h *Hub) getTwin(ctx context.Context, tid string) (*azurehub.Twin, error) {
+	d, err := h.loadTwin(ctx, tid)
 	if err != nil {
 		return nil, err
 	}
@@ -496,12 +558,23 @@ func (h *Hub) GetTwin(ctx context.Context, id string) (*azurehub.Twin, error) {
 // UpdateTwin merges patch's tags and desired properties into the twin and
 // sends the desired change to the device if it is connected.
 func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.updateTwin(ctx, id, patch, etag)
+}
+
+// updateTwin is UpdateTwin for a device or a module.
+func (h *Hub) updateTwin(ctx context.Context, id string, patch *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(patch)
 	if err != nil {
 		return nil, err
 	}
+	// "desired": null clears every desired property, as on Azure.
+	clear := patch != nil && patch.Properties != nil && patch.Properties.DesiredNull
 	now := h.now()
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	var pushed map[string]any
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
 		}
@@ -513,7 +586,11 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 			mergeInto(d.Tags, map[string]any{}, tags, now, 0)
 			changed = true
 		}
-		if d.Desired.patch(desired, now, true) {
+		pushed = desired
+		if clear {
+			pushed = d.Desired.replace(map[string]any{}, now, true)
+			changed = true
+		} else if d.Desired.patch(desired, now, true) {
 			changed = true
 		}
 		if changed {
@@ -524,21 +601,29 @@ func (h *Hub) UpdateTwin(ctx context.Context, id string, patch *azurehub.Twin, e
 	if err != nil {
 		return nil, err
 	}
-	if len(desired) > 0 {
-		h.pushDesired(d.DeviceID, desired, d.Desired.Version)
+	if len(pushed) > 0 || clear {
+		h.pushDesired(d.twinID(), pushed, d.Desired.Version)
 	}
 	return h.twinView(d), nil
 }
 
 // ReplaceTwin replaces the twin's tags and desired properties.
 func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
+	if err := validDeviceID(id); err != nil {
+		return nil, err
+	}
+	return h.replaceTwin(ctx, id, twin, etag)
+}
+
+// replaceTwin is ReplaceTwin for a device or a module.
+func (h *Hub) replaceTwin(ctx context.Context, id string, twin *azurehub.Twin, etag string) (*azurehub.Twin, error) {
 	tags, desired, err := twinInput(twin)
 	if err != nil {
 		return nil, err
 	}
 	now := h.now()
 	var diff map[string]any
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
 		}
@@ -550,7 +635,7 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, e
 		return nil, err
 	}
 	if len(diff) > 0 {
-		h.pushDesired(d.DeviceID, diff, d.Desired.Version)
+		h.pushDesired(d.twinID(), diff, d.Desired.Version)
 	}
 	return h.twinView(d), nil
 }
@@ -588,13 +673,13 @@ func (h *Hub) ImportReported(ctx context.Context, id string, reported map[string
 	return err
 }
 
-// updateReported applies a device's reported patch and returns the new
-// reported version.
+// updateReported applies a device's or a module's reported patch and
+// returns the new reported version.
 func (h *Hub) updateReported(ctx context.Context, id string, patch map[string]any) (int64, error) {
 	if err := enroll.ValidateTwinPatch("properties.reported", patch); err != nil {
 		return 0, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "%v", err)
 	}
-	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
+	d, err := h.modifyTwin(ctx, id, func(d *deviceDoc) error {
 		if d.Reported.patch(patch, h.now(), false) {
 			d.TwinVersion++
 		}
@@ -641,6 +726,7 @@ func checkTwinSize(d *deviceDoc) error {
 // deviceView is the identity as the registry API shows it.
 func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 	state, stateTime, activity := h.connection(d.DeviceID)
+	scope, parents := viewScopes(d)
 	auth := d.Auth
 	if auth.X509Thumbprint == nil {
 		auth.X509Thumbprint = &azurehub.X509Thumbprint{}
@@ -657,19 +743,21 @@ func (h *Hub) deviceView(d *deviceDoc) *azurehub.Device {
 		LastActivityTime:           activity,
 		Authentication:             &auth,
 		Capabilities:               &azurehub.Capabilities{IoTEdge: d.IoTEdge},
-		DeviceScope:                d.DeviceScope,
+		DeviceScope:                scope,
+		ParentScopes:               parents,
 	}
 }
 
 // twinView is the twin as the service API shows it.
 func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
-	state, _, activity := h.connection(d.DeviceID)
+	state, _, activity := h.connection(d.twinID())
 	tags := d.Tags
 	if tags == nil {
 		tags = map[string]any{}
 	}
 	t := &azurehub.Twin{
 		DeviceID:           d.DeviceID,
+		ModuleID:           d.ModuleID,
 		ETag:               d.twinETag(),
 		DeviceETag:         d.deviceETag(),
 		Status:             d.Status,
@@ -685,6 +773,7 @@ func (h *Hub) twinView(d *deviceDoc) *azurehub.Twin {
 		Properties:         &azurehub.TwinProperties{Desired: d.Desired.view(), Reported: d.Reported.view()},
 		Capabilities:       &azurehub.Capabilities{IoTEdge: d.IoTEdge},
 	}
+	t.DeviceScope, t.ParentScopes = viewScopes(d)
 	if t.X509Thumbprint == nil {
 		t.X509Thumbprint = &azurehub.X509Thumbprint{}
 	}

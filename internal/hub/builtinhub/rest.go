@@ -74,6 +74,8 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 	switch {
 	case len(segs) == 1 && segs[0] == "devices" && method == http.MethodGet:
 		return h.restListDevices, RightRegistryRead
+	case len(segs) == 1 && segs[0] == "devices" && method == http.MethodPost:
+		return h.restBulkDevices, RightRegistryWrite
 	case len(segs) == 2 && segs[0] == "statistics" && segs[1] == "devices" && method == http.MethodGet:
 		return h.restStatistics, RightRegistryRead
 	case len(segs) == 2 && segs[0] == "devices":
@@ -94,6 +96,26 @@ func (h *Hub) route(method string, segs []string) (restHandler, Right) {
 		}
 	case len(segs) == 3 && segs[0] == "twins" && segs[2] == "methods" && method == http.MethodPost:
 		return h.restInvokeMethod, RightServiceConnect
+	case len(segs) == 3 && segs[0] == "devices" && segs[2] == "modules" && method == http.MethodGet:
+		return h.restListModules, RightRegistryRead
+	case len(segs) == 4 && segs[0] == "devices" && segs[2] == "modules":
+		switch method {
+		case http.MethodGet:
+			return h.restGetModule, RightRegistryRead
+		case http.MethodPut:
+			return h.restPutModule, RightRegistryWrite
+		case http.MethodDelete:
+			return h.restDeleteModule, RightRegistryWrite
+		}
+	case len(segs) == 5 && segs[0] == "twins" && segs[2] == "modules" && segs[4] == "methods" && method == http.MethodPost:
+		return h.restInvokeModuleMethod, RightServiceConnect
+	case len(segs) == 4 && segs[0] == "twins" && segs[2] == "modules":
+		switch method {
+		case http.MethodGet:
+			return h.restGetModuleTwin, RightServiceConnect
+		case http.MethodPatch, http.MethodPut:
+			return h.restWriteModuleTwin, RightServiceConnect
+		}
 	}
 	return nil, ""
 }
@@ -208,6 +230,23 @@ func (h *Hub) restListDevices(w http.ResponseWriter, r *http.Request, reqID stri
 	writeJSON(w, http.StatusOK, "", all)
 }
 
+// restBulkDevices is the bulk registry operation: it answers 200 with
+// isSuccessful and the failed devices, as Azure does, and 400 only for a
+// request that is wrong as a whole.
+func (h *Hub) restBulkDevices(w http.ResponseWriter, r *http.Request, reqID string, _ []string) {
+	var in []BulkDevice
+	if err := readJSONLimit(r, &in, maxBulkBody); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	res, err := h.BulkDevices(r.Context(), in)
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", res)
+}
+
 // maxStatisticsDevices bounds the devices GET /statistics/devices counts:
 // it is what other dpsd instances call to check the hub's health, and must
 // stay cheap whatever the hub holds. Beyond it the counts are a floor.
@@ -314,6 +353,94 @@ func (h *Hub) restWriteTwin(w http.ResponseWriter, r *http.Request, reqID string
 	writeJSON(w, http.StatusOK, t.ETag, t)
 }
 
+func (h *Hub) restListModules(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	mods, err := h.ListModules(r.Context(), segs[1])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", mods)
+}
+
+func (h *Hub) restGetModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	m, err := h.GetModule(r.Context(), segs[1], segs[3])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m.ETag, m)
+}
+
+// restPutModule creates a module, or with If-Match updates it, as
+// restPutDevice does for devices.
+func (h *Hub) restPutModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in azurehub.Module
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	if in.DeviceID == "" {
+		in.DeviceID = segs[1]
+	}
+	if in.ModuleID == "" {
+		in.ModuleID = segs[3]
+	}
+	if in.DeviceID != segs[1] || in.ModuleID != segs[3] {
+		h.writeError(w, reqID, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The device and module ids in the body (%q, %q) differ from those in the path (%q, %q).", in.DeviceID, in.ModuleID, segs[1], segs[3]))
+		return
+	}
+	var m *azurehub.Module
+	var err error
+	if etag := enroll.NormalizeETag(r.Header.Get("If-Match")); etag == "" {
+		m, err = h.CreateModule(r.Context(), &in)
+	} else {
+		m, err = h.UpdateModule(r.Context(), &in, etag)
+	}
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m.ETag, m)
+}
+
+func (h *Hub) restDeleteModule(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	if err := h.DeleteModule(r.Context(), segs[1], segs[3], r.Header.Get("If-Match")); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Hub) restGetModuleTwin(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	t, err := h.GetModuleTwin(r.Context(), segs[1], segs[3])
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t.ETag, t)
+}
+
+func (h *Hub) restWriteModuleTwin(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in azurehub.Twin
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	m := r.Header.Get("If-Match")
+	var t *azurehub.Twin
+	var err error
+	if r.Method == http.MethodPut {
+		t, err = h.ReplaceModuleTwin(r.Context(), segs[1], segs[3], &in, m)
+	} else {
+		t, err = h.UpdateModuleTwin(r.Context(), segs[1], segs[3], &in, m)
+	}
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t.ETag, t)
+}
+
 // MethodRequest is the body of a direct method invocation.
 type MethodRequest struct {
 	MethodName               string          `json:"methodName"`
@@ -342,13 +469,29 @@ func (h *Hub) restInvokeMethod(w http.ResponseWriter, r *http.Request, reqID str
 	writeJSON(w, http.StatusOK, "", res)
 }
 
-func readJSON(r *http.Request, v any) error {
-	data, err := io.ReadAll(io.LimitReader(r.Body, maxRESTBody+1))
+func (h *Hub) restInvokeModuleMethod(w http.ResponseWriter, r *http.Request, reqID string, segs []string) {
+	var in MethodRequest
+	if err := readJSON(r, &in); err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	res, err := h.InvokeModuleMethod(r.Context(), segs[1], segs[3], &in)
+	if err != nil {
+		h.writeError(w, reqID, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, "", res)
+}
+
+func readJSON(r *http.Request, v any) error { return readJSONLimit(r, v, maxRESTBody) }
+
+func readJSONLimit(r *http.Request, v any, limit int64) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "Reading the body failed: %v", err)
 	}
-	if len(data) > maxRESTBody {
-		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", maxRESTBody)
+	if int64(len(data)) > limit {
+		return azurehub.Errorf(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The body exceeds %d bytes.", limit)
 	}
 	if err := decodeJSON(data, v); err != nil {
 		return azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "The body is not valid JSON: %v", err)
