@@ -61,7 +61,7 @@ func prepareEnrollment(e, old *dps.IndividualEnrollment) error {
 	if e.OptionalDeviceInformation, err = objectOrNil("optionalDeviceInformation", e.OptionalDeviceInformation); err != nil {
 		return err
 	}
-	if e.ClientCertIssuancePolicy, err = objectOrNil("clientCertificateIssuancePolicy", e.ClientCertIssuancePolicy); err != nil {
+	if e.ClientCertIssuancePolicy, err = issuancePolicy(e.ClientCertIssuancePolicy); err != nil {
 		return err
 	}
 	c := common{
@@ -86,7 +86,7 @@ func prepareGroup(g, old *dps.EnrollmentGroup) error {
 		return err
 	}
 	g.Attestation = att
-	if g.ClientCertIssuancePolicy, err = objectOrNil("clientCertificateIssuancePolicy", g.ClientCertIssuancePolicy); err != nil {
+	if g.ClientCertIssuancePolicy, err = issuancePolicy(g.ClientCertIssuancePolicy); err != nil {
 		return err
 	}
 	c := common{
@@ -206,6 +206,30 @@ func objectOrNil(what string, raw json.RawMessage) (json.RawMessage, error) {
 		return raw, nil
 	}
 	return nil, dps.Errorf(dps.CodeInvalidArgument, "The %s member must be a JSON object.", what)
+}
+
+// issuancePolicy validates a clientCertificateIssuancePolicy: an object
+// whose certificateAuthorityName, when present, is a string. Whether the CA
+// exists is decided when a device asks for a certificate, since an operator
+// may add the CA after the enrollment.
+func issuancePolicy(raw json.RawMessage) (json.RawMessage, error) {
+	raw, err := objectOrNil("clientCertificateIssuancePolicy", raw)
+	if err != nil || raw == nil {
+		return raw, err
+	}
+	var p struct {
+		Name *json.RawMessage `json:"certificateAuthorityName"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The clientCertificateIssuancePolicy member cannot be read: %v", err)
+	}
+	if p.Name != nil {
+		var name string
+		if json.Unmarshal(*p.Name, &name) != nil {
+			return nil, dps.Errorf(dps.CodeInvalidArgument, "clientCertificateIssuancePolicy.certificateAuthorityName must be a string.")
+		}
+	}
+	return raw, nil
 }
 
 // prepareAttestation validates a and returns its stored form: the type in its

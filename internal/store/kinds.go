@@ -9,6 +9,9 @@ const (
 	KindAllocationLog Kind = "allocationLog" // alloclog entries; id = registration id
 	// KindAllocationPolicy holds allocpolicy.Policy; id = policy name.
 	KindAllocationPolicy Kind = "allocationPolicy"
+	// KindIssuingCA holds an operator's issuing CA with its private key
+	// (issuer.Registry); id = lower-cased CA name.
+	KindIssuingCA Kind = "issuingCA"
 
 	KindHub        Kind = "hub"        // built-in hub configuration; id = hub name
 	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
@@ -21,7 +24,7 @@ const (
 // constants of this package.
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
-	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy,
+	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindIssuingCA,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D,
 	KindHealth,
 }
