@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 fuzztime="${FUZZTIME:-5s}"
-packages=(./internal/amqp ./internal/tpm)
+packages=(./internal/amqp ./internal/tpm ./internal/issuer)
 
 for pkg in "${packages[@]}"; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
