@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/tpm"
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
@@ -317,8 +318,14 @@ func prepareTPM(t *dps.TPMAttestation) (*dps.TPMAttestation, error) {
 	if t == nil || strings.TrimSpace(t.EndorsementKey) == "" {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "A TPM attestation needs an endorsementKey.")
 	}
-	if _, err := decodeBase64Loose([]byte(t.EndorsementKey)); err != nil {
+	ek, err := decodeBase64Loose([]byte(t.EndorsementKey))
+	if err != nil {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "The TPM endorsementKey is not valid base64.")
+	}
+	// A key dpsd could never activate a TPM with is refused now rather
+	// than at the device's first registration.
+	if _, err := tpm.ParseStorageKey(ek); err != nil {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The TPM endorsementKey is not an RSA endorsement key's public area (TPM2B_PUBLIC): %v", err)
 	}
 	if t.StorageRootKey != "" {
 		if _, err := decodeBase64Loose([]byte(t.StorageRootKey)); err != nil {
