@@ -9,8 +9,8 @@ import (
 	"strings"
 
 	"github.com/dpsd/dpsd/api/dps"
-	"github.com/dpsd/dpsd/internal/tpm"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/tpm"
 )
 
 // Symmetric key limits: Azure accepts 16 to 64 decoded bytes and generates
