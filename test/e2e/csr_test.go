@@ -313,3 +313,33 @@ func mustRSA(t *testing.T, bits int) crypto.Signer {
 	}
 	return k
 }
+
+// TestBenchTPMAndCSR runs the simulator with TPM devices on swtpm and with
+// certificate signing requests, each device getting its certificate.
+func TestBenchTPMAndCSR(t *testing.T) {
+	srv := startServerIn(t, csrPrefix)
+	a, b := testenv.StartSWTPM(t), testenv.StartSWTPM(t)
+	var res struct {
+		Succeeded int            `json:"succeeded"`
+		Failed    int            `json:"failed"`
+		Errors    map[string]int `json:"errors"`
+	}
+	out := dpsdCLI(t, srv, "bench", "--setup", "--tpm", a.Addr(), "--tpm", b.Addr(), "--csr",
+		"--registrations", "4", "--concurrency", "2", "--hub", srv.Hub, "--id-prefix", "bench-tpm-", "-o", "json")
+	decodeJSON(t, "bench --tpm --csr", out, &res)
+	if res.Succeeded != 4 || res.Failed != 0 {
+		t.Fatalf("bench --tpm --csr: %s", out)
+	}
+	var st dps.DeviceRegistrationState
+	decodeJSON(t, "registration show", dpsdCLI(t, srv, "registration", "show", "--registration-id", "bench-tpm-tpm-001", "-o", "json"), &st)
+	if st.Status != dps.StatusAssigned || st.IssuedCertificate == nil {
+		t.Fatalf("TPM device of the bench: %+v", st)
+	}
+
+	out = dpsdCLI(t, srv, "bench", "--setup", "--group-id", "bench-csr", "--csr", "--transport", "mqtt",
+		"--registrations", "6", "--concurrency", "3", "--hub", srv.Hub, "-o", "json")
+	decodeJSON(t, "bench --csr", out, &res)
+	if res.Succeeded != 6 || res.Failed != 0 {
+		t.Fatalf("bench --csr: %s", out)
+	}
+}
