@@ -135,9 +135,8 @@ func (a *Allocator) Allocate(ctx context.Context, in *provision.AllocationInput)
 		a.recordWhy(ctx, in, policy, cands, nil, derr.Message, derr)
 		return nil, derr
 	}
-	a.recordWhy(ctx, in, policy, cands, hub, reason, nil)
 	a.log.Debug("allocated", "registrationId", in.RegistrationID, "policy", policy, "hub", hub.Name, "candidates", len(cands))
-	return &provision.Allocation{Hub: hub.Name}, nil
+	return &provision.Allocation{Hub: hub.Name, Note: a.whyNote(in, policy, cands, hub, reason)}, nil
 }
 
 // Candidates returns the hubs the device may be assigned to (see the

@@ -48,7 +48,12 @@ func (a *Allocator) policy(ctx context.Context, name string, req *dps.Allocation
 		e.Outcome, e.Hub = alloclog.OutcomeAssigned, hub
 	}
 	if log := a.webhook.opt.Audit; log != nil {
-		log.Record(ctx, e)
+		if err == nil && derr == nil {
+			// Kept by the engine with the registration it explains.
+			alloc.Note = log.Pending(e)
+		} else {
+			log.Record(ctx, e)
+		}
 	}
 	if err != nil {
 		return nil, err

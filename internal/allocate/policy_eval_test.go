@@ -73,6 +73,10 @@ func TestAllocationPolicyOutcomes(t *testing.T) {
 				if tt.wantPayload != "" {
 					assertJSON(t, "payload", got.Payload, tt.wantPayload)
 				}
+				if got.Note == nil {
+					t.Fatal("the policy assigned a hub without a note for the allocation log")
+				}
+				got.Note.Keep(t.Context()) // as the engine does
 			}
 			entries, lerr := ts.audit.List(t.Context(), tt.regID)
 			if lerr != nil || len(entries) != 1 || len(entries[0].Attempts) != 1 {

@@ -46,13 +46,25 @@ func describe(e *alloclog.Entry, in *provision.AllocationInput, policy string, c
 	}
 }
 
-// recordWhy writes, for an allocation that calls nothing, what it chose
-// among and why, or why it failed.
+// recordWhy writes, for an allocation that calls nothing and failed, what
+// it chose among and why it failed.
 func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) {
+	if log := a.webhook.opt.Audit; log != nil {
+		log.Record(ctx, whyEntry(in, policy, cands, hub, reason, derr))
+	}
+}
+
+// whyNote is, for an allocation that calls nothing and chose hub, what it
+// chose among and why, for the engine to keep with the registration.
+func (a *Allocator) whyNote(in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string) provision.Note {
 	log := a.webhook.opt.Audit
 	if log == nil {
-		return
+		return nil
 	}
+	return log.Pending(whyEntry(in, policy, cands, hub, reason, nil))
+}
+
+func whyEntry(in *provision.AllocationInput, policy string, cands []*linkedhub.Hub, hub *linkedhub.Hub, reason string, derr *dps.Error) alloclog.Entry {
 	e := alloclog.Entry{RegistrationID: in.RegistrationID, Reason: reason}
 	name := ""
 	if hub != nil {
@@ -64,7 +76,7 @@ func (a *Allocator) recordWhy(ctx context.Context, in *provision.AllocationInput
 	} else {
 		e.Outcome, e.Hub = alloclog.OutcomeAssigned, name
 	}
-	log.Record(ctx, e)
+	return e
 }
 
 // hashedReason explains a hashed choice.

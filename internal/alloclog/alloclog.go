@@ -126,13 +126,38 @@ func (l *Log) Begin(ctx context.Context, registrationID, webhookURL string, requ
 // nothing (hashed, static, geoLatency), described by e. Its id and times
 // are filled in; like Begin, it never fails the allocation.
 func (l *Log) Record(ctx context.Context, e Entry) {
+	l.Pending(e).Keep(ctx)
+}
+
+// Pending returns a finished entry, described by e with its id and times
+// filled in now, for its writer to keep when it is ready: the provisioning
+// engine commits it with the registration it explains (provision.Note).
+func (l *Log) Pending(e Entry) *Pending {
 	now := l.now().UTC()
 	e.ID, e.Started, e.Finished = newID(), now, now
 	if e.Attempts == nil {
 		e.Attempts = []Attempt{}
 	}
-	if err := l.upsert(ctx, e); err != nil {
-		l.log.Warn("allocation log: recording failed", "registrationId", e.RegistrationID, "err", err)
+	return &Pending{l: l, e: e}
+}
+
+// Pending is an entry waiting to be written.
+type Pending struct {
+	l *Log
+	e Entry
+}
+
+// Write returns the store write that adds the entry to its registration's
+// log as it is stored now; the write's condition fails if the log changes
+// before it commits.
+func (p *Pending) Write(ctx context.Context) (store.Write, error) {
+	return p.l.prepare(ctx, p.e)
+}
+
+// Keep writes the entry on its own, logging a failure.
+func (p *Pending) Keep(ctx context.Context) {
+	if err := p.l.upsert(ctx, p.e); err != nil {
+		p.l.log.Warn("allocation log: recording failed", "registrationId", p.e.RegistrationID, "err", err)
 	}
 }
 
@@ -217,32 +242,11 @@ func (r *Recorder) save(ctx context.Context) {
 
 func (l *Log) upsert(ctx context.Context, e Entry) error {
 	for range 5 {
-		r, etag, err := l.get(ctx, e.RegistrationID)
+		w, err := l.prepare(ctx, e)
 		if err != nil {
 			return err
 		}
-		replaced := false
-		for i := range r.Entries {
-			if r.Entries[i].ID == e.ID {
-				r.Entries[i], replaced = e, true
-			}
-		}
-		if !replaced {
-			r.Entries = append(r.Entries, e)
-		}
-		if len(r.Entries) > MaxEntries {
-			r.Entries = r.Entries[len(r.Entries)-MaxEntries:]
-		}
-		r.RegistrationID = e.RegistrationID
-		data, err := encodeBounded(r)
-		if err != nil {
-			return err
-		}
-		cond := store.Condition{MustNotExist: true}
-		if etag != "" {
-			cond = store.Condition{IfMatch: etag}
-		}
-		_, err = l.st.Put(ctx, store.Record{Kind: Kind, ID: e.RegistrationID, Data: data}, cond)
+		_, err = l.st.Put(ctx, w.Record, w.Cond)
 		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrPrecondition) {
 			continue
 		}
@@ -252,6 +256,37 @@ func (l *Log) upsert(ctx context.Context, e Entry) error {
 		return nil
 	}
 	return fmt.Errorf("save allocation log of %q: too many concurrent writers", e.RegistrationID)
+}
+
+// prepare returns the write that puts e (new, or replacing the entry with
+// its id) into its registration's log as stored now, conditioned on that.
+func (l *Log) prepare(ctx context.Context, e Entry) (store.Write, error) {
+	r, etag, err := l.get(ctx, e.RegistrationID)
+	if err != nil {
+		return store.Write{}, err
+	}
+	replaced := false
+	for i := range r.Entries {
+		if r.Entries[i].ID == e.ID {
+			r.Entries[i], replaced = e, true
+		}
+	}
+	if !replaced {
+		r.Entries = append(r.Entries, e)
+	}
+	if len(r.Entries) > MaxEntries {
+		r.Entries = r.Entries[len(r.Entries)-MaxEntries:]
+	}
+	r.RegistrationID = e.RegistrationID
+	data, err := encodeBounded(r)
+	if err != nil {
+		return store.Write{}, err
+	}
+	cond := store.Condition{MustNotExist: true}
+	if etag != "" {
+		cond = store.Condition{IfMatch: etag}
+	}
+	return store.Write{Record: store.Record{Kind: Kind, ID: e.RegistrationID, Data: data}, Cond: cond}, nil
 }
 
 // encodeBounded drops the oldest entries until the record fits

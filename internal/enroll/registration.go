@@ -135,33 +135,50 @@ func (r *Registration) setStored(rec store.Record) {
 
 // PutRegistration writes r under cond and returns it as stored.
 func PutRegistration(ctx context.Context, st store.Store, r *Registration, cond store.Condition) (*Registration, error) {
+	w, stored, err := RegistrationWrite(r, cond)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := st.Put(ctx, w.Record, w.Cond)
+	if err != nil {
+		return nil, fmt.Errorf("put registration %q: %w", r.State.RegistrationID, err)
+	}
+	return stored(rec), nil
+}
+
+// RegistrationWrite returns the store write that puts r under cond, for a
+// batch (store.Batcher), and a function that turns the record the store
+// returns for it into r as stored.
+func RegistrationWrite(r *Registration, cond store.Condition) (store.Write, func(store.Record) *Registration, error) {
 	c := *r
 	c.State.CreatedDateTimeUTC, c.State.LastUpdatedDateTimeUTC, c.State.ETag = nil, nil, ""
 	data, err := json.Marshal(&c)
 	if err != nil {
-		return nil, fmt.Errorf("encode registration: %w", err)
+		return store.Write{}, nil, fmt.Errorf("encode registration: %w", err)
 	}
-	rec, err := st.Put(ctx, store.Record{
-		Kind: store.KindRegistration, ID: r.State.RegistrationID, Ref: r.EnrollmentGroupID, Data: data,
-	}, cond)
-	if err != nil {
-		return nil, fmt.Errorf("put registration %q: %w", r.State.RegistrationID, err)
+	w := store.Write{
+		Record: store.Record{Kind: store.KindRegistration, ID: r.State.RegistrationID, Ref: r.EnrollmentGroupID, Data: data},
+		Cond:   cond,
 	}
-	// What was stored is c: a copy of it, rather than a decoding of what
-	// was just encoded (an intent carries its prior and final records, and
-	// decoding it was a tenth of a registration's CPU). Nested records are
-	// never changed in place once written, so sharing them is safe; the
-	// two the engine fills in are copied.
-	if c.Identity != nil {
-		id := *c.Identity
-		c.Identity = &id
+	stored := func(rec store.Record) *Registration {
+		// What was stored is c: a copy of it, rather than a decoding of
+		// what was just encoded (an intent carries its prior and final
+		// records, and decoding it was a tenth of a registration's CPU).
+		// Nested records are never changed in place once written, so
+		// sharing them is safe; the two the engine fills in are copied.
+		out := c
+		if out.Identity != nil {
+			id := *out.Identity
+			out.Identity = &id
+		}
+		if out.Work != nil {
+			w := *out.Work
+			out.Work = &w
+		}
+		out.setStored(rec)
+		return &out
 	}
-	if c.Work != nil {
-		w := *c.Work
-		c.Work = &w
-	}
-	c.setStored(rec)
-	return &c, nil
+	return w, stored, nil
 }
 
 // DeleteRegistration removes a registration record. ifMatch may be empty,

@@ -16,6 +16,7 @@ import (
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/provision"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/store"
 )
 
 // Credentials finds the service connection string of a hub by its host
@@ -63,7 +64,48 @@ type cachedClient struct {
 var (
 	_ provision.Registrar    = (*Registrar)(nil)
 	_ provision.DeviceLister = (*Registrar)(nil)
+	_ provision.Stager       = (*Registrar)(nil)
 )
+
+// newDeviceStager is implemented by hubs that keep their identities in the
+// engine's store (builtinhub.Hub).
+type newDeviceStager interface {
+	StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error)
+}
+
+// StageDevice implements provision.Stager: a device new to a built-in hub
+// of this process, not moving from another hub, is staged as the one store
+// write that creates its identity with its initial twin. Anything else goes
+// through RegisterDevice.
+func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (*provision.Staged, error) {
+	if r.opt.Local == nil || dev.Hub == "" || dev.DeviceID == "" ||
+		dev.PreviousHub != "" && !strings.EqualFold(dev.PreviousHub, dev.Hub) {
+		return nil, nil
+	}
+	reg, ok := r.opt.Local.Registry(dev.Hub)
+	if !ok {
+		return nil, nil
+	}
+	sg, ok := reg.(newDeviceStager)
+	if !ok {
+		return nil, nil
+	}
+	initial, err := initialTwin(dev.InitialTwin)
+	if err != nil {
+		return nil, err
+	}
+	// The CAs the hub must trust for the device are written first, on
+	// their own: trusting a CA the enrollment vouches for is harmless even
+	// if the batch then fails, and is done once per CA, not per device.
+	if err := trustCAs(ctx, reg, dev); err != nil {
+		return nil, fmt.Errorf("CA certificates for hub %s: %w", dev.Hub, err)
+	}
+	w, committed, ok, err := sg.StageNewDevice(ctx, identity(dev), initial)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &provision.Staged{Writes: []store.Write{w}, Committed: committed}, nil
+}
 
 // NewRegistrar returns a Registrar.
 func NewRegistrar(opt RegistrarOptions) *Registrar {
@@ -329,12 +371,7 @@ const maxIdentityAttempts = 4
 // the enrollment's keys and capabilities. It reports whether it created it,
 // and the identity as it was when it changed an existing one.
 func ensureIdentity(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevice) (created bool, replaced *azurehub.Device, err error) {
-	want := &azurehub.Device{
-		DeviceID:       dev.DeviceID,
-		Status:         azurehub.StatusEnabled,
-		Authentication: authentication(dev),
-		Capabilities:   &azurehub.Capabilities{IoTEdge: dev.IoTEdge},
-	}
+	want := identity(dev)
 	for range maxIdentityAttempts {
 		_, err := reg.CreateDevice(ctx, want)
 		if err == nil {
@@ -367,6 +404,16 @@ func ensureIdentity(ctx context.Context, reg azurehub.Registry, dev *provision.H
 		}
 	}
 	return false, nil, fmt.Errorf("device %q kept changing while being registered", dev.DeviceID)
+}
+
+// identity is the identity the hub is to hold for dev.
+func identity(dev *provision.HubDevice) *azurehub.Device {
+	return &azurehub.Device{
+		DeviceID:       dev.DeviceID,
+		Status:         azurehub.StatusEnabled,
+		Authentication: authentication(dev),
+		Capabilities:   &azurehub.Capabilities{IoTEdge: dev.IoTEdge},
+	}
 }
 
 // authentication is the identity's authentication: the device's own SAS

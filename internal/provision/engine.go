@@ -75,6 +75,21 @@ type Allocation struct {
 	InitialTwin *dps.InitialTwin
 	// Payload is returned to the device in its registration state.
 	Payload json.RawMessage
+	// Note, when not nil, is the allocation's record of why it chose Hub,
+	// for the engine to keep: in the same commit as the registration when
+	// it can, otherwise on its own before the hub is written.
+	Note Note
+}
+
+// A Note is a record an allocation asks the engine to keep (its entry in
+// the allocation log).
+type Note interface {
+	// Write returns the store write that keeps the note, made against what
+	// is stored now; its condition fails if that changes before it commits.
+	Write(ctx context.Context) (store.Write, error)
+	// Keep writes the note on its own. A failure is logged, not returned:
+	// a note never fails a registration.
+	Keep(ctx context.Context)
 }
 
 // Registrar writes device identities and initial twins to hubs. The
@@ -156,6 +171,11 @@ type Options struct {
 	// earlier run left at once, without waiting for the lease to run out.
 	// Empty: a name of this run alone.
 	Node string
+	// NoStaging makes every registration record an intent before it
+	// writes the hub, even where the registrar could stage the identity in
+	// the engine's store and commit it with the record (Stager): for
+	// comparing the two paths.
+	NoStaging bool
 	// Lease is how long work in progress stays its owner's without being
 	// renewed: how soon another node takes over the work of a node that
 	// died. The owner renews it every Lease/3.
@@ -515,6 +535,12 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 			}
 			return e.registerAnswer(stored), nil
 		}
+		if done, err := e.commitStaged(ctx, p, prev); err != nil || done != nil {
+			if err != nil {
+				return Result{}, err
+			}
+			return e.registerAnswer(done), nil
+		}
 		intent := e.intent(r, prev)
 		if err := setTarget(intent, p); err != nil {
 			return Result{}, err
@@ -524,7 +550,7 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 		// for abandoned.
 		done := e.track(opID)
 		defer e.untrack(opID, done)
-		stored, err := e.swap(ctx, intent, prev)
+		stored, err := e.swapWith(ctx, intent, prev, nil, p.note)
 		if err != nil {
 			return Result{}, err
 		}
@@ -804,6 +830,9 @@ func (e *Engine) newRecord(req *Request, who *vouched, prev *enroll.Registration
 type plan struct {
 	dev   *HubDevice
 	final *enroll.Registration
+	// note is the allocation's record of why, kept with the outcome when
+	// they can be committed together; nil when there is none.
+	note Note
 }
 
 // plan allocates a hub for the registration r describes and returns the
@@ -817,6 +846,7 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 	var hub string
 	var payload json.RawMessage
 	var allocatedTwin *dps.InitialTwin
+	var note Note
 	if in.Previous != nil && !rp.UpdateHubAssignment && !strings.EqualFold(policy, dps.AllocationCustom) {
 		// "Never reprovision": the device stays where it is. A custom
 		// webhook is still asked (Azure offers it only the current hub),
@@ -827,7 +857,7 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 		if err != nil {
 			return nil, err
 		}
-		hub, payload, allocatedTwin = a.Hub, a.Payload, a.InitialTwin
+		hub, payload, allocatedTwin, note = a.Hub, a.Payload, a.InitialTwin, a.Note
 	}
 
 	substatus := dps.SubstatusInitialAssignment
@@ -884,7 +914,7 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 		return nil, err
 	}
 	final.Identity = IdentityOf(dev)
-	return &plan{dev: dev, final: &final}, nil
+	return &plan{dev: dev, final: &final, note: note}, nil
 }
 
 func capabilities(in *AllocationInput) *dps.DeviceCapabilities {
@@ -922,6 +952,9 @@ func (e *Engine) startBackground(stored *enroll.Registration, done chan struct{}
 		defer h.cancel()
 
 		p, err := e.plan(h.ctx, base, in, who)
+		if err == nil {
+			keep(h.ctx, p.note)
+		}
 		// Record the outcome even when the work ran out of time: the
 		// device must learn it failed rather than poll "assigning".
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(wctx), 10*time.Second)

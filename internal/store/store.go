@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -94,4 +95,52 @@ type Store interface {
 // never needs to know whether it was listening.
 type Notifier interface {
 	Changes(ctx context.Context) (<-chan Kind, error)
+}
+
+// Write is one write of a batch a Batcher applies atomically.
+type Write struct {
+	// Delete removes the record Record.Kind and Record.ID name; otherwise
+	// the write puts Record.
+	Delete bool
+	Record Record
+	Cond   Condition
+}
+
+// Batcher is implemented by stores that can commit several writes as one:
+// a registration record together with the built-in hub identity it names,
+// for example, so that neither is ever durable without the other, at the
+// cost of one commit instead of several.
+type Batcher interface {
+	// Apply performs writes in order in one transaction, each seeing the
+	// effects of those before it, and commits all of them or none. When a
+	// write's condition fails, nothing is written and the error is a
+	// *BatchError naming that write and wrapping ErrExists,
+	// ErrPrecondition or ErrNotFound. On success it returns the records as
+	// stored, in the order of writes (zero Records for deletes).
+	Apply(ctx context.Context, writes []Write) ([]Record, error)
+}
+
+// BatchError reports the write whose condition failed a batch.
+type BatchError struct {
+	Index int // into the writes given to Apply
+	Kind  Kind
+	ID    string
+	Err   error // ErrExists, ErrPrecondition or ErrNotFound
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("batch write %d (%s %q): %v", e.Index, e.Kind, e.ID, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// CheckWrites reports a batch with a write that names no kind or id, for
+// Batchers to refuse before touching the database.
+func CheckWrites(writes []Write) error {
+	for i, w := range writes {
+		if w.Record.Kind == "" || w.Record.ID == "" {
+			return fmt.Errorf("batch write %d: empty kind or id (%q, %q)", i, w.Record.Kind, w.Record.ID)
+		}
+	}
+	return nil
 }

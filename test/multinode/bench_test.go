@@ -41,6 +41,8 @@ func TestThroughput(t *testing.T) {
 		p50    time.Duration
 		p99    time.Duration
 		failed int64
+		// first and last: the rate of the first and last tenth.
+		first, last float64
 	}
 	var rows []row
 	for cfg := range strings.SplitSeq(*benchConfigs, ",") {
@@ -62,15 +64,16 @@ func TestThroughput(t *testing.T) {
 				t.Errorf("%d of %d registrations failed, e.g. %s", res.failed, n, res.sample)
 			}
 			r := row{name: name, rate: float64(n-int(res.failed)) / res.elapsed.Seconds(), p50: res.pct(50), p99: res.pct(99), failed: res.failed}
-			t.Logf("%s: %d registrations, concurrency %d, %v: %.0f registrations/s, p50 %v, p99 %v",
-				name, n, conc, res.elapsed.Round(time.Millisecond), r.rate, r.p50, r.p99)
+			r.first, r.last = res.tenths()
+			t.Logf("%s: %d registrations, concurrency %d, %v: %.0f registrations/s (first tenth %.0f/s, last tenth %.0f/s), p50 %v, p99 %v",
+				name, n, conc, res.elapsed.Round(time.Millisecond), r.rate, r.first, r.last, r.p50, r.p99)
 			rows = append(rows, r)
 		})
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-18s %14s %10s %10s %7s\n", "configuration", "registrations/s", "p50", "p99", "failed")
+	fmt.Fprintf(&b, "\n%-18s %14s %12s %12s %10s %10s %7s\n", "configuration", "registrations/s", "first tenth", "last tenth", "p50", "p99", "failed")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-18s %14.0f %10v %10v %7d\n", r.name, r.rate, r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.failed)
+		fmt.Fprintf(&b, "%-18s %14.0f %12.0f %12.0f %10v %10v %7d\n", r.name, r.rate, r.first, r.last, r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.failed)
 	}
 	fmt.Fprintf(&b, "(%d registrations per configuration, concurrency %d, HTTPS with keep-alive, static allocation)\n", n, conc)
 	t.Log(b.String())
@@ -79,8 +82,12 @@ func TestThroughput(t *testing.T) {
 type loadResult struct {
 	elapsed   time.Duration
 	latencies []time.Duration
-	failed    int64
-	sample    string
+	// finished holds when each successful registration finished, since
+	// the start, in order: the rate of the first and the last tenth shows
+	// whether the cost per registration grows with the records stored.
+	finished []time.Duration
+	failed   int64
+	sample   string
 }
 
 // pct returns the p-th percentile of the successful registrations' times.
@@ -89,6 +96,19 @@ func (r *loadResult) pct(p int) time.Duration {
 		return 0
 	}
 	return r.latencies[min(len(r.latencies)-1, len(r.latencies)*p/100)]
+}
+
+// tenths returns the registrations per second of the first and of the
+// last tenth of the successful registrations.
+func (r *loadResult) tenths() (first, last float64) {
+	n := len(r.finished)
+	k := n / 10
+	if k == 0 {
+		return 0, 0
+	}
+	first = float64(k) / r.finished[k-1].Seconds()
+	last = float64(k) / (r.finished[n-1] - r.finished[n-1-k]).Seconds()
+	return first, last
 }
 
 // load registers n distinct devices (prefix + sequence number), conc at a
@@ -120,6 +140,7 @@ func load(t *testing.T, c *cluster, groupKey, prefix string, n, conc int) *loadR
 					}
 				} else {
 					res.latencies = append(res.latencies, d)
+					res.finished = append(res.finished, time.Since(start))
 				}
 				mu.Unlock()
 			}

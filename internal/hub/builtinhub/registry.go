@@ -264,6 +264,23 @@ func newGenerationID() string {
 
 // CreateDevice creates a device identity with an empty twin.
 func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.Device, error) {
+	d, err := h.newDevice(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.save(ctx, d, true); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, azurehub.Errorf(http.StatusConflict, azurehub.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered.", in.DeviceID)
+		}
+		return nil, storeErr(err)
+	}
+	h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID)
+	return h.deviceView(d), nil
+}
+
+// newDevice is the document of a device identity created from in, with an
+// empty twin.
+func (h *Hub) newDevice(in *azurehub.Device) (*deviceDoc, error) {
 	if err := validDeviceID(in.DeviceID); err != nil {
 		return nil, err
 	}
@@ -293,14 +310,48 @@ func (h *Hub) CreateDevice(ctx context.Context, in *azurehub.Device) (*azurehub.
 	if in.Capabilities != nil {
 		d.IoTEdge = in.Capabilities.IoTEdge
 	}
-	if err := h.save(ctx, d, true); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return nil, azurehub.Errorf(http.StatusConflict, azurehub.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered.", in.DeviceID)
-		}
-		return nil, storeErr(err)
+	return d, nil
+}
+
+// StageNewDevice returns the store write that creates the identity in with
+// twin (nil for an empty one), leaving the hub exactly as CreateDevice
+// followed by ReplaceTwin would, for a caller that commits it in one batch
+// with records of its own: the provisioning engine commits a device's
+// identity and its registration record together. It returns ok false when
+// the hub holds the device already (the caller then takes the path that
+// updates it); the write's condition catches a device created meanwhile.
+// committed is to be called once the write has committed.
+func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error) {
+	d, err := h.newDevice(in)
+	if err != nil {
+		return store.Write{}, nil, false, err
 	}
-	h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID)
-	return h.deviceView(d), nil
+	if twin != nil {
+		tags, desired, err := twinInput(twin)
+		if err != nil {
+			return store.Write{}, nil, false, err
+		}
+		if _, err := d.replaceTwin(tags, desired, h.now()); err != nil {
+			return store.Write{}, nil, false, err
+		}
+	}
+	key := deviceKey(h.cfg.Name, d.DeviceID)
+	switch _, err := h.st.Get(ctx, KindDevice, key); {
+	case err == nil:
+		return store.Write{}, nil, false, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Write{}, nil, false, storeErr(err)
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return store.Write{}, nil, false, fmt.Errorf("device %s: encode: %w", d.DeviceID, err)
+	}
+	w = store.Write{
+		Record: store.Record{Kind: KindDevice, ID: key, Ref: h.cfg.Name, Data: data},
+		Cond:   store.Condition{MustNotExist: true},
+	}
+	committed = func() { h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID) }
+	return w, committed, true, nil
 }
 
 // UpdateDevice replaces an existing identity's status, authentication and
@@ -460,22 +511,15 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, e
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range desired {
-		if v == nil {
-			delete(desired, k)
-		}
-	}
 	now := h.now()
 	var diff map[string]any
 	d, err := h.modify(ctx, id, func(d *deviceDoc) error {
 		if !etagMatches(etag, d.twinETag()) {
 			return preconditionFailed(id)
 		}
-		d.Tags = map[string]any{}
-		mergeInto(d.Tags, map[string]any{}, tags, now, 0)
-		diff = d.Desired.replace(desired, now, true)
-		d.TwinVersion++
-		return checkTwinSize(d)
+		var rerr error
+		diff, rerr = d.replaceTwin(tags, desired, now)
+		return rerr
 	})
 	if err != nil {
 		return nil, err
@@ -484,6 +528,23 @@ func (h *Hub) ReplaceTwin(ctx context.Context, id string, twin *azurehub.Twin, e
 		h.pushDesired(d.DeviceID, diff, d.Desired.Version)
 	}
 	return h.twinView(d), nil
+}
+
+// replaceTwin gives d the twin's tags and desired properties (a nil
+// desired value is no property) and returns the desired properties that
+// changed.
+func (d *deviceDoc) replaceTwin(tags, desired map[string]any, now time.Time) (map[string]any, error) {
+	want := make(map[string]any, len(desired))
+	for k, v := range desired {
+		if v != nil {
+			want[k] = v
+		}
+	}
+	d.Tags = map[string]any{}
+	mergeInto(d.Tags, map[string]any{}, tags, now, 0)
+	diff := d.Desired.replace(want, now, true)
+	d.TwinVersion++
+	return diff, checkTwinSize(d)
 }
 
 // ImportReported merges reported properties into a twin from the service

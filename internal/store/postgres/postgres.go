@@ -271,22 +271,7 @@ func (s *Store) put(ctx context.Context, rec store.Record, cond store.Condition)
 
 	out := rec
 	out.ETag = newETag()
-	data := rec.Data
-	if data == nil {
-		data = []byte{} // the column is NOT NULL; a missing document is empty
-	}
-	kind, k := string(rec.Kind), key(rec.ID)
-	var q string
-	var args []any
-	condErr := error(nil) // what "no row" means
-	switch {
-	case cond.MustNotExist:
-		q, args, condErr = sqlInsertNew, []any{kind, k, rec.ID, key(rec.Ref), rec.Ref, data, out.ETag}, store.ErrExists
-	case cond.IfMatch != "":
-		q, args, condErr = sqlUpdateIfMatch, []any{kind, k, key(rec.Ref), rec.Ref, data, out.ETag, cond.IfMatch}, store.ErrPrecondition
-	default:
-		q, args = sqlUpsert, []any{kind, k, rec.ID, key(rec.Ref), rec.Ref, data, out.ETag}
-	}
+	q, args, condErr := putStatement(rec, cond, out.ETag)
 	err := s.write(ctx, func(conn *pgxpool.Conn, ctx context.Context) error {
 		return conn.QueryRow(ctx, q, args...).Scan(&out.ID, &out.Created, &out.Updated)
 	})
@@ -302,6 +287,24 @@ func (s *Store) put(ctx context.Context, rec store.Record, cond store.Condition)
 		}
 	}
 	return store.Record{}, fmt.Errorf("put %s %q: %w", rec.Kind, rec.ID, s.mapErr(ctx, err))
+}
+
+// putStatement returns the statement that puts rec under cond with the
+// new etag, its arguments, and what its returning no row means.
+func putStatement(rec store.Record, cond store.Condition, etag string) (q string, args []any, condErr error) {
+	data := rec.Data
+	if data == nil {
+		data = []byte{} // the column is NOT NULL; a missing document is empty
+	}
+	kind, k := string(rec.Kind), key(rec.ID)
+	switch {
+	case cond.MustNotExist:
+		return sqlInsertNew, []any{kind, k, rec.ID, key(rec.Ref), rec.Ref, data, etag}, store.ErrExists
+	case cond.IfMatch != "":
+		return sqlUpdateIfMatch, []any{kind, k, key(rec.Ref), rec.Ref, data, etag, cond.IfMatch}, store.ErrPrecondition
+	default:
+		return sqlUpsert, []any{kind, k, rec.ID, key(rec.Ref), rec.Ref, data, etag}, nil
+	}
 }
 
 // resolve reports whether the record now carries etag, that is whether a

@@ -58,6 +58,10 @@ type alternating struct {
 	next   int
 }
 
+func (a *alternating) Apply(ctx context.Context, writes []store.Write) ([]store.Record, error) {
+	return a.pick().Apply(ctx, writes)
+}
+
 func (a *alternating) pick() *Store {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -211,7 +211,14 @@ func (ix *keyIndex) scan(kind store.Kind) (map[uint64]struct{}, error) {
 func (ix *keyIndex) beginBatch(batch []*op) {
 	ix.commitMu.Lock()
 	for _, o := range batch {
-		if o.put {
+		switch {
+		case o.group != nil:
+			for _, wr := range o.group {
+				if !wr.Delete {
+					ix.add(wr.Record.Kind, key(wr.Record.ID))
+				}
+			}
+		case o.put:
 			ix.add(o.rec.Kind, key(o.rec.ID))
 		}
 	}

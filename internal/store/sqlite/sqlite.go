@@ -316,6 +316,24 @@ func (s *Store) Delete(ctx context.Context, kind store.Kind, id string, cond sto
 	return nil
 }
 
+// Apply implements store.Batcher. The writes join the writer's next batch
+// like any Put, under a savepoint of their own, so they cost no commit of
+// their own.
+func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]store.Record, error) {
+	if err := store.CheckWrites(writes); err != nil {
+		return nil, err
+	}
+	if len(writes) == 0 {
+		return nil, nil
+	}
+	res, err := s.w.doResult(ctx, &op{group: writes})
+	s.health.Observe(err)
+	if err != nil {
+		return nil, fmt.Errorf("apply %d writes: %w", len(writes), err)
+	}
+	return res.recs, nil
+}
+
 // CheckWrite implements store.WriteChecker: SQLite answers reads from a
 // full disk or a file system remounted read-only, so only a write tells.
 func (s *Store) CheckWrite(ctx context.Context) error {

@@ -27,20 +27,24 @@ const (
 	opAbandoned
 )
 
-// op is one Put or Delete waiting for the writer.
+// op is one Put, Delete or Apply waiting for the writer.
 type op struct {
 	ctx  context.Context
 	put  bool // else delete
 	rec  store.Record
 	cond store.Condition
+	// group, when not nil, makes the op an Apply: these writes, all or
+	// none (put, rec and cond are unused).
+	group []store.Write
 
 	state atomic.Int32
 	done  chan result // buffered; the writer never blocks answering
 }
 
 type result struct {
-	rec store.Record
-	err error
+	rec  store.Record
+	recs []store.Record // of a group, in its order
+	err  error
 }
 
 // writer owns the single write connection and commits queued ops in
@@ -56,7 +60,10 @@ type writer struct {
 	closed bool
 	exited chan struct{}
 
-	sel, ins, upd, del *sql.Stmt
+	sel, ins, insNew, upd, del *sql.Stmt
+	// The savepoint around an Apply's writes, prepared once: compiling
+	// them for every group cost as much as one of its writes.
+	savepoint, release, rollbackTo *sql.Stmt
 }
 
 func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, error) {
@@ -67,6 +74,10 @@ func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, e
 	}{
 		{&w.sel, "SELECT id, etag, created, updated FROM records WHERE kind = ? AND id_key = ?"},
 		{&w.ins, "INSERT INTO records (kind, id_key, id, ref_key, ref, data, etag, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+		{&w.insNew, "INSERT INTO records (kind, id_key, id, ref_key, ref, data, etag, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id_key) DO NOTHING"},
+		{&w.savepoint, "SAVEPOINT apply"},
+		{&w.release, "RELEASE apply"},
+		{&w.rollbackTo, "ROLLBACK TO apply"},
 		{&w.upd, "UPDATE records SET ref_key = ?, ref = ?, data = ?, etag = ?, updated = ? WHERE kind = ? AND id_key = ?"},
 		{&w.del, "DELETE FROM records WHERE kind = ? AND id_key = ?"},
 	} {
@@ -81,8 +92,14 @@ func startWriter(ctx context.Context, conn *sql.Conn, idx *keyIndex) (*writer, e
 
 // do queues o and waits for its outcome.
 func (w *writer) do(ctx context.Context, o *op) (store.Record, error) {
+	r, err := w.doResult(ctx, o)
+	return r.rec, err
+}
+
+// doResult is do with the whole result, for groups.
+func (w *writer) doResult(ctx context.Context, o *op) (result, error) {
 	if err := ctx.Err(); err != nil {
-		return store.Record{}, err
+		return result{}, err
 	}
 	o.ctx = ctx
 	o.done = make(chan result, 1)
@@ -90,28 +107,28 @@ func (w *writer) do(ctx context.Context, o *op) (store.Record, error) {
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
-		return store.Record{}, errClosed
+		return result{}, errClosed
 	}
 	select {
 	case w.ops <- o:
 	case <-ctx.Done():
 		w.mu.RUnlock()
-		return store.Record{}, ctx.Err()
+		return result{}, ctx.Err()
 	}
 	w.mu.RUnlock()
 
 	select {
 	case r := <-o.done:
-		return r.rec, r.err
+		return r, r.err
 	case <-ctx.Done():
 		if o.state.CompareAndSwap(opQueued, opAbandoned) {
-			return store.Record{}, ctx.Err()
+			return result{}, ctx.Err()
 		}
 		// The writer has it: the outcome is at most one commit away, and
 		// reporting it (rather than ctx's error) keeps "error" meaning
 		// "not written".
 		r := <-o.done
-		return r.rec, r.err
+		return r, r.err
 	}
 }
 
@@ -125,7 +142,7 @@ func (w *writer) close() {
 	}
 	w.mu.Unlock()
 	<-w.exited
-	for _, st := range []*sql.Stmt{w.sel, w.ins, w.upd, w.del} {
+	for _, st := range []*sql.Stmt{w.sel, w.ins, w.insNew, w.upd, w.del, w.savepoint, w.release, w.rollbackTo} {
 		st.Close()
 	}
 	w.conn.Close()
@@ -207,10 +224,21 @@ func (w *writer) process(batch []*op) {
 	}
 }
 
-// noteDelete tells the index about a committed delete, so it knows how
+// noteDelete tells the index about committed deletes, so it knows how
 // many of its hashes may be stale.
 func (w *writer) noteDelete(o *op, r result) {
-	if w.idx != nil && !o.put && r.err == nil {
+	if w.idx == nil || r.err != nil {
+		return
+	}
+	if o.group != nil {
+		for _, wr := range o.group {
+			if wr.Delete {
+				w.idx.deleted(wr.Record.Kind)
+			}
+		}
+		return
+	}
+	if !o.put {
 		w.idx.deleted(o.rec.Kind)
 	}
 }
@@ -235,7 +263,11 @@ func (w *writer) commit(ops []*op) (results []result, err error) {
 	}()
 	results = make([]result, len(ops))
 	for i, o := range ops {
-		results[i], err = w.apply(ctx, o)
+		if o.group != nil {
+			results[i], err = w.applyGroup(ctx, o.group)
+		} else {
+			results[i], err = w.apply(ctx, !o.put, o.rec, o.cond)
+		}
 		if err != nil {
 			return nil, mapErr(err)
 		}
@@ -246,10 +278,45 @@ func (w *writer) commit(ops []*op) (results []result, err error) {
 	return results, nil
 }
 
-// apply performs one op inside the batch's transaction. A failed condition
-// goes into the result; the error return is for database failures.
-func (w *writer) apply(ctx context.Context, o *op) (result, error) {
-	kind, k := string(o.rec.Kind), key(o.rec.ID)
+// applyGroup performs the writes of an Apply inside the batch's
+// transaction, under a savepoint, so that a failed condition undoes the
+// group's earlier writes and nothing of the other ops of the batch.
+func (w *writer) applyGroup(ctx context.Context, group []store.Write) (result, error) {
+	if _, err := w.savepoint.ExecContext(ctx); err != nil {
+		return result{}, fmt.Errorf("savepoint: %w", err)
+	}
+	recs := make([]store.Record, len(group))
+	for i, wr := range group {
+		res, err := w.apply(ctx, wr.Delete, wr.Record, wr.Cond)
+		if err != nil {
+			return result{}, err
+		}
+		if res.err != nil {
+			for _, st := range []*sql.Stmt{w.rollbackTo, w.release} {
+				if _, err := st.ExecContext(ctx); err != nil {
+					return result{}, fmt.Errorf("roll back to savepoint: %w", err)
+				}
+			}
+			return result{err: &store.BatchError{Index: i, Kind: wr.Record.Kind, ID: wr.Record.ID, Err: res.err}}, nil
+		}
+		recs[i] = res.rec
+	}
+	if _, err := w.release.ExecContext(ctx); err != nil {
+		return result{}, fmt.Errorf("release savepoint: %w", err)
+	}
+	return result{recs: recs}, nil
+}
+
+// apply performs one write inside the batch's transaction. A failed
+// condition goes into the result; the error return is for database
+// failures.
+func (w *writer) apply(ctx context.Context, del bool, rec store.Record, cond store.Condition) (result, error) {
+	kind, k := string(rec.Kind), key(rec.ID)
+	if !del && cond.MustNotExist && cond.IfMatch == "" {
+		// A create needs no read of the current row: the unique index
+		// refuses a second one, and the insert says whether it did.
+		return w.create(ctx, rec)
+	}
 	var cur struct {
 		id, etag         string
 		created, updated int64
@@ -260,17 +327,16 @@ func (w *writer) apply(ctx context.Context, o *op) (result, error) {
 		return result{}, fmt.Errorf("read current: %w", err)
 	}
 
-	if err := check(o, exists, cur.etag); err != nil {
+	if err := check(!del, cond, exists, cur.etag); err != nil {
 		return result{err: err}, nil
 	}
-	if !o.put {
+	if del {
 		if _, err := w.del.ExecContext(ctx, kind, k); err != nil {
 			return result{}, fmt.Errorf("delete: %w", err)
 		}
 		return result{}, nil
 	}
 
-	rec := o.rec
 	rec.ETag = newETag()
 	now := time.Now().UnixNano()
 	if exists && now <= cur.updated {
@@ -294,15 +360,34 @@ func (w *writer) apply(ctx context.Context, o *op) (result, error) {
 	return result{rec: rec}, nil
 }
 
-// check evaluates o's condition against the record's current state.
-func check(o *op, exists bool, etag string) error {
-	if o.put && o.cond.MustNotExist && exists {
+// create inserts rec if no record has its id, else fails with ErrExists.
+func (w *writer) create(ctx context.Context, rec store.Record) (result, error) {
+	rec.ETag = newETag()
+	now := time.Now().UnixNano()
+	rec.Created, rec.Updated = fromNanos(now), fromNanos(now)
+	res, err := w.insNew.ExecContext(ctx, string(rec.Kind), key(rec.ID), rec.ID, key(rec.Ref), rec.Ref, nonNil(rec.Data), rec.ETag, now, now)
+	if err != nil {
+		return result{}, fmt.Errorf("insert: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return result{}, fmt.Errorf("insert: %w", err)
+	}
+	if n == 0 {
+		return result{err: store.ErrExists}, nil
+	}
+	return result{rec: rec}, nil
+}
+
+// check evaluates a write's condition against the record's current state.
+func check(put bool, cond store.Condition, exists bool, etag string) error {
+	if put && cond.MustNotExist && exists {
 		return store.ErrExists
 	}
-	if m := o.cond.IfMatch; m != "" && (!exists || (m != "*" && m != etag)) {
+	if m := cond.IfMatch; m != "" && (!exists || (m != "*" && m != etag)) {
 		return store.ErrPrecondition
 	}
-	if !o.put && !exists {
+	if !put && !exists {
 		return store.ErrNotFound
 	}
 	return nil

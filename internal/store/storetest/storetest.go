@@ -14,7 +14,8 @@ import (
 	"github.com/dpsd/dpsd/internal/store"
 )
 
-// Run checks s's conformance to the store.Store contract. open must return
+// Run checks s's conformance to the store.Store contract, and to
+// store.Batcher's when s implements it. open must return
 // a new, empty store for each call; Run closes every store it opens, so open
 // must not close it (it may register cleanups such as removing files, which
 // run after the store is closed).
@@ -47,6 +48,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LargeDocument", testLargeDocument},
 		{"CancelledContext", testCancelledContext},
 		{"Closed", testClosed},
+		{"BatchCommitsAll", testBatchCommitsAll},
+		{"BatchAllOrNothing", testBatchAllOrNothing},
+		{"BatchSeesItsOwnWrites", testBatchSeesItsOwnWrites},
+		{"BatchRefusesEmptyIDs", testBatchRefusesEmptyIDs},
+		{"BatchConcurrent", testBatchConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
