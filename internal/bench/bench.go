@@ -1,10 +1,10 @@
 package bench
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
