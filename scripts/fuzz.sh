@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 fuzztime="${FUZZTIME:-5s}"
-packages=(./internal/amqp ./internal/tpm ./internal/eventhub ./internal/query ./internal/linkedhub ./internal/hub/azurehub ./internal/hub/builtinhub)
+packages=(./internal/amqp ./internal/tpm ./internal/eventhub ./internal/query ./internal/linkedhub ./internal/hub/azurehub ./internal/hub/builtinhub ./internal/issuer)
 
 for pkg in "${packages[@]}"; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do

@@ -152,3 +152,23 @@ type InitialTwin struct {
 type InitialTwinProperties struct {
 	Desired json.RawMessage `json:"desired,omitempty"`
 }
+
+// ClientCertificateIssuancePolicy is the preview member
+// clientCertificateIssuancePolicy of enrollments and groups: which CA
+// issues certificates to the devices that send a csr.
+type ClientCertificateIssuancePolicy struct {
+	CertificateAuthorityName string `json:"certificateAuthorityName"`
+}
+
+// IssuingCA returns the certificateAuthorityName of an enrollment's raw
+// clientCertificateIssuancePolicy, or "" when it names none.
+func IssuingCA(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var p ClientCertificateIssuancePolicy
+	if json.Unmarshal(raw, &p) != nil {
+		return ""
+	}
+	return p.CertificateAuthorityName
+}

@@ -19,6 +19,10 @@ const (
 	CodeIoTHubNotLinked                    = 400210 // allocation named a hub that is not a candidate
 	CodeNoHubForAllocation                 = 400211 // static/hashed allocation found no hub
 	CodeHubRegistrationFailed              = 400212 // the assigned hub refused the device identity
+	CodeInvalidCSR                         = 400213 // a csr that is not a signed PKCS#10 request
+	CodeCSRSubjectMismatch                 = 400214 // a csr whose subject CN is not the registration id
+	CodeCSRKeyNotAllowed                   = 400215 // a csr whose key type or size the policy refuses
+	CodeCertificateIssuanceNotConfigured   = 400216 // a csr for an enrollment that names no usable issuing CA
 	CodeUnauthorized                       = 401000
 	CodeUnauthorizedDevice                 = 401002
 	CodeForbidden                          = 403000

@@ -40,6 +40,29 @@ type DeviceRegistrationState struct {
 	X509                   *X509RegistrationResult         `json:"x509,omitempty"`
 	SymmetricKey           *SymmetricKeyRegistrationResult `json:"symmetricKey,omitempty"`
 	TPM                    *TPMRegistrationResult          `json:"tpm,omitempty"`
+	// IssuedCertificateChain is the certificate issued for the csr of the
+	// register request (base64 DER, leaf first, the issuing CA's chain
+	// after it); only in the device API's answer to that request and its
+	// polls (2025-07-01-preview).
+	IssuedCertificateChain []string `json:"issuedCertificateChain,omitempty"`
+	// IssuedCertificate describes the latest certificate issued to the
+	// device from a csr; a dpsd addition that Azure's clients ignore.
+	IssuedCertificate *IssuedCertificateInfo `json:"issuedCertificate,omitempty"`
+}
+
+// IssuedCertificateInfo describes a certificate issued to a device from its
+// certificate signing request.
+type IssuedCertificateInfo struct {
+	// CertificateAuthorityName is the issuing CA, as the enrollment's
+	// clientCertificateIssuancePolicy names it.
+	CertificateAuthorityName string    `json:"certificateAuthorityName"`
+	SubjectName              string    `json:"subjectName"`
+	IssuerName               string    `json:"issuerName"`
+	SerialNumber             string    `json:"serialNumber"`     // upper-case hex
+	SHA1Thumbprint           string    `json:"sha1Thumbprint"`   // upper-case hex
+	SHA256Thumbprint         string    `json:"sha256Thumbprint"` // upper-case hex
+	NotBeforeUTC             time.Time `json:"notBeforeUtc"`
+	NotAfterUTC              time.Time `json:"notAfterUtc"`
 }
 
 // X509RegistrationResult describes the certificates a device attested with.

@@ -35,6 +35,10 @@ const (
 	DefaultProvisioningHost = "global.azure-devices-provisioning.net"
 	// DefaultAPIVersion is what the Node, C# and Python SDKs send.
 	DefaultAPIVersion = "2019-03-31"
+	// CSRAPIVersion is the preview that adds certificate issuance (csr in
+	// the request, issuedCertificateChain in the answer); it is the
+	// default when Config.CSR is set.
+	CSRAPIVersion = "2025-07-01-preview"
 	// DefaultRequestTimeout bounds one request/response exchange.
 	DefaultRequestTimeout = 30 * time.Second
 	// DefaultTimeout bounds a whole registration when ctx has no deadline.
@@ -93,6 +97,13 @@ type Config struct {
 	// client (the AMQP TPM mechanism needs a SASL challenge go-amqp does
 	// not offer; no SDK offers TPM over MQTT). client/tpm implements it.
 	TPM TPM
+	// CSR, when set, is a certificate signing request (DER PKCS#10, subject
+	// CN = RegistrationID) sent as the register request's "csr": the
+	// service issues a certificate for it, returned in the registration
+	// state's IssuedCertificateChain (see IssuedCertificate). Register
+	// fails when an assigned answer carries no chain, as the C SDK's
+	// preview does.
+	CSR []byte
 	// Payload is sent as the "payload" member of the register request, for
 	// custom allocation. Nil sends none.
 	Payload json.RawMessage
@@ -261,6 +272,9 @@ func (c *Config) settings() (*settings, error) {
 		return nil, fmt.Errorf("device: provisioning host: %w", err)
 	}
 	s.host, s.port = host, port
+	if s.APIVersion == "" && len(s.CSR) > 0 {
+		s.APIVersion = CSRAPIVersion
+	}
 	if s.APIVersion == "" {
 		s.APIVersion = DefaultAPIVersion
 	}

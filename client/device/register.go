@@ -69,6 +69,9 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 	defer sess.close()
 
 	reg := dps.DeviceRegistration{RegistrationID: s.RegistrationID, Payload: s.Payload}
+	if len(s.CSR) > 0 {
+		reg.CSR = base64.StdEncoding.EncodeToString(s.CSR)
+	}
 	if s.TPM != nil {
 		reg.TPM = &dps.TPMAttestation{
 			EndorsementKey: base64.StdEncoding.EncodeToString(s.TPM.EndorsementKey()),
@@ -98,6 +101,9 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 		case dps.StatusAssigned:
 			if o.RegistrationState == nil {
 				return nil, fmt.Errorf("device: %s %s: status assigned without registrationState", op, s.RegistrationID)
+			}
+			if len(s.CSR) > 0 && len(o.RegistrationState.IssuedCertificateChain) == 0 {
+				return nil, fmt.Errorf("device: %s %s: a csr was sent, but the answer has no issuedCertificateChain", op, s.RegistrationID)
 			}
 			if s.TPM != nil && o.RegistrationState.TPM != nil {
 				// The SDKs import the answer's blob too (the same key).

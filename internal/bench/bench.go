@@ -2,6 +2,9 @@ package bench
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -66,6 +69,17 @@ type Options struct {
 	AllowRemote bool
 	// Progress, when set, receives a status line every second.
 	Progress io.Writer
+	// CSR makes every device send a certificate signing request (a new
+	// P-256 key each, made before its registration is timed) and require
+	// issuedCertificateChain in the answer; the enrollment must name an
+	// issuing CA (GroupSpec.IssuingCA).
+	CSR bool
+	// TPMs, when set, make the devices attest with these TPMs instead of
+	// the group key: registration i uses TPMs[i%len(TPMs)] as the device
+	// IDPrefix+(i%len(TPMs)), one registration per TPM at a time, over
+	// HTTPS (the transport client/device offers TPM on). Each needs an
+	// individual TPM enrollment (SetupTPMs).
+	TPMs []device.TPM
 }
 
 // Result summarizes a run.
@@ -132,8 +146,11 @@ func (o *Options) Validate(ctx context.Context) error {
 	if o.Concurrency <= 0 || o.Concurrency > MaxConcurrency {
 		return fmt.Errorf("bench: concurrency must be 1..%d, not %d", MaxConcurrency, o.Concurrency)
 	}
-	if o.Device.GroupKey == "" {
+	if o.Device.GroupKey == "" && len(o.TPMs) == 0 {
 		return errors.New("bench: the device template needs a GroupKey (each device derives its own key)")
+	}
+	if len(o.TPMs) > 0 && o.Transport != HTTPS && o.Transport != HTTPSNewConn {
+		return fmt.Errorf("bench: TPM devices register over %s or %s only", HTTPS, HTTPSNewConn)
 	}
 	tr, err := deviceTransport(o.Transport)
 	if err != nil {
@@ -267,6 +284,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 
+	// A TPM runs one session at a time.
+	tpmMu := make([]sync.Mutex, len(o.TPMs))
 	start := time.Now()
 	stopProgress := startProgress(o.Progress, start, &succeeded, &failed)
 	var wg sync.WaitGroup
@@ -279,9 +298,30 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				}
 				c := tmpl
 				c.RegistrationID = fmt.Sprintf("%s%07d", o.IDPrefix, i)
+				k := -1
+				if n := int64(len(o.TPMs)); n > 0 {
+					k = int(i % n)
+					c.RegistrationID = TPMRegistrationID(o.IDPrefix, k)
+					c.TPM, c.GroupKey = o.TPMs[k], ""
+				}
+				if o.CSR {
+					var err error
+					if c.CSR, err = newCSR(c.RegistrationID); err != nil {
+						record(0, err)
+						continue
+					}
+				}
+				var unlock func()
+				if k >= 0 {
+					tpmMu[k].Lock()
+					unlock = tpmMu[k].Unlock
+				}
 				t0 := time.Now()
 				_, err := device.Register(runCtx, c)
 				record(time.Since(t0), err)
+				if unlock != nil {
+					unlock()
+				}
 			}
 		})
 	}
@@ -382,4 +422,16 @@ func errorKind(err error) string {
 func pastDeadline(ctx context.Context) bool {
 	d, ok := ctx.Deadline()
 	return ok && !time.Now().Before(d)
+}
+
+// TPMRegistrationID is the registration id of the k-th TPM of a run.
+func TPMRegistrationID(prefix string, k int) string { return fmt.Sprintf("%stpm-%03d", prefix, k) }
+
+// newCSR makes a P-256 key and a certificate signing request for regID.
+func newCSR(regID string) ([]byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("bench: csr key: %w", err)
+	}
+	return device.NewCSR(regID, key)
 }

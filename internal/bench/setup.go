@@ -2,10 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
 	"github.com/dpsd/dpsd/internal/sas"
 )
@@ -16,6 +19,9 @@ type GroupSpec struct {
 	ID string
 	// IoTHubs, when set, are the hubs the group allocates to (hashed).
 	IoTHubs []string
+	// IssuingCA, when set, names the CA that issues certificates to the
+	// group's devices that send a csr (clientCertificateIssuancePolicy).
+	IssuingCA string
 }
 
 // SetupGroup makes sure a symmetric-key enrollment group exists through the
@@ -39,6 +45,7 @@ func SetupGroup(ctx context.Context, svc *service.Client, spec GroupSpec) (strin
 		g.IoTHubs = spec.IoTHubs
 		g.AllocationPolicy = dps.AllocationHashed
 	}
+	g.ClientCertIssuancePolicy = issuancePolicy(spec.IssuingCA)
 	created, err := svc.CreateEnrollmentGroup(ctx, g)
 	var de *dps.Error
 	switch {
@@ -61,4 +68,43 @@ func SetupGroup(ctx context.Context, svc *service.Client, spec GroupSpec) (strin
 		return "", fmt.Errorf("bench: enrollment group %q exists and does not use symmetric keys", spec.ID)
 	}
 	return att.SymmetricKey.PrimaryKey, nil
+}
+
+func issuancePolicy(ca string) json.RawMessage {
+	if ca == "" {
+		return nil
+	}
+	raw, _ := json.Marshal(dps.ClientCertificateIssuancePolicy{CertificateAuthorityName: ca})
+	return raw
+}
+
+// SetupTPMs makes sure each TPM has an individual TPM enrollment, under
+// TPMRegistrationID(prefix, k), through the service API. An existing
+// enrollment is replaced, so a run may reuse a prefix with other TPMs.
+func SetupTPMs(ctx context.Context, svc *service.Client, prefix string, tpms []device.TPM, spec GroupSpec) error {
+	for k, t := range tpms {
+		e := &dps.IndividualEnrollment{
+			RegistrationID: TPMRegistrationID(prefix, k),
+			Attestation: &dps.AttestationMechanism{
+				Type: dps.AttestationTPM,
+				TPM:  &dps.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(t.EndorsementKey())},
+			},
+			ProvisioningStatus:       dps.ProvisioningEnabled,
+			ClientCertIssuancePolicy: issuancePolicy(spec.IssuingCA),
+		}
+		if len(spec.IoTHubs) > 0 {
+			e.IoTHubs = spec.IoTHubs
+			e.AllocationPolicy = dps.AllocationHashed
+		}
+		_, err := svc.CreateEnrollment(ctx, e)
+		var de *dps.Error
+		if errors.As(err, &de) && de.Status() == 409 {
+			e.ETag = "*"
+			_, err = svc.UpdateEnrollment(ctx, e)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: enroll TPM %d as %q: %w", k, e.RegistrationID, err)
+		}
+	}
+	return nil
 }

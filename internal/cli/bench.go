@@ -17,6 +17,7 @@ import (
 
 	"github.com/dpsd/dpsd/client/device"
 	"github.com/dpsd/dpsd/client/service"
+	"github.com/dpsd/dpsd/client/tpm"
 	"github.com/dpsd/dpsd/internal/bench"
 	"github.com/dpsd/dpsd/internal/bench/floor"
 	"github.com/dpsd/dpsd/internal/localca"
@@ -29,7 +30,9 @@ func newBenchCmd() *cobra.Command {
 		o                                   bench.Options
 		groupKey, payload, connStr, groupID string
 		hubs                                []string
-		setup, withFloor                    bool
+		setup, withFloor, csr               bool
+		tpmAddrs                            []string
+		issuer                              string
 		rounds                              int
 		timeout, maxPollWait                time.Duration
 	)
@@ -48,6 +51,13 @@ amqp-ws (one connection per registration, as devices do).
 The group key comes from --group-key, or --setup creates (or reuses) the
 enrollment group --group-id through the service API first.
 
+With --csr every device also sends a certificate signing request (a new
+P-256 key each, made before its registration is timed) and must receive an
+issued certificate. With --tpm (repeatable) the devices attest with those
+TPMs instead, one device per TPM (registration IDs --id-prefix, "tpm-" and
+the TPM's index), over https; registrations beyond the number of TPMs
+register the same devices again. --setup enrolls each TPM.
+
 Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 --allow-remote is given.
 
@@ -57,16 +67,22 @@ host name, answering every device of the group "assigned" after checking
 its SAS token, storing nothing. The runs alternate, --rounds of each, and
 the report gives both and their ratio: what dpsd costs over the protocol
 itself on this machine. It needs the target's --data-dir (for its CA).`,
-		Example: `  dpsd bench --data-dir ./dpsd-data --setup --registrations 2000 --concurrency 50 --transport https`,
-		Args:    cobra.NoArgs,
+		Example: `  dpsd bench --data-dir ./dpsd-data --setup --registrations 2000 --concurrency 50 --transport https
+  dpsd bench --data-dir ./dpsd-data --setup --csr --registrations 200 --transport mqtt
+  dpsd bench --data-dir ./dpsd-data --setup --tpm tcp:127.0.0.1:2321 --tpm tcp:127.0.0.1:2331 --registrations 10`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			asJSON, err := outputJSON(cmd)
 			if err != nil {
 				return err
 			}
-			if setup == (groupKey != "") {
+			if len(tpmAddrs) == 0 && setup == (groupKey != "") {
 				return errors.New("give exactly one of --group-key and --setup")
 			}
+			if len(tpmAddrs) > 0 && groupKey != "" {
+				return errors.New("--tpm devices attest with their TPMs: drop --group-key")
+			}
+			o.CSR = csr
 			t, err := df.resolve()
 			if err != nil {
 				return err
@@ -92,14 +108,44 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 				o.Device.Payload = json.RawMessage(payload)
 			}
 			ctx := cmd.Context()
-			if setup {
+			for _, a := range tpmAddrs {
+				dev, err := tpm.Open(a)
+				if err != nil {
+					return fmt.Errorf("--tpm %s: %w", a, err)
+				}
+				defer dev.Close()
+				o.TPMs = append(o.TPMs, dev)
+			}
+			issuingCA := ""
+			if csr {
+				issuingCA = issuer
+			}
+			if len(o.TPMs) > 0 {
+				if err := o.Validate(ctx); err != nil {
+					return err
+				}
+				if setup {
+					svc, err := benchService(ctx, t, connStr, o.AllowRemote)
+					if err != nil {
+						return err
+					}
+					if err := bench.SetupTPMs(ctx, svc, o.IDPrefix, o.TPMs, bench.GroupSpec{IoTHubs: hubs, IssuingCA: issuingCA}); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "%d TPM enrollments ready (%s...)\n", len(o.TPMs), bench.TPMRegistrationID(o.IDPrefix, 0))
+				}
+			} else if setup {
 				// Check the target before the setup request, which goes
 				// to the same service.
 				o.Device.GroupKey = "eA=="
 				if err := o.Validate(ctx); err != nil {
 					return err
 				}
-				groupKey, err = setupGroup(ctx, t, connStr, groupID, hubs, o.AllowRemote)
+				svc, err := benchService(ctx, t, connStr, o.AllowRemote)
+				if err != nil {
+					return err
+				}
+				groupKey, err = bench.SetupGroup(ctx, svc, bench.GroupSpec{ID: groupID, IoTHubs: hubs, IssuingCA: issuingCA})
 				if err != nil {
 					return err
 				}
@@ -108,6 +154,9 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 			o.Device.GroupKey = groupKey
 			if !asJSON {
 				o.Progress = cmd.ErrOrStderr()
+			}
+			if withFloor && (len(o.TPMs) > 0 || o.CSR) {
+				return errors.New("--floor compares symmetric-key registrations only: drop --tpm and --csr")
 			}
 			if withFloor {
 				return runFloorComparison(cmd, o, t, df.dataDir, rounds, hubs, asJSON)
@@ -148,6 +197,9 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 	f.DurationVar(&maxPollWait, "max-poll-wait", 0, "poll sooner than the service's Retry-After, at most after this long (0: honour Retry-After)")
 	f.BoolVar(&withFloor, "floor", false, "also run the load against a do-nothing service in this process, alternating, and report the ratio")
 	f.IntVar(&rounds, "rounds", 3, "with --floor: rounds against each")
+	f.StringSliceVar(&tpmAddrs, "tpm", nil, "attest with this TPM instead of a group key (repeatable, one device per TPM): a device file or unix:PATH / tcp:HOST:PORT of a software TPM (swtpm); --setup enrolls each; https only")
+	f.BoolVar(&csr, "csr", false, "every device sends a certificate signing request and must receive an issued certificate; --setup names --issuing-ca in the enrollments")
+	f.StringVar(&issuer, "issuing-ca", "local", "with --csr --setup: the issuing CA the enrollments name")
 	f.StringP("output", "o", formatTable, "output format: table or json")
 	cmd.PreRun = func(*cobra.Command, []string) {
 		if o.IDPrefix == "" {
@@ -157,9 +209,9 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 	return cmd
 }
 
-// setupGroup creates the benchmark's enrollment group through the service
-// API and returns its key.
-func setupGroup(ctx context.Context, t *deviceTarget, connStr, groupID string, hubs []string, allowRemote bool) (string, error) {
+// benchService is the service API client --setup creates the benchmark's
+// enrollments with.
+func benchService(ctx context.Context, t *deviceTarget, connStr string, allowRemote bool) (*service.Client, error) {
 	if connStr == "" {
 		connStr = os.Getenv(envConnectionString)
 	}
@@ -167,11 +219,11 @@ func setupGroup(ctx context.Context, t *deviceTarget, connStr, groupID string, h
 		connStr = t.info.ServiceConnectionString
 	}
 	if connStr == "" {
-		return "", errors.New("--setup needs the service connection string: --connection-string, " + envConnectionString + " or --data-dir")
+		return nil, errors.New("--setup needs the service connection string: --connection-string, " + envConnectionString + " or --data-dir")
 	}
 	cs, err := sas.ParseConnectionString(connStr)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	var opts []service.Option
 	dial := ""
@@ -194,14 +246,10 @@ func setupGroup(ctx context.Context, t *deviceTarget, connStr, groupID string, h
 	}
 	if !allowRemote {
 		if err := bench.CheckLoopback(ctx, dial); err != nil {
-			return "", err
+			return nil, err
 		}
 	}
-	svc, err := service.New(connStr, opts...)
-	if err != nil {
-		return "", err
-	}
-	return bench.SetupGroup(ctx, svc, bench.GroupSpec{ID: groupID, IoTHubs: hubs})
+	return service.New(connStr, opts...)
 }
 
 // runFloorComparison starts the floor on the target's CA and host name and

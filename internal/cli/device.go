@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -172,6 +173,9 @@ func newDeviceProvisionCmd() *cobra.Command {
 		regID, key, groupKey, payload, tr string
 		certFile, keyFile, tpmAddr        string
 		apiVersion                        string
+		csr                               bool
+		csrFile, csrKeyFile               string
+		issuedCertOut, issuedKeyOut       string
 		timeout                           time.Duration
 	)
 	cmd := &cobra.Command{
@@ -191,6 +195,14 @@ attests with a TPM 2.0 (an individual TPM enrollment, over https): a device
 file such as /dev/tpmrm0, or a software TPM's raw command socket as
 unix:PATH or tcp:HOST:PORT (swtpm socket --server type=unixio or type=tcp);
 "dpsd device endorsement-key" prints the key to enroll.
+
+With --csr the device also asks for an operational certificate (Azure's
+2025-07-01-preview certificate issuance; its enrollment must name an issuing
+CA in clientCertificateIssuancePolicy): a new ECDSA P-256 key and a
+certificate signing request for the registration ID are made, or
+--csr-file and --csr-key-file give them. The issued chain (leaf first) is
+written to --issued-cert-out and a generated key to --issued-key-out; the
+device then connects to its hub with that pair.
 
 Exit status: 0 when assigned, 1 on any failure (the Azure error code is
 printed).`,
@@ -260,11 +272,27 @@ printed).`,
 			cfg.Payload = raw
 			cfg.APIVersion = apiVersion
 			cfg.Timeout = timeout
+			var csrKey crypto.Signer
+			generatedKey := false
+			if csr || csrFile != "" {
+				if cfg.CSR, csrKey, generatedKey, err = loadOrMakeCSR(regID, csrFile, csrKeyFile); err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("api-version") {
+					cfg.APIVersion = device.CSRAPIVersion
+				}
+				if issuedCertOut == "" {
+					issuedCertOut = regID + "-issued.cert.pem"
+				}
+				if issuedKeyOut == "" {
+					issuedKeyOut = regID + "-issued.key.pem"
+				}
+			}
 
 			out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if !asJSON {
 				cfg.Progress = progressPrinter(out)
-				fmt.Fprintf(out, "Provisioning API Version: %s\n", orString(apiVersion, device.DefaultAPIVersion))
+				fmt.Fprintf(out, "Provisioning API Version: %s\n", orString(cfg.APIVersion, device.DefaultAPIVersion))
 				fmt.Fprintf(out, "Registering Device\n\n")
 			}
 			state, err := device.Register(cmd.Context(), cfg)
@@ -272,10 +300,24 @@ printed).`,
 				printProvisionFailure(errOut, err)
 				return &exitError{code: 1}
 			}
+			if len(cfg.CSR) > 0 {
+				if err := writeIssued(state, csrKey, generatedKey, issuedCertOut, issuedKeyOut); err != nil {
+					return err
+				}
+			}
 			if asJSON {
 				return writeJSON(out, state)
 			}
 			fmt.Fprintf(out, "Registration Information received from service: %s, deviceId: %s\n", state.AssignedHub, state.DeviceID)
+			if ic := state.IssuedCertificate; ic != nil && len(cfg.CSR) > 0 {
+				fmt.Fprintf(out, "Issued certificate: serial %s, SHA-256 %s, valid until %s, by CA %q\n",
+					ic.SerialNumber, ic.SHA256Thumbprint, ic.NotAfterUTC.Format(time.RFC3339), ic.CertificateAuthorityName)
+				fmt.Fprintf(out, "Issued certificate chain written to %s", issuedCertOut)
+				if generatedKey {
+					fmt.Fprintf(out, ", its key to %s", issuedKeyOut)
+				}
+				fmt.Fprintln(out)
+			}
 			if len(state.Payload) > 0 && string(state.Payload) != "null" {
 				fmt.Fprintf(out, "Provisioning payload received from service: %s\n", compactJSON(state.Payload))
 			}
@@ -292,7 +334,12 @@ printed).`,
 	f.StringVar(&tpmAddr, "tpm", "", "the device's TPM, for TPM attestation: a device file (/dev/tpmrm0), unix:PATH or tcp:HOST:PORT of a software TPM")
 	f.StringVar(&tr, "transport", string(device.TransportHTTPS), "https, mqtt, mqtt-ws, amqp or amqp-ws")
 	f.StringVar(&payload, "payload", "", "custom JSON payload sent with the registration (for custom allocation)")
-	f.StringVar(&apiVersion, "api-version", device.DefaultAPIVersion, "api-version sent to the service")
+	f.StringVar(&apiVersion, "api-version", device.DefaultAPIVersion, "api-version sent to the service (with --csr: "+device.CSRAPIVersion+")")
+	f.BoolVar(&csr, "csr", false, "ask for an issued certificate: generate an ECDSA P-256 key and a certificate signing request for the registration ID")
+	f.StringVar(&csrFile, "csr-file", "", "ask for an issued certificate with this certificate signing request (PEM or DER); needs --csr-key-file")
+	f.StringVar(&csrKeyFile, "csr-key-file", "", "PEM file of the --csr-file's private key")
+	f.StringVar(&issuedCertOut, "issued-cert-out", "", "where to write the issued certificate chain, PEM, leaf first (default REGID-issued.cert.pem)")
+	f.StringVar(&issuedKeyOut, "issued-key-out", "", "where to write the generated private key, PEM (default REGID-issued.key.pem)")
 	f.DurationVar(&timeout, "timeout", device.DefaultTimeout, "give up after this long")
 	f.StringP("output", "o", formatTable, "output format: table (progress lines) or json (the registration state)")
 	return cmd

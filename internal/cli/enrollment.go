@@ -54,6 +54,7 @@ type enrollmentFlags struct {
 	reprovisionPolicy  string
 	edgeEnabled        bool
 	deviceInformation  string
+	issuingCA          string
 }
 
 // addEnrollmentFlags registers the enrollment flags on cmd; group selects the
@@ -101,6 +102,7 @@ func addEnrollmentFlags(cmd *cobra.Command, group, update bool) *enrollmentFlags
 	fs.StringVar(&f.provisioningStatus, "provisioning-status", "", def("enabled|disabled", "default enabled"))
 	fs.StringVar(&f.reprovisionPolicy, "reprovision-policy", "", def("reprovisionandmigratedata|reprovisionandresetdata|never", "default reprovisionandmigratedata"))
 	fs.BoolVar(&f.edgeEnabled, "edge-enabled", false, def("the device is an IoT Edge device", "default false"))
+	fs.StringVar(&f.issuingCA, "issuing-ca", "", def("issuing CA (\"local\" or a name from \"dpsd issuing-ca list\") that signs the certificates devices ask for with a CSR: clientCertificateIssuancePolicy; \"\" removes it", "none when omitted"))
 	return f
 }
 
@@ -121,16 +123,17 @@ type shared struct {
 	allocationPolicy   *string
 	iotHubs            *[]string
 	custom             **dps.CustomAllocationDefinition
+	issuance           *json.RawMessage
 }
 
 func enrollmentShared(e *dps.IndividualEnrollment) shared {
 	return shared{&e.Attestation, &e.Capabilities, &e.IoTHubHostName, &e.InitialTwin, &e.ProvisioningStatus,
-		&e.ReprovisionPolicy, &e.AllocationPolicy, &e.IoTHubs, &e.CustomAllocationDefinition}
+		&e.ReprovisionPolicy, &e.AllocationPolicy, &e.IoTHubs, &e.CustomAllocationDefinition, &e.ClientCertIssuancePolicy}
 }
 
 func groupShared(g *dps.EnrollmentGroup) shared {
 	return shared{&g.Attestation, &g.Capabilities, &g.IoTHubHostName, &g.InitialTwin, &g.ProvisioningStatus,
-		&g.ReprovisionPolicy, &g.AllocationPolicy, &g.IoTHubs, &g.CustomAllocationDefinition}
+		&g.ReprovisionPolicy, &g.AllocationPolicy, &g.IoTHubs, &g.CustomAllocationDefinition, &g.ClientCertIssuancePolicy}
 }
 
 // applyEnrollment applies the flags to an individual enrollment.
@@ -186,6 +189,16 @@ func (f *enrollmentFlags) apply(dst shared) error {
 	}
 	if f.changed("edge-enabled") {
 		*dst.capabilities = &dps.DeviceCapabilities{IoTEdge: f.edgeEnabled}
+	}
+	if f.changed("issuing-ca") {
+		*dst.issuance = nil
+		if f.issuingCA != "" {
+			raw, err := json.Marshal(dps.ClientCertificateIssuancePolicy{CertificateAuthorityName: f.issuingCA})
+			if err != nil {
+				return err
+			}
+			*dst.issuance = raw
+		}
 	}
 	if err := f.applyTwin(dst.initialTwin); err != nil {
 		return err

@@ -326,6 +326,13 @@ func printRegistration(w io.Writer, asJSON bool, r *dps.DeviceRegistrationState)
 	} else if r.X509 != nil {
 		fs = append(fs, field{"Enrollment group ID", r.X509.EnrollmentGroupID})
 	}
+	if ic := r.IssuedCertificate; ic != nil {
+		fs = append(fs,
+			field{"Issued certificate serial", ic.SerialNumber},
+			field{"Issued certificate SHA-256", ic.SHA256Thumbprint},
+			field{"Issued certificate valid", ic.NotBeforeUTC.Format(time.RFC3339) + " to " + ic.NotAfterUTC.Format(time.RFC3339)},
+			field{"Issuing CA", ic.CertificateAuthorityName})
+	}
 	fs = append(fs,
 		field{"Error message", r.ErrorMessage},
 		field{"Payload", compactJSON(r.Payload)},

@@ -62,6 +62,8 @@ also be set with the environment variable named in its help.`,
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", envOr("DPSD_TLS_CERT", ""), "server certificate (PEM) instead of one from the local CA (DPSD_TLS_CERT)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", envOr("DPSD_TLS_KEY", ""), "private key of --tls-cert (DPSD_TLS_KEY)")
 	f.BoolVar(&cfg.PollFirst, "poll-first", envOr("DPSD_POLL_FIRST", "") == "true", "answer every register with \"assigning\" and let the device poll for the result, as Azure does, instead of returning a ready result at once (DPSD_POLL_FIRST=true)")
+	f.DurationVar(&cfg.IssuedCertValidity, "issued-cert-validity", envDuration("DPSD_ISSUED_CERT_VALIDITY", 0), "how long certificates issued from devices' certificate signing requests last, e.g. 720h; 0 means 30 days (DPSD_ISSUED_CERT_VALIDITY)")
+	f.IntVar(&cfg.CSRMinRSABits, "csr-min-rsa-bits", envInt("DPSD_CSR_MIN_RSA_BITS", 0), "smallest RSA key a device's certificate signing request may hold; 0 means 2048 (ECDSA P-256, P-384 and P-521 are always accepted) (DPSD_CSR_MIN_RSA_BITS)")
 	f.StringVar(&cfg.AllocationPolicy, "allocation-policy", envOr("DPSD_ALLOCATION_POLICY", "hashed"), "default allocation policy for enrollments that set none: hashed, geoLatency or static (DPSD_ALLOCATION_POLICY)")
 	f.StringVar(&cfg.GeoNetworks, "geo-networks", envOr("DPSD_GEO_NETWORKS", ""), "device networks and their nearest hub locations for geoLatency, e.g. \"10.1.0.0/16=westeurope,northeurope; 10.2.0.0/16=eastus\" (DPSD_GEO_NETWORKS)")
 	f.StringSliceVar(&cfg.WebhookCAFiles, "webhook-ca-file", nil, "PEM file of a CA to trust for HTTPS allocation webhooks, beside the system roots (repeatable)")

@@ -33,6 +33,13 @@ type Registration struct {
 	// and the hub to agree. Nil when dpsd put nothing there (records written
 	// before dpsd kept it, and registrations that never succeeded).
 	Identity *HubIdentity `json:"identity,omitempty"`
+	// IssuedChain is the certificate chain issued for the csr of the
+	// operation OperationID names (base64 DER, leaf first), which the
+	// device receives as issuedCertificateChain; empty when it sent none.
+	IssuedChain []string `json:"issuedChain,omitempty"`
+	// IssuingCA is the PEM certificate of the CA that issued
+	// State.IssuedCertificate: the hub trusts it for this device.
+	IssuingCA string `json:"issuingCA,omitempty"`
 	// Work is the register operation in progress, nil when none is.
 	Work *Work `json:"work,omitempty"`
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/tpm"
 )
 
 // Symmetric key limits: Azure accepts 16 to 64 decoded bytes and generates
@@ -61,7 +62,7 @@ func prepareEnrollment(e, old *dps.IndividualEnrollment) error {
 	if e.OptionalDeviceInformation, err = objectOrNil("optionalDeviceInformation", e.OptionalDeviceInformation); err != nil {
 		return err
 	}
-	if e.ClientCertIssuancePolicy, err = objectOrNil("clientCertificateIssuancePolicy", e.ClientCertIssuancePolicy); err != nil {
+	if e.ClientCertIssuancePolicy, err = issuancePolicy(e.ClientCertIssuancePolicy); err != nil {
 		return err
 	}
 	c := common{
@@ -86,7 +87,7 @@ func prepareGroup(g, old *dps.EnrollmentGroup) error {
 		return err
 	}
 	g.Attestation = att
-	if g.ClientCertIssuancePolicy, err = objectOrNil("clientCertificateIssuancePolicy", g.ClientCertIssuancePolicy); err != nil {
+	if g.ClientCertIssuancePolicy, err = issuancePolicy(g.ClientCertIssuancePolicy); err != nil {
 		return err
 	}
 	c := common{
@@ -208,6 +209,30 @@ func objectOrNil(what string, raw json.RawMessage) (json.RawMessage, error) {
 	return nil, dps.Errorf(dps.CodeInvalidArgument, "The %s member must be a JSON object.", what)
 }
 
+// issuancePolicy validates a clientCertificateIssuancePolicy: an object
+// whose certificateAuthorityName, when present, is a string. Whether the CA
+// exists is decided when a device asks for a certificate, since an operator
+// may add the CA after the enrollment.
+func issuancePolicy(raw json.RawMessage) (json.RawMessage, error) {
+	raw, err := objectOrNil("clientCertificateIssuancePolicy", raw)
+	if err != nil || raw == nil {
+		return raw, err
+	}
+	var p struct {
+		Name *json.RawMessage `json:"certificateAuthorityName"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The clientCertificateIssuancePolicy member cannot be read: %v", err)
+	}
+	if p.Name != nil {
+		var name string
+		if json.Unmarshal(*p.Name, &name) != nil {
+			return nil, dps.Errorf(dps.CodeInvalidArgument, "clientCertificateIssuancePolicy.certificateAuthorityName must be a string.")
+		}
+	}
+	return raw, nil
+}
+
 // prepareAttestation validates a and returns its stored form: the type in its
 // canonical spelling, only the member that type uses, generated or kept
 // symmetric keys, and certificates as PEM with their info.
@@ -293,8 +318,14 @@ func prepareTPM(t *dps.TPMAttestation) (*dps.TPMAttestation, error) {
 	if t == nil || strings.TrimSpace(t.EndorsementKey) == "" {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "A TPM attestation needs an endorsementKey.")
 	}
-	if _, err := decodeBase64Loose([]byte(t.EndorsementKey)); err != nil {
+	ek, err := decodeBase64Loose([]byte(t.EndorsementKey))
+	if err != nil {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "The TPM endorsementKey is not valid base64.")
+	}
+	// A key dpsd could never activate a TPM with is refused now rather
+	// than at the device's first registration.
+	if _, err := tpm.ParseStorageKey(ek); err != nil {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "The TPM endorsementKey is not an RSA endorsement key's public area (TPM2B_PUBLIC): %v", err)
 	}
 	if t.StorageRootKey != "" {
 		if _, err := decodeBase64Loose([]byte(t.StorageRootKey)); err != nil {

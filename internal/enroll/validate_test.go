@@ -96,8 +96,11 @@ func TestValidateEnrollment(t *testing.T) {
 			e.Attestation.SymmetricKey = &dps.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(make([]byte, 65))}
 		}), "primaryKey is 65 bytes"},
 		{"tpm", with(func(e *dps.IndividualEnrollment) {
-			e.Attestation = &dps.AttestationMechanism{Type: "tpm", TPM: &dps.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg"}}
+			e.Attestation = &dps.AttestationMechanism{Type: "tpm", TPM: &dps.TPMAttestation{EndorsementKey: testEK}}
 		}), ""},
+		{"tpm with a malformed endorsement key", with(func(e *dps.IndividualEnrollment) {
+			e.Attestation = &dps.AttestationMechanism{Type: "tpm", TPM: &dps.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg"}}
+		}), "TPM2B_PUBLIC"},
 		{"tpm without endorsement key", with(func(e *dps.IndividualEnrollment) {
 			e.Attestation = &dps.AttestationMechanism{Type: "tpm", TPM: &dps.TPMAttestation{}}
 		}), "endorsementKey"},
@@ -324,3 +327,7 @@ func TestFormatNameQuoting(t *testing.T) {
 		t.Errorf("FormatName = %q, want %q", got, want)
 	}
 }
+
+// testEK is an RSA 2048 endorsement key's TPM2B_PUBLIC (base64), shaped as
+// a TPM's: restricted decryption, AES-128-CFB, SHA-256 name.
+const testEK = "ARoAAQALAAMAQAAAAAYAgABDABAIAAAAAAABAOZBJuI9Qngly9O5Quv52OkslO1kgCJXy4bYyJ9Pb6i/OMBXy3+T4MnioRh3LerRh58t9tacTgjQyP8P7XBQHPYnhdR7mV0Pvi41t3/UCmDcK4ojDy4Z9gupkE2okL8I+ELTTVFhCMaDizIlwkMt7+ylOpuzpLejwGsJJ1hbIYz8SRIx1rFFj8WiyhUDM8Ri8ZBJCN7r9eFNwsMauzWGbhUJg+pkD5dXBk1W26sNxO0hz2q0bGW8d+klrdA5zVOTBKiRdFlunP73MAfWn1P2qZke8ZNk1GOXQSLUAvoxFIFOirs0uw/QGfGBWTwoUliZX87vRxniX6PwqiXsJIDLNys="

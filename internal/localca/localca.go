@@ -37,6 +37,9 @@ type CA struct {
 // CertFile is the path of the CA certificate that clients should trust.
 func (ca *CA) CertFile() string { return ca.certFile }
 
+// Signer returns the CA's private key, for issuing device certificates.
+func (ca *CA) Signer() crypto.Signer { return ca.key }
+
 // Pool returns a certificate pool holding only this CA.
 func (ca *CA) Pool() *x509.CertPool {
 	p := x509.NewCertPool()

@@ -24,6 +24,10 @@ type Request struct {
 	// register body's "tpm" member, or the AMQP SASL exchange); nil
 	// otherwise.
 	TPM *dps.TPMAttestation
+	// CSR is the register body's csr (2025-07-01-preview): a certificate
+	// signing request, base64 DER PKCS#10, for the certificate the device
+	// wants issued; empty when it wants none.
+	CSR string
 	// PeerCertificates is the TLS client chain, leaf first, when given.
 	PeerCertificates []*x509.Certificate
 	// APIVersion is the api-version the device sent.

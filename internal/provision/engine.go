@@ -16,6 +16,7 @@ import (
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/allocpolicy"
 	"github.com/dpsd/dpsd/internal/enroll"
+	"github.com/dpsd/dpsd/internal/issuer"
 	"github.com/dpsd/dpsd/internal/listcache"
 	"github.com/dpsd/dpsd/internal/store"
 )
@@ -44,6 +45,10 @@ type AllocationInput struct {
 	Previous *dps.DeviceRegistrationState
 	// RemoteAddr is the device's network address.
 	RemoteAddr string
+
+	// issue is the certificate to issue for the device's csr, nil when it
+	// sent none.
+	issue *issuance
 }
 
 // Policy returns the allocation policy, candidate hubs, legacy hub name,
@@ -180,6 +185,11 @@ type Options struct {
 	// DeviceKeySecret derives the identity keys of TPM devices
 	// (tpm.IdentityKey); without it TPM devices are refused.
 	DeviceKeySecret []byte
+	// Authorities finds the CAs that issue certificates to devices that
+	// send a csr; nil: every csr is refused.
+	Authorities Authorities
+	// Issuance is what a csr may hold and how long issued certificates last.
+	Issuance issuer.Policy
 	// PollFirst makes Register answer "assigning" even when the result is
 	// ready, with a Retry-After of zero, for clients that insist on the
 	// classic register-then-poll exchange. By default a result that is
@@ -492,7 +502,16 @@ func (e *Engine) start(ctx context.Context, req *Request, who *vouched, prev *en
 		return e.result(stored), nil
 	}
 
+	var is *issuance
+	if req.CSR != "" {
+		var err error
+		if is, err = e.prepareIssuance(ctx, req, who); err != nil {
+			return Result{}, err
+		}
+	}
+	e.carryIssued(r, prev, who)
 	in := &AllocationInput{
+		issue:           is,
 		RegistrationID:  req.RegistrationID,
 		Enrollment:      who.enrollment,
 		Group:           who.group,
@@ -893,6 +912,9 @@ func (e *Engine) plan(ctx context.Context, r *enroll.Registration, in *Allocatio
 	if who.tpmBlob != "" {
 		final.State.TPM = &dps.TPMRegistrationResult{AuthenticationKey: who.tpmBlob}
 	}
+	if err := e.applyIssuance(in.issue, dev, &final); err != nil {
+		return nil, err
+	}
 	final.Identity = IdentityOf(dev)
 	return &plan{dev: dev, final: &final, note: note}, nil
 }
@@ -986,6 +1008,9 @@ func (e *Engine) result(r *enroll.Registration) Result {
 	st := r.State
 	op := &dps.RegistrationOperationStatus{OperationID: r.OperationID, Status: st.Status, RegistrationState: &st}
 	res := Result{Operation: op}
+	if st.Status == dps.StatusAssigned && len(r.IssuedChain) > 0 {
+		st.IssuedCertificateChain = r.IssuedChain
+	}
 	if st.Status == dps.StatusAssigning {
 		// Pollers only need the id and status; IoT Edge requires the id.
 		op.RegistrationState = &dps.DeviceRegistrationState{RegistrationID: st.RegistrationID, Status: st.Status}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/dpsd/dpsd/api/dps"
 	"github.com/dpsd/dpsd/internal/allocate"
@@ -35,6 +36,12 @@ func (cfg *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port, e.g. 127.0.0.1:8443", a.flag, a.addr))
 		}
+	}
+	if cfg.IssuedCertValidity < 0 || (cfg.IssuedCertValidity > 0 && cfg.IssuedCertValidity < time.Hour) {
+		errs = append(errs, fmt.Errorf("--issued-cert-validity %s: want at least 1h", cfg.IssuedCertValidity))
+	}
+	if cfg.CSRMinRSABits < 0 || (cfg.CSRMinRSABits > 0 && cfg.CSRMinRSABits < 1024) || cfg.CSRMinRSABits > 8192 {
+		errs = append(errs, fmt.Errorf("--csr-min-rsa-bits %d: want 1024 to 8192", cfg.CSRMinRSABits))
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key: give both or neither"))

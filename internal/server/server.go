@@ -30,6 +30,7 @@ import (
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/hubhealth"
 	"github.com/dpsd/dpsd/internal/instance"
+	"github.com/dpsd/dpsd/internal/issuer"
 	"github.com/dpsd/dpsd/internal/linkedhub"
 	"github.com/dpsd/dpsd/internal/localca"
 	"github.com/dpsd/dpsd/internal/metrics"
@@ -102,6 +103,11 @@ type Config struct {
 	// PollFirst answers every register with "assigning" and lets the device
 	// poll for the result (see provision.Options.PollFirst).
 	PollFirst bool
+	// IssuedCertValidity is how long certificates issued from a device's
+	// csr last; zero means 30 days. CSRMinRSABits is the smallest RSA key
+	// a csr may hold; zero means 2048.
+	IssuedCertValidity time.Duration
+	CSRMinRSABits      int
 	// DoctorInterval, when set, runs the consistency check (dpsd doctor)
 	// that often; DoctorRepair lets it repair what it finds (never
 	// pruning orphans, which needs an operator's word).
@@ -183,12 +189,15 @@ type Server struct {
 	auth     *serviceapi.Authorizer
 	web      *console.Console
 	ca       *localca.CA
-	https    *http.Server
-	httpsL   net.Listener
-	mqttL    net.Listener
-	amqpL    net.Listener
-	conns    *connlimit.Limiter
-	info     *Info
+	// issuers are the CAs that issue certificates for devices' csrs: the
+	// local CA, and those operators add through /dpsd/issuingCAs.
+	issuers *issuer.Registry
+	https   *http.Server
+	httpsL  net.Listener
+	mqttL   net.Listener
+	amqpL   net.Listener
+	conns   *connlimit.Limiter
+	info    *Info
 	// created says this start created the instance, and with it the
 	// owner key: the only start whose banner shows the key.
 	created bool
@@ -367,6 +376,8 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 		Allocator:       alloc,
 		Registrar:       registrar,
 		Node:            node,
+		Authorities:     s.issuers,
+		Issuance:        issuer.Policy{Validity: cfg.IssuedCertValidity, MinRSABits: cfg.CSRMinRSABits},
 	})
 	s.doctor = &doctor{s: s}
 	// The service API and the linked-hub endpoints write through svcStore,
@@ -702,6 +713,8 @@ func (s *Server) extension(path string) http.Handler {
 		return s.hubs.Handler()
 	case segs[1] == "certificates":
 		return certs.New(s.st, nil).Handler(certs.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
+	case segs[1] == "issuingcas" && len(segs) <= 3:
+		return s.issuers.Handler(issuer.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Logger: s.log})
 	case segs[1] == "linkedhubs":
 		return s.linked.Handler(linkedhub.HandlerOptions{Authorize: authorize(instance.RightServiceConfig), Health: s.hubHealth, Probe: s.registrar.ProbeCredentials, Logger: s.log})
 	case segs[1] == "allocationpolicies" && len(segs) <= 3:
@@ -740,6 +753,7 @@ func (s *Server) tlsConfig() (*tls.Config, string, error) {
 		return nil, "", err
 	}
 	s.ca = ca
+	s.issuers = issuer.NewRegistry(s.st, &issuer.Authority{Cert: ca.Cert, Key: ca.Signer()})
 	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 		if err != nil {

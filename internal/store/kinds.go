@@ -13,6 +13,9 @@ const (
 	// store is shared by several nodes; id = tracking id, Ref =
 	// registration id.
 	KindRefusal Kind = "refusal"
+	// KindIssuingCA holds an operator's issuing CA with its private key
+	// (issuer.Registry); id = lower-cased CA name.
+	KindIssuingCA Kind = "issuingCA"
 
 	KindHub        Kind = "hub"        // built-in hub configuration; id = hub name
 	KindHubDevice  Kind = "hubDevice"  // built-in hub device; id = hub/deviceId, Ref = hub name
@@ -29,7 +32,7 @@ const (
 // constants of this package.
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
-	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindRefusal,
+	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindRefusal, KindIssuingCA,
 	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry,
 	KindHealth,
 }

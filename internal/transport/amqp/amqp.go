@@ -491,7 +491,7 @@ func (d *device) Message(ctx context.Context, dl *wire.Delivery) {
 	switch op {
 	case opRegister:
 		var tpm *dps.TPMAttestation
-		req.Payload, tpm, err = registerPayload(m.Body())
+		req.Payload, tpm, req.CSR, err = registerPayload(m.Body())
 		if tpm != nil && tpm.EndorsementKey != "" {
 			req.TPM = tpm
 		}
@@ -616,24 +616,24 @@ func condition(status int) wire.Symbol {
 	return "com.microsoft:argument-error"
 }
 
-// registerPayload extracts the custom payload and a TPM device's keys from
+// registerPayload extracts the custom payload, a TPM device's keys and the csr from
 // a register body, which may be empty (C# without payload, older C SDKs)
 // or the DeviceRegistration JSON; its registrationId is ignored in favour
 // of the link address.
-func registerPayload(body []byte) (json.RawMessage, *dps.TPMAttestation, error) {
+func registerPayload(body []byte) (json.RawMessage, *dps.TPMAttestation, string, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, nil, nil
+		return nil, nil, "", nil
 	}
 	if err := jsonlimit.Check(body); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	if p := bytes.TrimSpace(reg.Payload); len(p) == 0 || bytes.Equal(p, []byte("null")) {
-		return nil, reg.TPM, nil
+		return nil, reg.TPM, reg.CSR, nil
 	}
-	return reg.Payload, reg.TPM, nil
+	return reg.Payload, reg.TPM, reg.CSR, nil
 }

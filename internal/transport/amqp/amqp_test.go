@@ -51,12 +51,12 @@ func TestRegisterPayload(t *testing.T) {
 		`{"registrationId":"d","payload":null}`: "",
 		`{"payload":{"a":1}}`:                   `{"a":1}`,
 	} {
-		got, _, err := registerPayload([]byte(in))
+		got, _, _, err := registerPayload([]byte(in))
 		if err != nil || string(got) != want {
 			t.Errorf("registerPayload(%q) = %s, %v", in, got, err)
 		}
 	}
-	if _, _, err := registerPayload([]byte("{")); err == nil {
+	if _, _, _, err := registerPayload([]byte("{")); err == nil {
 		t.Error("a broken body was accepted")
 	}
 }

@@ -137,6 +137,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		req.Payload = reg.Payload
 		req.TPM = reg.TPM
+		req.CSR = reg.CSR
 		res, err := h.p.Register(ctx, req)
 		// A register is always answered 202: the C# SDK and IoT Edge
 		// refuse any other success code, even with a final result.

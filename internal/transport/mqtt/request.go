@@ -80,7 +80,7 @@ func (s *Server) handle(sess *session, rt requestTopic, body []byte) {
 	)
 	switch rt.kind {
 	case kindRegister:
-		req.Payload, err = registerPayload(body)
+		req.Payload, req.CSR, err = registerPayload(body)
 		if err != nil {
 			s.respondError(sess, rt, dps.Errorf(dps.CodeBadRequest, "Invalid request body: %v.", err), log)
 			return
@@ -124,26 +124,26 @@ func (s *Server) handle(sess *session, rt requestTopic, body []byte) {
 		"duration", time.Since(start))
 }
 
-// registerPayload extracts the custom payload from a register body. The
+// registerPayload extracts the custom payload and the csr from a register body. The
 // body may be empty (C#), " " or the DeviceRegistration JSON with the
 // payload null (Python); the registration id in it is ignored in favour of
 // the CONNECT user name.
-func registerPayload(body []byte) (json.RawMessage, error) {
+func registerPayload(body []byte) (payload json.RawMessage, csr string, err error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, nil
+		return nil, "", nil
 	}
 	if err := jsonlimit.Check(body); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var reg dps.DeviceRegistration
 	if err := json.Unmarshal(body, &reg); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if p := bytes.TrimSpace(reg.Payload); len(p) == 0 || bytes.Equal(p, []byte("null")) {
-		return nil, nil
+		return nil, reg.CSR, nil
 	}
-	return reg.Payload, nil
+	return reg.Payload, reg.CSR, nil
 }
 
 // respondError answers a request with the error body on

@@ -325,3 +325,20 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return data
 }
+
+// TestMalformedEndorsementKey: a TPM enrollment whose endorsementKey is no
+// RSA endorsement key's public area is refused with 400 in Azure's error
+// shape, and nothing is stored.
+func TestMalformedEndorsementKey(t *testing.T) {
+	e := newEnv(t)
+	for _, ek := range []string{"AToAAQALAAMAsgAg", "AAAA"} {
+		body := `{"registrationId":"tpm-bad","attestation":{"type":"tpm","tpm":{"endorsementKey":"` + ek + `"}}}`
+		r := e.do(t, call{method: "PUT", path: "/enrollments/tpm-bad", body: body})
+		if r.status != 400 || r.errorCode(t) != dps.CodeInvalidArgument || !strings.Contains(string(r.body), "endorsementKey") {
+			t.Fatalf("%s: %d %s", ek, r.status, r.body)
+		}
+	}
+	if r := e.do(t, call{method: "GET", path: "/enrollments/tpm-bad"}); r.status != 404 {
+		t.Fatalf("a refused enrollment was stored: %d", r.status)
+	}
+}
