@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
@@ -202,11 +203,33 @@ func (a *Allocator) healthy(cands []*linkedhub.Hub) (out []*linkedhub.Hub, note 
 // name. Hubs the enrollment names that are not linked are left out; if that
 // leaves none, it fails with dps.CodeIoTHubNotLinked.
 func (a *Allocator) Candidates(ctx context.Context, in *provision.AllocationInput) ([]*linkedhub.Hub, error) {
-	_, named, legacy, _, rp := in.Policy()
 	linked, err := a.hubs.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("allocate: %w", err)
 	}
+	cands, err := a.candidates(in, linked)
+	var derr *dps.Error
+	if f, ok := a.hubs.(freshLister); ok && (errors.As(err, &derr) || err == nil && len(cands) == 0) {
+		// A list kept for a moment may predate a hub linked on another
+		// node, whose change notice has not arrived yet: before a device
+		// is refused for want of a hub, read the list afresh.
+		if linked, err = f.ListFresh(ctx, 0); err != nil {
+			return nil, fmt.Errorf("allocate: %w", err)
+		}
+		return a.candidates(in, linked)
+	}
+	return cands, err
+}
+
+// freshLister is a HubLister that keeps its list for a while;
+// ListFresh(ctx, 0) reads it again.
+type freshLister interface {
+	ListFresh(ctx context.Context, maxAge time.Duration) ([]*linkedhub.Hub, error)
+}
+
+// candidates is Candidates over the linked hubs linked.
+func (a *Allocator) candidates(in *provision.AllocationInput, linked []*linkedhub.Hub) ([]*linkedhub.Hub, error) {
+	_, named, legacy, _, rp := in.Policy()
 	byName := make(map[string]*linkedhub.Hub, len(linked))
 	for _, h := range linked {
 		byName[strings.ToLower(h.Name)] = h
