@@ -103,7 +103,7 @@ func (r *Registrar) StageDevice(ctx context.Context, dev *provision.HubDevice) (
 	if !ok {
 		return nil, nil
 	}
-	if dev.X509 != nil && dev.X509.PrimaryThumbprint == "" {
+	if caVouched(dev) {
 		// A device its CA vouched for: the hub must also learn to trust
 		// that CA for it, which RegisterDevice does.
 		return nil, nil
@@ -542,7 +542,7 @@ func authentication(dev *provision.HubDevice) *azurehub.Authentication {
 // and verifies the CA certificate instead, as with Azure DPS.
 func trustCAs(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevice) error {
 	ct, ok := reg.(azurehub.DeviceCAs)
-	if !ok || dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
+	if !ok || !caVouched(dev) {
 		return nil
 	}
 	return ct.TrustDeviceCAs(ctx, dev.DeviceID, vouchedCAs(dev))
@@ -551,10 +551,17 @@ func trustCAs(ctx context.Context, reg azurehub.Registry, dev *provision.HubDevi
 // vouchedCAs are the CA certificates (PEM) that vouched for a
 // certificateAuthority device.
 func vouchedCAs(dev *provision.HubDevice) []string {
-	if dev.X509 == nil || dev.X509.PrimaryThumbprint != "" {
+	if !caVouched(dev) {
 		return nil
 	}
 	return dev.X509.CACertificates
+}
+
+// caVouched reports whether dev attested with a certificate that a CA
+// vouched for (a group, or an individual enrollment's CA references),
+// rather than one known by its thumbprint.
+func caVouched(dev *provision.HubDevice) bool {
+	return dev.X509 != nil && dev.X509.PrimaryThumbprint == ""
 }
 
 func sameIdentity(cur, want *azurehub.Device) bool {

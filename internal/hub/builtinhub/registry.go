@@ -181,9 +181,24 @@ func (h *Hub) loadTwin(ctx context.Context, tid string) (*deviceDoc, error) {
 // save writes d; with create it must not exist, otherwise it must not have
 // changed since it was loaded.
 func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
+	w, err := h.write(d, create)
+	if err != nil {
+		return err
+	}
+	rec, err := h.st.Put(ctx, w.Record, w.Cond)
+	if err != nil {
+		return err
+	}
+	d.etag = rec.ETag
+	return nil
+}
+
+// write is the store write that saves d: with create, on condition that it
+// does not exist; otherwise that it has not changed since it was loaded.
+func (h *Hub) write(d *deviceDoc, create bool) (store.Write, error) {
 	data, err := json.Marshal(d)
 	if err != nil {
-		return fmt.Errorf("device %s: encode: %w", d.DeviceID, err)
+		return store.Write{}, fmt.Errorf("device %s: encode: %w", d.DeviceID, err)
 	}
 	cond := store.Condition{IfMatch: d.etag}
 	if create {
@@ -193,12 +208,7 @@ func (h *Hub) save(ctx context.Context, d *deviceDoc, create bool) error {
 	if d.ModuleID != "" {
 		kind = KindModule
 	}
-	rec, err := h.st.Put(ctx, store.Record{Kind: kind, ID: deviceKey(h.cfg.Name, d.twinID()), Ref: h.cfg.Name, Data: data}, cond)
-	if err != nil {
-		return err
-	}
-	d.etag = rec.ETag
-	return nil
+	return store.Write{Record: store.Record{Kind: kind, ID: deviceKey(h.cfg.Name, d.twinID()), Ref: h.cfg.Name, Data: data}, Cond: cond}, nil
 }
 
 // modify loads a device, applies fn and saves it, retrying when a
@@ -374,6 +384,17 @@ func (h *Hub) newDevice(ctx context.Context, in *azurehub.Device) (*deviceDoc, e
 // updates it); the write's condition catches a device created meanwhile.
 // committed is to be called once the write has committed.
 func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azurehub.Twin) (w store.Write, committed func(), ok bool, err error) {
+	if err := validDeviceID(in.DeviceID); err != nil {
+		return store.Write{}, nil, false, err
+	}
+	// Whether the hub holds the device is asked first: a re-registration
+	// then builds nothing it would throw away.
+	switch _, err := h.st.Get(ctx, KindDevice, deviceKey(h.cfg.Name, in.DeviceID)); {
+	case err == nil:
+		return store.Write{}, nil, false, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Write{}, nil, false, storeErr(err)
+	}
 	d, err := h.newDevice(ctx, in)
 	if err != nil {
 		return store.Write{}, nil, false, err
@@ -387,20 +408,8 @@ func (h *Hub) StageNewDevice(ctx context.Context, in *azurehub.Device, twin *azu
 			return store.Write{}, nil, false, err
 		}
 	}
-	key := deviceKey(h.cfg.Name, d.DeviceID)
-	switch _, err := h.st.Get(ctx, KindDevice, key); {
-	case err == nil:
-		return store.Write{}, nil, false, nil
-	case !errors.Is(err, store.ErrNotFound):
-		return store.Write{}, nil, false, storeErr(err)
-	}
-	data, err := json.Marshal(d)
-	if err != nil {
-		return store.Write{}, nil, false, fmt.Errorf("device %s: encode: %w", d.DeviceID, err)
-	}
-	w = store.Write{
-		Record: store.Record{Kind: KindDevice, ID: key, Ref: h.cfg.Name, Data: data},
-		Cond:   store.Condition{MustNotExist: true},
+	if w, err = h.write(d, true); err != nil {
+		return store.Write{}, nil, false, err
 	}
 	committed = func() { h.log.Info("device created", "hub", h.cfg.Name, "deviceId", d.DeviceID) }
 	return w, committed, true, nil
@@ -420,13 +429,8 @@ func (h *Hub) StageKeep(ctx context.Context, id string) (w store.Write, dev *azu
 	if err != nil {
 		return store.Write{}, nil, nil, false, err
 	}
-	data, err := json.Marshal(d)
-	if err != nil {
-		return store.Write{}, nil, nil, false, fmt.Errorf("device %s: encode: %w", id, err)
-	}
-	w = store.Write{
-		Record: store.Record{Kind: KindDevice, ID: deviceKey(h.cfg.Name, d.DeviceID), Ref: h.cfg.Name, Data: data},
-		Cond:   store.Condition{IfMatch: d.etag},
+	if w, err = h.write(d, false); err != nil {
+		return store.Write{}, nil, nil, false, err
 	}
 	return w, h.deviceView(d), h.twinView(d), true, nil
 }
