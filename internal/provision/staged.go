@@ -107,10 +107,12 @@ func (e *Engine) swapWith(ctx context.Context, r, prev *enroll.Registration, ext
 	if err != nil {
 		return nil, err
 	}
-	for attempt := range maxNoteAttempts {
+	// The last attempt leaves out a note whose record kept changing, and
+	// keeps it on its own after the commit.
+	for attempt := 0; ; attempt++ {
 		writes := append([]store.Write{rw}, extra...)
 		noted := false
-		if note != nil {
+		if note != nil && attempt < maxNoteAttempts {
 			if nw, err := note.Write(ctx, prev == nil && attempt == 0); err == nil {
 				writes = append(writes, nw)
 				noted = true
@@ -134,19 +136,6 @@ func (e *Engine) swapWith(ctx context.Context, r, prev *enroll.Registration, ext
 			return nil, unavailable(err)
 		}
 	}
-	// The note's record keeps changing: commit without it, then keep it.
-	recs, err := b.Apply(ctx, append([]store.Write{rw}, extra...))
-	var be *store.BatchError
-	switch {
-	case err == nil:
-		keep(ctx, note)
-		return stored(recs[0]), nil
-	case errors.As(err, &be) && be.Index == 0:
-		return nil, errLostRace
-	case errors.As(err, &be):
-		return nil, errStale
-	}
-	return nil, unavailable(err)
 }
 
 // keep writes a note on its own, if there is one.
