@@ -119,6 +119,7 @@ type Hub struct {
 	now     func() time.Time
 	limiter *limiter
 	msgs    *messageBuffer
+	tlog    *telemetryLog // nil without a store
 	c2d     *c2dQueues
 	fb      *feedbackHub
 
@@ -268,7 +269,7 @@ type hubOptions struct {
 }
 
 // startHub binds the hub's listeners and serves them.
-func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
+func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 	h := &Hub{
 		cfg:            cfg,
 		st:             st,
@@ -289,6 +290,9 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		shared:         o.shared,
 	}
 	h.msgs.setPartitions(o.partitions)
+	if st != nil {
+		h.tlog = newTelemetryLog(st, cfg.Name, h.msgs, h.log)
+	}
 	h.c2d.dead = h.feedback
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -298,13 +302,21 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		NextProtos: []string{"http/1.1"},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err := h.c2d.load(ctx)
-	if err == nil {
-		err = h.loadTelemetry(ctx)
+	err = h.c2d.load(ctx)
+	if err == nil && h.tlog != nil {
+		err = h.tlog.load(ctx)
 	}
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
+	if h.tlog != nil {
+		h.tlog.start()
+		defer func() {
+			if err != nil {
+				_ = h.tlog.close(context.Background())
+			}
+		}()
 	}
 	if h.shared != nil {
 		if err := h.startBroker(); err != nil {
@@ -387,6 +399,11 @@ func (h *Hub) close(ctx context.Context) error {
 		err = errors.Join(err, ctx.Err())
 	}
 	_ = h.broker.Close()
+	if h.tlog != nil {
+		// After the connections: what they sent is written before the
+		// hub stops.
+		err = errors.Join(err, h.tlog.close(ctx))
+	}
 	return err
 }
 

@@ -247,11 +247,6 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	for _, h := range hubs {
 		errs = append(errs, h.close(ctx))
-		// After close, so no message comes in between: the telemetry
-		// kept goes into the store for the next start.
-		if err := h.saveTelemetry(ctx); err != nil {
-			m.log.Warn("keeping a hub's telemetry over the restart failed", "hub", h.cfg.Name, "err", err)
-		}
 	}
 	return errors.Join(errs...)
 }

@@ -479,9 +479,14 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	k.h.touch(cl.ID)
 	if strings.HasPrefix(pk.TopicName, "devices/") {
-		// Kept before the PUBACK goes out: an acknowledged message is
-		// enqueued, as the SDKs' "MessageEnqueued" says.
-		k.h.recordTelemetry(cl.ID, pk.TopicName, bytes.Clone(pk.Payload))
+		// Stored before the PUBACK goes out: an acknowledged message is
+		// enqueued, as the SDKs' "MessageEnqueued" says, and survives a
+		// crash. One that cannot be stored gets no PUBACK: the
+		// connection ends, and the device sends it again on its next.
+		if err := k.h.recordTelemetry(cl.ID, pk.TopicName, bytes.Clone(pk.Payload)); err != nil {
+			cl.Stop(packets.ErrServerUnavailable)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	return pk, packets.CodeSuccessIgnore
 }
