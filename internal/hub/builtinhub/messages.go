@@ -279,4 +279,3 @@ func (h *Hub) recordTelemetry(id, topic string, payload []byte) error {
 	h.log.Debug("telemetry received", "deviceId", id, "bytes", len(payload))
 	return nil
 }
-
