@@ -148,10 +148,14 @@ func (b *messageBuffer) dropFirst(n int) {
 	if len(b.dropped) > maxDropped {
 		b.dropped = append(b.dropped[:0:0], b.dropped[len(b.dropped)-maxDropped:]...)
 	}
-	// Copying keeps the backing array from holding the dropped
-	// messages' bodies; it costs what the buffer holds, and happens only
-	// when it is full.
-	b.msgs = append(b.msgs[:0:0], b.msgs[n:]...)
+	// Cleared, so the backing array does not hold the dropped messages'
+	// bodies; the next growth of the slice copies only the messages kept,
+	// so a full buffer costs no copy of itself per message.
+	clear(b.msgs[:n])
+	b.msgs = b.msgs[n:]
+	if len(b.msgs) == 0 {
+		b.msgs = nil
+	}
 }
 
 // trim applies the bounds by count and bytes (the newest message is
