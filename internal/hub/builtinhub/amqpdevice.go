@@ -301,3 +301,11 @@ func (h *Hub) invokeAMQP(ctx context.Context, l *wire.Link, name, rid string, pa
 		Data:                  [][]byte{payload},
 	})
 }
+
+// hasAMQPDesired reports whether a device turned desired-property
+// updates on over AMQP on this node.
+func (h *Hub) hasAMQPDesired(id string) bool {
+	h.amqpDev.mu.Lock()
+	defer h.amqpDev.mu.Unlock()
+	return h.amqpDev.desired[strings.ToLower(id)] != nil
+}

@@ -122,6 +122,9 @@ type Hub struct {
 	tlog    *telemetryLog // nil without a store
 	c2d     *c2dQueues
 	fb      *feedbackHub
+	// bus tells the other nodes sharing the store of an event (cluster.go);
+	// nil without other nodes.
+	bus func(hubEvent)
 
 	broker *mqtt.Server
 	http   *http.Server
@@ -266,6 +269,7 @@ type hubOptions struct {
 	maxKeepAlive   uint16
 	listener       func(net.Listener, string) net.Listener
 	shared         *Shared // set: no listeners of its own
+	bus            func(hubEvent)
 }
 
 // startHub binds the hub's listeners and serves them.
@@ -288,6 +292,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 		methods:        make(map[string]pendingMethod),
 		cert:           o.cert,
 		shared:         o.shared,
+		bus:            o.bus,
 	}
 	h.msgs.setPartitions(o.partitions)
 	if st != nil {

@@ -627,10 +627,42 @@ func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
 	if err != nil {
 		return
 	}
+	h.pushDesiredHere(id, data, version)
+	h.announceDesired(id, data, version)
+}
+
+// pushDesiredHere sends an encoded desired-properties change to the
+// device if it is connected to this node and subscribed.
+func (h *Hub) pushDesiredHere(id string, data []byte, version int64) {
 	if cl := h.client(id); cl != nil && subscribed(cl, filterDesired) {
 		h.writeTo(cl, topicDesiredPush+"?$version="+strconv.FormatInt(version, 10), data)
 	}
 	h.pushDesiredAMQP(id, data, version)
+}
+
+// pushDesiredFrom pushes a desired-properties change another node made
+// to the device, if it is connected here. A change too large for the
+// event is sent as the whole desired properties, read from the store:
+// the device then has them all, as after a full twin read.
+func (h *Hub) pushDesiredFrom(ev hubEvent) {
+	data := []byte(ev.Patch)
+	if len(data) == 0 {
+		if h.client(ev.Device) == nil && !h.hasAMQPDesired(ev.Device) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		d, err := h.loadTwin(ctx, ev.Device)
+		cancel()
+		if err != nil {
+			h.log.Debug("desired properties changed on another node not pushed", "deviceId", ev.Device, "err", err)
+			return
+		}
+		if data, err = json.Marshal(d.Desired.deviceView()); err != nil {
+			return
+		}
+		ev.Version = d.Desired.Version
+	}
+	h.pushDesiredHere(ev.Device, data, ev.Version)
 }
 
 // InvokeMethod calls a direct method on a connected device and waits for
