@@ -3,9 +3,13 @@ package builtinhub
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/store"
 )
 
@@ -25,6 +29,12 @@ const (
 	eventFeedback = "feedback" // feedback records wait in the store
 	eventDesired  = "desired"  // Device's desired properties changed: Patch, Version
 	eventHubs     = "hubs"     // a hub was created or deleted
+	// A direct method call for Device (Call names it, Method its
+	// request), answered by the node that has the device with
+	// eventTaken at once and eventAnswer (Result) when the device answers.
+	eventMethod = "method"
+	eventTaken  = "method-taken"
+	eventAnswer = "method-answer"
 )
 
 // hubEvent is one message between nodes.
@@ -35,6 +45,12 @@ type hubEvent struct {
 	Device  string          `json:"device,omitempty"`
 	Patch   json.RawMessage `json:"patch,omitempty"`
 	Version int64           `json:"version,omitempty"`
+	Call    string          `json:"call,omitempty"`
+	Method  *MethodRequest  `json:"method,omitempty"`
+	Result  *MethodResult   `json:"result,omitempty"`
+	// Error is the answer to a call that failed on the node with the
+	// device, in the Azure shape.
+	Error *azurehub.Error `json:"error,omitempty"`
 }
 
 // announce tells the other nodes of ev, without waiting; a hub without
@@ -113,6 +129,10 @@ func (m *Manager) follow(ctx context.Context) {
 			go h.flushFeedback()
 		case eventDesired:
 			go h.pushDesiredFrom(ev)
+		case eventMethod:
+			go h.invokeFor(ev)
+		case eventTaken, eventAnswer:
+			h.remoteAnswer(ev)
 		}
 	}
 }
@@ -194,4 +214,116 @@ func (h *Hub) connectedDevices() []string {
 		out = append(out, id)
 	}
 	return out
+}
+
+// takenWait bounds the wait for another node to say it has the device a
+// direct method is for: past it the device is taken to be offline.
+const takenWait = 3 * time.Second
+
+// maxCrossPayload bounds a direct method's payload, and its answer, that
+// cross between nodes: they travel in an event.
+const maxCrossPayload = store.MaxBroadcast - 1024
+
+// remoteCalls are the direct methods this node asked other nodes to
+// invoke, by call id.
+type remoteCalls struct {
+	mu    sync.Mutex
+	calls map[string]chan hubEvent
+}
+
+// invokeElsewhere asks the other nodes to invoke a direct method on a
+// device that is not connected here, and waits for the answer of the one
+// that has it.
+func (h *Hub) invokeElsewhere(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	offline := azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
+	if len(req.Payload) > maxCrossPayload {
+		return nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid,
+			"Device %s is connected to another node; a payload of a direct method between nodes is at most %d bytes.", id, maxCrossPayload)
+	}
+	timeout := h.methodTimeout
+	if req.ResponseTimeoutInSeconds > 0 {
+		timeout = time.Duration(req.ResponseTimeoutInSeconds) * time.Second
+	}
+	call := newToken()
+	ch := make(chan hubEvent, 2)
+	h.remote.mu.Lock()
+	if h.remote.calls == nil {
+		h.remote.calls = map[string]chan hubEvent{}
+	}
+	h.remote.calls[call] = ch
+	h.remote.mu.Unlock()
+	defer func() {
+		h.remote.mu.Lock()
+		delete(h.remote.calls, call)
+		h.remote.mu.Unlock()
+	}()
+	h.announce(hubEvent{Event: eventMethod, Device: id, Call: call, Method: req})
+	taken := time.NewTimer(takenWait)
+	defer taken.Stop()
+	answer := time.NewTimer(timeout + takenWait)
+	defer answer.Stop()
+	for {
+		select {
+		case ev := <-ch:
+			if ev.Event == eventTaken {
+				taken.Stop()
+				continue
+			}
+			if ev.Error != nil {
+				return nil, ev.Error
+			}
+			if ev.Result == nil {
+				return nil, offline
+			}
+			return ev.Result, nil
+		case <-taken.C:
+			return nil, offline
+		case <-answer.C:
+			return nil, azurehub.Errorf(http.StatusGatewayTimeout, "GatewayTimeout", "Timed out waiting for the response from device %s.", id)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// remoteAnswer passes another node's answer to the call waiting for it.
+func (h *Hub) remoteAnswer(ev hubEvent) {
+	h.remote.mu.Lock()
+	ch := h.remote.calls[ev.Call]
+	h.remote.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- ev:
+	default:
+	}
+}
+
+// invokeFor invokes a direct method another node was asked for, if the
+// device is connected here, and sends the answer back.
+func (h *Hub) invokeFor(ev hubEvent) {
+	if ev.Method == nil {
+		return
+	}
+	cl := h.client(ev.Device)
+	if (cl == nil || !subscribed(cl, filterMethods)) && h.amqpMethodLink(ev.Device) == nil {
+		return // not here
+	}
+	h.announce(hubEvent{Event: eventTaken, Call: ev.Call})
+	ctx, cancel := context.WithTimeout(context.Background(), h.methodTimeout+time.Duration(ev.Method.ResponseTimeoutInSeconds)*time.Second)
+	defer cancel()
+	res, err := h.invokeHere(ctx, ev.Device, ev.Method)
+	out := hubEvent{Event: eventAnswer, Call: ev.Call, Result: res}
+	var ae *azurehub.Error
+	switch {
+	case err != nil && errors.As(err, &ae):
+		out.Result, out.Error = nil, ae
+	case err != nil:
+		out.Result, out.Error = nil, azurehub.Errorf(http.StatusInternalServerError, "ServerError", "The direct method failed on the node the device is connected to: %v", err)
+	case len(res.Payload) > maxCrossPayload:
+		out.Result, out.Error = nil, azurehub.Errorf(http.StatusBadGateway, "ServerError",
+			"The device answered with %d bytes; an answer between nodes is at most %d bytes.", len(res.Payload), maxCrossPayload)
+	}
+	h.announce(out)
 }

@@ -125,6 +125,8 @@ type Hub struct {
 	// bus tells the other nodes sharing the store of an event (cluster.go);
 	// nil without other nodes.
 	bus func(hubEvent)
+	// remote are the direct methods this node asked another to invoke.
+	remote remoteCalls
 
 	broker *mqtt.Server
 	http   *http.Server

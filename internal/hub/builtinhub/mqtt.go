@@ -685,6 +685,17 @@ func (h *Hub) InvokeModuleMethod(ctx context.Context, dev, mod string, req *Meth
 
 // invokeMethod is InvokeMethod for a device or a module (loadTwin).
 func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	return h.invoke(ctx, id, req, true)
+}
+
+// invokeHere invokes a method on a device connected to this node only.
+func (h *Hub) invokeHere(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	return h.invoke(ctx, id, req, false)
+}
+
+// invoke invokes a method on the device if it is connected here, or else,
+// with elsewhere, through the node it is connected to.
+func (h *Hub) invoke(ctx context.Context, id string, req *MethodRequest, elsewhere bool) (*MethodResult, error) {
 	if req.MethodName == "" {
 		return nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "methodName is required.")
 	}
@@ -697,6 +708,10 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	}
 	amqpLink := h.amqpMethodLink(id)
 	if cl == nil && amqpLink == nil {
+		if elsewhere && h.bus != nil {
+			// Perhaps connected to another node.
+			return h.invokeElsewhere(ctx, id, req)
+		}
 		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
 	}
 	timeout := h.methodTimeout
