@@ -415,19 +415,10 @@ func TestEventHubRedirect(t *testing.T) {
 	}
 }
 
-// TestEventHubEndpointOverWebSockets reads the endpoint over AMQP over
-// WebSockets, as @azure/event-hubs and Azure.Messaging.EventHubs do with
-// webSocketOptions: wss://{host}/$servicebus/websocket on the hubs' HTTPS
-// listener, subprotocol AMQPWSB10, the hub told by the TLS server name.
-func TestEventHubEndpointOverWebSockets(t *testing.T) {
-	e, shared, h := eventHubEnvAt(t, "127.0.22.2", "eventhub-ws-hub", "thermo-ws")
-	host := h.Config().HostName
-	dc, _, err := dialDevice(t, e, "thermo-ws", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc.publish(t, "devices/thermo-ws/messages/events/$.mid=ws-1&k=v", 1, `{"t":19.5}`)
-
+// dialAMQPWebSocket opens AMQP over a WebSocket to the hubs' HTTPS
+// listener at path, as the Event Hubs clients do with webSocketOptions.
+func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	d := websocket.Dialer{
@@ -438,7 +429,7 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 			return (&net.Dialer{}).DialContext(ctx, network, shared.HTTPSAddr)
 		},
 	}
-	ws, resp, err := d.DialContext(ctx, "wss://"+host+"/$servicebus/websocket", nil)
+	ws, resp, err := d.DialContext(ctx, "wss://"+host+path, nil)
 	if err != nil {
 		t.Fatalf("WebSocket upgrade: %v", err)
 	}
@@ -446,12 +437,32 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	if ws.Subprotocol() != "AMQPWSB10" {
 		t.Fatalf("subprotocol %q", ws.Subprotocol())
 	}
-	conn, err := goamqp.NewConn(ctx, wsconn.NewConn(ws), &goamqp.ConnOptions{HostName: host, SASLType: goamqp.SASLTypeAnonymous()})
+	conn, err := goamqp.NewConn(ctx, wsconn.NewConn(ws), &goamqp.ConnOptions{HostName: host, SASLType: sasl})
 	if err != nil {
 		t.Fatalf("AMQP over the WebSocket: %v", err)
 	}
-	c := newEHClient(t, conn, h)
-	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", policyKey(t, h, "service")); code != 202 {
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestEventHubEndpointOverWebSockets reads the endpoint over AMQP over
+// WebSockets, as @azure/event-hubs and Azure.Messaging.EventHubs do with
+// webSocketOptions: wss://{host}/$servicebus/websocket on the hubs' HTTPS
+// listener, subprotocol AMQPWSB10, the hub told by the TLS server name.
+// The redirect a client gets over WebSockets names the AMQP listener, not
+// the HTTPS port it asked on.
+func TestEventHubEndpointOverWebSockets(t *testing.T) {
+	e, shared, h := eventHubEnvAt(t, "127.0.22.2", "eventhub-ws-hub", "thermo-ws")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "thermo-ws", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.publish(t, "devices/thermo-ws/messages/events/$.mid=ws-1&k=v", 1, `{"t":19.5}`)
+
+	service := policyKey(t, h, "service")
+	c := newEHClient(t, dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
+	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", service); code != 202 {
 		t.Fatalf("put-token over WebSockets: status %d, want 202", code)
 	}
 	r, err := c.receiver("$Default", eventhub.PartitionOf("thermo-ws", eventhub.DefaultPartitions), "")
@@ -462,5 +473,31 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	if m.Properties == nil || m.Properties.MessageID != "ws-1" || m.Annotations["iothub-connection-device-id"] != "thermo-ws" ||
 		m.ApplicationProperties["k"] != "v" || string(m.GetData()) != `{"t":19.5}` {
 		t.Fatalf("event over WebSockets: %+v %v %v %q", m.Properties, m.Annotations, m.ApplicationProperties, m.GetData())
+	}
+
+	// The redirect of messages/events, asked over WebSockets.
+	tok, err := sas.New(url.QueryEscape(host+"/messages/events"), "service", service, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := sess.NewReceiver(ctx, "amqps://"+host+"/messages/events/$management", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rr.Receive(ctx, nil)
+	var le *goamqp.LinkError
+	if !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != "amqp:link:redirect" {
+		t.Fatalf("receive: %v, want amqp:link:redirect", err)
+	}
+	_, port, _ := net.SplitHostPort(shared.AMQPAddr)
+	if info := le.RemoteErr.Info; fmt.Sprint(info["port"]) != port || info["address"] != "amqps://"+host+":"+port+"/eventhub-ws-hub/$management" {
+		t.Errorf("redirect over WebSockets: info %v, want the AMQP listener's port %s", info, port)
 	}
 }
