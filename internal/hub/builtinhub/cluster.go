@@ -174,9 +174,9 @@ func (m *Manager) syncHubs(ctx context.Context) {
 		m.mu.Unlock()
 		if !running {
 			if err := m.runHub(cfg); err != nil {
-				m.log.Warn("a hub another node created not started here", "hub", cfg.Name, "err", err)
+				m.log.Warn("a stored hub not started on this node", "hub", cfg.Name, "err", err)
 			} else {
-				m.log.Info("built-in hub another node created started here", "hub", cfg.Name)
+				m.log.Info("built-in hub started: created through another node", "hub", cfg.Name)
 			}
 		}
 	}
