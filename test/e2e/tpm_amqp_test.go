@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -249,5 +250,54 @@ func TestTPMAMQPCSDK(t *testing.T) {
 				t.Fatalf("the TPM refused the answer's activation blob: %v", err)
 			}
 		})
+	}
+}
+
+// TestTPMAMQPClient is "dpsd device provision --tpm" and "dpsd bench --tpm"
+// over AMQP and AMQP over WebSockets against swtpm: dpsd's Go client runs
+// the TPM SASL mechanism before go-amqp opens the connection.
+func TestTPMAMQPClient(t *testing.T) {
+	sw := testenv.StartSWTPM(t)
+	srv := startServerIn(t, tpmAMQPPrefix)
+	out, err := exec.Command(testenv.Binary(t), "device", "endorsement-key", "--tpm", sw.Addr()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dpsd device endorsement-key: %v\n%s", err, out)
+	}
+	ek := strings.TrimSpace(string(out))
+	dpsdCLI(t, srv, "enrollment", "create", "--registration-id", "tpm-amqp-1", "--attestation-type", "tpm",
+		"--endorsement-key", ek, "--allocation-policy", "static", "--iot-hubs", srv.Hub)
+	for _, tr := range []string{"amqp", "amqp-ws", "amqp"} { // again: the device keeps its identity key
+		out := dpsdCLI(t, srv, "device", "provision", "--registration-id", "tpm-amqp-1", "--tpm", sw.Addr(), "--transport", tr)
+		if !strings.Contains(out, "Registration Information received from service: "+srv.Hub+", deviceId: tpm-amqp-1") {
+			t.Fatalf("device provision --tpm --transport %s:\n%s", tr, out)
+		}
+	}
+	// Another TPM's key gets the SASL outcome auth, reported as the 401.
+	other := testenv.StartSWTPM(t)
+	stdout, errOut, err := dpsdCLIResult(t, srv, "device", "provision", "--registration-id", "tpm-amqp-1", "--tpm", other.Addr(), "--transport", "amqp")
+	if err == nil || !strings.Contains(stdout+errOut, "401") || !strings.Contains(stdout+errOut, "SASL") {
+		t.Fatalf("a foreign TPM over amqp: %v\n%s\n%s", err, stdout, errOut)
+	}
+	// MQTT has no TPM exchange, and the client says so.
+	if _, errOut, err := dpsdCLIResult(t, srv, "device", "provision", "--registration-id", "tpm-amqp-1", "--tpm", sw.Addr(), "--transport", "mqtt"); err == nil || !strings.Contains(errOut, "https, amqp and amqp-ws") {
+		t.Fatalf("--tpm over mqtt: %v\n%s", err, errOut)
+	}
+
+	a, b := testenv.StartSWTPM(t), testenv.StartSWTPM(t)
+	var res struct {
+		Succeeded int `json:"succeeded"`
+		Failed    int `json:"failed"`
+	}
+	for i, tr := range []string{"amqp", "amqp-ws"} {
+		args := []string{"bench", "--tpm", a.Addr(), "--tpm", b.Addr(), "--transport", tr,
+			"--registrations", "4", "--concurrency", "2", "--hub", srv.Hub, "--id-prefix", "bench-amqp-tpm-", "-o", "json"}
+		if i == 0 {
+			args = append(args, "--setup")
+		}
+		out := dpsdCLI(t, srv, args...)
+		decodeJSON(t, "bench --tpm --transport "+tr, out, &res)
+		if res.Succeeded != 4 || res.Failed != 0 {
+			t.Fatalf("bench --tpm --transport %s: %s", tr, out)
+		}
 	}
 }
