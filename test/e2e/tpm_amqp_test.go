@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	goamqp "github.com/Azure/go-amqp"
 
@@ -59,6 +60,7 @@ type cSASLTPM struct {
 	dev          *tpm.Device
 	nonce        []byte
 	seq          int
+	segments     int
 	activated    bool
 }
 
@@ -88,6 +90,7 @@ func (m *cSASLTPM) Challenge(ch []byte) ([]byte, error) {
 		return append([]byte{0}, m.dev.SRK...), nil
 	}
 	m.nonce = append(m.nonce, ch[1:]...)
+	m.segments++
 	if int(ctrl&0x03) != m.seq {
 		return nil, fmt.Errorf("invalid sequence number: control byte 0x%02x, expected %d", ctrl, m.seq)
 	}
@@ -114,16 +117,30 @@ func (m *cSASLTPM) Challenge(ch []byte) ([]byte, error) {
 	return append([]byte{0}, tok...), nil
 }
 
-// token is the SAS token the C SDK's TPM HSM signs: sr is the URL-encoded
-// {scope}/registrations/{id}, skn "registration".
+// token is the SAS token the C SDK's challenge callback has the TPM sign
+// (prov_device_ll_client.c, prov_auth_client.c): sr is
+// {scope}/registrations/{id} through the C utility's URL_EncodeString,
+// whose escapes are lower-case hex, signed as sent; sig the URL-encoded
+// base64 HMAC; skn "registration".
 func (m *cSASLTPM) token() string {
-	sr := url.QueryEscape(m.scope + "/registrations/" + m.regID)
+	sr := cURLEncode(m.scope + "/registrations/" + m.regID)
 	se := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
 	sig, err := m.dev.Sign([]byte(sr + "\n" + se))
 	if err != nil {
 		m.t.Fatalf("TPM HMAC: %v", err)
 	}
-	return "SharedAccessSignature sr=" + sr + "&sig=" + url.QueryEscape(base64.StdEncoding.EncodeToString(sig)) + "&se=" + se + "&skn=registration"
+	return "SharedAccessSignature sr=" + sr + "&sig=" + cURLEncode(base64.StdEncoding.EncodeToString(sig)) + "&se=" + se + "&skn=registration"
+}
+
+// cURLEncode percent-encodes as the C utility does: lower-case hex.
+func cURLEncode(s string) string {
+	e := []byte(url.QueryEscape(s))
+	for i := 0; i+2 < len(e); i++ {
+		if e[i] == '%' {
+			e[i+1], e[i+2] = byte(unicode.ToLower(rune(e[i+1]))), byte(unicode.ToLower(rune(e[i+2])))
+		}
+	}
+	return string(e)
 }
 
 // cTPMRegister connects as the C SDK's AMQP transport does (TLS to 5671,
@@ -234,9 +251,12 @@ func TestTPMAMQPCSDK(t *testing.T) {
 			if err != nil {
 				t.Fatalf("TPM SASL as the C SDK: %v", err)
 			}
-			if !m.activated {
-				t.Fatal("the SASL exchange ended without an activation")
+			// Two segments raw, three as base64: the sequence numbers are
+			// exercised.
+			if !m.activated || m.segments < 2 {
+				t.Fatalf("the SASL exchange ended after %d segments, activated %v", m.segments, m.activated)
 			}
+			t.Logf("activation blob: %d bytes in %d segments", len(m.nonce), m.segments)
 			st := op.RegistrationState
 			if op.Status != dps.StatusAssigned || st == nil || st.AssignedHub != srv.Hub || st.DeviceID != regID || st.TPM == nil {
 				t.Fatalf("registration: %+v", op)
