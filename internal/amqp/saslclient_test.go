@@ -101,3 +101,14 @@ func TestClientSASL(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxEarlyChallenge checks that a challenge of MaxEarlyChallenge bytes
+// fills a 512-byte frame and one more byte does not fit.
+func TestMaxEarlyChallenge(t *testing.T) {
+	for n, want := range map[int]int{MaxEarlyChallenge: 512, MaxEarlyChallenge + 1: 513} {
+		b, err := appendFrame(nil, frameSASL, 0, &saslChallenge{Challenge: make([]byte, n)}, nil)
+		if err != nil || len(b) != want {
+			t.Errorf("a %d-byte challenge: %d-byte frame (%v), want %d", n, len(b), err, want)
+		}
+	}
+}

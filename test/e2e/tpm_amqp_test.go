@@ -53,9 +53,15 @@ const cMaxFrameData = 470
 // registration id are nowhere in SASL; the SDK's registration id for a TPM
 // was base32(SHA-256(EK)) without padding), and the nonce segments are
 // base64 text, decoded once the last arrives. The rest is the same.
+//
+// With java set it speaks the Java SDK's AmqpsProvisioningSaslHandler
+// instead: the current C initial response, then exactly three challenges
+// it checks byte for byte: 0x00 alone (answered 0x00 ‖ SRK), a segment
+// with control byte 0x80 (answered 0x00) and one with 0xC1, the last
+// (answered 0x00 ‖ SAS token).
 type cSASLTPM struct {
 	t            *testing.T
-	early        bool
+	early, java  bool
 	scope, regID string
 	dev          *tpm.Device
 	nonce        []byte
@@ -85,6 +91,9 @@ func (m *cSASLTPM) Initial() ([]byte, error) {
 }
 
 func (m *cSASLTPM) Challenge(ch []byte) ([]byte, error) {
+	if m.java {
+		return m.javaChallenge(ch)
+	}
 	ctrl := ch[0]
 	if ctrl&0x80 == 0 {
 		return append([]byte{0}, m.dev.SRK...), nil
@@ -115,6 +124,36 @@ func (m *cSASLTPM) Challenge(ch []byte) ([]byte, error) {
 	}
 	m.seq = 0
 	return append([]byte{0}, tok...), nil
+}
+
+func (m *cSASLTPM) javaChallenge(ch []byte) ([]byte, error) {
+	switch {
+	case m.segments == 0 && m.nonce == nil && !m.activated:
+		if len(ch) != 1 || ch[0] != 0 {
+			return nil, fmt.Errorf("Java: unexpected first challenge % x", ch)
+		}
+		m.nonce = []byte{}
+		return append([]byte{0}, m.dev.SRK...), nil
+	case m.segments == 0:
+		if ch[0] != 0x80 {
+			return nil, fmt.Errorf("Java: second challenge control byte 0x%02x, want 0x80", ch[0])
+		}
+		m.segments++
+		m.nonce = append(m.nonce, ch[1:]...)
+		return []byte{0}, nil
+	case m.segments == 1:
+		if ch[0] != 0xC1 {
+			return nil, fmt.Errorf("Java: third challenge control byte 0x%02x, want 0xC1", ch[0])
+		}
+		m.segments++
+		m.nonce = append(m.nonce, ch[1:]...)
+		if err := m.dev.Activate(m.nonce); err != nil {
+			return nil, fmt.Errorf("the TPM refused the activation blob: %w", err)
+		}
+		m.activated = true
+		return append([]byte{0}, m.token()...), nil
+	}
+	return nil, errors.New("Java: unexpected fourth challenge")
 }
 
 // token is the SAS token the C SDK's challenge callback has the TPM sign
@@ -206,16 +245,17 @@ func cTPMRegister(t *testing.T, srv *dpsdServer, m *cSASLTPM, body []byte) (*dps
 	return op, nil
 }
 
-// TestTPMAMQPCSDK provisions TPM devices over AMQP speaking the C SDK's
-// SASL TPM mechanism (both revisions) against a real dpsd, with swtpm
-// activating the credential, through to an assigned registration; and
-// checks that a device whose EK is not enrolled gets the SASL outcome auth.
-func TestTPMAMQPCSDK(t *testing.T) {
+// TestTPMAMQPSDKFramings provisions TPM devices over AMQP speaking the C
+// SDK's SASL TPM mechanism (both revisions) and the Java SDK's against a
+// real dpsd, with swtpm activating the credential, through to an assigned
+// registration; and checks that a device whose EK is not enrolled gets the
+// SASL outcome auth.
+func TestTPMAMQPSDKFramings(t *testing.T) {
 	srv := startServerIn(t, tpmAMQPPrefix)
 	for _, tc := range []struct {
-		name  string
-		early bool
-	}{{"current", false}, {"early", true}} {
+		name        string
+		early, java bool
+	}{{"c-current", false, false}, {"c-early", true, false}, {"java", false, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			sw := testenv.StartSWTPM(t)
 			c, err := sw.Open()
@@ -224,22 +264,22 @@ func TestTPMAMQPCSDK(t *testing.T) {
 			}
 			defer c.Close()
 			dev := testenv.NewTPMDevice(t, c)
-			regID := "c-sdk-tpm-" + tc.name
+			regID := "sdk-tpm-" + tc.name
 			if tc.early {
 				sum := sha256.Sum256(dev.EK)
 				regID = strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))
 			}
-			m := &cSASLTPM{t: t, early: tc.early, scope: srv.Info.IDScope, regID: regID, dev: dev}
+			m := &cSASLTPM{t: t, early: tc.early, java: tc.java, scope: srv.Info.IDScope, regID: regID, dev: dev}
 
 			// Not enrolled yet: the SASL outcome is auth, no challenge.
-			if _, err := cTPMRegister(t, srv, m, nil); !errors.Is(err, wire.ErrSASLAuth) || m.nonce != nil {
+			if _, err := cTPMRegister(t, srv, m, nil); !errors.Is(err, wire.ErrSASLAuth) || len(m.nonce) != 0 {
 				t.Fatalf("unenrolled TPM: %v (nonce %d bytes)", err, len(m.nonce))
 			}
 
 			ek := base64.StdEncoding.EncodeToString(dev.EK)
 			dpsdCLI(t, srv, "enrollment", "create", "--registration-id", regID, "--attestation-type", "tpm",
 				"--endorsement-key", ek, "--allocation-policy", "static", "--iot-hubs", srv.Hub)
-			*m = cSASLTPM{t: t, early: tc.early, scope: srv.Info.IDScope, regID: regID, dev: dev}
+			*m = cSASLTPM{t: t, early: tc.early, java: tc.java, scope: srv.Info.IDScope, regID: regID, dev: dev}
 			var body []byte
 			if !tc.early {
 				// The current C SDK's register body; the early one sent

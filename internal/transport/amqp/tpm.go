@@ -16,10 +16,15 @@ import (
 	"github.com/dpsd/dpsd/internal/tpm"
 )
 
-// tpmSegment is the most challenge bytes one SASL challenge carries after
-// its control byte: SASL frames stay within AMQP's 512-byte minimum frame
+// tpmSegment is the most blob bytes one SASL challenge carries after its
+// control byte: SASL frames stay within AMQP's 512-byte minimum frame
 // size, which is all a client must accept before the connection opens.
-const tpmSegment = 400
+const tpmSegment = wire.MaxEarlyChallenge - 1
+
+// tpmMinSegments is the fewest segments a blob is sent in: the Java SDK's
+// AmqpsProvisioningSaslHandler takes exactly two, control bytes 0x80 and
+// 0xC1, and the others take any number (up to four with C and C#).
+const tpmMinSegments = 2
 
 // Control bytes of the TPM mechanism's challenge segments: the high bit
 // marks a segment of the activation blob, the next bit the last one; the
@@ -179,17 +184,21 @@ func (m *tpmSASL) Step(resp []byte) ([]byte, bool, error) {
 	}
 }
 
-// tpmSegments splits the activation blob into challenge segments, as
-// base64 text for a device that sent its EK alone.
+// tpmSegments splits the activation blob into challenge segments of equal
+// size, at least two and as few as fit, as base64 text for a device that
+// sent its EK alone. An RSA-2048 EK and SRK give a 766-byte blob: two
+// segments, which every SDK takes.
 func tpmSegments(blob []byte, v tpmVariant) [][]byte {
 	if v == tpmEKOnly {
 		blob = []byte(base64.StdEncoding.EncodeToString(blob))
 	}
+	n := max(tpmMinSegments, (len(blob)+tpmSegment-1)/tpmSegment)
+	size := max(1, (len(blob)+n-1)/n)
 	var segs [][]byte
 	for len(blob) > 0 {
-		n := min(len(blob), tpmSegment)
-		segs = append(segs, blob[:n])
-		blob = blob[n:]
+		k := min(len(blob), size)
+		segs = append(segs, blob[:k])
+		blob = blob[k:]
 	}
 	return segs
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -39,7 +40,7 @@ func (c *challengeEngine) OperationStatus(context.Context, provision.Request, st
 // arrives in segments whose control bytes mark the last one, and the SAS
 // token after it is kept for the connection.
 func TestTPMSASL(t *testing.T) {
-	blob := bytes.Repeat([]byte("0123456789"), 90) // 900 bytes: three segments
+	blob := bytes.Repeat([]byte("0123456789"), 110) // 1100 bytes: three segments
 	eng := &challengeEngine{blob: blob}
 	s, err := New(eng, Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -61,7 +62,7 @@ func TestTPMSASL(t *testing.T) {
 		}
 		ch, done, err = m.Step([]byte{0})
 	}
-	if err != nil || done || !bytes.Equal(got, blob) || !bytes.Equal(ctrls, []byte{0x80, 0x81, 0xC2}) {
+	if err != nil || done || !bytes.Equal(got, blob) || !bytes.Equal(ctrls, []byte{0x80, 0x81, 0xC2}) { // 1100 bytes: 367, 367, 366
 		t.Fatalf("segments %x (ctrl %x), done %v, err %v", got, ctrls, done, err)
 	}
 	if eng.got.IDScope != "0ne00ABC" || eng.got.RegistrationID != "tpm-dev" || eng.got.SASToken != "" ||
@@ -182,8 +183,9 @@ func TestTPMSASLEKOnly(t *testing.T) {
 		t.Fatalf("final step: %v %v %q", done, err, m.sasToken)
 	}
 
-	// Five segments of base64: more than the early SDKs number.
-	eng.blob = bytes.Repeat([]byte{7}, 5*tpmSegment*3/4)
+	// One byte of base64 more than four segments hold: more than the
+	// early SDKs number.
+	eng.blob = bytes.Repeat([]byte{7}, 4*tpmSegment*3/4+3)
 	m = &tpmSASL{s: s}
 	if _, _, err := m.Step(append([]byte{0}, ek...)); err != nil {
 		t.Fatal(err)
@@ -244,4 +246,31 @@ func FuzzTPMSASL(f *testing.F) {
 			t.Fatalf("%d segments sent to an early SDK", len(m.segments))
 		}
 	})
+}
+
+// TestTPMSegments checks how blobs are split: at least two segments (the
+// Java SDK takes exactly two), equal sizes, none over tpmSegment.
+func TestTPMSegments(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want []int
+	}{
+		{1, []int{1}},
+		{2, []int{1, 1}},
+		{766, []int{383, 383}},
+		{961, []int{481, 480}},
+		{2 * tpmSegment, []int{tpmSegment, tpmSegment}},
+		{2*tpmSegment + 1, []int{325, 325, 323}},
+	} {
+		var got []int
+		for _, s := range tpmSegments(make([]byte, tc.n), tpmScoped) {
+			got = append(got, len(s))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%d bytes: segments %v, want %v", tc.n, got, tc.want)
+		}
+	}
+	if segs := tpmSegments(make([]byte, 766), tpmEKOnly); len(segs) != 3 {
+		t.Errorf("766 bytes as base64: %d segments, want 3", len(segs))
+	}
 }
