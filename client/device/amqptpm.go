@@ -19,12 +19,13 @@ const maxTPMBlob = 16 << 10
 // the initial response 0x00 idScope 0x00 registrationId 0x00 EK; the SRK
 // after the first (0x00) challenge; the activation blob in segments whose
 // control byte has bit 7 set, bit 6 on the last, the sequence number in
-// the low bits; 0x00 after each segment but the last and 0x00 SAS token
+// the two low bits; 0x00 after each segment but the last and 0x00 SAS token
 // after it, the token signed with the key the TPM just activated.
 type tpmSASL struct {
-	s    *settings
-	blob []byte
-	seq  int
+	s       *settings
+	srkSent bool
+	blob    []byte
+	seq     int
 }
 
 func (m *tpmSASL) Name() wire.Symbol { return "TPM" }
@@ -43,13 +44,15 @@ func (m *tpmSASL) Challenge(ch []byte) ([]byte, error) {
 	}
 	ctrl := ch[0]
 	if ctrl&0x80 == 0 {
-		if m.blob != nil || m.seq != 0 {
+		if m.srkSent {
 			return nil, errors.New("device: the service asked for the storage root key twice")
 		}
+		m.srkSent = true
 		return append([]byte{0}, m.s.TPM.StorageRootKey()...), nil
 	}
-	if int(ctrl&0x3f) != m.seq&0x3f {
-		return nil, fmt.Errorf("device: TPM challenge segment %d arrived as segment %d", m.seq, ctrl&0x3f)
+	// The sequence number is checked as the C SDK checks it: two bits.
+	if int(ctrl&0x03) != m.seq&0x03 {
+		return nil, fmt.Errorf("device: TPM challenge segment %d arrived numbered %d", m.seq, ctrl&0x03)
 	}
 	m.seq++
 	if len(m.blob)+len(ch)-1 > maxTPMBlob {
