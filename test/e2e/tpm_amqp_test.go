@@ -171,7 +171,8 @@ func (m *cSASLTPM) token() string {
 	return "SharedAccessSignature sr=" + sr + "&sig=" + cURLEncode(base64.StdEncoding.EncodeToString(sig)) + "&se=" + se + "&skn=registration"
 }
 
-// cURLEncode percent-encodes as the C utility does: lower-case hex.
+// cURLEncode percent-encodes as the C utility's URL_EncodeString does for
+// the characters of scopes, registration ids and base64: lower-case hex.
 func cURLEncode(s string) string {
 	e := []byte(url.QueryEscape(s))
 	for i := 0; i+2 < len(e); i++ {
