@@ -115,7 +115,7 @@ func (a *amqpLinks) deviceAuthorized(id string) bool {
 // /devices/{id}/modules/{moduleId}/messages/{kind}, whose id it returns as
 // "{id}/{moduleId}".
 func deviceLink(addr string) (id, kind string, ok bool) {
-	rest, ok := strings.CutPrefix(addr, "/devices/")
+	rest, ok := strings.CutPrefix(nodePath(addr), "/devices/")
 	if !ok {
 		return "", "", false
 	}
@@ -151,7 +151,7 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 			a.mu.Unlock()
 		}
 		return nil
-	case strings.HasPrefix(l.Address, "/devices/"):
+	case strings.HasPrefix(nodePath(l.Address), "/devices/"):
 		if id, _, ok := deviceNode(l.Address); ok {
 			if !a.deviceAuthorized(id) {
 				return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
@@ -202,7 +202,7 @@ func (a *amqpLinks) Message(ctx context.Context, d *wire.Delivery) {
 		a.putToken(ctx, d)
 	case d.Link.Address == amqpC2D:
 		a.sendC2D(ctx, d)
-	case strings.HasPrefix(d.Link.Address, "/devices/"):
+	case strings.HasPrefix(nodePath(d.Link.Address), "/devices/"):
 		if id, _, ok := deviceNode(d.Link.Address); ok {
 			if !a.deviceAuthorized(id) {
 				_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the device token expired"})
