@@ -29,6 +29,9 @@ const (
 	eventFeedback = "feedback" // feedback records wait in the store
 	eventDesired  = "desired"  // Device's desired properties changed: Patch, Version
 	eventHubs     = "hubs"     // a hub was created or deleted
+	// Telemetry was stored up to sequence number Version
+	// (telemetrylog.go).
+	eventTelemetry = "telemetry"
 	// A direct method call for Device (Call names it, Method its
 	// request), answered by the node that has the device with
 	// eventTaken at once and eventAnswer (Result) when the device answers.
@@ -65,6 +68,12 @@ func (h *Hub) announce(ev hubEvent) {
 
 // announceC2D tells the other nodes that a message waits for id.
 func (h *Hub) announceC2D(id string) { h.announce(hubEvent{Event: eventC2D, Device: id}) }
+
+// announceTelemetry tells the other nodes that telemetry is stored up to
+// sequence number last.
+func (h *Hub) announceTelemetry(last int64) {
+	h.announce(hubEvent{Event: eventTelemetry, Version: last})
+}
 
 // announceDesired tells the other nodes of a desired-properties change
 // of the twin id; a patch too large for an event is read from the store
@@ -133,13 +142,17 @@ func (m *Manager) follow(ctx context.Context) {
 			go h.invokeFor(ev)
 		case eventTaken, eventAnswer:
 			h.remoteAnswer(ev)
+		case eventTelemetry:
+			if h.tlog != nil {
+				h.tlog.hint(ev.Version)
+			}
 		}
 	}
 }
 
 // resync does what events missed could have asked: start and stop the
-// hubs other nodes created and deleted, and offer every device connected
-// here what waits for it. Desired-property changes missed are not pushed:
+// hubs other nodes created and deleted, offer every device connected
+// here what waits for it, and read the telemetry other nodes stored. Desired-property changes missed are not pushed:
 // devices get them with their next twin read, as after a reconnection.
 func (m *Manager) resync(ctx context.Context) {
 	m.syncHubs(ctx)
@@ -154,6 +167,9 @@ func (m *Manager) resync(ctx context.Context) {
 			go h.deliverC2D(id)
 		}
 		go h.flushFeedback()
+		if h.tlog != nil {
+			h.tlog.hint(0)
+		}
 	}
 }
 

@@ -272,6 +272,9 @@ type hubOptions struct {
 	listener       func(net.Listener, string) net.Listener
 	shared         *Shared // set: no listeners of its own
 	bus            func(hubEvent)
+	// sharedStore is set when other nodes share the store (and bus
+	// reaches them).
+	sharedStore bool
 }
 
 // startHub binds the hub's listeners and serves them.
@@ -298,7 +301,11 @@ func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 	}
 	h.msgs.setPartitions(o.partitions)
 	if st != nil {
-		h.tlog = newTelemetryLog(st, cfg.Name, h.msgs, h.log)
+		var notify func(int64)
+		if o.sharedStore {
+			notify = h.announceTelemetry
+		}
+		h.tlog = newTelemetryLog(st, cfg.Name, h.msgs, h.log, notify)
 	}
 	h.c2d.dead = h.feedback
 	h.tls = &tls.Config{

@@ -312,6 +312,7 @@ func (m *Manager) runHub(cfg Config) error {
 		listener:       m.opt.Listener,
 		shared:         shared,
 		bus:            m.broadcast,
+		sharedStore:    m.bus != nil,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)

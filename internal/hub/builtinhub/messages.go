@@ -79,6 +79,10 @@ type messageBuffer struct {
 	// next write.
 	durable bool
 	dropped []int64
+	// last is the sequence number of the last message stored: the buffer
+	// holds every stored message up to it that the bounds keep, and a
+	// catch-up with other nodes' reads from there.
+	last int64
 }
 
 type keptMessage struct {
@@ -88,6 +92,11 @@ type keptMessage struct {
 	// endpoint: its partition and its sequence number there.
 	partition int
 	partSeq   int64
+	// own is set for a message this node stored (or found at its start):
+	// its record is this node's to delete when the buffer drops it.
+	// Another node's message that the buffer drops is deleted by that
+	// node, whose buffer drops it too.
+	own bool
 }
 
 // size is what m costs in the buffer, roughly: its strings, plus a fixed
@@ -141,7 +150,7 @@ func (b *messageBuffer) dropFirst(n int) {
 	}
 	for _, m := range b.msgs[:n] {
 		b.bytes -= m.size
-		if b.durable {
+		if b.durable && m.own {
 			b.dropped = append(b.dropped, m.SequenceNumber)
 		}
 	}

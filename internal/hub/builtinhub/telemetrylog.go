@@ -42,6 +42,17 @@ const (
 	// sharing the store contend for it as rarely. A crash leaves the rest
 	// of the block unused, a gap in the numbering.
 	reserveBlock = 1000
+	// maxSharedAttempts bounds the retries of a commit when nodes share
+	// the store: each one that fails means another node committed, so
+	// the nodes move on, but a busy peer may win several times in a row.
+	maxSharedAttempts = 32
+	// catchUpEvery is how often a node sharing the store reads the
+	// telemetry other nodes committed even without a hint from them: a
+	// hint lost only delays what this node shows.
+	catchUpEvery = 3 * time.Second
+	// maxCatchUpPages bounds the pages one catch-up reads; the rest comes
+	// with the next.
+	maxCatchUpPages = 64
 )
 
 // errLogClosed refuses telemetry that arrives while the hub stops.
@@ -76,6 +87,21 @@ type storedMessage struct {
 
 func telemetryID(hub string, seq int64) string { return fmt.Sprintf("%s/%020d", hub, seq) }
 
+// Nodes sharing a store (shared) each run the hub and show its whole
+// telemetry, as the one IoT Hub endpoint does. Their commits are put in
+// one order by the mark: each commit rewrites it, conditional on the
+// version the node last saw, with exactly the numbers it gives. A commit
+// therefore numbers after every commit before it, and a record becomes
+// visible only after all records with lower numbers: a reader that has
+// seen a sequence number (in the hub or in a partition) never finds a
+// lower one later. A commit that meets another node's reads the mark and
+// the records committed since (catchUp) and numbers again. After each
+// commit the node hints the others (eventTelemetry), which then read the
+// new records from the store; they also read it every catchUpEvery, so a
+// hint lost only delays. Each node deletes the records of its own
+// messages its buffer drops, and the buffers hold the same messages, so
+// the bounds apply to the hub's telemetry as a whole.
+
 // telemetryLog writes a hub's telemetry to the store before the device
 // hears that it was taken, as IoT Hub promises: an acknowledged message
 // survives a crash. One goroutine writes: each commit takes every message
@@ -101,6 +127,15 @@ type telemetryLog struct {
 	// it; the writer's alone.
 	markTag  string
 	reserved telemetryMark
+
+	// shared is set when other nodes write the same log; poke then holds
+	// a token when another node committed, notify tells the others of a
+	// commit, and stale is set (by the writer) when the buffer may lack
+	// records the mark counts.
+	shared bool
+	poke   chan struct{}
+	notify func(last int64)
+	stale  bool
 }
 
 // telemetryWrite is the messages of one device request and the answer to
@@ -111,11 +146,29 @@ type telemetryWrite struct {
 	done chan error // buffered
 }
 
-func newTelemetryLog(st store.Store, hub string, b *messageBuffer, log *slog.Logger) *telemetryLog {
+// newTelemetryLog is the log of hub; notify, when not nil, means other
+// nodes share the store and is told of each commit's last sequence number.
+func newTelemetryLog(st store.Store, hub string, b *messageBuffer, log *slog.Logger, notify func(last int64)) *telemetryLog {
 	b.mu.Lock()
 	b.durable = true
 	b.mu.Unlock()
-	return &telemetryLog{st: st, hub: hub, b: b, log: log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &telemetryLog{st: st, hub: hub, b: b, log: log, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		shared: notify != nil, poke: make(chan struct{}, 1), notify: notify}
+}
+
+// hint tells the writer that another node committed telemetry up to
+// sequence number last.
+func (l *telemetryLog) hint(last int64) {
+	l.b.mu.Lock()
+	behind := last == 0 || last > l.b.last
+	l.b.mu.Unlock()
+	if !behind {
+		return
+	}
+	select {
+	case l.poke <- struct{}{}:
+	default:
+	}
 }
 
 // keepTelemetry makes msgs durable and visible, in order, and returns when
@@ -165,7 +218,22 @@ func (l *telemetryLog) keep(msgs []Message) error {
 // returns.
 func (l *telemetryLog) run() {
 	defer close(l.done)
-	for range l.wake {
+	var tick <-chan time.Time
+	if l.shared {
+		t := time.NewTicker(catchUpEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.wake:
+		case <-l.poke:
+			l.refresh()
+			continue
+		case <-tick:
+			l.refresh()
+			continue
+		}
 		for {
 			batch := l.take()
 			if len(batch) == 0 {
@@ -250,8 +318,19 @@ func (l *telemetryLog) commit(msgs []Message) error {
 	ctx, cancel := context.WithTimeout(context.Background(), keepTimeout)
 	defer cancel()
 	var err error
-	for range maxLogAttempts {
-		kms, mark, deletes := l.b.prepare(msgs, l.reserved)
+	attempts := maxLogAttempts
+	if l.shared {
+		attempts = maxSharedAttempts
+		if l.stale {
+			if err := l.sync(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	// A delete that met another node's is not counted: it leaves the
+	// list of deletes one shorter.
+	for tries := 0; tries < attempts; {
+		kms, mark, deletes := l.b.prepare(msgs, l.reserved, l.shared)
 		writes := make([]store.Write, 0, len(kms)+len(deletes)+1)
 		for _, km := range kms {
 			data, jerr := json.Marshal(storedMessage{Message: km.Message, Partition: km.partition, PartitionSequence: km.partSeq})
@@ -279,6 +358,9 @@ func (l *telemetryLog) commit(msgs []Message) error {
 				l.markTag, l.reserved = recs[len(recs)-1].ETag, *mark
 			}
 			l.b.commit(kms, len(deletes))
+			if l.notify != nil && len(kms) > 0 {
+				l.notify(kms[len(kms)-1].SequenceNumber)
+			}
 			return nil
 		}
 		var be *store.BatchError
@@ -290,13 +372,80 @@ func (l *telemetryLog) commit(msgs []Message) error {
 			l.b.forgetDropped(deletes[be.Index-firstDelete])
 			continue
 		}
+		tries++
 		// Another node reserved numbers since this one last did: reserve
 		// after them.
+		if l.shared {
+			if rerr := l.sync(ctx); rerr != nil {
+				return rerr
+			}
+			continue
+		}
 		if rerr := l.readMark(ctx); rerr != nil {
 			return rerr
 		}
 	}
-	return fmt.Errorf("telemetry: %d attempts met other nodes' writes: %w", maxLogAttempts, err)
+	return fmt.Errorf("telemetry: %d attempts met other nodes' writes: %w", attempts, err)
+}
+
+// refresh reads what other nodes committed, outside a commit.
+func (l *telemetryLog) refresh() {
+	ctx, cancel := context.WithTimeout(context.Background(), keepTimeout)
+	defer cancel()
+	if err := l.sync(ctx); err != nil {
+		l.log.Debug("telemetry of other nodes not read; trying again", "err", err)
+	}
+}
+
+// sync reads the mark, then the records committed since the buffer's
+// last: in that order, since every record the mark counts is committed
+// with it, so the buffer then holds all of them (reading the records
+// first could miss those committed before a newer mark). Until it
+// succeeds the log is stale and numbers nothing.
+func (l *telemetryLog) sync(ctx context.Context) error {
+	l.stale = true
+	if err := l.readMark(ctx); err != nil {
+		return err
+	}
+	if err := l.catchUp(ctx); err != nil {
+		return err
+	}
+	l.stale = false
+	return nil
+}
+
+// catchUp adds to the buffer the records stored after its last message,
+// in order.
+func (l *telemetryLog) catchUp(ctx context.Context) error {
+	b := l.b
+	b.mu.Lock()
+	last := b.last
+	b.mu.Unlock()
+	opt := store.ListOptions{Ref: l.hub, After: telemetryID(l.hub, last), Limit: 1000}
+	for range maxCatchUpPages {
+		recs, more, err := l.st.List(ctx, KindTelemetry, opt)
+		if err != nil {
+			return fmt.Errorf("read telemetry of other nodes: %w", err)
+		}
+		kms := make([]keptMessage, 0, len(recs))
+		for _, r := range recs {
+			if !strings.Contains(r.ID, "/") {
+				continue
+			}
+			var sm storedMessage
+			if err := json.Unmarshal(r.Data, &sm); err != nil {
+				l.log.Warn("telemetry record unreadable; skipped", "id", r.ID, "err", err)
+				continue
+			}
+			kms = append(kms, keptMessage{Message: sm.Message, size: size(sm.Message), partition: sm.Partition, partSeq: sm.PartitionSequence})
+		}
+		b.appendStored(kms)
+		if !more || len(recs) == 0 {
+			return nil
+		}
+		opt.After = recs[len(recs)-1].ID
+	}
+	return errors.New("read telemetry of other nodes: more than one catch-up's worth")
 }
 
 // markWrite is the write of mark, conditional on the mark this node last
@@ -379,7 +528,11 @@ func (l *telemetryLog) readMark(ctx context.Context) error {
 // the buffer, and returns them with up to maxLogDeletes sequence numbers
 // of dropped messages to delete, and, when they go past the numbers
 // reserved, a mark that reserves more.
-func (b *messageBuffer) prepare(msgs []Message, reserved telemetryMark) ([]keptMessage, *telemetryMark, []int64) {
+//
+// exact (nodes sharing the store) reserves exactly the numbers given, in
+// a mark written with every commit, which puts the nodes' commits in one
+// order.
+func (b *messageBuffer) prepare(msgs []Message, reserved telemetryMark, exact bool) ([]keptMessage, *telemetryMark, []int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.parts) == 0 {
@@ -401,6 +554,18 @@ func (b *messageBuffer) prepare(msgs []Message, reserved telemetryMark) ([]keptM
 		kms[i] = km
 	}
 	var mark *telemetryMark
+	if exact {
+		mark = &telemetryMark{Sequence: seq, Partitions: make([]partitionMark, len(next))}
+		for i, p := range b.parts {
+			mark.Partitions[i] = partitionMark{Next: next[i], LastOffset: p.lastOffset, LastTime: p.lastTime}
+		}
+		for _, km := range kms {
+			pm := &mark.Partitions[km.partition]
+			pm.LastOffset, pm.LastTime = km.SequenceNumber, km.EnqueuedTime
+		}
+		deletes := b.dropped[:min(len(b.dropped), maxLogDeletes)]
+		return kms, mark, append([]int64(nil), deletes...)
+	}
 	short := seq > reserved.Sequence || len(reserved.Partitions) != len(next)
 	for i := 0; !short && i < len(next); i++ {
 		short = next[i] > reserved.Partitions[i].Next
@@ -444,8 +609,37 @@ func (b *messageBuffer) commit(kms []keptMessage, deleted int) {
 		st.next = km.partSeq + 1
 		st.lastOffset, st.lastTime = km.SequenceNumber, km.EnqueuedTime
 		b.seq = km.SequenceNumber
+		b.last = km.SequenceNumber
+		km.own = true
 		b.msgs = append(b.msgs, km)
 		b.bytes += km.size
+	}
+	b.trim()
+	close(b.added)
+	b.added = make(chan struct{})
+}
+
+// appendStored adds messages other nodes stored, in order, after the
+// buffer's last.
+func (b *messageBuffer) appendStored(kms []keptMessage) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	added := false
+	for _, km := range kms {
+		if km.SequenceNumber <= b.last || km.partition < 0 || km.partition >= len(b.parts) {
+			continue
+		}
+		st := &b.parts[km.partition]
+		st.next = max(st.next, km.partSeq+1)
+		st.lastOffset, st.lastTime = km.SequenceNumber, km.EnqueuedTime
+		b.seq = max(b.seq, km.SequenceNumber)
+		b.last = km.SequenceNumber
+		b.msgs = append(b.msgs, km)
+		b.bytes += km.size
+		added = true
+	}
+	if !added {
+		return
 	}
 	b.trim()
 	close(b.added)
@@ -513,7 +707,7 @@ func (l *telemetryLog) load(ctx context.Context) error {
 				l.log.Warn("telemetry record unreadable; skipped", "id", r.ID, "err", err)
 				continue
 			}
-			kms = append(kms, keptMessage{Message: sm.Message, size: size(sm.Message), partition: sm.Partition, partSeq: sm.PartitionSequence})
+			kms = append(kms, keptMessage{Message: sm.Message, size: size(sm.Message), partition: sm.Partition, partSeq: sm.PartitionSequence, own: true})
 		}
 		if !more || len(recs) == 0 {
 			break
@@ -537,6 +731,7 @@ func (l *telemetryLog) load(ctx context.Context) error {
 		b.msgs = append(b.msgs, km)
 		b.bytes += km.size
 		b.seq = max(b.seq, km.SequenceNumber)
+		b.last = max(b.last, km.SequenceNumber)
 		st := &b.parts[km.partition]
 		st.next = max(st.next, km.partSeq+1)
 		st.lastOffset, st.lastTime = km.SequenceNumber, km.EnqueuedTime
@@ -565,10 +760,11 @@ func (l *telemetryLog) importLegacy(ctx context.Context, msgs []Message) error {
 	b.mu.Lock()
 	var kms []keptMessage
 	for _, m := range msgs {
-		km := keptMessage{Message: m, size: size(m)}
+		km := keptMessage{Message: m, size: size(m), own: true}
 		b.place(&km)
 		kms = append(kms, km)
 		b.seq = max(b.seq, m.SequenceNumber)
+		b.last = max(b.last, m.SequenceNumber)
 	}
 	parts := make([]partitionMark, len(b.parts))
 	for i, p := range b.parts {

@@ -47,7 +47,7 @@ func BenchmarkTelemetryIngest(b *testing.B) {
 			}
 			defer st.Close()
 			buf := newMessageBuffer(DefaultMessageBuffer, 0, 0, nil)
-			l := newTelemetryLog(st, "bench-hub", buf, slog.New(slog.DiscardHandler))
+			l := newTelemetryLog(st, "bench-hub", buf, slog.New(slog.DiscardHandler), nil)
 			if err := l.load(context.Background()); err != nil {
 				b.Fatal(err)
 			}

@@ -31,7 +31,7 @@ func startLog(t *testing.T, st store.Store, n, maxBytes int) (*messageBuffer, *t
 	t.Helper()
 	b := newMessageBuffer(n, maxBytes, 0, nil)
 	b.setPartitions(4)
-	l := newTelemetryLog(st, "tl-hub", b, slog.New(slog.DiscardHandler))
+	l := newTelemetryLog(st, "tl-hub", b, slog.New(slog.DiscardHandler), nil)
 	if err := l.load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -189,5 +189,98 @@ func TestTelemetryLogImportsTheOldSnapshot(t *testing.T) {
 	got := snapshot(b)
 	if len(got) != 3 || got[0].body != "eight" || got[1].seq != 9 || got[2].seq <= 9 || got[2].partSeq <= 1 {
 		t.Fatalf("after the import: %v", got)
+	}
+}
+
+// startSharedLogs starts n logs of one hub over st as nodes sharing a
+// store do: each commit hints the others.
+func startSharedLogs(t *testing.T, st store.Store, n, keep int) ([]*messageBuffer, []*telemetryLog) {
+	t.Helper()
+	bufs := make([]*messageBuffer, n)
+	logs := make([]*telemetryLog, n)
+	for i := range n {
+		bufs[i] = newMessageBuffer(keep, 0, 0, nil)
+		bufs[i].setPartitions(4)
+		logs[i] = newTelemetryLog(st, "tl-hub", bufs[i], slog.New(slog.DiscardHandler), func(last int64) {
+			for j, other := range logs {
+				if j != i {
+					other.hint(last)
+				}
+			}
+		})
+	}
+	for _, l := range logs {
+		if err := l.load(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range logs {
+		l.start()
+		t.Cleanup(func() { _ = l.close(context.Background()) })
+	}
+	return bufs, logs
+}
+
+// TestTelemetryLogSharedView runs two logs of one hub that share a store
+// and write the same partitions at once: each shows the whole hub's
+// telemetry, in one order, with every partition's sequence numbers
+// consecutive (so a reader resuming from one never misses one committed
+// later by the other node), and the bound applies to the hub's messages
+// as a whole, in the store too.
+func TestTelemetryLogSharedView(t *testing.T) {
+	st := openTelemetryStore(t)
+	const keep, senders, each = 30, 4, 20
+	bufs, logs := startSharedLogs(t, st, 2, keep)
+	var wg sync.WaitGroup
+	for i := range senders {
+		l := logs[i%2]
+		wg.Go(func() {
+			for j := range each {
+				if err := l.keep([]Message{{DeviceID: fmt.Sprintf("dev-%d", j%3), Body: fmt.Sprintf("%d-%d", i, j), EnqueuedTime: time.Now()}}); err != nil {
+					t.Errorf("keep: %v", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var a, c []placed
+	for range 200 {
+		a, c = snapshot(bufs[0]), snapshot(bufs[1])
+		if len(a) > 0 && slices.Equal(a, c) && a[len(a)-1].seq == senders*each {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !slices.Equal(a, c) {
+		t.Fatalf("the nodes show different telemetry:\n%v\n%v", a, c)
+	}
+	if len(a) != keep || a[len(a)-1].seq != senders*each {
+		t.Fatalf("a node shows %d messages up to %d; want the hub's last %d, up to %d: %v", len(a), a[len(a)-1].seq, keep, senders*each, a)
+	}
+	lastIn := map[int]int64{}
+	for i, p := range a {
+		if i > 0 && p.seq != a[i-1].seq+1 {
+			t.Fatalf("hub sequence numbers not consecutive: %v", a)
+		}
+		if prev, ok := lastIn[p.partition]; ok && p.partSeq != prev+1 {
+			t.Fatalf("partition %d: %d after %d: %v", p.partition, p.partSeq, prev, a)
+		}
+		lastIn[p.partition] = p.partSeq
+	}
+	// The store holds the hub's bound, not one per node: the kept
+	// messages, the mark, and at most a commit's worth of dropped ones
+	// each node deletes with its next write.
+	if err := logs[0].keep([]Message{{DeviceID: "dev-0", Body: "last-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := logs[1].keep([]Message{{DeviceID: "dev-0", Body: "last-c"}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := st.List(t.Context(), KindTelemetry, store.ListOptions{Ref: "tl-hub", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) > keep+1+8 {
+		t.Fatalf("the store keeps %d telemetry records for a hub bound of %d", len(recs), keep)
 	}
 }
