@@ -51,9 +51,9 @@ func (hc *hubCluster) cli(t *testing.T, n *node, args ...string) string {
 
 // startHubCluster starts two nodes over PostgreSQL and creates a hub
 // through the first; the second starts it when told.
-func startHubCluster(t *testing.T) *hubCluster {
+func startHubCluster(t *testing.T, env ...string) *hubCluster {
 	t.Helper()
-	c := startCluster(t, clusterOptions{nodes: 2})
+	c := startCluster(t, clusterOptions{nodes: 2, env: env})
 	hc := &hubCluster{cluster: c, name: "mn-hub", roots: x509.NewCertPool()}
 	var info struct {
 		HostName         string `json:"hostName"`

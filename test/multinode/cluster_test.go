@@ -95,13 +95,15 @@ type cluster struct {
 	nodes []*node
 	scope string
 	hub   *fakeHub // linked; every test enrollment allocates to it
+	env   []string // more environment of every node
 }
 
 // options of a cluster.
 type clusterOptions struct {
 	nodes    int
-	sqlite   bool   // one node on the embedded store instead of PostgreSQL
-	logLevel string // default "info"
+	sqlite   bool     // one node on the embedded store instead of PostgreSQL
+	logLevel string   // default "info"
+	env      []string // more environment of every node (NAME=value)
 }
 
 // startCluster starts the nodes at the same time on a fresh schema, as an
@@ -113,7 +115,7 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	if o.nodes < 1 || o.nodes > maxNodes-1 {
 		t.Fatalf("cluster of %d nodes: want 1..%d", o.nodes, maxNodes-1)
 	}
-	c := &cluster{store: "sqlite", certs: testCerts(t)}
+	c := &cluster{store: "sqlite", certs: testCerts(t), env: o.env}
 	if !o.sqlite {
 		c.dsn = pgtest.Schema(t)
 		c.store = c.dsn
@@ -195,7 +197,7 @@ func (c *cluster) startNode(t *testing.T, i int, logLevel, dataDir string) (*nod
 		// The nodes reach the test's hub over HTTPS with its certificate
 		// from the test CA; Go's certificate pool on Unix reads
 		// SSL_CERT_FILE.
-		Env: []string{"SSL_CERT_FILE=" + c.certs.CAFile},
+		Env: append([]string{"SSL_CERT_FILE=" + c.certs.CAFile}, c.env...),
 	})
 	if err != nil {
 		return nil, err
