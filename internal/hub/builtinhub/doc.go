@@ -22,5 +22,6 @@
 // (telemetrylog.go) and served from a buffer per hub bounded by count,
 // bytes and age. Nodes sharing a store run every hub of the shared
 // endpoint and tell each other what concerns a device connected to
-// another (cluster.go). The wire behaviour follows iothub-surface.md.
+// another (cluster.go); each shows the hub's whole telemetry, read from
+// the store in one order (telemetrylog.go). The wire behaviour follows iothub-surface.md.
 package builtinhub
