@@ -130,7 +130,8 @@ func (hc *hubCluster) listed(t *testing.T, n *node) ([]string, []int64) {
 // Event Hubs consumer on node B receives the messages sent through A
 // live, in one order with consecutive sequence numbers; one resuming from
 // a sequence number gets exactly the rest; `dpsd hub messages` on either
-// node lists the hub's whole telemetry; and the hub's bound (20 messages
+// node lists the hub's whole telemetry; devices sending at once through
+// both nodes get one order, the same on both; and the hub's bound (20 messages
 // here) applies to the hub's messages as a whole, not per node.
 func TestHubTelemetryAcrossNodes(t *testing.T) {
 	const keep = 20
@@ -190,6 +191,47 @@ func TestHubTelemetryAcrossNodes(t *testing.T) {
 		if bodies, _ := hc.listed(t, n); !slices.Equal(bodies, want) {
 			t.Fatalf("dpsd hub messages on %s lists %v; want %v", n.name, bodies, want)
 		}
+	}
+
+	// Both devices at once, through their own nodes: the nodes' commits
+	// meet, and every event still comes once, in one order, with
+	// consecutive sequence numbers, the same on both nodes (fewer than
+	// the bound, so a live consumer cannot fall behind what is dropped).
+	liveA := hc.eventReader(t, a, p, "amqp.annotation.x-opt-offset > '@latest'")
+	liveB := hc.eventReader(t, b, p, "amqp.annotation.x-opt-offset > '@latest'")
+	const burst = 8
+	done := make(chan struct{}, 2)
+	for _, d := range []struct {
+		cl paho.Client
+		id string
+	}{{clA, idA}, {clB, idB}} {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range burst {
+				if tok := d.cl.Publish("devices/"+d.id+"/messages/events/", 1, false, fmt.Sprintf("%s-burst-%d", d.id, i)); !tok.WaitTimeout(liveWait) || tok.Error() != nil {
+					t.Errorf("device %s: burst %d: %v", d.id, i, tok.Error())
+					return
+				}
+			}
+		}()
+	}
+	<-done
+	<-done
+	onA := nextEvents(t, liveA, 2*burst, "the burst on A")
+	onB := nextEvents(t, liveB, 2*burst, "the burst on B")
+	if !slices.Equal(onA, onB) {
+		t.Fatalf("the burst on A:\n%v\non B:\n%v", onA, onB)
+	}
+	for i, e := range onB {
+		if i > 0 && e.sequence != onB[i-1].sequence+1 {
+			t.Fatalf("the burst's sequence numbers are not consecutive: %v", onB)
+		}
+	}
+	if onB[0].sequence != got[len(got)-1].sequence+1 {
+		t.Fatalf("the burst starts at sequence number %d after %d", onB[0].sequence, got[len(got)-1].sequence)
+	}
+	for _, e := range onB {
+		want = append(want, e.body)
 	}
 
 	// Past the bound: both keep the hub's newest 20, whichever node took
