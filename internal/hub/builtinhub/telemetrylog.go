@@ -394,6 +394,38 @@ func (l *telemetryLog) refresh() {
 	defer cancel()
 	if err := l.sync(ctx); err != nil {
 		l.log.Debug("telemetry of other nodes not read; trying again", "err", err)
+		return
+	}
+	l.deleteDropped(ctx)
+}
+
+// deleteDropped deletes the records of messages this node stored that
+// the buffer dropped since its last commit: other nodes' telemetry pushes
+// them out too, and a node that receives none would otherwise keep them
+// in the store past the bounds until its next commit.
+func (l *telemetryLog) deleteDropped(ctx context.Context) {
+	for range maxLogAttempts {
+		l.b.mu.Lock()
+		deletes := append([]int64(nil), l.b.dropped[:min(len(l.b.dropped), maxLogDeletes)]...)
+		l.b.mu.Unlock()
+		if len(deletes) == 0 {
+			return
+		}
+		writes := make([]store.Write, len(deletes))
+		for i, seq := range deletes {
+			writes[i] = store.Write{Delete: true, Record: store.Record{Kind: KindTelemetry, ID: telemetryID(l.hub, seq)}}
+		}
+		_, err := apply(ctx, l.st, writes)
+		if err == nil {
+			l.b.forgetDeleted(len(deletes))
+			continue
+		}
+		var be *store.BatchError
+		if !errors.As(err, &be) || be.Index >= len(deletes) {
+			l.log.Debug("dropped telemetry not deleted; deleted with the next commit", "err", err)
+			return
+		}
+		l.b.forgetDropped(deletes[be.Index]) // another node deleted it
 	}
 }
 
@@ -644,6 +676,17 @@ func (b *messageBuffer) appendStored(kms []keptMessage) {
 	b.trim()
 	close(b.added)
 	b.added = make(chan struct{})
+}
+
+// forgetDeleted forgets the first n dropped messages, whose records are
+// gone.
+func (b *messageBuffer) forgetDeleted(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropped = b.dropped[min(n, len(b.dropped)):]
+	if len(b.dropped) == 0 {
+		b.dropped = nil
+	}
 }
 
 // forgetDropped stops deleting a record another node deleted.
