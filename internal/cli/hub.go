@@ -341,6 +341,7 @@ func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 		{"State", state},
 		{"Service REST + MQTT/WebSockets", in.HTTPSAddr},
 		{"Device MQTT", in.MQTTAddr},
+		{"AMQP and Event Hubs", in.AMQPAddr},
 		{"Hosts-file line", in.HostsLine},
 	}
 	if in.EventHubConnectionString != "" {

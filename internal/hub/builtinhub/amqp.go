@@ -13,8 +13,11 @@ import (
 	"time"
 
 	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/connlimit"
+	"github.com/dpsd/dpsd/internal/eventhub"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // The hub's AMQP endpoint, as the Azure SDKs use it: claims-based
@@ -33,10 +36,16 @@ const (
 	cbsPutToken  = "put-token"
 )
 
-// newAMQPServer returns the AMQP server of the shared endpoint.
-func (m *Manager) newAMQPServer() *wire.Server {
+// newAMQPServer returns the AMQP server of the shared endpoint (pinned
+// nil), whose connections are told apart by the names they use, or of the
+// listeners of hub pinned alone, whose connections are all its own.
+func (m *Manager) newAMQPServer(pinned *Hub) *wire.Server {
+	log := m.log
+	if pinned != nil {
+		log = pinned.log
+	}
 	return wire.NewServer(wire.Options{
-		Handler: amqpHandler{m},
+		Handler: amqpHandler{m: m, pinned: pinned},
 		SASL: []wire.SASLServer{
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 			// A service token as the password (user {policy}@sas.root.{hub}),
@@ -50,7 +59,7 @@ func (m *Manager) newAMQPServer() *wire.Server {
 		MaxSessions:      m.eventHubPartitions() + 4,
 		ContainerID:      "dpsd-hub",
 		HandshakeTimeout: m.opt.ConnectTimeout,
-		Logger:           m.log.With("component", "hub-amqp"),
+		Logger:           log.With("component", "hub-amqp"),
 	})
 }
 
@@ -60,10 +69,59 @@ func (f *front) serveAMQP(c net.Conn) {
 	_ = f.m.amqp.ServeConn(f.ctx, tc)
 }
 
-type amqpHandler struct{ m *Manager }
+// acceptAMQP serves the connections of the hub's own AMQP listener until
+// it is closed.
+func (h *Hub) acceptAMQP() {
+	for {
+		c, err := connlimit.Accept(h.amqpL, h.log, "hub amqp")
+		if err != nil {
+			return
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			// The handshake runs on the first read, under the server's
+			// handshake timeout.
+			_ = h.amqp.ServeConn(h.amqpCtx, tls.Server(c, h.tls))
+		}()
+	}
+}
 
-// Open finds the hub by the TLS server name, or the open frame's hostname.
+// serveAMQPWebSocket serves AMQP over WebSockets on the hub's own HTTPS
+// listener when r asks for it (any path: /$iothub/websocket for devices
+// and services, /$servicebus/websocket for Event Hubs clients) and
+// reports whether it did.
+func (h *Hub) serveAMQPWebSocket(w http.ResponseWriter, r *http.Request) bool {
+	if h.amqp == nil || !wsconn.IsUpgrade(r) || !wsconn.Offers(r, amqpWebSocketSubprotocol) {
+		return false
+	}
+	if !h.enter() {
+		http.Error(w, "the hub is stopping", http.StatusServiceUnavailable)
+		return true
+	}
+	defer h.wg.Done()
+	c, err := wsconn.UpgradeSubprotocol(w, r, amqpWebSocketSubprotocol)
+	if err != nil {
+		return true // answered
+	}
+	_ = h.amqp.ServeConn(h.amqpCtx, c)
+	return true
+}
+
+// amqpHandler opens the AMQP connections of the shared endpoint or, when
+// pinned is set, of that hub's own listeners.
+type amqpHandler struct {
+	m      *Manager
+	pinned *Hub
+}
+
+// Open finds the hub: the pinned one, or by the TLS server name, or the
+// open frame's hostname.
 func (a amqpHandler) Open(c *wire.Conn) (wire.LinkHandler, error) {
+	if h := a.pinned; h != nil {
+		base := &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}
+		return eventhub.Wrap(c, base, h.eventHubResolver, h.amqpPort(), h.log.With("component", "hub-eventhub")), nil
+	}
 	var h *Hub
 	if tc, ok := c.NetConn().(*tls.Conn); ok {
 		h = a.m.byHost(tc.ConnectionState().ServerName)

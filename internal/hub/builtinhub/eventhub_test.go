@@ -415,9 +415,10 @@ func TestEventHubRedirect(t *testing.T) {
 	}
 }
 
-// dialAMQPWebSocket opens AMQP over a WebSocket to the hubs' HTTPS
-// listener at path, as the Event Hubs clients do with webSocketOptions.
-func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
+// dialAMQPWebSocket opens AMQP over a WebSocket to the HTTPS listener at
+// httpsAddr, path, as the Event Hubs clients do with webSocketOptions;
+// host is the TLS server name and the open frame's host name.
+func dialAMQPWebSocket(t *testing.T, e *env, httpsAddr, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -426,7 +427,7 @@ func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, pa
 		Subprotocols:     []string{"AMQPWSB10"},
 		HandshakeTimeout: 10 * time.Second,
 		NetDialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, shared.HTTPSAddr)
+			return (&net.Dialer{}).DialContext(ctx, network, httpsAddr)
 		},
 	}
 	ws, resp, err := d.DialContext(ctx, "wss://"+host+path, nil)
@@ -461,7 +462,7 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	dc.publish(t, "devices/thermo-ws/messages/events/$.mid=ws-1&k=v", 1, `{"t":19.5}`)
 
 	service := policyKey(t, h, "service")
-	c := newEHClient(t, dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
+	c := newEHClient(t, dialAMQPWebSocket(t, e, shared.HTTPSAddr, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
 	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", service); code != 202 {
 		t.Fatalf("put-token over WebSockets: status %d, want 202", code)
 	}
@@ -480,7 +481,7 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
+	conn := dialAMQPWebSocket(t, e, shared.HTTPSAddr, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := conn.NewSession(ctx, nil)
