@@ -18,7 +18,8 @@ import (
 )
 
 // ownAddrPrefix is the loopback range of the tests of hubs with their own
-// address and AMQP listener, apart from the other tests'.
+// address and AMQP listener, apart from the other tests'; test/e2e takes
+// its low host numbers.
 const ownAddrPrefix = "127.0.26"
 
 // sendTelemetry sends one message with id on a device's telemetry link.
@@ -48,7 +49,7 @@ func (c *amqpClient) sendTelemetry(deviceID, id, body string) {
 func TestOwnAddressHubAMQP(t *testing.T) {
 	e := newEnv(t, nil)
 	const name, dev = "own-amqp-hub", "sensor-1"
-	ip := ownAddrPrefix + ".1"
+	ip := ownAddrPrefix + ".201"
 	h := e.createHub(name, ip)
 	createDevice(t, h, dev)
 	host := h.Config().HostName
@@ -185,7 +186,7 @@ func TestOwnAddressHubAMQP(t *testing.T) {
 // address is not created, the error says why, and the HTTPS and MQTT
 // listeners bound before it are let go.
 func TestOwnAddressHubAMQPBindFailure(t *testing.T) {
-	ip := ownAddrPrefix + ".2"
+	ip := ownAddrPrefix + ".202"
 	freePort := func() string {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
