@@ -416,7 +416,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg}); err != nil {
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg, IDScope: s.inst.IDScope}); err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
 	// The console forwards its pages' calls to this node's own handlers,

@@ -95,6 +95,10 @@ type Options struct {
 	// AnswerTimeout bounds the wait for the device's credit to send an
 	// answer; default 30 s.
 	AnswerTimeout time.Duration
+	// IDScope is the instance's ID scope: the scope of a TPM device whose
+	// SASL exchange names none (the early C SDK's, which sent its
+	// endorsement key alone).
+	IDScope string
 }
 
 // Server is the DPS AMQP transport. Create it with New.
@@ -106,6 +110,7 @@ type Server struct {
 	tlsConfig     *tls.Config
 	handshake     time.Duration
 	answerTimeout time.Duration
+	scope         string
 	wire          *wire.Server
 
 	baseCtx context.Context
@@ -130,6 +135,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		maxInflight:   opts.MaxInflight,
 		handshake:     opts.HandshakeTimeout,
 		answerTimeout: opts.AnswerTimeout,
+		scope:         opts.IDScope,
 		listeners:     make(map[net.Listener]struct{}),
 	}
 	if s.log == nil {
@@ -165,7 +171,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		// themselves through the TPM mechanism's challenge (tpm.go).
 		SASL: []wire.SASLServer{
 			wire.PlainServer(nil),
-			{Name: "TPM", New: func(string) wire.SASLMechanism { return &tpmSASL{s: s} }},
+			{Name: "TPM", New: func(host string) wire.SASLMechanism { return &tpmSASL{s: s, hostname: host} }},
 			{Name: "EXTERNAL", New: func(string) wire.SASLMechanism { return &wire.External{} }},
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 		},
