@@ -23,8 +23,14 @@ import (
 // (HTTPS and MQTT) on 127.0.10.20, as a node's hubs share its listeners.
 func sharedEnv(t *testing.T) (*env, *builtinhub.Shared) {
 	t.Helper()
+	return sharedEnvAt(t, "127.0.10.20")
+}
+
+// sharedEnvAt is sharedEnv on address ip.
+func sharedEnvAt(t *testing.T, ip string) (*env, *builtinhub.Shared) {
+	t.Helper()
 	listen := func() net.Listener {
-		l, err := net.Listen("tcp", "127.0.10.20:0")
+		l, err := net.Listen("tcp", ip+":0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,7 +38,7 @@ func sharedEnv(t *testing.T) (*env, *builtinhub.Shared) {
 		return l
 	}
 	httpsL, mqttL, amqpL := listen(), listen(), listen()
-	shared := &builtinhub.Shared{Address: "127.0.10.20", HTTPSAddr: httpsL.Addr().String(), MQTTAddr: mqttL.Addr().String(), AMQPAddr: amqpL.Addr().String()}
+	shared := &builtinhub.Shared{Address: ip, HTTPSAddr: httpsL.Addr().String(), MQTTAddr: mqttL.Addr().String(), AMQPAddr: amqpL.Addr().String()}
 	e := newEnv(t, func(o *builtinhub.Options) { o.Shared = shared })
 	m := e.m
 	go func() { _ = m.ServeListener(builtinhub.ProtocolHTTPS, httpsL) }()
