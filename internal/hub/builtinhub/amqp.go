@@ -46,7 +46,7 @@ func (m *Manager) newAMQPServer() *wire.Server {
 			// The C SDK's: its token goes to $cbs as well.
 			wire.CBSServer(),
 		},
-		AllowNoSASL: true,
+		AllowNoSASL:      true,
 		MaxSessions:      m.AMQPMaxSessions(),
 		ContainerID:      "dpsd-hub",
 		HandshakeTimeout: m.opt.ConnectTimeout,
