@@ -150,6 +150,15 @@ func deviceLink(addr string) (id, kind string, ok bool) {
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
+	if rest, ok := strings.CutPrefix(l.Address, "amqps://"); ok {
+		// The C SDK puts the host it dialled in front of its device
+		// links: amqps://{host}/devices/{id}/messages/events.
+		host, path, _ := strings.Cut(rest, "/")
+		if h := a.hub(); h != nil && !h.isAlias(host) && !h.isAlias(hostOnly(host)) {
+			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("the link address %q names another host than hub %s", l.Address, h.cfg.HostName)}
+		}
+		l.Address = "/" + path
+	}
 	switch {
 	case l.Address == amqpCBS:
 		if !l.PeerIsSender {

@@ -68,9 +68,14 @@ func (c *amqpByAddress) putDeviceToken(host, id string) (int32, string) {
 
 // send sends one telemetry message as device id.
 func (c *amqpByAddress) send(id, body string) error {
+	return c.sendTo("/devices/"+id+"/messages/events", body)
+}
+
+// sendTo sends one telemetry message on a link to addr.
+func (c *amqpByAddress) sendTo(addr, body string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := c.sess.NewSender(ctx, "/devices/"+id+"/messages/events", nil)
+	s, err := c.sess.NewSender(ctx, addr, nil)
 	if err != nil {
 		return err
 	}
@@ -123,10 +128,15 @@ func TestAMQPByAddress(t *testing.T) {
 		if code, desc := c.putDeviceToken(shared.Address, "dev-only-a"); code != 200 {
 			t.Fatalf("put-token for the address: %d %s", code, desc)
 		}
-		if err := c.send("dev-only-a", "by-address-token"); err != nil {
+		// The C SDK's link address names the host it dialled.
+		if err := c.sendTo("amqps://"+shared.Address+"/devices/dev-only-a/messages/events", "by-address-token"); err != nil {
 			t.Fatal(err)
 		}
 		waitMessage(t, a, "dev-only-a", "by-address-token")
+		err = c.sendTo("amqps://"+bHost+"/devices/dev-only-a/messages/events", "elsewhere")
+		if err == nil || !strings.Contains(err.Error(), "names another host than hub "+aHost) {
+			t.Errorf("a link naming hub b on hub a's connection: %v", err)
+		}
 	})
 	t.Run("token for the address, device in two hubs: refused", func(t *testing.T) {
 		c, err := dialByAddress(t, e, shared, shared.Address, nil)
