@@ -169,8 +169,16 @@ func TestRefusalsLeadSomewhere(t *testing.T) {
 		})
 	}
 
-	if _, err := run("registration", "show", "--tracking-id", "no-such-id"); err == nil || !strings.Contains(err.Error(), "no refused request with tracking id no-such-id") {
-		t.Errorf("unknown tracking id: %v", err)
+	for _, format := range []string{"table", "json"} {
+		out, err := run("registration", "show", "--tracking-id", "no-such-id", "-o", format)
+		if err == nil || !strings.Contains(err.Error(), "no refused request with tracking id no-such-id") {
+			t.Errorf("unknown tracking id, -o %s: %v", format, err)
+		}
+		if format == "json" && strings.TrimSpace(out) != `{
+  "refusals": []
+}` {
+			t.Errorf("unknown tracking id, -o json printed %q", out)
+		}
 	}
 	if _, err := run("registration", "show"); err == nil {
 		t.Error("registration show with neither id: no error")

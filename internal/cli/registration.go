@@ -57,7 +57,8 @@ attempt's status and answer, and the outcome.
 With -o json the answer is the record alone; with --allocation-log it is
 {"registration": <record>, "allocationLog": {"registrationId": ..., "entries": [...]}},
 and with --refusals the object also has "refusals": [...] (registration is
-null for a device without a record). --tracking-id prints {"refusals": [...]}.`,
+null for a device without a record). --tracking-id prints {"refusals": [...]};
+when none is found the list is empty and the command exits 1.`,
 		Args: cobra.NoArgs,
 	}
 	cmd.Flags().StringVar(&id, "registration-id", "", "registration ID of the device")
@@ -79,11 +80,20 @@ null for a device without a record). --tracking-id prints {"refusals": [...]}.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return writeJSON(w, rs)
-			}
+			// Nothing found is an error in either format, as for an unknown
+			// registration id; JSON still prints its (empty) list.
+			var notFound error
 			if len(rs.Refusals) == 0 {
-				return fmt.Errorf("no refused request with tracking id %s is kept (a node alone keeps its latest 1,000 refusals, nodes sharing a PostgreSQL store the latest 10,000 of the last 7 days)", trackingID)
+				notFound = fmt.Errorf("no refused request with tracking id %s is kept (a node alone keeps its latest 1,000 refusals, nodes sharing a PostgreSQL store the latest 10,000 of the last 7 days)", trackingID)
+			}
+			if asJSON {
+				if err := writeJSON(w, rs); err != nil {
+					return err
+				}
+				return notFound
+			}
+			if notFound != nil {
+				return notFound
 			}
 			return printRefusals(w, rs.Refusals)
 		}

@@ -150,6 +150,13 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *Store, err error
 		// Truncate the WAL after checkpoints so a burst of large documents
 		// does not leave a large -wal file behind.
 		"PRAGMA journal_size_limit = 67108864",
+		// Keep the savepoint journal of an Apply in memory. On disk it
+		// grows across a whole group commit (SQLite truncates only an
+		// in-memory one when a savepoint is released), and each page a
+		// batch first touches cost a pwrite there: 7 % of the process's
+		// CPU under HTTPS load. It never needs to survive a crash; the
+		// WAL makes commits durable.
+		"PRAGMA temp_store = MEMORY",
 	} {
 		if _, err := conn.ExecContext(ctx, p); err != nil {
 			return nil, fmt.Errorf("sqlite: %s: %w", p, mapErr(err))
