@@ -16,8 +16,9 @@ const hubAddrPrefix = "127.0.23"
 // and AMQP over WebSockets reaching each by dpsd's IP address
 // (GatewayHostName), with no TLS server name or Host header naming the
 // hub: telemetry, and cloud-to-device messages from each hub's service
-// client to its own device. The hubs then hold the telemetry of their own
-// devices only.
+// client to its own device; then @azure/event-hubs with
+// Endpoint=sb://<IP>/ reads each hub's telemetry. The hubs hold the
+// telemetry of their own devices only.
 func TestNodeSDKHubsOnOneAddress(t *testing.T) {
 	t.Parallel()
 	nodeTool(t)

@@ -8,7 +8,8 @@
 // {hubHostName}/devices/{id}) says which hub. The same device id exists in
 // both hubs, with different keys: a connection given to the wrong hub
 // fails to authenticate, and a message sent through one hub must reach
-// the device connected to that hub.
+// the device connected to that hub. An Event Hubs consumer with
+// Endpoint=sb://<IP>/ then reads each hub's telemetry.
 //
 // Run by TestNodeSDKHubsOnOneAddress (test/e2e/hubaddr_test.go), which
 // starts "dpsd serve" on the standard ports of a loopback address,
@@ -50,6 +51,7 @@ const { Client: DeviceClient } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { Message } = require('azure-iot-common');
+const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 
 const STEP_MS = 20000;
 
@@ -120,6 +122,36 @@ for (const tr of [{ name: 'Amqp', ctor: Amqp }, { name: 'AmqpWs', ctor: AmqpWs }
     }
   });
 }
+
+// The Event Hubs-compatible endpoint by the address too: the token's
+// entity (the hub's name) says which hub's telemetry.
+test('@azure/event-hubs by IP address reads each hub\'s own telemetry', { skip, timeout: 120000 }, async () => {
+  for (const [i, cs] of hubCSs.entries()) {
+    const key = /SharedAccessKey=([^;]+)/.exec(cs)[1];
+    const name = hostOf(cs).split('.')[0];
+    const ehCS = `Endpoint=sb://${hubIP}/;SharedAccessKeyName=iothubowner;SharedAccessKey=${key};EntityPath=${name}`;
+    const client = new EventHubConsumerClient('$Default', ehCS, { retryOptions: { maxRetries: 1, retryDelayInMs: 200, timeoutInMs: 15000 } });
+    const before = looked.length;
+    let sub;
+    try {
+      const ids = await within(new Promise((resolve, reject) => {
+        const got = [];
+        sub = client.subscribe({
+          processEvents: async (batch) => {
+            for (const e of batch) got.push(e.messageId);
+            if (got.length >= 2) resolve(got);
+          },
+          processError: async (err) => { reject(err); },
+        }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1, maxBatchSize: 10 });
+      }), `the telemetry of ${name} by ${hubIP}`, 60000);
+      assert.deepEqual(ids.sort(), [`Amqp-to-${i}`, `AmqpWs-to-${i}`]);
+    } finally {
+      if (sub) await sub.close();
+      await client.close();
+    }
+    assert.deepEqual(looked.slice(before), [], 'the consumer dials the IP address, looking no name up');
+  }
+});
 
 test('close the service clients', { skip }, async () => {
   for (const h of hubs) {
