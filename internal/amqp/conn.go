@@ -181,8 +181,6 @@ type Link struct {
 	PeerIsSender bool
 	// Address is the target address (peer sends) or source address (peer
 	// receives).
-	// A handler's Attach may put it in a canonical form: it is read
-	// again only by the handler.
 	Address string
 	// Properties are the peer's attach properties.
 	Properties *Map

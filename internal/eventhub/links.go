@@ -32,19 +32,22 @@ const (
 
 // Wrap returns a LinkHandler that serves the Event Hubs-compatible
 // endpoint on c and passes every other link, message and token to base
-// (the hub's own handler).
-func Wrap(c *wire.Conn, base wire.LinkHandler, resolve Resolver, log *slog.Logger) wire.LinkHandler {
+// (the hub's own handler). amqpPort is the port of the AMQP over TLS
+// listener, which a redirect names; 0 names the port c came in on, which
+// is not that listener's when c is AMQP over WebSockets.
+func Wrap(c *wire.Conn, base wire.LinkHandler, resolve Resolver, amqpPort int, log *slog.Logger) wire.LinkHandler {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &links{base: base, resolve: resolve, conn: c, log: log, auth: map[string]time.Time{}, stops: map[*wire.Link]context.CancelFunc{}}
+	return &links{base: base, resolve: resolve, conn: c, amqpPort: amqpPort, log: log, auth: map[string]time.Time{}, stops: map[*wire.Link]context.CancelFunc{}}
 }
 
 type links struct {
-	base    wire.LinkHandler
-	resolve Resolver
-	conn    *wire.Conn
-	log     *slog.Logger
+	base     wire.LinkHandler
+	resolve  Resolver
+	conn     *wire.Conn
+	amqpPort int
+	log      *slog.Logger
 
 	mu     sync.Mutex
 	cbsOut *wire.Link

@@ -76,9 +76,12 @@ func (l *links) redirectAnswer() *wire.Error {
 	if err != nil {
 		h = host
 	}
-	port := 5671
-	if tcp, ok := l.conn.NetConn().LocalAddr().(*net.TCPAddr); ok {
+	port := l.amqpPort
+	if tcp, ok := l.conn.NetConn().LocalAddr().(*net.TCPAddr); ok && port == 0 {
 		port = tcp.Port
+	}
+	if port == 0 {
+		port = 5671
 	}
 	info := &wire.Map{}
 	info.Set(wire.Symbol("hostname"), h)

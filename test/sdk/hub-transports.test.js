@@ -2,14 +2,19 @@
 // The IoT Hub device data plane of a dpsd built-in hub over every transport
 // of the official Node device SDK (azure-iot-device with Mqtt, MqttWs,
 // Http, Amqp, AmqpWs), driven by the service SDK (azure-iothub: Registry
-// CRUD and updateTwin, Client.send with feedback, invokeDeviceMethod).
+// CRUD and updateTwin, Client.send with feedback, invokeDeviceMethod); a
+// ModuleClient's twin and direct methods over Mqtt, MqttWs, Amqp and AmqpWs
+// (Registry.updateModuleTwin, invokeDeviceMethod on the module); and the
+// hub's Event Hubs-compatible endpoint read by @azure/event-hubs over
+// WebSockets (wss://{host}:443/$servicebus/websocket).
 //
 // Run by TestNodeSDKHubTransports (test/e2e/hubsdk_test.go), which starts
 // "dpsd serve" on the standard ports of a loopback address, creates a
 // built-in hub on the node's shared listeners and passes:
-//   DPSD_HUB_CONNECTION_STRING  the hub's iothubowner connection string
-//   DPSD_HUB_IP                 the address the hub's host name stands for
-//   NODE_EXTRA_CA_CERTS         the local CA
+//   DPSD_HUB_CONNECTION_STRING           the hub's iothubowner connection string
+//   DPSD_HUB_EVENTHUB_CONNECTION_STRING  its Event Hubs-compatible endpoint's
+//   DPSD_HUB_IP                          the address the hub's host name stands for
+//   NODE_EXTRA_CA_CERTS                  the local CA
 // The hub's host name does not resolve on a test machine: this test code
 // (only) looks it up as DPSD_HUB_IP, as one hosts-file line would.
 
@@ -19,8 +24,9 @@ const dns = require('node:dns');
 const crypto = require('node:crypto');
 
 const hubCS = process.env.DPSD_HUB_CONNECTION_STRING;
+const ehCS = process.env.DPSD_HUB_EVENTHUB_CONNECTION_STRING;
 const hubIP = process.env.DPSD_HUB_IP;
-const skip = !hubCS || !hubIP ? 'DPSD_HUB_* not set (run via go test ./test/e2e -run NodeSDKHubTransports)' : false;
+const skip = !hubCS || !ehCS || !hubIP ? 'DPSD_HUB_* not set (run via go test ./test/e2e -run NodeSDKHubTransports)' : false;
 const hubHost = hubCS ? /HostName=([^;]+)/.exec(hubCS)[1] : '';
 
 if (!skip) {
@@ -34,12 +40,16 @@ if (!skip) {
   };
 }
 
-const { Client: DeviceClient } = require('azure-iot-device');
+const { Client: DeviceClient, ModuleClient } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Http } = require('azure-iot-device-http');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { Message } = require('azure-iot-common');
+const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
+// The WebSocket constructor @azure/event-hubs takes in Node: the ws
+// package, which azure-iothub depends on (pinned by the lockfile).
+const WebSocket = require('ws');
 
 const STEP_MS = 20000;
 
@@ -215,6 +225,116 @@ for (const tr of transports) {
     }
   });
 }
+
+// retry calls fn until it resolves, up to n times: a subscription the SDK
+// makes when a listener is added may not be in place at once.
+async function retry(n, what, fn) {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (i >= n) throw new Error(`${what}: ${err}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+for (const tr of transports.filter((x) => x.twin && x.methods)) {
+  test(`azure-iot-device ModuleClient over ${tr.name}: twin, desired update from Registry.updateModuleTwin, methods`, { skip, timeout: 120000 }, async (t) => {
+    const deviceId = `sdk-mod-${tr.name.toLowerCase()}-${Date.now()}`;
+    await createDevice(deviceId);
+    const { responseBody: added } = await within(registry.addModule({ deviceId, moduleId: 'filter' }), 'Registry.addModule');
+    const cs = `HostName=${hubHost};DeviceId=${deviceId};ModuleId=filter;SharedAccessKey=${added.authentication.symmetricKey.primaryKey}`;
+    const { responseBody: before } = await within(registry.getModuleTwin(deviceId, 'filter'), 'Registry.getModuleTwin');
+    await within(registry.updateModuleTwin(deviceId, 'filter', { properties: { desired: { threshold: 7 } } }, before.etag), 'Registry.updateModuleTwin');
+    const client = ModuleClient.fromConnectionString(cs, tr.ctor);
+    try {
+      await within(client.open(), `module open over ${tr.name}`);
+
+      await t.test('twin: get, reported patch, desired update', async () => {
+        const twin = await within(client.getTwin(), 'module getTwin');
+        assert.equal(twin.properties.desired.threshold, 7);
+        await within(new Promise((resolve, reject) =>
+          twin.properties.reported.update({ transport: tr.name, filtered: 3 }, (err) => (err ? reject(err) : resolve()))), 'module reported update');
+        const { responseBody: st } = await within(registry.getModuleTwin(deviceId, 'filter'), 'Registry.getModuleTwin after');
+        assert.equal(st.properties.reported.filtered, 3);
+        assert.equal(st.properties.reported.transport, tr.name);
+        const { responseBody: dev } = await within(registry.getTwin(deviceId), 'Registry.getTwin');
+        assert.equal(dev.properties.reported.filtered, undefined, 'the module\'s patch stays off the device twin');
+        const desired = new Promise((resolve) => twin.on('properties.desired', (delta) => {
+          if (delta.color) resolve(delta);
+        }));
+        let got;
+        for (let i = 0; i < 10 && !got; i++) {
+          await within(registry.updateModuleTwin(deviceId, 'filter', { properties: { desired: { color: `green-${i}` } } }, '*'), 'Registry.updateModuleTwin');
+          got = await Promise.race([desired, new Promise((r) => setTimeout(r, 1000))]);
+        }
+        assert.ok(got, 'the desired update reached the module');
+        assert.match(got.color, /^green-/);
+        assert.equal(typeof got.$version, 'number');
+      });
+
+      await t.test('direct method through invokeDeviceMethod(deviceId, moduleId)', async () => {
+        client.onMethod('reset', (req, res) => {
+          res.send(200, { reset: true, level: req.payload && req.payload.level }, () => {});
+        });
+        const result = await retry(10, 'invokeDeviceMethod on the module', () =>
+          within(service.invokeDeviceMethod(deviceId, 'filter', { methodName: 'reset', payload: { level: 2 }, responseTimeoutInSeconds: 15 }), 'invokeDeviceMethod'));
+        assert.equal(result.result.status, 200);
+        assert.deepEqual(result.result.payload, { reset: true, level: 2 });
+        // The device has no method handler of its own: the call is the module's.
+        await assert.rejects(within(service.invokeDeviceMethod(deviceId, { methodName: 'reset', responseTimeoutInSeconds: 5 }), 'invokeDeviceMethod on the device'));
+      });
+    } finally {
+      await within(client.close(), 'module close').catch(() => {});
+    }
+  });
+}
+
+test('@azure/event-hubs EventHubConsumerClient over WebSockets reads telemetry a device sent', { skip, timeout: 120000 }, async () => {
+  const deviceId = `sdk-ehws-${Date.now()}`;
+  const device = DeviceClient.fromConnectionString(await createDevice(deviceId), AmqpWs);
+  try {
+    await within(device.open(), 'device open over AmqpWs');
+    const m = new Message(JSON.stringify({ over: 'wss', t: 19.5 }));
+    m.messageId = `${deviceId}-eh`;
+    m.properties.add('source', 'amqpws');
+    await within(device.sendEvent(m), 'sendEvent');
+  } finally {
+    await within(device.close(), 'device close').catch(() => {});
+  }
+  // The connection string names no port: over WebSockets the client goes
+  // to 443, the hub's HTTPS port, as it would to Azure.
+  assert.doesNotMatch(ehCS, /Endpoint=sb:\/\/[^/]*:\d+\//);
+  const client = new EventHubConsumerClient('$Default', ehCS, {
+    webSocketOptions: { webSocket: WebSocket },
+    retryOptions: { maxRetries: 1, retryDelayInMs: 200, timeoutInMs: 15000 },
+  });
+  try {
+    const props = await within(client.getEventHubProperties(), 'getEventHubProperties over WebSockets');
+    assert.equal(props.name, /EntityPath=([^;]+)/.exec(ehCS)[1]);
+    let sub;
+    const event = new Promise((resolve, reject) => {
+      sub = client.subscribe({
+        processEvents: async (batch) => {
+          const e = batch.find((x) => x.systemProperties['iothub-connection-device-id'] === deviceId);
+          if (e) resolve(e);
+        },
+        processError: async (err) => reject(err),
+      }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1, maxBatchSize: 50 });
+    });
+    try {
+      const e = await within(event, 'the event over WebSockets', 60000);
+      assert.equal(e.messageId, `${deviceId}-eh`);
+      assert.deepEqual(e.body, { over: 'wss', t: 19.5 });
+      assert.equal(e.properties.source, 'amqpws');
+    } finally {
+      await sub.close();
+    }
+  } finally {
+    await client.close();
+  }
+});
 
 test('close the service client', { skip }, async () => {
   if (service) await within(service.close(), 'service close').catch(() => {});

@@ -122,7 +122,7 @@ func (a *amqpLinks) deviceAuthorized(id string) bool {
 // /devices/{id}/modules/{moduleId}/messages/{kind}, whose id it returns as
 // "{id}/{moduleId}".
 func deviceLink(addr string) (id, kind string, ok bool) {
-	rest, ok := strings.CutPrefix(addr, "/devices/")
+	rest, ok := strings.CutPrefix(nodePath(addr), "/devices/")
 	if !ok {
 		return "", "", false
 	}
@@ -150,14 +150,14 @@ func deviceLink(addr string) (id, kind string, ok bool) {
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
-	if rest, ok := strings.CutPrefix(l.Address, "amqps://"); ok {
-		// The C SDK puts the host it dialled in front of its device
-		// links: amqps://{host}/devices/{id}/messages/events.
-		host, path, _ := strings.Cut(rest, "/")
-		if h := a.hub(); h != nil && !h.isAlias(host) && !h.isAlias(hostOnly(host)) {
-			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("the link address %q names another host than hub %s", l.Address, h.cfg.HostName)}
+	if _, rest, ok := strings.Cut(l.Address, "://"); ok {
+		// The C and C# SDKs put the host they dialled in front
+		// (nodePath): a gateway's name or address, or a hub's host
+		// name, which must then be the connection's hub's.
+		host, _, _ := strings.Cut(rest, "/")
+		if h, other := a.hub(), a.m.byHost(hostOnly(host)); h != nil && other != nil && other != h {
+			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("the link address %q names hub %s, but this connection is hub %s's", l.Address, other.cfg.HostName, h.cfg.HostName)}
 		}
-		l.Address = "/" + path
 	}
 	switch {
 	case l.Address == amqpCBS:
@@ -167,7 +167,7 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 			a.mu.Unlock()
 		}
 		return nil
-	case strings.HasPrefix(l.Address, "/devices/"):
+	case strings.HasPrefix(nodePath(l.Address), "/devices/"):
 		if id, _, ok := deviceNode(l.Address); ok {
 			if !a.deviceAuthorized(id) {
 				return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a token of device " + id + " on $cbs first"}
@@ -218,7 +218,7 @@ func (a *amqpLinks) Message(ctx context.Context, d *wire.Delivery) {
 		a.putToken(ctx, d)
 	case d.Link.Address == amqpC2D:
 		a.sendC2D(ctx, d)
-	case strings.HasPrefix(d.Link.Address, "/devices/"):
+	case strings.HasPrefix(nodePath(d.Link.Address), "/devices/"):
 		if id, _, ok := deviceNode(d.Link.Address); ok {
 			if !a.deviceAuthorized(id) {
 				_ = d.Reject(&wire.Error{Condition: "amqp:unauthorized-access", Description: "the device token expired"})

@@ -2,6 +2,7 @@ package builtinhub
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,8 +17,15 @@ import (
 )
 
 // Twins and direct methods over AMQP, as the Azure device SDKs (Node's
-// azure-iot-device-amqp, the C SDK) use them: a pair of links on
-// /devices/{id}/twin and another on /devices/{id}/methods/devicebound.
+// azure-iot-device-amqp, the C and C# SDKs) use them: a pair of links on
+// /devices/{id}/twin and another on /devices/{id}/methods/devicebound, or
+// for a module on /devices/{id}/modules/{moduleId}/twin and
+// /devices/{id}/modules/{moduleId}/methods/devicebound. The C and C# SDKs
+// write the addresses as amqps://{host}[:port]/devices/…, Node as the path
+// alone. Each pair's links carry the same com.microsoft:channel-correlation-id
+// attach property (twin:{uuid}, methods:{uuid}, or the C SDK's
+// {id}[/{moduleId}]), by which a twin request's answer goes to the
+// receiver link of its own pair.
 //
 // Twin requests come on the device's sender link with the operation
 // (GET, PATCH, PUT, DELETE) and resource in the message annotations and a
@@ -28,8 +36,9 @@ import (
 // on and off; an update comes on the receiver link without a correlation
 // id. A method call goes on the device's methods receiver link with the
 // method name in the IoThub-methodname application property and a
-// correlation id; the device answers on its sender link with the same
-// correlation id and IoThub-status.
+// correlation id, a uuid as IoT Hub sends it (the C SDK takes no other);
+// the device answers on its sender link with the same correlation id and
+// IoThub-status.
 const (
 	amqpTwinNode      = "twin"
 	amqpMethodsNode   = "methods/devicebound"
@@ -41,14 +50,17 @@ const (
 	twinResDesiredSub = "/notifications/twin/properties/desired"
 	methodNameProp    = "IoThub-methodname"
 	methodStatusProp  = "IoThub-status"
+	// channelCorrelationProp pairs a client's twin (or methods) links.
+	channelCorrelationProp = wire.Symbol("com.microsoft:channel-correlation-id")
 )
 
 // amqpDeviceLinks are the AMQP twin and method links of a hub's devices.
 type amqpDeviceLinks struct {
 	mu sync.Mutex
-	// twinOut is each connection's twin receiver link of a device, where
-	// its requests are answered.
-	twinOut map[twinLinkKey]*wire.Link
+	// twinOut is each connection's twin receiver links of a device (or
+	// module), by channel correlation id, where its requests are
+	// answered.
+	twinOut map[twinLinkKey]map[string]*wire.Link
 	// desired is the twin receiver link of a device that turned
 	// desired-property updates on, by lower-cased id.
 	desired map[string]*wire.Link
@@ -59,27 +71,71 @@ type amqpDeviceLinks struct {
 
 type twinLinkKey struct {
 	conn   *wire.Conn
-	device string // lower-cased
+	device string // lower-cased; "{deviceId}/{moduleId}" for a module
 }
 
-// deviceNode parses /devices/{id}/twin and /devices/{id}/methods/devicebound.
+// channelID is a link's com.microsoft:channel-correlation-id, "" if none.
+func channelID(l *wire.Link) string {
+	v, _ := l.Properties.Get(channelCorrelationProp)
+	return anyString(v)
+}
+
+// nodePath is the path of a link address: the C and C# SDKs write
+// amqps://{host}[:port]/devices/…, Node /devices/….
+func nodePath(addr string) string {
+	for _, scheme := range []string{"amqps://", "amqp://"} {
+		if rest, ok := strings.CutPrefix(addr, scheme); ok {
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				return rest[i:]
+			}
+			return "/"
+		}
+	}
+	return addr
+}
+
+// deviceNode parses /devices/{id}/twin and /devices/{id}/methods/devicebound,
+// and a module's /devices/{id}/modules/{moduleId}/twin and
+// /devices/{id}/modules/{moduleId}/methods/devicebound, whose id it
+// returns as "{id}/{moduleId}".
 func deviceNode(addr string) (id, node string, ok bool) {
-	rest, ok := strings.CutPrefix(addr, "/devices/")
+	rest, ok := strings.CutPrefix(nodePath(addr), "/devices/")
 	if !ok {
 		return "", "", false
 	}
-	id, node, ok = strings.Cut(rest, "/")
-	if !ok || id == "" {
+	dev, rest, ok := strings.Cut(rest, "/")
+	if !ok || dev == "" {
 		return "", "", false
 	}
-	if u, err := url.PathUnescape(id); err == nil {
-		id = u
+	var mod string
+	if m, isModule := strings.CutPrefix(rest, "modules/"); isModule {
+		if mod, rest, ok = strings.Cut(m, "/"); !ok || mod == "" {
+			return "", "", false
+		}
 	}
-	node = strings.ToLower(node)
+	node = strings.ToLower(rest)
 	if node != amqpTwinNode && node != amqpMethodsNode {
 		return "", "", false
 	}
-	return id, node, true
+	if dev, ok = unescapeID(dev); !ok {
+		return "", "", false
+	}
+	if mod == "" {
+		return dev, node, true
+	}
+	if mod, ok = unescapeID(mod); !ok {
+		return "", "", false
+	}
+	return dev + "/" + mod, node, true
+}
+
+// unescapeID decodes a device or module id of a link address (the C# SDK
+// escapes them); ok is false when the id is empty or holds a '/'.
+func unescapeID(s string) (string, bool) {
+	if u, err := url.PathUnescape(s); err == nil {
+		s = u
+	}
+	return s, s != "" && !strings.Contains(s, "/")
 }
 
 // attachDeviceNode takes a device's twin or method link; handled reports
@@ -99,9 +155,13 @@ func (h *Hub) attachDeviceNode(l *wire.Link) (handled bool) {
 	switch node {
 	case amqpTwinNode:
 		if d.twinOut == nil {
-			d.twinOut = map[twinLinkKey]*wire.Link{}
+			d.twinOut = map[twinLinkKey]map[string]*wire.Link{}
 		}
-		d.twinOut[twinLinkKey{l.Conn(), key}] = l
+		k := twinLinkKey{l.Conn(), key}
+		if d.twinOut[k] == nil {
+			d.twinOut[k] = map[string]*wire.Link{}
+		}
+		d.twinOut[k][channelID(l)] = l
 	case amqpMethodsNode:
 		if d.methods == nil {
 			d.methods = map[string]*wire.Link{}
@@ -121,8 +181,12 @@ func (h *Hub) detachDeviceNode(l *wire.Link) {
 	key := strings.ToLower(id)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if k := (twinLinkKey{l.Conn(), key}); d.twinOut[k] == l {
-		delete(d.twinOut, k)
+	k, ch := twinLinkKey{l.Conn(), key}, channelID(l)
+	if byChannel := d.twinOut[k]; byChannel[ch] == l {
+		delete(byChannel, ch)
+		if len(byChannel) == 0 {
+			delete(d.twinOut, k)
+		}
 	}
 	if d.desired[key] == l {
 		delete(d.desired, key)
@@ -143,10 +207,10 @@ func (h *Hub) deviceNodeMessage(ctx context.Context, d *wire.Delivery) (handled 
 	switch node {
 	case amqpTwinNode:
 		_ = d.Accept()
-		h.twinRequestAMQP(ctx, d.Link.Conn(), id, d.Message)
+		h.twinRequestAMQP(ctx, d.Link, id, d.Message)
 	case amqpMethodsNode:
 		m := d.Message
-		rid := anyString(m.Properties.CorrelationID)
+		rid := strings.ToLower(anyString(m.Properties.CorrelationID))
 		if u, ok := m.Properties.CorrelationID.(wire.UUID); ok {
 			rid = u.String()
 		}
@@ -189,9 +253,24 @@ func intProperty(v any) (int, error) {
 	return 0, fmt.Errorf("not an integer: %T", v)
 }
 
-// twinRequestAMQP answers a twin request on the device's twin receiver
-// link of the same connection.
-func (h *Hub) twinRequestAMQP(ctx context.Context, conn *wire.Conn, id string, m *wire.Message) {
+// twinReceiver returns the twin receiver link that answers requests on
+// the twin sender link in: the one of the same connection and channel
+// correlation id or, for a client that did not set one on both, any of
+// the device's on the connection. d.mu is held.
+func (d *amqpDeviceLinks) twinReceiver(in *wire.Link, key string) *wire.Link {
+	byChannel := d.twinOut[twinLinkKey{in.Conn(), key}]
+	if l := byChannel[channelID(in)]; l != nil {
+		return l
+	}
+	for _, l := range byChannel {
+		return l
+	}
+	return nil
+}
+
+// twinRequestAMQP answers a twin request of a device or module on its
+// twin receiver link of the same connection (and channel).
+func (h *Hub) twinRequestAMQP(ctx context.Context, in *wire.Link, id string, m *wire.Message) {
 	op := strings.ToUpper(anyString(m.MessageAnnotations["operation"]))
 	res := anyString(m.MessageAnnotations["resource"])
 	key := strings.ToLower(id)
@@ -206,7 +285,7 @@ func (h *Hub) twinRequestAMQP(ctx context.Context, conn *wire.Conn, id string, m
 	switch {
 	case op == twinOpGet:
 		var d *deviceDoc
-		if d, err = h.load(ctx, id); err == nil {
+		if d, err = h.loadTwin(ctx, id); err == nil {
 			body, err = json.Marshal(map[string]any{"desired": d.Desired.deviceView(), "reported": d.Reported.deviceView()})
 		}
 	case op == twinOpPatch && res == twinResReported:
@@ -219,7 +298,7 @@ func (h *Hub) twinRequestAMQP(ctx context.Context, conn *wire.Conn, id string, m
 		version, err = h.updateReported(ctx, id, patch)
 	case (op == twinOpPut || op == twinOpDelete) && res == twinResDesiredSub:
 		h.amqpDev.mu.Lock()
-		out := h.amqpDev.twinOut[twinLinkKey{conn, key}]
+		out := h.amqpDev.twinReceiver(in, key)
 		if h.amqpDev.desired == nil {
 			h.amqpDev.desired = map[string]*wire.Link{}
 		}
@@ -254,7 +333,7 @@ func (h *Hub) twinRequestAMQP(ctx context.Context, conn *wire.Conn, id string, m
 		reply.Data = [][]byte{body}
 	}
 	h.amqpDev.mu.Lock()
-	out := h.amqpDev.twinOut[twinLinkKey{conn, key}]
+	out := h.amqpDev.twinReceiver(in, key)
 	h.amqpDev.mu.Unlock()
 	if out == nil {
 		h.log.Debug("twin request over AMQP without a receiver link", "deviceId", id)
@@ -292,7 +371,7 @@ func (h *Hub) amqpMethodLink(id string) *wire.Link {
 }
 
 // invokeAMQP sends a method call on a device's methods link.
-func (h *Hub) invokeAMQP(ctx context.Context, l *wire.Link, name, rid string, payload []byte) error {
+func (h *Hub) invokeAMQP(ctx context.Context, l *wire.Link, name string, rid wire.UUID, payload []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, twinRequestTimeout)
 	defer cancel()
 	return l.Send(ctx, &wire.Message{
@@ -300,4 +379,13 @@ func (h *Hub) invokeAMQP(ctx context.Context, l *wire.Link, name, rid string, pa
 		ApplicationProperties: map[string]any{methodNameProp: name},
 		Data:                  [][]byte{payload},
 	})
+}
+
+// newUUID returns a random (version 4) uuid.
+func newUUID() wire.UUID {
+	var u wire.UUID
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u
 }

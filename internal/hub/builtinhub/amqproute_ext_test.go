@@ -134,7 +134,7 @@ func TestAMQPByAddress(t *testing.T) {
 		}
 		waitMessage(t, a, "dev-only-a", "by-address-token")
 		err = c.sendTo("amqps://"+bHost+"/devices/dev-only-a/messages/events", "elsewhere")
-		if err == nil || !strings.Contains(err.Error(), "names another host than hub "+aHost) {
+		if err == nil || !strings.Contains(err.Error(), "names hub "+bHost+", but this connection is hub "+aHost+"'s") {
 			t.Errorf("a link naming hub b on hub a's connection: %v", err)
 		}
 	})

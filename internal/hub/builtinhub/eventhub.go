@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,9 +215,19 @@ func (m *Manager) eventHubResolver(host, entity string) eventhub.Source {
 }
 
 // wrapEventHub layers the Event Hubs-compatible endpoint on an AMQP
-// connection's handler.
+// connection's handler, over TLS or WebSockets alike. Its redirects name
+// the shared AMQP listener's port, which the endpoint's connection
+// string also names: a client that asked over WebSockets (on the HTTPS
+// port) and follows the redirect over TLS must go there, as IoT Hub's
+// redirect names the Event Hubs namespace's AMQP port.
 func (m *Manager) wrapEventHub(c *wire.Conn, base wire.LinkHandler, log *slog.Logger) wire.LinkHandler {
-	return eventhub.Wrap(c, base, m.eventHubResolver, log)
+	port := 0
+	if m.opt.Shared != nil {
+		if _, p, err := net.SplitHostPort(m.opt.Shared.AMQPAddr); err == nil {
+			port, _ = strconv.Atoi(p)
+		}
+	}
+	return eventhub.Wrap(c, base, m.eventHubResolver, port, log)
 }
 
 // EventHubConnectionString is the connection string of the hub's Event

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,31 +14,25 @@ import (
 	"time"
 
 	goamqp "github.com/Azure/go-amqp"
+	"github.com/gorilla/websocket"
 
 	"github.com/dpsd/dpsd/internal/eventhub"
 	"github.com/dpsd/dpsd/internal/hub/builtinhub"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // eventHubEnv is a shared-endpoint env on 127.0.18.1 (HTTPS, MQTT and
 // AMQP listeners on ephemeral ports) with one hub and a device.
 func eventHubEnv(t *testing.T, hubName, deviceID string) (*env, *builtinhub.Shared, *builtinhub.Hub) {
 	t.Helper()
-	listen := func() net.Listener {
-		l, err := net.Listen("tcp", "127.0.18.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		return l
-	}
-	httpsL, mqttL, amqpL := listen(), listen(), listen()
-	shared := &builtinhub.Shared{Address: "127.0.18.1", HTTPSAddr: httpsL.Addr().String(), MQTTAddr: mqttL.Addr().String(), AMQPAddr: amqpL.Addr().String()}
-	e := newEnv(t, func(o *builtinhub.Options) { o.Shared = shared })
-	m := e.m
-	go func() { _ = m.ServeListener(builtinhub.ProtocolHTTPS, httpsL) }()
-	go func() { _ = m.ServeListener(builtinhub.ProtocolMQTT, mqttL) }()
-	go func() { _ = m.ServeListener(builtinhub.ProtocolAMQP, amqpL) }()
+	return eventHubEnvAt(t, "127.0.18.1", hubName, deviceID)
+}
+
+// eventHubEnvAt is eventHubEnv with the listeners on ip.
+func eventHubEnvAt(t *testing.T, ip, hubName, deviceID string) (*env, *builtinhub.Shared, *builtinhub.Hub) {
+	t.Helper()
+	e, shared := sharedEnvAt(t, ip)
 	if _, err := e.m.Create(context.Background(), hubName, builtinhub.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +114,17 @@ func dialEventHub(t *testing.T, e *env, shared *builtinhub.Shared, h *builtinhub
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newEHClient(t, conn, h)
+}
+
+// newEHClient opens a session and the $cbs pair on conn, closed when the
+// test ends.
+func newEHClient(t *testing.T, conn *goamqp.Conn, h *builtinhub.Hub) *ehClient {
+	t.Helper()
 	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	host := h.Config().HostName
 	sess, err := conn.NewSession(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -426,26 +429,105 @@ func TestEventHubRedirect(t *testing.T) {
 	}
 }
 
+// dialAMQPWebSocket opens AMQP over a WebSocket to the hubs' HTTPS
+// listener at path, as the Event Hubs clients do with webSocketOptions.
+func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	d := websocket.Dialer{
+		TLSClientConfig:  e.tlsConfig(host),
+		Subprotocols:     []string{"AMQPWSB10"},
+		HandshakeTimeout: 10 * time.Second,
+		NetDialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, shared.HTTPSAddr)
+		},
+	}
+	ws, resp, err := d.DialContext(ctx, "wss://"+host+path, nil)
+	if err != nil {
+		t.Fatalf("WebSocket upgrade: %v", err)
+	}
+	resp.Body.Close()
+	if ws.Subprotocol() != "AMQPWSB10" {
+		t.Fatalf("subprotocol %q", ws.Subprotocol())
+	}
+	conn, err := goamqp.NewConn(ctx, wsconn.NewConn(ws), &goamqp.ConnOptions{HostName: host, SASLType: sasl})
+	if err != nil {
+		t.Fatalf("AMQP over the WebSocket: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestEventHubEndpointOverWebSockets reads the endpoint over AMQP over
+// WebSockets, as @azure/event-hubs and Azure.Messaging.EventHubs do with
+// webSocketOptions: wss://{host}/$servicebus/websocket on the hubs' HTTPS
+// listener, subprotocol AMQPWSB10, the hub told by the TLS server name.
+// The redirect a client gets over WebSockets names the AMQP listener, not
+// the HTTPS port it asked on.
+func TestEventHubEndpointOverWebSockets(t *testing.T) {
+	e, shared, h := eventHubEnvAt(t, "127.0.22.2", "eventhub-ws-hub", "thermo-ws")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "thermo-ws", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.publish(t, "devices/thermo-ws/messages/events/$.mid=ws-1&k=v", 1, `{"t":19.5}`)
+
+	service := policyKey(t, h, "service")
+	c := newEHClient(t, dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
+	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", service); code != 202 {
+		t.Fatalf("put-token over WebSockets: status %d, want 202", code)
+	}
+	r, err := c.receiver("$Default", eventhub.PartitionOf("thermo-ws", eventhub.DefaultPartitions), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := receive(t, r, 1)[0]
+	if m.Properties == nil || m.Properties.MessageID != "ws-1" || m.Annotations["iothub-connection-device-id"] != "thermo-ws" ||
+		m.ApplicationProperties["k"] != "v" || string(m.GetData()) != `{"t":19.5}` {
+		t.Fatalf("event over WebSockets: %+v %v %v %q", m.Properties, m.Annotations, m.ApplicationProperties, m.GetData())
+	}
+
+	// The redirect of messages/events, asked over WebSockets.
+	tok, err := sas.New(url.QueryEscape(host+"/messages/events"), "service", service, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := sess.NewReceiver(ctx, "amqps://"+host+"/messages/events/$management", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rr.Receive(ctx, nil)
+	var le *goamqp.LinkError
+	if !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != "amqp:link:redirect" {
+		t.Fatalf("receive: %v, want amqp:link:redirect", err)
+	}
+	_, port, _ := net.SplitHostPort(shared.AMQPAddr)
+	if info := le.RemoteErr.Info; fmt.Sprint(info["port"]) != port || info["address"] != "amqps://"+host+":"+port+"/eventhub-ws-hub/$management" {
+		t.Errorf("redirect over WebSockets: info %v, want the AMQP listener's port %s", info, port)
+	}
+}
+
 // TestEventHubByAddress: a consumer that dials the shared address (no
 // TLS server name, the address as its open hostname, as an
 // Endpoint=sb://<IP>/ connection string gives) reads the hub its token's
 // entity names.
 func TestEventHubByAddress(t *testing.T) {
-	e, shared, h := eventHubEnv(t, "eventhub-address-hub", "thermo-3")
-	tok, err := sas.New(url.QueryEscape(h.Config().HostName+"/devices/thermo-3"), "", testKey1, time.Now().Add(time.Hour))
+	e, shared, h := eventHubEnvAt(t, "127.0.23.21", "eventhub-address-hub", "thermo-3")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "thermo-3", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodPost, "https://"+shared.HTTPSAddr+"/devices/thermo-3/messages/events?api-version=2020-09-30", strings.NewReader("by-address"))
-	req.Host = h.Config().HostName
-	req.Header.Set("Authorization", tok)
-	tr := &http.Transport{TLSClientConfig: e.tlsConfig(h.Config().HostName)}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
-	if err != nil || resp.StatusCode != http.StatusNoContent {
-		t.Fatalf("telemetry: %v %v", resp, err)
-	}
-	resp.Body.Close()
+	dc.publish(t, "devices/thermo-3/messages/events/", 1, "by-address")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -455,18 +537,7 @@ func TestEventHubByAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	sess, err := conn.NewSession(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &ehClient{t: t, sess: sess, host: shared.Address, name: h.Name()}
-	if c.cbsOut, err = sess.NewSender(ctx, "$cbs", nil); err != nil {
-		t.Fatal(err)
-	}
-	if c.cbsIn, err = sess.NewReceiver(ctx, "$cbs", &goamqp.ReceiverOptions{TargetAddress: "cbs-reply"}); err != nil {
-		t.Fatal(err)
-	}
+	c := newEHClient(t, conn, h)
 	if code := c.putToken("sb://"+shared.AMQPAddr+"/"+h.Name(), "service", policyKey(t, h, "service")); code != 202 {
 		t.Fatalf("put-token for sb://%s/%s: status %d, want 202", shared.AMQPAddr, h.Name(), code)
 	}

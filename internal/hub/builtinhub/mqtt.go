@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/connlimit"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -667,6 +668,13 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 		timeout = time.Duration(req.ResponseTimeoutInSeconds) * time.Second
 	}
 	rid := strconv.FormatUint(nextRID(), 16)
+	var corr wire.UUID
+	if cl == nil {
+		// Over AMQP the request id is the message's correlation id: a
+		// uuid, as IoT Hub sends it.
+		corr = newUUID()
+		rid = corr.String()
+	}
 	ch := make(chan MethodResult, 1)
 	h.mu.Lock()
 	h.methods[rid] = pendingMethod{deviceID: id, ch: ch}
@@ -682,7 +690,7 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	}
 	if cl != nil {
 		h.writeTo(cl, topicMethodsPost+req.MethodName+"/?$rid="+rid, payload)
-	} else if err := h.invokeAMQP(ctx, amqpLink, req.MethodName, rid, payload); err != nil {
+	} else if err := h.invokeAMQP(ctx, amqpLink, req.MethodName, corr, payload); err != nil {
 		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online: %v", id, err)
 	}
 	t := time.NewTimer(timeout)

@@ -19,18 +19,18 @@ import (
 	"github.com/dpsd/dpsd/internal/sas"
 )
 
-// sharedEnv is an env whose hubs without an address share two listeners
-// (HTTPS and MQTT) on 127.0.10.20, as a node's hubs share its listeners.
+// sharedEnv is an env whose hubs without an address share three listeners
+// (HTTPS, MQTT and AMQP) on 127.0.10.20, as a node's hubs share its listeners.
 func sharedEnv(t *testing.T) (*env, *builtinhub.Shared) {
 	t.Helper()
 	return sharedEnvAt(t, "127.0.10.20")
 }
 
-// sharedEnvAt is sharedEnv on address ip.
+// sharedEnvAt is sharedEnv with the listeners on ip.
 func sharedEnvAt(t *testing.T, ip string) (*env, *builtinhub.Shared) {
 	t.Helper()
 	listen := func() net.Listener {
-		l, err := net.Listen("tcp", ip+":0")
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
