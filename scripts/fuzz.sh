@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 fuzztime="${FUZZTIME:-5s}"
-packages=(./internal/amqp ./internal/tpm ./internal/eventhub ./internal/query ./internal/linkedhub ./internal/hub/azurehub ./internal/hub/builtinhub ./internal/issuer)
+packages=(./internal/amqp ./internal/transport/amqp ./internal/tpm ./internal/eventhub ./internal/query ./internal/linkedhub ./internal/hub/azurehub ./internal/hub/builtinhub ./internal/issuer)
 
 # fuzz_once runs one target, its output shown and kept in $log.
 fuzz_once() {

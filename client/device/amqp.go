@@ -13,6 +13,7 @@ import (
 	goamqp "github.com/Azure/go-amqp"
 	"github.com/gorilla/websocket"
 
+	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
@@ -38,8 +39,9 @@ type amqpSession struct {
 }
 
 // openAMQP connects (AMQP over TLS on 5671, or over WebSockets on 443),
-// authenticates with SASL PLAIN (symmetric key) or not at all (X.509:
-// the TLS client certificate), and attaches the receiver and sender links.
+// authenticates with SASL PLAIN (symmetric key), the TPM mechanism (TPM:
+// the challenge is activated during SASL) or not at all (X.509: the TLS
+// client certificate), and attaches the receiver and sender links.
 func openAMQP(ctx context.Context, s *settings) (*amqpSession, error) {
 	tok, err := s.token(time.Now())
 	if err != nil {
@@ -52,7 +54,21 @@ func openAMQP(ctx context.Context, s *settings) (*amqpSession, error) {
 		return nil, fmt.Errorf("device: AMQP connect %s: %w", s.RegistrationID, err)
 	}
 	opts := &goamqp.ConnOptions{HostName: s.host}
-	if tok != "" {
+	switch {
+	case s.TPM != nil:
+		// go-amqp has no hook for a mechanism with challenges: the TPM
+		// exchange runs on the raw connection first, and go-amqp opens
+		// the authenticated connection without SASL.
+		if dl, ok := cctx.Deadline(); ok {
+			_ = nc.SetDeadline(dl)
+		}
+		err := wire.ClientSASL(nc, "", &tpmSASL{s: s})
+		_ = nc.SetDeadline(time.Time{})
+		if err != nil {
+			nc.Close()
+			return nil, tpmSASLError(s.RegistrationID, err)
+		}
+	case tok != "":
 		opts.SASLType = goamqp.SASLTypePlain(s.resource, tok)
 	}
 	conn, err := goamqp.NewConn(cctx, nc, opts)

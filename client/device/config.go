@@ -93,9 +93,10 @@ type Config struct {
 	// TPM enrollment), as the SDKs do: the register request carries its
 	// endorsement and storage root keys, the service answers with a
 	// challenge that the TPM activates, and the SAS tokens are signed by
-	// the TPM with the identity key it imported. HTTPS only in this
-	// client (the AMQP TPM mechanism needs a SASL challenge go-amqp does
-	// not offer; no SDK offers TPM over MQTT). client/tpm implements it.
+	// the TPM with the identity key it imported. Over HTTPS the challenge
+	// is a 401 answer; over AMQP and AMQP/WS the TPM SASL mechanism
+	// carries it. No SDK offers TPM over MQTT, nor does this client.
+	// client/tpm implements it.
 	TPM TPM
 	// CSR, when set, is a certificate signing request (DER PKCS#10, subject
 	// CN = RegistrationID) sent as the register request's "csr": the
@@ -241,8 +242,11 @@ func (c *Config) settings() (*settings, error) {
 	}
 	switch {
 	case s.TPM != nil:
-		if s.Transport != "" && s.Transport != TransportHTTPS {
-			return nil, fmt.Errorf("device: TPM attestation is supported over https only, not %s", s.Transport)
+		switch s.Transport {
+		case "", TransportHTTPS, TransportAMQP, TransportAMQPWS:
+		default:
+			// As in the SDKs: the TPM mechanism exists for HTTPS and AMQP.
+			return nil, fmt.Errorf("device: TPM attestation is supported over https, amqp and amqp-ws, not %s", s.Transport)
 		}
 	case s.Certificate != nil:
 		// X.509: the TLS handshake is the proof.

@@ -145,8 +145,12 @@ func register(ctx context.Context, s *settings) (*dps.DeviceRegistrationState, e
 
 // tpmChallenge sends the register request without a proof, activates the
 // challenge of the 401 answer with the TPM and gives the session a token
-// the TPM signs.
+// the TPM signs. Over AMQP the SASL exchange did this already.
 func tpmChallenge(ctx context.Context, s *settings, sess session, body []byte) error {
+	if _, ok := sess.(*amqpSession); ok {
+		// The AMQP TPM mechanism activated the challenge in SASL.
+		return nil
+	}
 	hs, ok := sess.(*httpsSession)
 	if !ok {
 		return fmt.Errorf("device: TPM attestation over %s is not supported", s.Transport)

@@ -333,7 +333,7 @@ func TestConfigValidation(t *testing.T) {
 		{"no scope", Config{RegistrationID: "d", SymmetricKey: "eA=="}, "IDScope"},
 		{"no registration id", Config{IDScope: "s", SymmetricKey: "eA=="}, "RegistrationID"},
 		{"no key", Config{IDScope: "s", RegistrationID: "d"}, "SymmetricKey, GroupKey, Certificate or TPM"},
-		{"TPM over MQTT", Config{IDScope: "s", RegistrationID: "d", TPM: noTPM{}, Transport: TransportMQTT}, "https only"},
+		{"TPM over MQTT", Config{IDScope: "s", RegistrationID: "d", TPM: noTPM{}, Transport: TransportMQTT}, "https, amqp and amqp-ws"},
 		{"bad group key", Config{IDScope: "s", RegistrationID: "d", GroupKey: "!!"}, "base64"},
 		{"bad transport", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", Transport: "coap"}, "unknown transport"},
 		{"bad host", Config{IDScope: "s", RegistrationID: "d", SymmetricKey: "eA==", ProvisioningHost: "a/b"}, "invalid host"},

@@ -90,6 +90,11 @@ func CBSServer() SASLServer {
 // maxSASLRounds bounds the challenges of one exchange.
 const maxSASLRounds = 16
 
+// MaxEarlyChallenge is the longest SASL challenge whose frame fits in 512
+// bytes, AMQP's minimum max-frame-size: all a client must accept before
+// the connection opens.
+const MaxEarlyChallenge = 487
+
 // maxSASLFrame bounds a SASL frame: enough for a TPM endorsement key, far
 // below what a connection allows once open.
 const maxSASLFrame = 64 << 10

@@ -77,8 +77,8 @@ type Options struct {
 	// TPMs, when set, make the devices attest with these TPMs instead of
 	// the group key: registration i uses TPMs[i%len(TPMs)] as the device
 	// IDPrefix+(i%len(TPMs)), one registration per TPM at a time, over
-	// HTTPS (the transport client/device offers TPM on). Each needs an
-	// individual TPM enrollment (SetupTPMs).
+	// HTTPS, AMQP or AMQP/WS (the transports with a TPM exchange). Each
+	// needs an individual TPM enrollment (SetupTPMs).
 	TPMs []device.TPM
 }
 
@@ -149,8 +149,8 @@ func (o *Options) Validate(ctx context.Context) error {
 	if o.Device.GroupKey == "" && len(o.TPMs) == 0 {
 		return errors.New("bench: the device template needs a GroupKey (each device derives its own key)")
 	}
-	if len(o.TPMs) > 0 && o.Transport != HTTPS && o.Transport != HTTPSNewConn {
-		return fmt.Errorf("bench: TPM devices register over %s or %s only", HTTPS, HTTPSNewConn)
+	if len(o.TPMs) > 0 && (o.Transport == MQTT || o.Transport == MQTTWS) {
+		return fmt.Errorf("bench: TPM devices register over %s, %s, %s or %s only (no SDK has TPM over MQTT)", HTTPS, HTTPSNewConn, AMQP, AMQPWS)
 	}
 	tr, err := deviceTransport(o.Transport)
 	if err != nil {

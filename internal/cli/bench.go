@@ -55,8 +55,8 @@ With --csr every device also sends a certificate signing request (a new
 P-256 key each, made before its registration is timed) and must receive an
 issued certificate. With --tpm (repeatable) the devices attest with those
 TPMs instead, one device per TPM (registration IDs --id-prefix, "tpm-" and
-the TPM's index), over https; registrations beyond the number of TPMs
-register the same devices again. --setup enrolls each TPM.
+the TPM's index), over https, amqp or amqp-ws; registrations beyond the
+number of TPMs register the same devices again. --setup enrolls each TPM.
 
 Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 --allow-remote is given.
@@ -197,7 +197,7 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 	f.DurationVar(&maxPollWait, "max-poll-wait", 0, "poll sooner than the service's Retry-After, at most after this long (0: honour Retry-After)")
 	f.BoolVar(&withFloor, "floor", false, "also run the load against a do-nothing service in this process, alternating, and report the ratio")
 	f.IntVar(&rounds, "rounds", 3, "with --floor: rounds against each")
-	f.StringSliceVar(&tpmAddrs, "tpm", nil, "attest with this TPM instead of a group key (repeatable, one device per TPM): a device file or unix:PATH / tcp:HOST:PORT of a software TPM (swtpm); --setup enrolls each; https only")
+	f.StringSliceVar(&tpmAddrs, "tpm", nil, "attest with this TPM instead of a group key (repeatable, one device per TPM): a device file or unix:PATH / tcp:HOST:PORT of a software TPM (swtpm); --setup enrolls each; https, amqp and amqp-ws")
 	f.BoolVar(&csr, "csr", false, "every device sends a certificate signing request and must receive an issued certificate; --setup names --issuing-ca in the enrollments")
 	f.StringVar(&issuer, "issuing-ca", "local", "with --csr --setup: the issuing CA the enrollments name")
 	f.StringP("output", "o", formatTable, "output format: table or json")

@@ -191,7 +191,8 @@ key, or an already derived group member key), with a key derived from
 --certificate (the device certificate followed by its intermediates, e.g.
 the -full-chain file of "dpsd cert device") and --key. With a certificate,
 the registration ID defaults to its subject CN. With --tpm the device
-attests with a TPM 2.0 (an individual TPM enrollment, over https): a device
+attests with a TPM 2.0 (an individual TPM enrollment, over https, amqp or
+amqp-ws): a device
 file such as /dev/tpmrm0, or a software TPM's raw command socket as
 unix:PATH or tcp:HOST:PORT (swtpm socket --server type=unixio or type=tcp);
 "dpsd device endorsement-key" prints the key to enroll.

@@ -481,7 +481,7 @@ func hubMessagesCmd(cc *clientCmd) *cobra.Command {
 	var top int
 	cmd := &cobra.Command{
 		Use:   "messages",
-		Short: "List the telemetry a built-in hub received (the most recent messages are kept in memory)",
+		Short: "List the telemetry a built-in hub received (it keeps the most recent messages, by count, bytes and age)",
 		Args:  cobra.NoArgs,
 	}
 	hubNameFlag(cmd, &name)

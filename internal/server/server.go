@@ -416,7 +416,7 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg,
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg, IDScope: s.inst.IDScope,
 		// A device that dialled the address (no hub's TLS server name
 		// or Host header) names its hub in its open frame, SASL user
 		// name or first $cbs token.

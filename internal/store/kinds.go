@@ -26,6 +26,10 @@ const (
 	// KindHubTelemetry is a built-in hub's telemetry, kept over a restart;
 	// id = hub name, Ref = hub name.
 	KindHubTelemetry Kind = "hubTelemetry"
+	// KindHubFeedback holds a built-in hub's cloud-to-device feedback
+	// records waiting for a service's feedback receiver; id = hub name,
+	// Ref = hub name.
+	KindHubFeedback Kind = "hubFeedback"
 )
 
 // Kinds lists every kind dpsd stores. A test checks it against the
@@ -33,7 +37,7 @@ const (
 var Kinds = []Kind{
 	KindConfig, KindEnrollment, KindEnrollmentGroup, KindRegistration,
 	KindLinkedHub, KindCACertificate, KindAllocationLog, KindAllocationPolicy, KindRefusal, KindIssuingCA,
-	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry,
+	KindHub, KindHubDevice, KindHubSession, KindHubCA, KindHubC2D, KindHubModule, KindHubTelemetry, KindHubFeedback,
 	KindHealth,
 }
 

@@ -144,3 +144,24 @@ func CheckWrites(writes []Write) error {
 	}
 	return nil
 }
+
+// MaxBroadcast bounds the payload of one Broadcast: PostgreSQL's NOTIFY
+// takes under 8,000 bytes, with room left for the envelope.
+const MaxBroadcast = 7000
+
+// Broadcaster is implemented by stores shared by several nodes, to tell
+// the other nodes of an event that concerns what they hold in memory
+// rather than in the store: a cloud-to-device message queued for a device
+// connected to another node, say. Delivery is best effort: a message is
+// lost when no node listens, and a receiver that falls behind, or whose
+// listening connection broke, gets an empty message instead of what it
+// missed, meaning "anything may have happened: look at the store".
+type Broadcaster interface {
+	// Broadcast sends msg (at most MaxBroadcast bytes) to every node
+	// listening, this one included.
+	Broadcast(ctx context.Context, msg []byte) error
+	// Broadcasts delivers the messages broadcast by any node until ctx
+	// ends or the store is closed; then it closes the channel. Its first
+	// message, and the first after each reconnection, is empty.
+	Broadcasts(ctx context.Context) (<-chan []byte, error)
+}

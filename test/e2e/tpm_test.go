@@ -240,8 +240,4 @@ func TestTPMSimulator(t *testing.T) {
 	if err == nil || !strings.Contains(stdout+errOut, "401") {
 		t.Fatalf("a foreign TPM: %v\n%s\n%s", err, stdout, errOut)
 	}
-	// TPM attestation is https only in this client, and says so.
-	if _, errOut, err := dpsdCLIResult(t, srv, "device", "provision", "--registration-id", "tpm-sim-1", "--tpm", sw.Addr(), "--transport", "mqtt"); err == nil || !strings.Contains(errOut, "https only") {
-		t.Fatalf("--tpm over mqtt: %v\n%s", err, errOut)
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,8 +28,8 @@ import (
 const (
 	requestTimeout = 30 * time.Second
 	logTailOnError = 60
-	// Nodes listen on 127.0.0.50, .51, ... and the fake hub on the last
-	// address of the ten.
+	// Nodes listen on 127.0.0.50, .51, ... (see nodeNet) and the fake hub
+	// on the last address of the ten.
 	firstHost = 50
 	maxNodes  = 10
 )
@@ -59,7 +60,20 @@ func testCerts(t *testing.T) *testenv.TLSFiles {
 	return certs
 }
 
-func nodeIP(i int) net.IP { return net.IPv4(127, 0, 0, byte(firstHost+i)) }
+// nodeNet is the /24 the nodes listen in: 127.0.0 unless
+// DPSD_TEST_MULTINODE_NET names another loopback one (e.g. "127.0.24"),
+// for running these tests beside others that use 127.0.0.50-59.
+var nodeNet = func() [3]byte {
+	n := [3]byte{127, 0, 0}
+	if v := os.Getenv("DPSD_TEST_MULTINODE_NET"); v != "" {
+		if ip := net.ParseIP(v + ".0").To4(); ip != nil && ip.IsLoopback() {
+			copy(n[:], ip[:3])
+		}
+	}
+	return n
+}()
+
+func nodeIP(i int) net.IP { return net.IPv4(nodeNet[0], nodeNet[1], nodeNet[2], byte(firstHost+i)) }
 
 // node is one running "dpsd serve" of a cluster, with clients of it.
 type node struct {

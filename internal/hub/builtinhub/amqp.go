@@ -368,7 +368,11 @@ func (a *amqpLinks) telemetry(d *wire.Delivery) {
 	for k, v := range m.ApplicationProperties {
 		props["iothub-app-"+k] = anyString(v)
 	}
-	h.msgs.add(h.httpMessage(id, props, m.Body()))
+	if err := h.keepTelemetry(h.httpMessage(id, props, m.Body())); err != nil {
+		// Not accepted: the device's SDK sends it again.
+		_ = d.Reject(&wire.Error{Condition: "amqp:internal-error", Description: "the message could not be stored: " + err.Error()})
+		return
+	}
 	h.touch(id)
 	_ = d.Accept()
 }

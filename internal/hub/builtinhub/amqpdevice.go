@@ -381,6 +381,14 @@ func (h *Hub) invokeAMQP(ctx context.Context, l *wire.Link, name string, rid wir
 	})
 }
 
+// hasAMQPDesired reports whether a device turned desired-property
+// updates on over AMQP on this node.
+func (h *Hub) hasAMQPDesired(id string) bool {
+	h.amqpDev.mu.Lock()
+	defer h.amqpDev.mu.Unlock()
+	return h.amqpDev.desired[strings.ToLower(id)] != nil
+}
+
 // newUUID returns a random (version 4) uuid.
 func newUUID() wire.UUID {
 	var u wire.UUID

@@ -64,12 +64,16 @@ type queued struct {
 	deliveries  int
 }
 
-// c2dQueues holds the cloud-to-device messages of a hub's devices. They
-// are served from memory and written through to the store, one record per
-// device queue, so waiting messages survive a restart (their locks do
-// not: a message received but not settled is delivered again). A store
-// shared by several nodes is not kept coherent between them: each node
-// reads the queues at start.
+// c2dQueues holds the cloud-to-device messages of a hub's devices, one
+// store record per device queue, locks included. The store is the truth:
+// every change reads the queue's record (memory keeps the copy last read,
+// and its etag, so an unchanged record costs one read) and writes it back
+// conditionally, again if another node wrote it meanwhile. So nodes
+// sharing a store (PostgreSQL) agree on each queue: a message sent through
+// one node is delivered by the node the device is connected to, and a
+// message locked by one is settled through another. A message locked by a
+// connection (MQTT, AMQP) that ends is unlocked at once; one whose node
+// crashed becomes visible again when its lock expires.
 type c2dQueues struct {
 	st  store.Store // nil: memory only (tests)
 	hub string
@@ -82,51 +86,179 @@ type c2dQueues struct {
 	mu     sync.Mutex
 	seq    int64
 	queues map[string][]*queued // by lower-cased device id
+	etags  map[string]string    // of each queue's record as last read or written
 }
 
 func newC2DQueues(st store.Store, hub string, log *slog.Logger) *c2dQueues {
-	return &c2dQueues{st: st, hub: hub, log: log, queues: map[string][]*queued{}}
+	return &c2dQueues{st: st, hub: hub, log: log, queues: map[string][]*queued{}, etags: map[string]string{}}
 }
 
 // storedC2D is a waiting message as the store keeps it.
 type storedC2D struct {
 	C2DMessage
-	Device     string    `json:"deviceId,omitempty"`
-	Seq        int64     `json:"seq"`
-	Enqueued   time.Time `json:"enqueued"`
-	Deliveries int       `json:"deliveries"`
+	Device      string    `json:"deviceId,omitempty"`
+	Seq         int64     `json:"seq"`
+	Enqueued    time.Time `json:"enqueued"`
+	Deliveries  int       `json:"deliveries"`
+	LockToken   string    `json:"lockToken,omitempty"`
+	LockedUntil time.Time `json:"lockedUntil,omitzero"`
 }
 
-// save writes a device's queue through to the store, or removes it when
-// it is empty; c.mu is held, so writes of one queue keep their order.
-func (c *c2dQueues) save(key string) {
-	if c.st == nil {
-		return
+// c2dAttempts bounds the retries of a queue change that met other nodes'
+// changes of the same queue.
+const c2dAttempts = 10
+
+// errC2DStore reports a queue that could not be read or written.
+func errC2DStore(err error) error {
+	return azurehub.Errorf(http.StatusServiceUnavailable, "ServiceUnavailable", "The cloud-to-device queue could not be stored: %v", err)
+}
+
+// refresh reads a device's queue from the store, unless the copy in
+// memory is current; c.mu is held.
+func (c *c2dQueues) refresh(ctx context.Context, key string) error {
+	rec, err := c.st.Get(ctx, KindC2D, deviceKey(c.hub, key))
+	if errors.Is(err, store.ErrNotFound) {
+		delete(c.queues, key)
+		delete(c.etags, key)
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	if err != nil {
+		return err
+	}
+	if rec.ETag == c.etags[key] {
+		return nil
+	}
+	var ms []storedC2D
+	if err := json.Unmarshal(rec.Data, &ms); err != nil {
+		return fmt.Errorf("cloud-to-device queue %s: %w", rec.ID, err)
+	}
+	q := make([]*queued, 0, len(ms))
+	for _, m := range ms {
+		if m.Device == "" {
+			m.Device = key
+		}
+		q = append(q, &queued{C2DMessage: m.C2DMessage, device: m.Device, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries,
+			lockToken: m.LockToken, lockedUntil: m.LockedUntil})
+		c.seq = max(c.seq, m.Seq)
+	}
+	if len(q) == 0 {
+		delete(c.queues, key)
+	} else {
+		c.queues[key] = q
+	}
+	c.etags[key] = rec.ETag
+	return nil
+}
+
+// save writes a device's queue to the store, or removes it when it is
+// empty, on condition that nobody wrote it since it was read; c.mu is
+// held.
+func (c *c2dQueues) save(ctx context.Context, key string) error {
 	id := deviceKey(c.hub, key)
+	etag := c.etags[key]
 	q := c.queues[key]
 	if len(q) == 0 {
-		if err := c.st.Delete(ctx, KindC2D, id, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
-			c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+		if etag == "" {
+			return nil
 		}
-		return
+		err := c.st.Delete(ctx, KindC2D, id, store.Condition{IfMatch: etag})
+		if errors.Is(err, store.ErrNotFound) {
+			err = store.ErrPrecondition // removed by another node meanwhile
+		}
+		if err == nil {
+			delete(c.etags, key)
+		}
+		return err
 	}
 	out := make([]storedC2D, len(q))
 	for i, m := range q {
-		out[i] = storedC2D{C2DMessage: m.C2DMessage, Device: m.device, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries}
+		out[i] = storedC2D{C2DMessage: m.C2DMessage, Device: m.device, Seq: m.seq, Enqueued: m.enqueued, Deliveries: m.deliveries,
+			LockToken: m.lockToken, LockedUntil: m.lockedUntil}
 	}
 	data, err := json.Marshal(out)
-	if err == nil {
-		_, err = c.st.Put(ctx, store.Record{Kind: KindC2D, ID: id, Ref: c.hub, Data: data}, store.Condition{})
-	}
 	if err != nil {
-		c.log.Warn("cloud-to-device queue not saved", "deviceId", key, "err", err)
+		return err
+	}
+	cond := store.Condition{IfMatch: etag}
+	if etag == "" {
+		cond = store.Condition{MustNotExist: true}
+	}
+	rec, err := c.st.Put(ctx, store.Record{Kind: KindC2D, ID: id, Ref: c.hub, Data: data}, cond)
+	if errors.Is(err, store.ErrExists) {
+		err = store.ErrPrecondition
+	}
+	if err == nil {
+		c.etags[key] = rec.ETag
+	}
+	return err
+}
+
+// change applies fn to a device's queue as the store has it and writes
+// the result back unless fn reports no change, again from the start if
+// another node wrote the queue meanwhile. fn gets copies of the messages,
+// may change them, and returns the queue; it must change nothing else,
+// and report its results through variables it sets afresh on each call.
+// The messages it returns as dead are dead-lettered once the change is
+// stored. c.mu is held.
+func (c *c2dQueues) change(key string, fn func(q []*queued) (out []*queued, changed bool, dead []deadLetter)) error {
+	set := func(q []*queued) {
+		if len(q) == 0 {
+			delete(c.queues, key)
+		} else {
+			c.queues[key] = q
+		}
+	}
+	if c.st == nil {
+		q, _, dead := fn(c.queues[key])
+		set(q)
+		c.bury(dead)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range c2dAttempts {
+		if err := c.refresh(ctx, key); err != nil {
+			return err
+		}
+		kept := c.queues[key]
+		q := make([]*queued, len(kept))
+		for i, m := range kept {
+			cp := *m
+			q[i] = &cp
+		}
+		q, changed, dead := fn(q)
+		if !changed {
+			return nil
+		}
+		set(q)
+		err := c.save(ctx, key)
+		if err == nil {
+			c.bury(dead)
+			return nil
+		}
+		set(kept)
+		delete(c.etags, key) // read it again
+		if !errors.Is(err, store.ErrPrecondition) {
+			return err
+		}
+	}
+	return fmt.Errorf("cloud-to-device queue of %s: %d attempts met other changes", key, c2dAttempts)
+}
+
+// deadLetter is a message dropped undelivered, with its feedback status.
+type deadLetter struct {
+	m      *queued
+	status string
+}
+
+func (c *c2dQueues) bury(dead []deadLetter) {
+	for _, d := range dead {
+		c.deadLetter(d.m, d.status)
 	}
 }
 
-// load reads the stored queues of the hub.
+// load reads the stored queues of the hub, so that the sequence numbers
+// go on after them.
 func (c *c2dQueues) load(ctx context.Context) error {
 	if c.st == nil {
 		return nil
@@ -144,12 +276,7 @@ func (c *c2dQueues) load(ctx context.Context) error {
 			if err := json.Unmarshal(rec.Data, &ms); err != nil {
 				return fmt.Errorf("cloud-to-device queue %s: %w", rec.ID, err)
 			}
-			key := strings.ToLower(strings.TrimPrefix(rec.ID, c.hub+"/"))
 			for _, m := range ms {
-				if m.Device == "" {
-					m.Device = key
-				}
-				c.queues[key] = append(c.queues[key], &queued{C2DMessage: m.C2DMessage, device: m.Device, seq: m.Seq, enqueued: m.Enqueued, deliveries: m.Deliveries})
 				c.seq = max(c.seq, m.Seq)
 			}
 		}
@@ -179,16 +306,25 @@ func (h *Hub) SendC2D(ctx context.Context, id string, m *C2DMessage) error {
 	}
 	h.c2d.mu.Lock()
 	key := strings.ToLower(id)
-	h.c2d.expire(key, now)
-	if len(h.c2d.queues[key]) >= MaxC2DQueue {
-		h.c2d.mu.Unlock()
+	full := false
+	err := h.c2d.change(key, func(qs []*queued) ([]*queued, bool, []deadLetter) {
+		qs, dead := expireQueue(qs, now)
+		if full = len(qs) >= MaxC2DQueue; full {
+			return qs, len(dead) > 0, dead
+		}
+		h.c2d.seq++
+		q.seq = h.c2d.seq
+		return append(qs, q), true, dead
+	})
+	h.c2d.mu.Unlock()
+	if err != nil {
+		h.log.Warn("cloud-to-device message not queued", "deviceId", id, "err", err)
+		return errC2DStore(err)
+	}
+	if full {
 		return azurehub.Errorf(http.StatusForbidden, "DeviceMaximumQueueDepthExceeded", "Device %s already has %d messages waiting.", id, MaxC2DQueue)
 	}
-	h.c2d.seq++
-	q.seq = h.c2d.seq
-	h.c2d.queues[key] = append(h.c2d.queues[key], q)
-	h.c2d.save(key)
-	h.c2d.mu.Unlock()
+	h.announceC2D(id)
 	h.log.Debug("cloud-to-device message queued", "deviceId", id, "messageId", q.MessageID)
 	h.deliverC2D(id)
 	return nil
@@ -209,32 +345,33 @@ var statusDescription = map[string]string{
 	statusRejected:      "Message rejected",
 }
 
-// expire dead-letters the messages of a queue that expired, or that are
-// visible again after their last allowed delivery; mu is held.
-func (c *c2dQueues) expire(key string, now time.Time) {
-	q := c.queues[key]
-	kept := q[:0]
+// expireQueue drops the messages of a queue that expired, or that are
+// visible again after their last allowed delivery, and returns them as
+// dead letters.
+func expireQueue(q []*queued, now time.Time) ([]*queued, []deadLetter) {
+	var dead []deadLetter
+	kept := q[:0:0]
 	for _, m := range q {
 		locked := m.lockToken != "" && now.Before(m.lockedUntil)
 		switch {
 		case !now.Before(m.Expiry):
-			c.deadLetter(m, statusExpired)
+			dead = append(dead, deadLetter{m, statusExpired})
 		case !locked && m.deliveries >= maxDeliveries:
-			c.deadLetter(m, statusDeliveryCount)
+			dead = append(dead, deadLetter{m, statusDeliveryCount})
 		default:
 			kept = append(kept, m)
-			continue
 		}
 	}
-	dropped := len(q) - len(kept)
-	clear(q[len(kept):])
-	if len(kept) == 0 {
-		delete(c.queues, key)
-	} else {
-		c.queues[key] = kept
-	}
-	if dropped > 0 {
-		c.save(key)
+	return kept, dead
+}
+
+// expire dead-letters the expired messages of a queue; mu is held.
+func (c *c2dQueues) expire(key string, now time.Time) {
+	if err := c.change(key, func(q []*queued) ([]*queued, bool, []deadLetter) {
+		q, dead := expireQueue(q, now)
+		return q, len(dead) > 0, dead
+	}); err != nil {
+		c.log.Warn("cloud-to-device queue not expired", "deviceId", key, "err", err)
 	}
 }
 
@@ -251,19 +388,29 @@ func (c *c2dQueues) deadLetter(m *queued, status string) {
 func (c *c2dQueues) next(id string, now time.Time) *queued {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	key := strings.ToLower(id)
-	c.expire(key, now)
-	for _, m := range c.queues[key] {
-		if m.lockToken != "" && now.Before(m.lockedUntil) {
-			continue
+	var got *queued
+	err := c.change(strings.ToLower(id), func(q []*queued) ([]*queued, bool, []deadLetter) {
+		got = nil
+		q, dead := expireQueue(q, now)
+		for _, m := range q {
+			if m.lockToken != "" && now.Before(m.lockedUntil) {
+				continue
+			}
+			// The delivery count is stored with the lock: it bounds
+			// redeliveries.
+			m.lockToken, m.lockedUntil = newToken(), now.Add(c2dLock)
+			m.deliveries++
+			cp := *m
+			got = &cp
+			break
 		}
-		m.lockToken, m.lockedUntil = newToken(), now.Add(c2dLock)
-		m.deliveries++
-		c.save(key) // the delivery count, which bounds redeliveries
-		cp := *m
-		return &cp
+		return q, got != nil || len(dead) > 0, dead
+	})
+	if err != nil {
+		c.log.Warn("cloud-to-device message not delivered", "deviceId", id, "err", err)
+		return nil
 	}
-	return nil
+	return got
 }
 
 // c2dOutcome is how a device settles a message it received.
@@ -281,26 +428,31 @@ const (
 func (c *c2dQueues) settle(id, lockToken string, o c2dOutcome, now time.Time) (*queued, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	key := strings.ToLower(id)
-	q := c.queues[key]
-	for i, m := range q {
-		if m.lockToken != lockToken || lockToken == "" || !now.Before(m.lockedUntil) {
-			continue
+	var got *queued
+	var dead bool
+	err := c.change(strings.ToLower(id), func(q []*queued) ([]*queued, bool, []deadLetter) {
+		got, dead = nil, false
+		for i, m := range q {
+			if m.lockToken != lockToken || lockToken == "" || !now.Before(m.lockedUntil) {
+				continue
+			}
+			dead = o == c2dAbandon && m.deliveries >= maxDeliveries
+			if o == c2dAbandon && !dead {
+				m.lockToken, m.lockedUntil = "", time.Time{}
+				cp := *m
+				got = &cp
+				return q, true, nil
+			}
+			got = m
+			return append(q[:i:i], q[i+1:]...), true, nil
 		}
-		dead := o == c2dAbandon && m.deliveries >= maxDeliveries
-		if o == c2dAbandon && !dead {
-			m.lockToken = ""
-			cp := *m
-			return &cp, false
-		}
-		c.queues[key] = append(q[:i:i], q[i+1:]...)
-		if len(c.queues[key]) == 0 {
-			delete(c.queues, key)
-		}
-		c.save(key)
-		return m, dead
+		return q, false, nil
+	})
+	if err != nil {
+		c.log.Warn("cloud-to-device message not settled", "deviceId", id, "err", err)
+		return nil, false
 	}
-	return nil, false
+	return got, dead
 }
 
 // settleC2D applies a device's settlement of the message it holds with
@@ -329,9 +481,12 @@ func (h *Hub) settleC2D(id, lockToken string, o c2dOutcome) bool {
 // drop forgets a deleted device's messages.
 func (c *c2dQueues) drop(id string) {
 	c.mu.Lock()
-	delete(c.queues, strings.ToLower(id))
-	c.save(strings.ToLower(id))
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if err := c.change(strings.ToLower(id), func(q []*queued) ([]*queued, bool, []deadLetter) {
+		return nil, len(q) > 0, nil
+	}); err != nil {
+		c.log.Warn("a deleted device's cloud-to-device queue not removed", "deviceId", id, "err", err)
+	}
 }
 
 // deliverC2D sends a device's waiting messages over its MQTT connection,

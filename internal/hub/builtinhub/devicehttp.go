@@ -110,15 +110,19 @@ func (h *Hub) deviceTelemetry(w http.ResponseWriter, r *http.Request, reqID stri
 			}
 			msgs = append(msgs, h.httpMessage(id, b.Properties, payload))
 		}
-		for _, m := range msgs {
-			h.msgs.add(m)
+		if err := h.keepTelemetry(msgs...); err != nil {
+			h.writeError(w, reqID, telemetryNotStored(err))
+			return
 		}
 	} else {
 		if len(body) > maxTelemetry {
 			h.writeError(w, reqID, azurehub.Errorf(http.StatusRequestEntityTooLarge, "MessageTooLarge", "The message is larger than %d bytes.", maxTelemetry))
 			return
 		}
-		h.msgs.add(h.httpMessage(id, headerProperties(r.Header), body))
+		if err := h.keepTelemetry(h.httpMessage(id, headerProperties(r.Header), body)); err != nil {
+			h.writeError(w, reqID, telemetryNotStored(err))
+			return
+		}
 	}
 	h.touch(id)
 	w.WriteHeader(http.StatusNoContent)
@@ -230,4 +234,10 @@ func (h *Hub) deviceSettle(w http.ResponseWriter, r *http.Request, reqID string,
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// telemetryNotStored is the answer to a device whose telemetry could not
+// be stored: 503, so that it sends the message again.
+func telemetryNotStored(err error) error {
+	return azurehub.Errorf(http.StatusServiceUnavailable, "ServiceUnavailable", "The message could not be stored: %v", err)
 }

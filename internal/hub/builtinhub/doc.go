@@ -17,8 +17,10 @@
 // Certificates come from the local CA.
 //
 // Devices, modules, twins, persistent MQTT sessions, cloud-to-device
-// queues and CA certificates live in the store, so hubs survive restarts;
-// telemetry is kept in a buffer per hub bounded by count, bytes and age,
-// written to the store at a clean stop. The wire behaviour follows
-// iothub-surface.md.
+// queues, feedback and CA certificates live in the store, so hubs survive
+// restarts; telemetry is stored before the device is acknowledged
+// (telemetrylog.go) and served from a buffer per hub bounded by count,
+// bytes and age. Nodes sharing a store run every hub of the shared
+// endpoint and tell each other what concerns a device connected to
+// another (cluster.go). The wire behaviour follows iothub-surface.md.
 package builtinhub

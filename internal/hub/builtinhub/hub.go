@@ -119,8 +119,14 @@ type Hub struct {
 	now     func() time.Time
 	limiter *limiter
 	msgs    *messageBuffer
+	tlog    *telemetryLog // nil without a store
 	c2d     *c2dQueues
 	fb      *feedbackHub
+	// bus tells the other nodes sharing the store of an event (cluster.go);
+	// nil without other nodes.
+	bus func(hubEvent)
+	// remote are the direct methods this node asked another to invoke.
+	remote remoteCalls
 
 	broker *mqtt.Server
 	http   *http.Server
@@ -265,10 +271,11 @@ type hubOptions struct {
 	maxKeepAlive   uint16
 	listener       func(net.Listener, string) net.Listener
 	shared         *Shared // set: no listeners of its own
+	bus            func(hubEvent)
 }
 
 // startHub binds the hub's listeners and serves them.
-func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
+func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 	h := &Hub{
 		cfg:            cfg,
 		st:             st,
@@ -287,8 +294,12 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		methods:        make(map[string]pendingMethod),
 		cert:           o.cert,
 		shared:         o.shared,
+		bus:            o.bus,
 	}
 	h.msgs.setPartitions(o.partitions)
+	if st != nil {
+		h.tlog = newTelemetryLog(st, cfg.Name, h.msgs, h.log)
+	}
 	h.c2d.dead = h.feedback
 	h.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -298,13 +309,21 @@ func startHub(cfg Config, st store.Store, o hubOptions) (*Hub, error) {
 		NextProtos: []string{"http/1.1"},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err := h.c2d.load(ctx)
-	if err == nil {
-		err = h.loadTelemetry(ctx)
+	err = h.c2d.load(ctx)
+	if err == nil && h.tlog != nil {
+		err = h.tlog.load(ctx)
 	}
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
+	if h.tlog != nil {
+		h.tlog.start()
+		defer func() {
+			if err != nil {
+				_ = h.tlog.close(context.Background())
+			}
+		}()
 	}
 	if h.shared != nil {
 		if err := h.startBroker(); err != nil {
@@ -387,6 +406,11 @@ func (h *Hub) close(ctx context.Context) error {
 		err = errors.Join(err, ctx.Err())
 	}
 	_ = h.broker.Close()
+	if h.tlog != nil {
+		// After the connections: what they sent is written before the
+		// hub stops.
+		err = errors.Join(err, h.tlog.close(ctx))
+	}
 	return err
 }
 

@@ -120,6 +120,15 @@ type Manager struct {
 	front *front       // nil without Options.Shared
 	amqp  *wire.Server // the shared endpoint's AMQP server
 
+	// bus, for a store shared by several nodes, carries events between
+	// them (cluster.go); run tells this node's from the others'. stop
+	// ends the following of the others' events, and followed is closed
+	// when it has ended.
+	bus      store.Broadcaster
+	run      string
+	stop     context.CancelFunc
+	followed chan struct{}
+
 	mu     sync.Mutex
 	hubs   map[string]*Hub   // running hubs by lower-cased name
 	failed map[string]string // hubs that could not start: name → error
@@ -156,7 +165,10 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	if opt.BodyTimeout <= 0 {
 		opt.BodyTimeout = defaultBodyTimeout
 	}
-	m := &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string)}
+	m := &Manager{st: st, opt: opt, log: opt.Logger, hubs: make(map[string]*Hub), failed: make(map[string]string), run: newToken()}
+	if b, ok := st.(store.Broadcaster); ok {
+		m.bus = b
+	}
 	if opt.Shared != nil {
 		m.front = newFront(m)
 		m.amqp = m.newAMQPServer()
@@ -224,15 +236,27 @@ func (m *Manager) Start(ctx context.Context) error {
 		return err
 	}
 	for _, cfg := range cfgs {
-		if err := m.run(cfg); err != nil {
+		if err := m.runHub(cfg); err != nil {
 			m.log.Error("built-in hub not started", "hub", cfg.Name, "err", err)
 		}
+	}
+	if m.bus != nil {
+		fctx, stop := context.WithCancel(context.Background())
+		m.stop, m.followed = stop, make(chan struct{})
+		go func() {
+			defer close(m.followed)
+			m.follow(fctx)
+		}()
 	}
 	return nil
 }
 
 // Close stops every hub.
 func (m *Manager) Close(ctx context.Context) error {
+	if m.stop != nil {
+		m.stop()
+		<-m.followed
+	}
 	m.mu.Lock()
 	m.closed = true
 	hubs := make([]*Hub, 0, len(m.hubs))
@@ -247,16 +271,11 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	for _, h := range hubs {
 		errs = append(errs, h.close(ctx))
-		// After close, so no message comes in between: the telemetry
-		// kept goes into the store for the next start.
-		if err := h.saveTelemetry(ctx); err != nil {
-			m.log.Warn("keeping a hub's telemetry over the restart failed", "hub", h.cfg.Name, "err", err)
-		}
 	}
 	return errors.Join(errs...)
 }
 
-func (m *Manager) run(cfg Config) error {
+func (m *Manager) runHub(cfg Config) error {
 	var shared *Shared
 	if cfg.Address == "" {
 		if shared = m.opt.Shared; shared == nil {
@@ -292,6 +311,7 @@ func (m *Manager) run(cfg Config) error {
 		bodyTimeout:    m.opt.BodyTimeout,
 		listener:       m.opt.Listener,
 		shared:         shared,
+		bus:            m.broadcast,
 	})
 	if err != nil {
 		m.setFailed(cfg.Name, err)
@@ -302,6 +322,12 @@ func (m *Manager) run(cfg Config) error {
 	if m.closed {
 		go h.close(context.Background())
 		return errors.New("iothub: manager closed")
+	}
+	if _, running := m.hubs[strings.ToLower(cfg.Name)]; running {
+		// Started meanwhile (another node's event and this node's own
+		// create crossing): one is enough.
+		go h.close(context.Background())
+		return nil
 	}
 	m.hubs[strings.ToLower(cfg.Name)] = h
 	delete(m.failed, strings.ToLower(cfg.Name))
@@ -409,7 +435,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		}
 		return nil, fmt.Errorf("store hub: %w", err)
 	}
-	if err := m.run(cfg); err != nil {
+	if err := m.runHub(cfg); err != nil {
 		// Keep nothing half-made: a hub that cannot listen is removed.
 		_ = m.st.Delete(context.WithoutCancel(ctx), KindHub, name, store.Condition{})
 		m.mu.Lock()
@@ -422,6 +448,7 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 		}
 		return nil, err
 	}
+	m.broadcast(hubEvent{Event: eventHubs, Hub: name})
 	m.log.Info("built-in hub created", "hub", name, "hostName", host, "address", m.address(cfg), "hosts", m.hostsLine(cfg))
 	return m.info(cfg), nil
 }
@@ -488,7 +515,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 			m.log.Warn("stopping hub", "hub", name, "err", err)
 		}
 	}
-	for _, kind := range []store.Kind{KindDevice, KindModule, KindSession, KindCA, KindC2D, KindTelemetry} {
+	for _, kind := range []store.Kind{KindDevice, KindModule, KindSession, KindCA, KindC2D, KindTelemetry, KindFeedback} {
 		if err := m.deleteAll(ctx, kind, name); err != nil {
 			return err
 		}
@@ -496,6 +523,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	if err := m.st.Delete(ctx, KindHub, name, store.Condition{}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("delete hub %s: %w", name, err)
 	}
+	m.broadcast(hubEvent{Event: eventHubs, Hub: name})
 	m.log.Info("built-in hub deleted", "hub", name)
 	return nil
 }

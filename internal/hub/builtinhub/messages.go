@@ -3,16 +3,11 @@ package builtinhub
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
-
-	"github.com/dpsd/dpsd/internal/store"
 )
 
 // DefaultMessageBuffer is how many device-to-cloud messages a hub keeps.
@@ -78,6 +73,12 @@ type messageBuffer struct {
 	// parts is the state of the Event Hubs-compatible endpoint's
 	// partitions (eventhub.go).
 	parts []partitionState
+	// durable is set when every message is also a record in the store
+	// (telemetryLog); dropped then holds the sequence numbers of the
+	// messages the buffer let go, whose records the log deletes with its
+	// next write.
+	durable bool
+	dropped []int64
 }
 
 type keptMessage struct {
@@ -123,12 +124,50 @@ func (b *messageBuffer) expire() {
 	cutoff := b.now().Add(-b.maxAge)
 	drop := 0
 	for drop < len(b.msgs) && b.msgs[drop].EnqueuedTime.Before(cutoff) {
-		b.bytes -= b.msgs[drop].size
 		drop++
 	}
-	if drop > 0 {
-		b.msgs = append(b.msgs[:0:0], b.msgs[drop:]...)
+	b.dropFirst(drop)
+}
+
+// maxDropped bounds the deletes a buffer owes the store: past it the
+// oldest are forgotten, and their records wait for the bounds a start
+// applies (loadTelemetry).
+const maxDropped = 100_000
+
+// dropFirst drops the n oldest messages; b.mu is held.
+func (b *messageBuffer) dropFirst(n int) {
+	if n <= 0 {
+		return
 	}
+	for _, m := range b.msgs[:n] {
+		b.bytes -= m.size
+		if b.durable {
+			b.dropped = append(b.dropped, m.SequenceNumber)
+		}
+	}
+	if len(b.dropped) > maxDropped {
+		b.dropped = append(b.dropped[:0:0], b.dropped[len(b.dropped)-maxDropped:]...)
+	}
+	// Cleared, so the backing array does not hold the dropped messages'
+	// bodies; the next growth of the slice copies only the messages kept,
+	// so a full buffer costs no copy of itself per message.
+	clear(b.msgs[:n])
+	b.msgs = b.msgs[n:]
+	if len(b.msgs) == 0 {
+		b.msgs = nil
+	}
+}
+
+// trim applies the bounds by count and bytes (the newest message is
+// always kept) and by age; b.mu is held.
+func (b *messageBuffer) trim() {
+	b.expire()
+	drop, bytes := 0, b.bytes
+	for len(b.msgs)-drop > b.max || (bytes > b.maxBytes && len(b.msgs)-drop > 1) {
+		bytes -= b.msgs[drop].size
+		drop++
+	}
+	b.dropFirst(drop)
 }
 
 // changed returns a channel closed when the next message is added.
@@ -147,18 +186,7 @@ func (b *messageBuffer) add(m Message) {
 	b.place(&km)
 	b.msgs = append(b.msgs, km)
 	b.bytes += km.size
-	b.expire()
-	drop := 0
-	for len(b.msgs)-drop > b.max || (b.bytes > b.maxBytes && len(b.msgs)-drop > 1) {
-		b.bytes -= b.msgs[drop].size
-		drop++
-	}
-	if drop > 0 {
-		// Copying keeps the backing array from holding the dropped
-		// messages' bodies; it costs what the buffer holds, and happens
-		// only when it is full.
-		b.msgs = append(b.msgs[:0:0], b.msgs[drop:]...)
-	}
+	b.trim()
 	close(b.added)
 	b.added = make(chan struct{})
 }
@@ -214,8 +242,9 @@ func (h *Hub) WaitMessages(ctx context.Context, deviceID string, after int64, li
 }
 
 // recordTelemetry keeps a message published on
-// devices/{id}/messages/events/{property bag}.
-func (h *Hub) recordTelemetry(id, topic string, payload []byte) {
+// devices/{id}/messages/events/{property bag}; it returns once the message
+// is durable, or with the error that kept it from being so.
+func (h *Hub) recordTelemetry(id, topic string, payload []byte) error {
 	_, bag, _ := strings.Cut(topic, "/messages/events")
 	bag = strings.TrimPrefix(bag, "/")
 	dev, mod, _ := strings.Cut(id, "/") // a module's client id is device/module
@@ -248,74 +277,9 @@ func (h *Hub) recordTelemetry(id, topic string, payload []byte) {
 	} else {
 		m.Body, m.BodyEncoding = base64.StdEncoding.EncodeToString(payload), "base64"
 	}
-	h.msgs.add(m)
+	if err := h.keepTelemetry(m); err != nil {
+		return err
+	}
 	h.log.Debug("telemetry received", "deviceId", id, "bytes", len(payload))
-}
-
-// KindTelemetry holds the telemetry a hub kept when dpsd stopped; id = hub
-// name, Ref = hub name.
-const KindTelemetry = store.KindHubTelemetry
-
-// telemetrySnapshot is a hub's telemetry as kept over a restart.
-type telemetrySnapshot struct {
-	Sequence int64     `json:"sequence"` // the last sequence number given
-	Messages []Message `json:"messages"`
-}
-
-// saveTelemetry writes what the buffer keeps to the store, so that a
-// restart keeps it (a crash loses what came since the last stop).
-func (h *Hub) saveTelemetry(ctx context.Context) error {
-	b := h.msgs
-	b.mu.Lock()
-	b.expire()
-	snap := telemetrySnapshot{Sequence: b.seq, Messages: make([]Message, 0, len(b.msgs))}
-	for _, m := range b.msgs {
-		snap.Messages = append(snap.Messages, m.Message)
-	}
-	b.mu.Unlock()
-	data, err := json.Marshal(snap)
-	if err != nil {
-		return fmt.Errorf("encode telemetry: %w", err)
-	}
-	_, err = h.st.Put(ctx, store.Record{Kind: KindTelemetry, ID: h.cfg.Name, Ref: h.cfg.Name, Data: data}, store.Condition{})
-	return err
-}
-
-// loadTelemetry restores the telemetry kept at the last stop, within the
-// buffer's bounds, and continues its sequence numbers.
-func (h *Hub) loadTelemetry(ctx context.Context) error {
-	rec, err := h.st.Get(ctx, KindTelemetry, h.cfg.Name)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read kept telemetry: %w", err)
-	}
-	var snap telemetrySnapshot
-	if err := json.Unmarshal(rec.Data, &snap); err != nil {
-		h.log.Warn("kept telemetry unreadable; starting without it", "err", err)
-		return nil
-	}
-	b := h.msgs
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, m := range snap.Messages {
-		km := keptMessage{Message: m, size: size(m)}
-		// Placed again: the Event Hubs-compatible endpoint's partition
-		// sequence numbers start over with a restart; offsets (the hub's
-		// sequence numbers) go on.
-		b.place(&km)
-		b.msgs = append(b.msgs, km)
-		b.bytes += km.size
-		b.seq = max(b.seq, m.SequenceNumber)
-	}
-	b.seq = max(b.seq, snap.Sequence)
-	b.expire()
-	drop := 0
-	for len(b.msgs)-drop > b.max || (b.bytes > b.maxBytes && len(b.msgs)-drop > 0) {
-		b.bytes -= b.msgs[drop].size
-		drop++
-	}
-	b.msgs = b.msgs[drop:]
 	return nil
 }

@@ -480,9 +480,14 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	k.h.touch(cl.ID)
 	if strings.HasPrefix(pk.TopicName, "devices/") {
-		// Kept before the PUBACK goes out: an acknowledged message is
-		// enqueued, as the SDKs' "MessageEnqueued" says.
-		k.h.recordTelemetry(cl.ID, pk.TopicName, bytes.Clone(pk.Payload))
+		// Stored before the PUBACK goes out: an acknowledged message is
+		// enqueued, as the SDKs' "MessageEnqueued" says, and survives a
+		// crash. One that cannot be stored gets no PUBACK: the
+		// connection ends, and the device sends it again on its next.
+		if err := k.h.recordTelemetry(cl.ID, pk.TopicName, bytes.Clone(pk.Payload)); err != nil {
+			cl.Stop(packets.ErrServerUnavailable)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	return pk, packets.CodeSuccessIgnore
 }
@@ -623,10 +628,42 @@ func (h *Hub) pushDesired(id string, patch map[string]any, version int64) {
 	if err != nil {
 		return
 	}
+	h.pushDesiredHere(id, data, version)
+	h.announceDesired(id, data, version)
+}
+
+// pushDesiredHere sends an encoded desired-properties change to the
+// device if it is connected to this node and subscribed.
+func (h *Hub) pushDesiredHere(id string, data []byte, version int64) {
 	if cl := h.client(id); cl != nil && subscribed(cl, filterDesired) {
 		h.writeTo(cl, topicDesiredPush+"?$version="+strconv.FormatInt(version, 10), data)
 	}
 	h.pushDesiredAMQP(id, data, version)
+}
+
+// pushDesiredFrom pushes a desired-properties change another node made
+// to the device, if it is connected here. A change too large for the
+// event is sent as the whole desired properties, read from the store:
+// the device then has them all, as after a full twin read.
+func (h *Hub) pushDesiredFrom(ev hubEvent) {
+	data := []byte(ev.Patch)
+	if len(data) == 0 {
+		if h.client(ev.Device) == nil && !h.hasAMQPDesired(ev.Device) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		d, err := h.loadTwin(ctx, ev.Device)
+		cancel()
+		if err != nil {
+			h.log.Debug("desired properties changed on another node not pushed", "deviceId", ev.Device, "err", err)
+			return
+		}
+		if data, err = json.Marshal(d.Desired.deviceView()); err != nil {
+			return
+		}
+		ev.Version = d.Desired.Version
+	}
+	h.pushDesiredHere(ev.Device, data, ev.Version)
 }
 
 // InvokeMethod calls a direct method on a connected device and waits for
@@ -649,6 +686,17 @@ func (h *Hub) InvokeModuleMethod(ctx context.Context, dev, mod string, req *Meth
 
 // invokeMethod is InvokeMethod for a device or a module (loadTwin).
 func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	return h.invoke(ctx, id, req, true)
+}
+
+// invokeHere invokes a method on a device connected to this node only.
+func (h *Hub) invokeHere(ctx context.Context, id string, req *MethodRequest) (*MethodResult, error) {
+	return h.invoke(ctx, id, req, false)
+}
+
+// invoke invokes a method on the device if it is connected here, or else,
+// with elsewhere, through the node it is connected to.
+func (h *Hub) invoke(ctx context.Context, id string, req *MethodRequest, elsewhere bool) (*MethodResult, error) {
 	if req.MethodName == "" {
 		return nil, azurehub.Errorf(http.StatusBadRequest, azurehub.CodeArgumentInvalid, "methodName is required.")
 	}
@@ -661,6 +709,10 @@ func (h *Hub) invokeMethod(ctx context.Context, id string, req *MethodRequest) (
 	}
 	amqpLink := h.amqpMethodLink(id)
 	if cl == nil && amqpLink == nil {
+		if elsewhere && h.bus != nil {
+			// Perhaps connected to another node.
+			return h.invokeElsewhere(ctx, id, req)
+		}
 		return nil, azurehub.Errorf(http.StatusNotFound, "DeviceNotOnline", "Device %s is not online or has not subscribed to direct methods.", id)
 	}
 	timeout := h.methodTimeout

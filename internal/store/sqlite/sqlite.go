@@ -406,12 +406,13 @@ func (s *Store) readErr(err error) error {
 // SQLite primary result codes that mean the database cannot be used right
 // now rather than that the request was wrong.
 const (
-	codeBusy     = 5  // SQLITE_BUSY: another connection holds the lock
-	codeLocked   = 6  // SQLITE_LOCKED
-	codeNoMem    = 7  // SQLITE_NOMEM
-	codeIOErr    = 10 // SQLITE_IOERR
-	codeFull     = 13 // SQLITE_FULL: disk full
-	codeCantOpen = 14 // SQLITE_CANTOPEN
+	codeBusy       = 5  // SQLITE_BUSY: another connection holds the lock
+	codeLocked     = 6  // SQLITE_LOCKED
+	codeNoMem      = 7  // SQLITE_NOMEM
+	codeIOErr      = 10 // SQLITE_IOERR
+	codeFull       = 13 // SQLITE_FULL: disk full
+	codeCantOpen   = 14 // SQLITE_CANTOPEN
+	codeConstraint = 19 // SQLITE_CONSTRAINT: a row broke a constraint
 )
 
 // mapErr wraps errors that mean "try again later" (lock contention, a full

@@ -79,6 +79,19 @@ func testBatchAllOrNothing(t *testing.T, s store.Store) {
 			{Record: store.Record{Kind: store.KindRegistration, ID: "dev", Data: doc("mine")}},
 			{Delete: true, Record: store.Record{Kind: store.KindHubDevice, ID: "hub/none"}},
 		}, 1, store.ErrNotFound},
+		// Batches of creates alone, a new device's usual batch, which a
+		// store may write in one statement: the failure still names its
+		// write and undoes the others.
+		{"creates, one exists", []store.Write{
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/new", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/dev", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/other", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+		}, 1, store.ErrExists},
+		{"creates, one id twice", []store.Write{
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/other", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/new", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+			{Record: store.Record{Kind: store.KindHubDevice, ID: "HUB/Other", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
+		}, 2, store.ErrExists},
 		{"first fails", []store.Write{
 			{Record: store.Record{Kind: store.KindRegistration, ID: "dev", Data: doc("mine")}, Cond: store.Condition{MustNotExist: true}},
 			{Record: store.Record{Kind: store.KindHubDevice, ID: "hub/other", Data: doc("mine")}},

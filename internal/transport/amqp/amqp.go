@@ -106,6 +106,10 @@ type Options struct {
 	// listener shared with the built-in hubs needs as many as their
 	// Event Hubs-compatible consumers open.
 	MaxSessions int
+	// IDScope is the instance's ID scope: the scope of a TPM device whose
+	// SASL exchange names none (the early C SDK's, which sent its
+	// endorsement key alone).
+	IDScope string
 }
 
 // Server is the DPS AMQP transport. Create it with New.
@@ -118,6 +122,7 @@ type Server struct {
 	handshake     time.Duration
 	answerTimeout time.Duration
 	claim         func(*wire.Conn) (wire.LinkHandler, bool, error)
+	scope         string
 	wire          *wire.Server
 
 	baseCtx context.Context
@@ -143,6 +148,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		handshake:     opts.HandshakeTimeout,
 		answerTimeout: opts.AnswerTimeout,
 		claim:         opts.Claim,
+		scope:         opts.IDScope,
 		listeners:     make(map[net.Listener]struct{}),
 	}
 	if s.log == nil {
@@ -180,7 +186,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		// token on $cbs: offered for the hubs that share the listener.
 		SASL: []wire.SASLServer{
 			wire.PlainServer(nil),
-			{Name: "TPM", New: func(string) wire.SASLMechanism { return &tpmSASL{s: s} }},
+			{Name: "TPM", New: func(host string) wire.SASLMechanism { return &tpmSASL{s: s, hostname: host} }},
 			{Name: "EXTERNAL", New: func(string) wire.SASLMechanism { return &wire.External{} }},
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 			wire.CBSServer(),
