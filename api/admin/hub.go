@@ -18,16 +18,18 @@ type Hub struct {
 	ConnectionString string `json:"connectionString"`
 	// EventHubConnectionString is the connection string of the hub's
 	// Event Hubs-compatible endpoint for its telemetry, with the service
-	// policy's key (Endpoint=sb://HOST/;…;EntityPath=NAME), for hubs on
-	// the shared endpoint, whose AMQP listener serves it.
+	// policy's key (Endpoint=sb://HOST[:PORT]/;…;EntityPath=NAME), served
+	// on the hub's AMQP listener: the node's for a shared hub, its own
+	// for a hub with an address of its own.
 	EventHubConnectionString string `json:"eventHubConnectionString,omitempty"`
 	// HostsLine makes HostName resolve when added to /etc/hosts.
 	HostsLine string    `json:"hostsLine"`
 	Created   time.Time `json:"created"`
 	Running   bool      `json:"running"`
-	// HTTPSAddr and MQTTAddr are where a running hub listens.
+	// HTTPSAddr, MQTTAddr and AMQPAddr are where a running hub listens.
 	HTTPSAddr string `json:"httpsAddr,omitempty"`
 	MQTTAddr  string `json:"mqttAddr,omitempty"`
+	AMQPAddr  string `json:"amqpAddr,omitempty"`
 	// Error says why a hub is not running.
 	Error string `json:"error,omitempty"`
 }

@@ -74,6 +74,19 @@ func (e *External) Step(resp []byte) ([]byte, bool, error) {
 	return nil, true, nil
 }
 
+// CBS is the MSSBCBS mechanism of the Azure C SDK (uAMQP): the client
+// sends nothing and puts its token on the $cbs node once the connection
+// is open, so nothing is checked here.
+type CBS struct{}
+
+// Step implements SASLMechanism.
+func (CBS) Step([]byte) ([]byte, bool, error) { return nil, true, nil }
+
+// CBSServer offers MSSBCBS.
+func CBSServer() SASLServer {
+	return SASLServer{Name: "MSSBCBS", New: func(string) SASLMechanism { return CBS{} }}
+}
+
 // maxSASLRounds bounds the challenges of one exchange.
 const maxSASLRounds = 16
 

@@ -133,7 +133,8 @@ name resolve with the one hosts-file line "dpsd hub hosts-line" prints for
 every hub.
 
 With --address the hub instead listens by itself on that IP address (of this
-machine), on ports 443 and 8883.
+machine), on ports 443 (REST API, HTTPS, MQTT and AMQP over WebSockets), 8883
+(MQTT) and 5671 (AMQP and the Event Hubs-compatible endpoint).
 
 With --link the hub is also linked to the provisioning service, as
 "dpsd linked-hub create --connection-string <the hub's connection string>"
@@ -341,6 +342,7 @@ func printHub(w io.Writer, in *admin.Hub, withCS bool) error {
 		{"State", state},
 		{"Service REST + MQTT/WebSockets", in.HTTPSAddr},
 		{"Device MQTT", in.MQTTAddr},
+		{"AMQP and Event Hubs", in.AMQPAddr},
 		{"Hosts-file line", in.HostsLine},
 	}
 	if in.EventHubConnectionString != "" {

@@ -24,8 +24,9 @@ func hubConnectionStringCmd(cc *clientCmd) *cobra.Command {
 
 which @azure/event-hubs (EventHubConsumerClient) and the other Event Hubs SDKs
 take to read the hub's device-to-cloud telemetry. The endpoint is served on
-dpsd's AMQP listener (--amqp-addr, 5671 by default) under the hub's host name;
-the port is written only when it is not 5671.`,
+dpsd's AMQP listener (--amqp-addr, 5671 by default) under the hub's host name,
+or for a hub created with --address on that address's own AMQP listener
+(5671); the port is written only when it is not 5671.`,
 		Example: `  dpsd hub connection-string show -n contoso-toasters-hub-1098 --default-eventhub
   dpsd hub connection-string show -n contoso-toasters-hub-1098 --default-eventhub --policy-name iothubowner`,
 		Args: cobra.NoArgs,
@@ -46,7 +47,11 @@ the port is written only when it is not 5671.`,
 		cs := in.ConnectionString
 		if eventHub {
 			if in.EventHubConnectionString == "" {
-				return fmt.Errorf("hub %s has no Event Hubs-compatible endpoint: it is served on the node's AMQP listener only for hubs on the shared endpoint (created without --address)", in.Name)
+				why := "this node has no AMQP listener for it"
+				if !in.Running {
+					why = "the hub is not running: " + in.Error
+				}
+				return fmt.Errorf("hub %s has no Event Hubs-compatible endpoint: %s", in.Name, why)
 			}
 			cs, err = withPolicy(in.EventHubConnectionString, in.ConnectionString, policy)
 			if err != nil {

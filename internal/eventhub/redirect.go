@@ -60,7 +60,14 @@ func (l *links) redirectAnswer() *wire.Error {
 	host := l.conn.Hostname()
 	src := l.resolve(host, "")
 	if src == nil {
-		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub is named by this connection: open it with the hub's host name"}
+		// A client that dialled an address names its hub in its SASL
+		// user name alone: {policy}@sas.root.{hub}.
+		if name := rootHub(l.conn); name != "" {
+			src = l.resolve("", name)
+		}
+	}
+	if src == nil {
+		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub is named by this connection: open it with the hub's host name, or sign in as POLICY@sas.root.HUB"}
 	}
 	if err := l.redirectAuthorized(src); err != nil {
 		return &wire.Error{Condition: "amqp:unauthorized-access", Description: err.Error()}
@@ -82,6 +89,21 @@ func (l *links) redirectAnswer() *wire.Error {
 	info.Set(wire.Symbol("port"), int32(port))
 	info.Set(wire.Symbol("address"), fmt.Sprintf("amqps://%s/%s/$management", net.JoinHostPort(h, strconv.Itoa(port)), src.Name()))
 	return &wire.Error{Condition: condRedirect, Description: "the hub's telemetry is read from its Event Hubs-compatible endpoint", Info: info}
+}
+
+// rootHub is the hub of a connection's SASL PLAIN user
+// {policy}@sas.root.{hub}, "" if it has none.
+func rootHub(c *wire.Conn) string {
+	_, mech := c.SASL()
+	p, ok := mech.(*wire.Plain)
+	if !ok {
+		return ""
+	}
+	i := strings.LastIndex(strings.ToLower(p.Username), "@sas.root.")
+	if i < 0 {
+		return ""
+	}
+	return p.Username[i+len("@sas.root."):]
 }
 
 // redirectWait bounds the wait for a redirected receiver's credit.

@@ -48,6 +48,7 @@ func startBuiltin(t *testing.T, rate float64, burst int) *builtin {
 		Certificate: ca.ServerCertificate,
 		HTTPSPort:   "0",
 		MQTTPort:    "0",
+		AMQPPort:    "0",
 		RESTRate:    rate,
 		RESTBurst:   burst,
 	})

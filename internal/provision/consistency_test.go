@@ -167,7 +167,7 @@ func newWorld(t testing.TB, st store.Store, nhubs int) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := builtinhub.NewManager(st, builtinhub.Options{Logger: quietLogger(), Certificate: ca.ServerCertificate, HTTPSPort: "0", MQTTPort: "0"})
+	m, err := builtinhub.NewManager(st, builtinhub.Options{Logger: quietLogger(), Certificate: ca.ServerCertificate, HTTPSPort: "0", MQTTPort: "0", AMQPPort: "0"})
 	if err != nil {
 		t.Fatal(err)
 	}

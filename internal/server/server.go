@@ -416,7 +416,12 @@ func (s *Server) build(ctx context.Context, tlsCfg *tls.Config) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg, IDScope: s.inst.IDScope}); err != nil {
+	if s.amqp, err = amqptransport.New(prov, amqptransport.Options{Logger: s.log, Refusals: s.refusals, TLSConfig: tlsCfg, IDScope: s.inst.IDScope,
+		// A device that dialled the address (no hub's TLS server name
+		// or Host header) names its hub in its open frame, SASL user
+		// name or first $cbs token.
+		Claim:       s.hubs.ClaimAMQP,
+		MaxSessions: s.hubs.AMQPMaxSessions()}); err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
 	// The console forwards its pages' calls to this node's own handlers,
@@ -819,8 +824,11 @@ func (s *Server) sharedHubEndpoint() *builtinhub.Shared {
 // a hub go to it, the others to the provisioning service. Clients that
 // name no server (a device dialling an IP address as GatewayHostName) are
 // told apart later: over HTTPS by the Host header (route), over MQTT by
-// the CONNECT's user name, read here after the node's own handshake. While
-// no hub runs, nothing is read: the listeners are the service's alone.
+// the CONNECT's user name, read here after the node's own handshake, over
+// AMQP (and AMQP over WebSockets) by the open frame, SASL user name or
+// $cbs token the provisioning service's AMQP server offers the hubs
+// (ClaimAMQP). While no hub runs, nothing is read: the listeners are the
+// service's alone.
 func (s *Server) shareListeners(tlsCfg *tls.Config) {
 	hubs := s.hubs
 	split := func(l net.Listener, p builtinhub.Protocol, noName func(net.Conn, *tlsmux.Listener)) *tlsmux.Listener {

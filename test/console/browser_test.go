@@ -141,7 +141,7 @@ func startNode(t *testing.T, sdk bool) *node {
 		HostName         string `json:"hostName"`
 		ConnectionString string `json:"connectionString"`
 	}
-	if err := json.Unmarshal(run("hub", "create", "console-hub", "--address", freeIP(t, "443", "8883"), "-o", "json"), &h); err != nil {
+	if err := json.Unmarshal(run("hub", "create", "console-hub", "--address", freeIP(t, "443", "8883", "5671"), "-o", "json"), &h); err != nil {
 		t.Fatal(err)
 	}
 	run("linked-hub", "create", "--connection-string", h.ConnectionString)

@@ -6,11 +6,15 @@
 // ModuleClient's twin and direct methods over Mqtt, MqttWs, Amqp and AmqpWs
 // (Registry.updateModuleTwin, invokeDeviceMethod on the module); and the
 // hub's Event Hubs-compatible endpoint read by @azure/event-hubs over
-// WebSockets (wss://{host}:443/$servicebus/websocket).
+// WebSockets (wss://{host}:443/$servicebus/websocket) and over AMQP over
+// TLS (5671).
 //
 // Run by TestNodeSDKHubTransports (test/e2e/hubsdk_test.go), which starts
-// "dpsd serve" on the standard ports of a loopback address, creates a
-// built-in hub on the node's shared listeners and passes:
+// "dpsd serve" on the standard ports of a loopback address and creates a
+// built-in hub on the node's shared listeners, and by
+// TestNodeSDKHubTransportsOwnAddress, which creates one with an address of
+// its own (hub create --address) listening on the standard ports itself.
+// Both pass:
 //   DPSD_HUB_CONNECTION_STRING           the hub's iothubowner connection string
 //   DPSD_HUB_EVENTHUB_CONNECTION_STRING  its Event Hubs-compatible endpoint's
 //   DPSD_HUB_IP                          the address the hub's host name stands for
@@ -291,50 +295,57 @@ for (const tr of transports.filter((x) => x.twin && x.methods)) {
   });
 }
 
-test('@azure/event-hubs EventHubConsumerClient over WebSockets reads telemetry a device sent', { skip, timeout: 120000 }, async () => {
-  const deviceId = `sdk-ehws-${Date.now()}`;
-  const device = DeviceClient.fromConnectionString(await createDevice(deviceId), AmqpWs);
-  try {
-    await within(device.open(), 'device open over AmqpWs');
-    const m = new Message(JSON.stringify({ over: 'wss', t: 19.5 }));
-    m.messageId = `${deviceId}-eh`;
-    m.properties.add('source', 'amqpws');
-    await within(device.sendEvent(m), 'sendEvent');
-  } finally {
-    await within(device.close(), 'device close').catch(() => {});
-  }
-  // The connection string names no port: over WebSockets the client goes
-  // to 443, the hub's HTTPS port, as it would to Azure.
-  assert.doesNotMatch(ehCS, /Endpoint=sb:\/\/[^/]*:\d+\//);
-  const client = new EventHubConsumerClient('$Default', ehCS, {
-    webSocketOptions: { webSocket: WebSocket },
-    retryOptions: { maxRetries: 1, retryDelayInMs: 200, timeoutInMs: 15000 },
-  });
-  try {
-    const props = await within(client.getEventHubProperties(), 'getEventHubProperties over WebSockets');
-    assert.equal(props.name, /EntityPath=([^;]+)/.exec(ehCS)[1]);
-    let sub;
-    const event = new Promise((resolve, reject) => {
-      sub = client.subscribe({
-        processEvents: async (batch) => {
-          const e = batch.find((x) => x.systemProperties['iothub-connection-device-id'] === deviceId);
-          if (e) resolve(e);
-        },
-        processError: async (err) => reject(err),
-      }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1, maxBatchSize: 50 });
+// The Event Hubs-compatible endpoint over WebSockets and over AMQP over
+// TLS, each reading an event a device sent over AMQP on the same transport.
+// The connection string names no port: over WebSockets the client goes to
+// 443, the hub's HTTPS port, over TLS to 5671, as they would to Azure.
+for (const ep of [
+  { name: 'WebSockets', device: AmqpWs, tag: 'ehws', options: { webSocketOptions: { webSocket: WebSocket } } },
+  { name: 'AMQP over TLS', device: Amqp, tag: 'ehtls', options: {} },
+]) {
+  test(`@azure/event-hubs EventHubConsumerClient over ${ep.name} reads telemetry a device sent`, { skip, timeout: 120000 }, async () => {
+    const deviceId = `sdk-${ep.tag}-${Date.now()}`;
+    const device = DeviceClient.fromConnectionString(await createDevice(deviceId), ep.device);
+    try {
+      await within(device.open(), `device open over ${ep.device.name}`);
+      const m = new Message(JSON.stringify({ over: ep.tag, t: 19.5 }));
+      m.messageId = `${deviceId}-eh`;
+      m.properties.add('source', ep.tag);
+      await within(device.sendEvent(m), 'sendEvent');
+    } finally {
+      await within(device.close(), 'device close').catch(() => {});
+    }
+    assert.doesNotMatch(ehCS, /Endpoint=sb:\/\/[^/]*:\d+\//);
+    const client = new EventHubConsumerClient('$Default', ehCS, {
+      ...ep.options,
+      retryOptions: { maxRetries: 1, retryDelayInMs: 200, timeoutInMs: 15000 },
     });
     try {
-      const e = await within(event, 'the event over WebSockets', 60000);
-      assert.equal(e.messageId, `${deviceId}-eh`);
-      assert.deepEqual(e.body, { over: 'wss', t: 19.5 });
-      assert.equal(e.properties.source, 'amqpws');
+      const props = await within(client.getEventHubProperties(), `getEventHubProperties over ${ep.name}`);
+      assert.equal(props.name, /EntityPath=([^;]+)/.exec(ehCS)[1]);
+      let sub;
+      const event = new Promise((resolve, reject) => {
+        sub = client.subscribe({
+          processEvents: async (batch) => {
+            const e = batch.find((x) => x.systemProperties['iothub-connection-device-id'] === deviceId);
+            if (e) resolve(e);
+          },
+          processError: async (err) => reject(err),
+        }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1, maxBatchSize: 50 });
+      });
+      try {
+        const e = await within(event, `the event over ${ep.name}`, 60000);
+        assert.equal(e.messageId, `${deviceId}-eh`);
+        assert.deepEqual(e.body, { over: ep.tag, t: 19.5 });
+        assert.equal(e.properties.source, ep.tag);
+      } finally {
+        await sub.close();
+      }
     } finally {
-      await sub.close();
+      await client.close();
     }
-  } finally {
-    await client.close();
-  }
-});
+  });
+}
 
 test('close the service client', { skip }, async () => {
   if (service) await within(service.close(), 'service close').catch(() => {});

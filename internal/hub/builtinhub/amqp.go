@@ -13,8 +13,11 @@ import (
 	"time"
 
 	wire "github.com/dpsd/dpsd/internal/amqp"
+	"github.com/dpsd/dpsd/internal/connlimit"
+	"github.com/dpsd/dpsd/internal/eventhub"
 	"github.com/dpsd/dpsd/internal/hub/azurehub"
 	"github.com/dpsd/dpsd/internal/sas"
+	"github.com/dpsd/dpsd/internal/transport/wsconn"
 )
 
 // The hub's AMQP endpoint, as the Azure SDKs use it: claims-based
@@ -33,25 +36,42 @@ const (
 	cbsPutToken  = "put-token"
 )
 
-// newAMQPServer returns the AMQP server of the shared endpoint.
-func (m *Manager) newAMQPServer() *wire.Server {
+// newAMQPServer returns the AMQP server of the shared endpoint (pinned
+// nil), whose connections are told apart by the names they use, or of the
+// listeners of hub pinned alone, whose connections are all its own.
+func (m *Manager) newAMQPServer(pinned *Hub) *wire.Server {
+	log := m.log
+	if pinned != nil {
+		log = pinned.log
+	}
 	return wire.NewServer(wire.Options{
-		Handler: amqpHandler{m},
+		Handler: amqpHandler{m: m, pinned: pinned},
 		SASL: []wire.SASLServer{
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
 			// A service token as the password (user {policy}@sas.root.{hub}),
 			// checked when a link needs it: the way to ask the hub for its
 			// Event Hubs-compatible endpoint (package eventhub's redirect).
 			wire.PlainServer(nil),
+			// The C SDK's: its token goes to $cbs as well.
+			wire.CBSServer(),
 		},
-		AllowNoSASL: true,
-		// An Event Hubs consumer opens a session per partition besides
-		// those of $cbs and $management.
-		MaxSessions:      m.eventHubPartitions() + 4,
+		AllowNoSASL:      true,
+		MaxSessions:      m.AMQPMaxSessions(),
 		ContainerID:      "dpsd-hub",
 		HandshakeTimeout: m.opt.ConnectTimeout,
-		Logger:           m.log.With("component", "hub-amqp"),
+		Logger:           log.With("component", "hub-amqp"),
 	})
+}
+
+// AMQPMaxSessions is the number of sessions an AMQP connection to the
+// hubs may need: an Event Hubs consumer opens one per partition besides
+// those of $cbs and $management. A listener shared with the hubs
+// allows as many.
+func (m *Manager) AMQPMaxSessions() int {
+	if m == nil {
+		return 0
+	}
+	return m.eventHubPartitions() + 4
 }
 
 // serveAMQP finishes the TLS handshake of an AMQP connection and serves it.
@@ -60,21 +80,66 @@ func (f *front) serveAMQP(c net.Conn) {
 	_ = f.m.amqp.ServeConn(f.ctx, tc)
 }
 
-type amqpHandler struct{ m *Manager }
+// acceptAMQP serves the connections of the hub's own AMQP listener until
+// it is closed.
+func (h *Hub) acceptAMQP() {
+	for {
+		c, err := connlimit.Accept(h.amqpL, h.log, "hub amqp")
+		if err != nil {
+			return
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			// The handshake runs on the first read, under the server's
+			// handshake timeout.
+			_ = h.amqp.ServeConn(h.amqpCtx, tls.Server(c, h.tls))
+		}()
+	}
+}
 
-// Open finds the hub by the TLS server name, or the open frame's hostname.
+// serveAMQPWebSocket serves AMQP over WebSockets on the hub's own HTTPS
+// listener when r asks for it (any path: /$iothub/websocket for devices
+// and services, /$servicebus/websocket for Event Hubs clients) and
+// reports whether it did.
+func (h *Hub) serveAMQPWebSocket(w http.ResponseWriter, r *http.Request) bool {
+	if h.amqp == nil || !wsconn.IsUpgrade(r) || !wsconn.Offers(r, amqpWebSocketSubprotocol) {
+		return false
+	}
+	if !h.enter() {
+		http.Error(w, "the hub is stopping", http.StatusServiceUnavailable)
+		return true
+	}
+	defer h.wg.Done()
+	c, err := wsconn.UpgradeSubprotocol(w, r, amqpWebSocketSubprotocol)
+	if err != nil {
+		return true // answered
+	}
+	_ = h.amqp.ServeConn(h.amqpCtx, c)
+	return true
+}
+
+// amqpHandler opens the AMQP connections of the shared endpoint or, when
+// pinned is set, of that hub's own listeners.
+type amqpHandler struct {
+	m      *Manager
+	pinned *Hub
+}
+
+// Open finds the hub: the pinned one, whose own listeners the connection
+// came in on, or by what the connection carries (routeAMQP): the TLS
+// server name, the open frame's hostname, the SASL user name; with none
+// (a device that dialled an IP address) the first put-token names it.
 func (a amqpHandler) Open(c *wire.Conn) (wire.LinkHandler, error) {
-	var h *Hub
-	if tc, ok := c.NetConn().(*tls.Conn); ok {
-		h = a.m.byHost(tc.ConnectionState().ServerName)
+	if h := a.pinned; h != nil {
+		base := &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}
+		return eventhub.Wrap(c, base, h.eventHubResolver, h.amqpPort(), h.log.With("component", "hub-eventhub")), nil
 	}
-	if h == nil {
-		h = a.m.byHost(hostOnly(c.Hostname()))
+	h, err := a.m.routeAMQP(signalsOf(c))
+	if err != nil {
+		return nil, err
 	}
-	// No hub yet (a device that dialled an IP address as its gateway):
-	// the first put-token's audience names it.
-	base := &amqpLinks{m: a.m, h: h, conn: c, devices: map[string]time.Time{}}
-	return a.m.wrapEventHub(c, base, a.m.log.With("component", "hub-eventhub")), nil
+	return a.m.newAMQPLinks(c, h), nil
 }
 
 // amqpLinks is one AMQP connection to a hub: what its tokens allow, and
@@ -143,6 +208,15 @@ func deviceLink(addr string) (id, kind string, ok bool) {
 }
 
 func (a *amqpLinks) Attach(l *wire.Link) error {
+	if _, rest, ok := strings.Cut(l.Address, "://"); ok {
+		// The C and C# SDKs put the host they dialled in front
+		// (nodePath): a gateway's name or address, or a hub's host
+		// name, which must then be the connection's hub's.
+		host, _, _ := strings.Cut(rest, "/")
+		if h, other := a.hub(), a.m.byHost(hostOnly(host)); h != nil && other != nil && other != h {
+			return &wire.Error{Condition: "amqp:not-found", Description: fmt.Sprintf("the link address %q names hub %s, but this connection is hub %s's", l.Address, other.cfg.HostName, h.cfg.HostName)}
+		}
+	}
 	switch {
 	case l.Address == amqpCBS:
 		if !l.PeerIsSender {
@@ -174,7 +248,7 @@ func (a *amqpLinks) Attach(l *wire.Link) error {
 		}
 		return nil
 	case a.hub() == nil:
-		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub named: connect by its host name or put a token on $cbs first"}
+		return &wire.Error{Condition: "amqp:not-found", Description: "no built-in hub is named by this connection: open it with the hub's host name or put a token on $cbs first"}
 	case l.Address == amqpC2D && l.PeerIsSender, l.Address == amqpFeedback && !l.PeerIsSender:
 		if !a.authorized() {
 			return &wire.Error{Condition: "amqp:unauthorized-access", Description: "put a service token on $cbs first"}
@@ -249,8 +323,9 @@ func (a *amqpLinks) putToken(ctx context.Context, d *wire.Delivery) {
 }
 
 // authorize takes a put-token's token: a device's (sr {host}/devices/{id},
-// signed with its key) or a service policy's. The first token names the
-// hub of a connection that did not.
+// signed with its key) or a service policy's. The first token that
+// verifies names the hub of a connection that did not; later ones must be
+// for the same hub.
 func (a *amqpLinks) authorize(ctx context.Context, s string) error {
 	tok, err := sas.Parse(s)
 	if err != nil {
@@ -261,22 +336,35 @@ func (a *amqpLinks) authorize(ctx context.Context, s string) error {
 		return fmt.Errorf("malformed SharedAccessSignature: %w", err)
 	}
 	host, path, _ := strings.Cut(res, "/")
-	a.mu.Lock()
-	if a.h == nil {
-		a.h = a.m.byHost(hostOnly(host))
+	id, isDevice := strings.CutPrefix(path, "devices/")
+	isDevice = isDevice && tok.KeyName == ""
+	id = strings.TrimSuffix(id, "/")
+	// A module's token is for devices/{id}/modules/{moduleId}.
+	dev, mod, isModule := strings.Cut(id, "/modules/")
+	if isModule {
+		id = dev + "/" + mod
 	}
-	h := a.h
-	a.mu.Unlock()
-	if h == nil {
+	if isDevice && strings.Contains(dev, "/") {
+		return fmt.Errorf("token resource %q is neither a device nor a module", res)
+	}
+	named := a.m.byHost(hostOnly(host))
+	h := a.hub()
+	switch {
+	case h != nil && named != nil && named != h:
+		return errOtherHub(named, h)
+	case h == nil && named != nil:
+		h = named
+	case h == nil && isDevice:
+		// No hub's host name: the shared address, as the C SDK signs
+		// its token when it dials an IP address.
+		if h, err = a.m.hubOfToken(ctx, host, id, s); err != nil {
+			return err
+		}
+	case h == nil:
 		return fmt.Errorf("no built-in hub is named %q", host)
 	}
-	if id, ok := strings.CutPrefix(path, "devices/"); ok && tok.KeyName == "" {
-		id = strings.TrimSuffix(id, "/")
-		// A module's token is for devices/{id}/modules/{moduleId}.
-		dev, mod, isModule := strings.Cut(id, "/modules/")
-		if strings.Contains(dev, "/") {
-			return fmt.Errorf("token resource %q is neither a device nor a module", res)
-		}
+	var exp time.Time
+	if isDevice {
 		d, err := h.load(ctx, dev)
 		if err != nil {
 			return fmt.Errorf("device %s: %v", dev, err)
@@ -285,7 +373,6 @@ func (a *amqpLinks) authorize(ctx context.Context, s string) error {
 			return fmt.Errorf("device %s is disabled", dev)
 		}
 		if isModule {
-			id = dev + "/" + mod
 			if d, err = h.loadTwin(ctx, id); err != nil {
 				return fmt.Errorf("module %s: %v", id, err)
 			}
@@ -293,19 +380,28 @@ func (a *amqpLinks) authorize(ctx context.Context, s string) error {
 		if err := h.checkDeviceToken(d, s); err != nil {
 			return err
 		}
-		a.mu.Lock()
-		a.devices[strings.ToLower(id)] = time.Unix(tok.Expiry, 0)
-		a.mu.Unlock()
-		return nil
-	}
-	exp, err := h.checkServiceToken(s, RightServiceConnect)
-	if err != nil {
+		exp = time.Unix(tok.Expiry, 0)
+	} else if exp, err = h.checkServiceToken(s, RightServiceConnect); err != nil {
 		return err
 	}
 	a.mu.Lock()
-	a.service = exp
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	if a.h == nil {
+		a.h = h
+	} else if a.h != h {
+		return errOtherHub(h, a.h)
+	}
+	if isDevice {
+		a.devices[strings.ToLower(id)] = exp
+	} else {
+		a.service = exp
+	}
 	return nil
+}
+
+// errOtherHub refuses a token for hub other on a connection of hub h.
+func errOtherHub(other, h *Hub) error {
+	return fmt.Errorf("the token is for hub %s, but this connection is hub %s's: open one connection per hub", other.cfg.HostName, h.cfg.HostName)
 }
 
 // telemetry keeps a message a device sent on /devices/{id}/messages/events.

@@ -36,7 +36,16 @@ func dialHubAMQP(t *testing.T, e *env, addr, host string) *amqpClient {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newAMQPClient(t, conn, host)
+}
+
+// newAMQPClient opens a session and the $cbs pair on conn, whose tokens
+// name the hub by host; conn is closed when the test ends.
+func newAMQPClient(t *testing.T, conn *goamqp.Conn, host string) *amqpClient {
+	t.Helper()
 	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
 	sess, err := conn.NewSession(ctx, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -214,6 +214,30 @@ func (m *Manager) eventHubResolver(host, entity string) eventhub.Source {
 	return eventSource{h}
 }
 
+// eventHubResolver is the resolver of the connections to the hub's own
+// listeners: only the hub itself, by its name and one of its host names
+// or addresses.
+func (h *Hub) eventHubResolver(host, entity string) eventhub.Source {
+	if entity != "" && !strings.EqualFold(entity, h.cfg.Name) {
+		return nil
+	}
+	if host != "" && !h.isAlias(host) && !h.isAlias(hostOnly(host)) {
+		return nil
+	}
+	return eventSource{h}
+}
+
+// amqpPort is the port of the hub's AMQP over TLS listener, which its
+// Event Hubs-compatible endpoint's redirects name; 0 if unknown.
+func (h *Hub) amqpPort() int {
+	_, p, err := net.SplitHostPort(h.AMQPAddr())
+	if err != nil {
+		return 0
+	}
+	port, _ := strconv.Atoi(p)
+	return port
+}
+
 // wrapEventHub layers the Event Hubs-compatible endpoint on an AMQP
 // connection's handler, over TLS or WebSockets alike. Its redirects name
 // the shared AMQP listener's port, which the endpoint's connection
@@ -254,13 +278,23 @@ func (c *Config) EventHubConnectionString(policy, port string) (string, error) {
 }
 
 // eventHubConnectionString is a hub's endpoint connection string with the
-// service policy, "" for a hub not on the shared endpoint (it has no AMQP
-// listener).
-func (m *Manager) eventHubConnectionString(cfg Config) string {
-	if cfg.Address != "" || m.opt.Shared == nil || m.opt.Shared.AMQPAddr == "" {
+// service policy: on its own AMQP listener (h, when it runs) or the
+// shared one; "" when there is none to name (a shared hub on a node
+// without an AMQP listener, or a hub not running whose port the system
+// would pick).
+func (m *Manager) eventHubConnectionString(cfg Config, h *Hub) string {
+	var port string
+	switch {
+	case h != nil:
+		_, port, _ = net.SplitHostPort(h.AMQPAddr())
+	case cfg.Address != "":
+		port = m.opt.AMQPPort
+	case m.opt.Shared != nil:
+		_, port, _ = net.SplitHostPort(m.opt.Shared.AMQPAddr)
+	}
+	if port == "" || port == "0" {
 		return ""
 	}
-	_, port, _ := net.SplitHostPort(m.opt.Shared.AMQPAddr)
 	cs, err := cfg.EventHubConnectionString("", port)
 	if err != nil {
 		return ""

@@ -367,15 +367,21 @@ func policyKey(t *testing.T, h *builtinhub.Hub, name string) string {
 func TestEventHubRedirect(t *testing.T) {
 	e, shared, h := eventHubEnv(t, "eventhub-redirect-hub", "thermo-2")
 	host := h.Config().HostName
-	dial := func(key string) *goamqp.Session {
+	// dial signs in to the endpoint at hostname (the hub's host name, or
+	// the address a client dialled, which names no hub).
+	dial := func(key string, hostname ...string) *goamqp.Session {
 		tok, err := sas.New(url.QueryEscape(host+"/messages/events"), "service", key, time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
+		name := host
+		if len(hostname) > 0 {
+			name = hostname[0]
+		}
 		conn, err := goamqp.Dial(ctx, "amqps://"+shared.AMQPAddr, &goamqp.ConnOptions{
-			HostName: host, TLSConfig: e.tlsConfig(host), SASLType: goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok),
+			HostName: name, TLSConfig: e.tlsConfig(name), SASLType: goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -410,14 +416,23 @@ func TestEventHubRedirect(t *testing.T) {
 	if ae.Info["hostname"] != host || ae.Info["address"] != "amqps://"+host+":"+port+"/eventhub-redirect-hub/$management" || fmt.Sprint(ae.Info["port"]) != port {
 		t.Errorf("redirect info %v", ae.Info)
 	}
+	// By the address: the SASL user names the hub, the redirect the address.
+	err = attach(dial(policyKey(t, h, "service"), shared.Address))
+	if !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != "amqp:link:redirect" {
+		t.Fatalf("receive by address: %v, want amqp:link:redirect", err)
+	}
+	if ae := le.RemoteErr; ae.Info["hostname"] != shared.Address || ae.Info["address"] != "amqps://"+shared.AMQPAddr+"/eventhub-redirect-hub/$management" {
+		t.Errorf("redirect info by address %v", ae.Info)
+	}
 	if err := attach(dial(testKey1)); !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != goamqp.ErrCondUnauthorizedAccess {
 		t.Errorf("a wrong key: %v, want amqp:unauthorized-access", err)
 	}
 }
 
-// dialAMQPWebSocket opens AMQP over a WebSocket to the hubs' HTTPS
-// listener at path, as the Event Hubs clients do with webSocketOptions.
-func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
+// dialAMQPWebSocket opens AMQP over a WebSocket to the HTTPS listener at
+// httpsAddr, path, as the Event Hubs clients do with webSocketOptions;
+// host is the TLS server name and the open frame's host name.
+func dialAMQPWebSocket(t *testing.T, e *env, httpsAddr, host, path string, sasl goamqp.SASLType) *goamqp.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -426,7 +441,7 @@ func dialAMQPWebSocket(t *testing.T, e *env, shared *builtinhub.Shared, host, pa
 		Subprotocols:     []string{"AMQPWSB10"},
 		HandshakeTimeout: 10 * time.Second,
 		NetDialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, shared.HTTPSAddr)
+			return (&net.Dialer{}).DialContext(ctx, network, httpsAddr)
 		},
 	}
 	ws, resp, err := d.DialContext(ctx, "wss://"+host+path, nil)
@@ -461,7 +476,7 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	dc.publish(t, "devices/thermo-ws/messages/events/$.mid=ws-1&k=v", 1, `{"t":19.5}`)
 
 	service := policyKey(t, h, "service")
-	c := newEHClient(t, dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
+	c := newEHClient(t, dialAMQPWebSocket(t, e, shared.HTTPSAddr, host, "/$servicebus/websocket", goamqp.SASLTypeAnonymous()), h)
 	if code := c.putToken("sb://"+host+"/"+h.Name(), "service", service); code != 202 {
 		t.Fatalf("put-token over WebSockets: status %d, want 202", code)
 	}
@@ -480,7 +495,7 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := dialAMQPWebSocket(t, e, shared, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
+	conn := dialAMQPWebSocket(t, e, shared.HTTPSAddr, host, "/$servicebus/websocket", goamqp.SASLTypePlain("service@sas.root."+h.Name(), tok))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := conn.NewSession(ctx, nil)
@@ -499,5 +514,39 @@ func TestEventHubEndpointOverWebSockets(t *testing.T) {
 	_, port, _ := net.SplitHostPort(shared.AMQPAddr)
 	if info := le.RemoteErr.Info; fmt.Sprint(info["port"]) != port || info["address"] != "amqps://"+host+":"+port+"/eventhub-ws-hub/$management" {
 		t.Errorf("redirect over WebSockets: info %v, want the AMQP listener's port %s", info, port)
+	}
+}
+
+// TestEventHubByAddress: a consumer that dials the shared address (no
+// TLS server name, the address as its open hostname, as an
+// Endpoint=sb://<IP>/ connection string gives) reads the hub its token's
+// entity names.
+func TestEventHubByAddress(t *testing.T) {
+	e, shared, h := eventHubEnvAt(t, "127.0.23.21", "eventhub-address-hub", "thermo-3")
+	host := h.Config().HostName
+	dc, _, err := dialDevice(t, e, "thermo-3", dialOpts{host: host, addr: shared.MQTTAddr, tlsName: host, clean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.publish(t, "devices/thermo-3/messages/events/", 1, "by-address")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	conn, err := goamqp.Dial(ctx, "amqps://"+shared.AMQPAddr, &goamqp.ConnOptions{
+		HostName: shared.Address, TLSConfig: e.tlsConfig(shared.Address), SASLType: goamqp.SASLTypeAnonymous(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newEHClient(t, conn, h)
+	if code := c.putToken("sb://"+shared.AMQPAddr+"/"+h.Name(), "service", policyKey(t, h, "service")); code != 202 {
+		t.Fatalf("put-token for sb://%s/%s: status %d, want 202", shared.AMQPAddr, h.Name(), code)
+	}
+	r, err := c.receiver("$Default", eventhub.PartitionOf("thermo-3", eventhub.DefaultPartitions), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := receive(t, r, 1)[0]; string(m.GetData()) != "by-address" {
+		t.Errorf("event %q", m.GetData())
 	}
 }

@@ -49,6 +49,7 @@ func newEnv(t *testing.T, mod func(*builtinhub.Options)) *env {
 		Certificate: ca.ServerCertificate,
 		HTTPSPort:   "0",
 		MQTTPort:    "0",
+		AMQPPort:    "0",
 	}
 	if mod != nil {
 		mod(&e.opts)

@@ -132,10 +132,17 @@ type Hub struct {
 	http   *http.Server
 	httpsL net.Listener
 	mqttL  net.Listener
+	amqpL  net.Listener
 	tls    *tls.Config
 	cert   tls.Certificate
 	hook   *deviceHook
 	shared *Shared // the shared endpoint, or nil for a hub with its own listeners
+	// amqp serves the AMQP connections of the hub's own listeners (over
+	// TLS and WebSockets), each the hub's whatever names it uses; they
+	// end when amqpCtx does, at close. Nil for a shared hub.
+	amqp     *wire.Server
+	amqpCtx  context.Context
+	amqpStop context.CancelFunc
 
 	methodTimeout  time.Duration
 	connectTimeout time.Duration
@@ -192,6 +199,15 @@ func (h *Hub) MQTTAddr() string {
 	return h.mqttL.Addr().String()
 }
 
+// AMQPAddr is the address AMQP over TLS listens on, and the hub's Event
+// Hubs-compatible endpoint with it.
+func (h *Hub) AMQPAddr() string {
+	if h.shared != nil {
+		return h.shared.AMQPAddr
+	}
+	return h.amqpL.Addr().String()
+}
+
 // aliases are the names clients may address the hub by, in tokens and
 // MQTT user names: its host name and address, with or without a port.
 func (h *Hub) aliases() []string {
@@ -200,11 +216,7 @@ func (h *Hub) aliases() []string {
 		addr = h.shared.Address
 	}
 	out := []string{h.cfg.HostName, addr}
-	addrs := []string{h.HTTPSAddr(), h.MQTTAddr()}
-	if h.shared != nil {
-		addrs = append(addrs, h.shared.AMQPAddr)
-	}
-	for _, a := range addrs {
+	for _, a := range []string{h.HTTPSAddr(), h.MQTTAddr(), h.AMQPAddr()} {
 		if _, port, err := net.SplitHostPort(a); err == nil {
 			out = append(out, net.JoinHostPort(h.cfg.HostName, port), net.JoinHostPort(addr, port))
 		}
@@ -254,11 +266,14 @@ func listenTCP(addr string) (net.Listener, error) {
 
 // hubOptions are the manager's settings a hub uses.
 type hubOptions struct {
-	logger         *slog.Logger
-	now            func() time.Time
-	cert           tls.Certificate
-	httpsPort      string
-	mqttPort       string
+	logger    *slog.Logger
+	now       func() time.Time
+	cert      tls.Certificate
+	httpsPort string
+	mqttPort  string
+	amqpPort  string
+	// newAMQP returns the AMQP server of a hub's own listeners.
+	newAMQP        func(*Hub) *wire.Server
 	messages       int
 	messageBytes   int
 	messageAge     time.Duration
@@ -346,15 +361,24 @@ func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 		h.httpsL.Close()
 		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
 	}
+	if h.amqpL, err = listenTCP(net.JoinHostPort(cfg.Address, o.amqpPort)); err != nil {
+		h.httpsL.Close()
+		h.mqttL.Close()
+		return nil, fmt.Errorf("hub %s: %w", cfg.Name, err)
+	}
 	if o.listener != nil {
 		h.httpsL = o.listener(h.httpsL, "hub-https")
 		h.mqttL = o.listener(h.mqttL, "hub-mqtt")
+		h.amqpL = o.listener(h.amqpL, "hub-amqp")
 	}
 	if err := h.startBroker(); err != nil {
 		h.httpsL.Close()
 		h.mqttL.Close()
+		h.amqpL.Close()
 		return nil, err
 	}
+	h.amqp = o.newAMQP(h)
+	h.amqpCtx, h.amqpStop = context.WithCancel(context.Background())
 	h.http = &http.Server{
 		Handler:           http.HandlerFunc(h.serveHTTP),
 		TLSConfig:         h.tls,
@@ -362,7 +386,7 @@ func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
-	h.wg.Add(2)
+	h.wg.Add(3)
 	go func() {
 		defer h.wg.Done()
 		err := h.http.Serve(tls.NewListener(h.httpsL, h.tls))
@@ -374,12 +398,20 @@ func startHub(cfg Config, st store.Store, o hubOptions) (_ *Hub, err error) {
 		defer h.wg.Done()
 		h.acceptMQTT()
 	}()
-	h.log.Info("built-in hub serving", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr())
+	go func() {
+		defer h.wg.Done()
+		h.acceptAMQP()
+	}()
+	h.log.Info("built-in hub serving", "hostName", cfg.HostName, "https", h.HTTPSAddr(), "mqtt", h.MQTTAddr(), "amqp", h.AMQPAddr())
 	return h, nil
 }
 
-// serveHTTP routes the HTTPS listener: MQTT over WebSockets or REST.
+// serveHTTP routes the HTTPS listener: AMQP or MQTT over WebSockets, or
+// REST.
 func (h *Hub) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.serveAMQPWebSocket(w, r) {
+		return
+	}
 	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		h.serveWebSocket(w, r)
 		return
@@ -401,6 +433,8 @@ func (h *Hub) close(ctx context.Context) error {
 	h.mu.Unlock()
 	var err error
 	if h.http != nil {
+		h.amqpStop()
+		h.amqpL.Close()
 		err = h.http.Shutdown(ctx)
 		h.mqttL.Close()
 		h.http.Close()

@@ -34,6 +34,7 @@ const DefaultDomain = "azure-devices.internal"
 const (
 	DefaultHTTPSPort = "443"
 	DefaultMQTTPort  = "8883"
+	DefaultAMQPPort  = "5671"
 )
 
 // firstAddress and lastAddress bound the loopback addresses given to hubs
@@ -56,9 +57,10 @@ type Options struct {
 	// Certificate issues a hub's TLS certificate for names (its host name
 	// and address); localca.(*CA).ServerCertificate fits. Required.
 	Certificate func(name string, names []string) (tls.Certificate, error)
-	// HTTPSPort and MQTTPort are the ports every hub listens on; empty
-	// means 443 and 8883, "0" lets the system pick (tests).
-	HTTPSPort, MQTTPort string
+	// HTTPSPort, MQTTPort and AMQPPort are the ports every hub with an
+	// address of its own listens on; empty means 443, 8883 and 5671, "0"
+	// lets the system pick (tests).
+	HTTPSPort, MQTTPort, AMQPPort string
 	// Authorize authorizes requests to the management Handler; it is
 	// called first and a non-nil error is answered 401 (or with the
 	// error itself if it is a *dps.Error). Nil allows every request.
@@ -93,8 +95,8 @@ type Options struct {
 	// a connection without a sign of life forever. Zero means 1177 s,
 	// IoT Hub's own maximum.
 	MaxKeepAlive time.Duration
-	// Listener, when set, wraps each hub's listeners (name "hub-https" or
-	// "hub-mqtt"): the node's connection caps.
+	// Listener, when set, wraps each hub's listeners (name "hub-https",
+	// "hub-mqtt" or "hub-amqp"): the node's connection caps.
 	Listener func(l net.Listener, name string) net.Listener
 	// BodyTimeout bounds the reading of a REST request's body, from the
 	// end of its headers; zero means 30 s.
@@ -118,7 +120,7 @@ type Manager struct {
 	log *slog.Logger
 
 	front *front       // nil without Options.Shared
-	amqp  *wire.Server // the shared endpoint's AMQP server
+	amqp  *wire.Server // the shared endpoint's AMQP server, nil without Options.Shared
 
 	// bus, for a store shared by several nodes, carries events between
 	// them (cluster.go); run tells this node's from the others'. stop
@@ -153,6 +155,9 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	if opt.MQTTPort == "" {
 		opt.MQTTPort = DefaultMQTTPort
 	}
+	if opt.AMQPPort == "" {
+		opt.AMQPPort = DefaultAMQPPort
+	}
 	if opt.MethodTimeout <= 0 {
 		opt.MethodTimeout = defaultMethodTimeout
 	}
@@ -171,7 +176,7 @@ func NewManager(st store.Store, opt Options) (*Manager, error) {
 	}
 	if opt.Shared != nil {
 		m.front = newFront(m)
-		m.amqp = m.newAMQPServer()
+		m.amqp = m.newAMQPServer(nil)
 	}
 	return m, nil
 }
@@ -299,6 +304,8 @@ func (m *Manager) runHub(cfg Config) error {
 		cert:           cert,
 		httpsPort:      m.opt.HTTPSPort,
 		mqttPort:       m.opt.MQTTPort,
+		amqpPort:       m.opt.AMQPPort,
+		newAMQP:        m.newAMQPServer,
 		messages:       m.opt.MessageBuffer,
 		messageBytes:   m.opt.MessageBufferBytes,
 		messageAge:     m.opt.MessageMaxAge,
@@ -454,8 +461,8 @@ func (m *Manager) Create(ctx context.Context, name string, o CreateOptions) (*In
 	return m.info(cfg), nil
 }
 
-// freeAddress finds a loopback address no hub uses where both ports can
-// be bound.
+// freeAddress finds a loopback address no hub uses where its ports can be
+// bound.
 func (m *Manager) freeAddress(used map[string]bool) (string, error) {
 	for i := int(firstAddress[3]); i <= int(lastAddress[3]); i++ {
 		ip := net.IPv4(firstAddress[0], firstAddress[1], firstAddress[2], byte(i)).String()
@@ -477,7 +484,7 @@ func (m *Manager) bindable(ip string) bool {
 			l.Close()
 		}
 	}()
-	for _, port := range []string{m.opt.HTTPSPort, m.opt.MQTTPort} {
+	for _, port := range []string{m.opt.HTTPSPort, m.opt.MQTTPort, m.opt.AMQPPort} {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
 		if err != nil {
 			return false
@@ -567,13 +574,15 @@ func (m *Manager) info(cfg Config) *Info {
 	if cs := cfg.ConnectionString(); cs != nil {
 		in.ConnectionString = cs.String()
 	}
-	in.EventHubConnectionString = m.eventHubConnectionString(cfg)
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if h := m.hubs[strings.ToLower(cfg.Name)]; h != nil {
-		in.Running, in.HTTPSAddr, in.MQTTAddr = true, h.HTTPSAddr(), h.MQTTAddr()
+	h := m.hubs[strings.ToLower(cfg.Name)]
+	failed := m.failed[strings.ToLower(cfg.Name)]
+	m.mu.Unlock()
+	in.EventHubConnectionString = m.eventHubConnectionString(cfg, h)
+	if h != nil {
+		in.Running, in.HTTPSAddr, in.MQTTAddr, in.AMQPAddr = true, h.HTTPSAddr(), h.MQTTAddr(), h.AMQPAddr()
 	} else {
-		in.Error = m.failed[strings.ToLower(cfg.Name)]
+		in.Error = failed
 		if in.Error == "" {
 			in.Error = "not running on this node"
 		}

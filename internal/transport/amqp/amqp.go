@@ -95,6 +95,17 @@ type Options struct {
 	// AnswerTimeout bounds the wait for the device's credit to send an
 	// answer; default 30 s.
 	AnswerTimeout time.Duration
+	// Claim, when set, is offered every connection whose SASL exchange
+	// names no registration (the built-in hubs' ClaimAMQP, which share
+	// the listeners): a connection it says is its own (named) gets its
+	// link handler; one it returns a handler for without naming goes to
+	// that handler unless its first link is a registration's; an error
+	// refuses the connection.
+	Claim func(c *wire.Conn) (h wire.LinkHandler, named bool, err error)
+	// MaxSessions bounds the sessions of one connection; default 4. A
+	// listener shared with the built-in hubs needs as many as their
+	// Event Hubs-compatible consumers open.
+	MaxSessions int
 	// IDScope is the instance's ID scope: the scope of a TPM device whose
 	// SASL exchange names none (the early C SDK's, which sent its
 	// endorsement key alone).
@@ -110,6 +121,7 @@ type Server struct {
 	tlsConfig     *tls.Config
 	handshake     time.Duration
 	answerTimeout time.Duration
+	claim         func(*wire.Conn) (wire.LinkHandler, bool, error)
 	scope         string
 	wire          *wire.Server
 
@@ -135,6 +147,7 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		maxInflight:   opts.MaxInflight,
 		handshake:     opts.HandshakeTimeout,
 		answerTimeout: opts.AnswerTimeout,
+		claim:         opts.Claim,
 		scope:         opts.IDScope,
 		listeners:     make(map[net.Listener]struct{}),
 	}
@@ -169,13 +182,17 @@ func New(p Provisioner, opts Options) (*Server, error) {
 		// SASL, but EXTERNAL and ANONYMOUS cost nothing to accept: the
 		// engine decides with the certificate. TPM devices prove
 		// themselves through the TPM mechanism's challenge (tpm.go).
+		// MSSBCBS is the C SDK's for IoT Hub connections that put their
+		// token on $cbs: offered for the hubs that share the listener.
 		SASL: []wire.SASLServer{
 			wire.PlainServer(nil),
 			{Name: "TPM", New: func(host string) wire.SASLMechanism { return &tpmSASL{s: s, hostname: host} }},
 			{Name: "EXTERNAL", New: func(string) wire.SASLMechanism { return &wire.External{} }},
 			{Name: "ANONYMOUS", New: func(string) wire.SASLMechanism { return &wire.Anonymous{} }},
+			wire.CBSServer(),
 		},
 		AllowNoSASL:      true,
+		MaxSessions:      opts.MaxSessions,
 		LinkCredit:       uint32(s.maxInflight),
 		HandshakeTimeout: s.handshake,
 		Logger:           s.log.With("component", "amqp"),
@@ -360,6 +377,17 @@ func (h handler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 		d.peers = nil
 	}
 	name, mech := c.SASL()
+	var other wire.LinkHandler
+	if h.s.claim != nil && !namesRegistration(mech) {
+		lh, named, err := h.s.claim(c)
+		if err != nil {
+			return nil, err
+		}
+		if named {
+			return lh, nil
+		}
+		other = lh
+	}
 	if p, ok := mech.(*wire.Plain); ok {
 		scope, regID, ok := parseIdentity(p.Username)
 		if !ok {
@@ -372,7 +400,76 @@ func (h handler) Open(c *wire.Conn) (wire.LinkHandler, error) {
 		d.scope, d.regID, d.sasToken, d.tpm = m.scope, m.regID, m.sasToken, m.keys()
 	}
 	d.log = h.s.log.With("remote", d.remoteAddr, "transport", d.transport, "sasl", string(name))
+	if other != nil {
+		return &firstLink{dps: d, other: other}, nil
+	}
 	return d, nil
+}
+
+// namesRegistration reports whether a connection's SASL exchange named a
+// registration: PLAIN with {idScope}/registrations/{id}, or TPM.
+func namesRegistration(mech wire.SASLMechanism) bool {
+	switch m := mech.(type) {
+	case *wire.Plain:
+		_, _, ok := parseIdentity(m.Username)
+		return ok
+	case *tpmSASL:
+		return true
+	}
+	return false
+}
+
+// firstLink is the handler of a connection that named neither a
+// registration nor a hub when it opened (an X.509 device skips SASL, as
+// a hub device that dialled the address does): its first link's address
+// decides whether it is the provisioning service's (a registration's) or
+// the other service's on the listener.
+type firstLink struct {
+	dps   *device
+	other wire.LinkHandler
+
+	mu     sync.Mutex
+	chosen wire.LinkHandler
+}
+
+func (f *firstLink) handler() wire.LinkHandler {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.chosen
+}
+
+func (f *firstLink) Attach(l *wire.Link) error {
+	f.mu.Lock()
+	if f.chosen == nil {
+		// Registration addresses never start with '/', the hubs' device
+		// and service nodes always do ($cbs and the Event Hubs nodes
+		// have no '/registrations/').
+		f.chosen = f.other
+		if _, _, ok := parseIdentity(l.Address); ok && !strings.HasPrefix(l.Address, "/") {
+			f.chosen = f.dps
+		}
+	}
+	h := f.chosen
+	f.mu.Unlock()
+	return h.Attach(l)
+}
+
+func (f *firstLink) Message(ctx context.Context, d *wire.Delivery) {
+	if h := f.handler(); h != nil {
+		h.Message(ctx, d)
+	}
+}
+
+func (f *firstLink) Detach(l *wire.Link) {
+	if h := f.handler(); h != nil {
+		h.Detach(l)
+	}
+}
+
+func (f *firstLink) Close(err error) {
+	if h := f.handler(); h != nil {
+		h.Close(err)
+	}
 }
 
 // device is one device's connection.

@@ -135,6 +135,7 @@ export async function builtinHubPage(main, name) {
   main.append(h('section', { class: 'panel' }, facts([
     ['Host name', hub.hostName], ['Address', hub.address], ['State', hub.running ? badge('running') : badge('down')],
     hub.httpsAddr ? ['HTTPS', hub.httpsAddr] : null, hub.mqttAddr ? ['MQTT', hub.mqttAddr] : null,
+    hub.amqpAddr ? ['AMQP', hub.amqpAddr] : null,
     ['Hosts line', h('code', {}, hub.hostsLine)],
   ])));
   const devices = (await api.get('dpsd/hubs/' + api.enc(name) + '/devices?top=200')).body.devices || [];
