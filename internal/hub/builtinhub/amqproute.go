@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -171,6 +172,9 @@ func (m *Manager) hubOfToken(ctx context.Context, host, id, token string) (*Hub,
 		}
 	}
 	m.mu.Unlock()
+	// In name order, so that a refusal names the two hubs the same way
+	// every time rather than in the map's order.
+	slices.SortFunc(hubs, func(a, b *Hub) int { return strings.Compare(a.cfg.Name, b.cfg.Name) })
 	var found *Hub
 	for _, h := range hubs {
 		d, err := h.loadTwin(ctx, id)
