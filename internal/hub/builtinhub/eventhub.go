@@ -2,7 +2,6 @@ package builtinhub
 
 import (
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,7 +11,6 @@ import (
 
 	wire "github.com/dpsd/dpsd/internal/amqp"
 	"github.com/dpsd/dpsd/internal/eventhub"
-	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // The Event Hubs-compatible endpoint of a hub (package eventhub) reads the
@@ -81,22 +79,11 @@ func (s eventSource) Partitions() int {
 // CheckToken verifies a token signed by one of the hub's policies with
 // ServiceConnect (service, iothubowner), as IoT Hub's endpoint takes them.
 func (s eventSource) CheckToken(token string) (time.Time, error) {
-	h := s.h
-	tok, err := sas.Parse(token)
+	// Event Hubs clients sign with the key's text itself, IoT Hub ones
+	// with its decoded bytes: both are taken.
+	tok, pol, err := s.h.policyToken(token, true)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("malformed SharedAccessSignature: %w", err)
-	}
-	if tok.ExpiredAt(h.now()) {
-		return time.Time{}, errors.New("the SharedAccessSignature has expired")
-	}
-	pol, ok := h.cfg.policy(tok.KeyName)
-	if !ok {
-		return time.Time{}, fmt.Errorf("unknown shared access policy %q", tok.KeyName)
-	}
-	// Event Hubs clients sign with the key's text itself (Service Bus's
-	// convention), IoT Hub ones with its decoded bytes: both are taken.
-	if tok.VerifyAny([]byte(pol.PrimaryKey), []byte(pol.SecondaryKey), decodeKey(pol.PrimaryKey), decodeKey(pol.SecondaryKey)) < 0 {
-		return time.Time{}, errors.New("the SharedAccessSignature does not verify")
+		return time.Time{}, err
 	}
 	if !pol.has(RightServiceConnect) {
 		return time.Time{}, fmt.Errorf("policy %q lacks the %s right", pol.KeyName, RightServiceConnect)
