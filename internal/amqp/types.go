@@ -37,6 +37,24 @@ import (
 // Symbol is an AMQP symbol: an ASCII name such as "amqp:not-found".
 type Symbol string
 
+// Text returns a decoded value as text, for the properties and
+// annotations peers fill with whichever type their library picks:
+// strings and symbols as they are, binary as its bytes, nothing as "",
+// anything else as fmt prints it.
+func Text(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case Symbol:
+		return string(x)
+	case []byte:
+		return string(x)
+	}
+	return fmt.Sprint(v)
+}
+
 // Char is an AMQP char (a UTF-32 code point).
 type Char rune
 

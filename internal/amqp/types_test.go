@@ -133,3 +133,21 @@ func TestMarshalMessageAnnotationsAndProperties(t *testing.T) {
 		t.Errorf("round trip: %+v %q", p, got.Body())
 	}
 }
+
+func TestText(t *testing.T) {
+	for _, tc := range []struct {
+		in   any
+		want string
+	}{
+		{nil, ""},
+		{"abc", "abc"},
+		{Symbol("amqp:not-found"), "amqp:not-found"},
+		{[]byte("bin"), "bin"},
+		{int64(42), "42"},
+		{uint32(7), "7"},
+	} {
+		if got := Text(tc.in); got != tc.want {
+			t.Errorf("Text(%#v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

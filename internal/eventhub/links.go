@@ -361,7 +361,7 @@ func (l *links) answer(m *wire.Message) (int, string, any) {
 			"partition_ids":   ids,
 		}
 	case typePartition:
-		pid := anyString(ap["partition"])
+		pid := wire.Text(ap["partition"])
 		p, err := strconv.Atoi(pid)
 		if err != nil || p < 0 || p >= src.Partitions() || pid != strconv.Itoa(p) {
 			return 404, fmt.Sprintf("event hub %s has no partition %q (it has 0 to %d)", src.Name(), pid, src.Partitions()-1), nil
@@ -410,18 +410,6 @@ func (l *links) byEntity(host, entity string) Source {
 		return src
 	}
 	return l.resolve("", entity)
-}
-
-func anyString(v any) string {
-	switch x := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return x
-	case wire.Symbol:
-		return string(x)
-	}
-	return fmt.Sprint(v)
 }
 
 // parseReceiverAddress parses {entity}/ConsumerGroups/{group}/Partitions/{n}.

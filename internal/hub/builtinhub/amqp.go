@@ -414,17 +414,17 @@ func (a *amqpLinks) telemetry(d *wire.Delivery) {
 	}
 	m := d.Message
 	props := map[string]string{}
-	if v := anyString(m.Properties.MessageID); v != "" {
+	if v := wire.Text(m.Properties.MessageID); v != "" {
 		props["iothub-messageid"] = v
 	}
-	if v := anyString(m.Properties.CorrelationID); v != "" {
+	if v := wire.Text(m.Properties.CorrelationID); v != "" {
 		props["iothub-correlationid"] = v
 	}
 	if m.Properties.ContentType != "" {
 		props["iothub-contenttype"] = string(m.Properties.ContentType)
 	}
 	for k, v := range m.ApplicationProperties {
-		props["iothub-app-"+k] = anyString(v)
+		props["iothub-app-"+k] = wire.Text(v)
 	}
 	if err := h.keepTelemetry(h.httpMessage(id, props, m.Body())); err != nil {
 		// Not accepted: the device's SDK sends it again.
@@ -453,15 +453,15 @@ func (a *amqpLinks) sendC2D(ctx context.Context, d *wire.Delivery) {
 		id = u
 	}
 	msg := &C2DMessage{Body: m.Body(), Properties: map[string]string{}}
-	msg.MessageID = anyString(m.Properties.MessageID)
-	msg.CorrelationID = anyString(m.Properties.CorrelationID)
+	msg.MessageID = wire.Text(m.Properties.MessageID)
+	msg.CorrelationID = wire.Text(m.Properties.CorrelationID)
 	msg.ContentType = string(m.Properties.ContentType)
 	for k, v := range m.ApplicationProperties {
 		if k == "iothub-ack" {
-			msg.Ack = anyString(v)
+			msg.Ack = wire.Text(v)
 			continue
 		}
-		msg.Properties[k] = anyString(v)
+		msg.Properties[k] = wire.Text(v)
 	}
 	if err := a.hub().SendC2D(ctx, id, msg); err != nil {
 		cond, desc := wire.Symbol("amqp:internal-error"), "internal error"
@@ -513,20 +513,6 @@ func (a *amqpLinks) Close(error) {
 	for _, c := range c2d {
 		h.removeAMQPC2D(c.id, c.link)
 	}
-}
-
-func anyString(v any) string {
-	switch x := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return x
-	case wire.Symbol:
-		return string(x)
-	case []byte:
-		return string(x)
-	}
-	return fmt.Sprint(v)
 }
 
 // checkServiceToken checks a service SAS token for the hub (its resource

@@ -77,7 +77,7 @@ type twinLinkKey struct {
 // channelID is a link's com.microsoft:channel-correlation-id, "" if none.
 func channelID(l *wire.Link) string {
 	v, _ := l.Properties.Get(channelCorrelationProp)
-	return anyString(v)
+	return wire.Text(v)
 }
 
 // nodePath is the path of a link address: the C and C# SDKs write
@@ -210,7 +210,7 @@ func (h *Hub) deviceNodeMessage(ctx context.Context, d *wire.Delivery) (handled 
 		h.twinRequestAMQP(ctx, d.Link, id, d.Message)
 	case amqpMethodsNode:
 		m := d.Message
-		rid := strings.ToLower(anyString(m.Properties.CorrelationID))
+		rid := strings.ToLower(wire.Text(m.Properties.CorrelationID))
 		if u, ok := m.Properties.CorrelationID.(wire.UUID); ok {
 			rid = u.String()
 		}
@@ -271,8 +271,8 @@ func (d *amqpDeviceLinks) twinReceiver(in *wire.Link, key string) *wire.Link {
 // twinRequestAMQP answers a twin request of a device or module on its
 // twin receiver link of the same connection (and channel).
 func (h *Hub) twinRequestAMQP(ctx context.Context, in *wire.Link, id string, m *wire.Message) {
-	op := strings.ToUpper(anyString(m.MessageAnnotations["operation"]))
-	res := anyString(m.MessageAnnotations["resource"])
+	op := strings.ToUpper(wire.Text(m.MessageAnnotations["operation"]))
+	res := wire.Text(m.MessageAnnotations["resource"])
 	key := strings.ToLower(id)
 	ctx, cancel := context.WithTimeout(ctx, twinRequestTimeout)
 	defer cancel()
