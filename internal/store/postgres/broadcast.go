@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dpsd/dpsd/internal/store"
@@ -74,73 +71,17 @@ func (s *Store) Broadcasts(ctx context.Context) (<-chan []byte, error) {
 		defer stop()
 		defer cancel()
 		defer close(out)
-		cfg := s.pool.Config().ConnConfig
-		wait := listenRetryMin
-		for {
-			listened := s.listenBroadcasts(ctx, cfg.Copy(), out)
-			if ctx.Err() != nil {
-				return
+		s.listenChannel(ctx, broadcastChannel, func(uint32, string) {
+			// Anything may have happened before this connection listened.
+			deliver(out, []byte{})
+		}, func(payload, schema string) {
+			var note broadcastNote
+			if json.Unmarshal([]byte(payload), &note) == nil && note.Schema == schema {
+				deliver(out, note.Msg)
 			}
-			if listened {
-				wait = listenRetryMin
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(wait/2 + rand.N(wait/2+1)):
-			}
-			wait = min(2*wait, listenRetryMax)
-		}
+		})
 	}()
 	return out, nil
-}
-
-// listenBroadcasts listens on one connection until it fails or ctx ends,
-// and reports whether it got as far as listening.
-func (s *Store) listenBroadcasts(ctx context.Context, cfg *pgx.ConnConfig, out chan []byte) bool {
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return false
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		conn.Close(cctx)
-	}()
-	var schema string
-	if err := conn.QueryRow(ctx, sqlRecordsSchema, recordsTable).Scan(&schema); err != nil {
-		return false
-	}
-	if _, err := conn.Exec(ctx, "LISTEN "+broadcastChannel); err != nil {
-		return false
-	}
-	// Anything may have happened before this connection listened.
-	deliver(out, []byte{})
-	for {
-		wctx, cancel := context.WithTimeout(ctx, listenPingInterval)
-		n, err := conn.WaitForNotification(wctx)
-		timedOut := wctx.Err() != nil
-		cancel()
-		switch {
-		case err == nil:
-			var note broadcastNote
-			if json.Unmarshal([]byte(n.Payload), &note) != nil || note.Schema != schema {
-				continue
-			}
-			deliver(out, note.Msg)
-		case ctx.Err() != nil:
-			return true
-		case timedOut && !conn.IsClosed():
-			pctx, cancel := context.WithTimeout(ctx, listenPingTimeout)
-			err := conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return true
-			}
-		default:
-			return true
-		}
-	}
 }
 
 // deliver passes msg on without ever blocking the listening connection

@@ -77,7 +77,15 @@ func (s *Store) Changes(ctx context.Context) (<-chan store.Kind, error) {
 		defer s.listeners.Done()
 		defer stop()
 		defer cancel()
-		s.listen(ctx, f)
+		s.listenChannel(ctx, changesChannel, func(pid uint32, _ string) {
+			if s.listenHook != nil {
+				s.listenHook(pid)
+			}
+			// Anything may have changed before this connection listened.
+			f.add(watchedKinds...)
+		}, func(payload, schema string) {
+			f.add(changedKinds(payload, schema)...)
+		})
 	}()
 	go func() {
 		defer s.listeners.Done()
@@ -86,12 +94,20 @@ func (s *Store) Changes(ctx context.Context) (<-chan store.Kind, error) {
 	return f.out, nil
 }
 
-// listen keeps a connection listening until ctx ends, feeding f.
-func (s *Store) listen(ctx context.Context, f *feed) {
+// listenChannel keeps a connection of its own, outside the pool,
+// listening on channel until ctx ends, reconnecting with backoff after
+// failures. Each time it starts listening it calls listening with the
+// connection's backend pid and the schema of the records table as the
+// session resolves it, by which notifications tell this store's apart
+// from those of other deployments sharing the database; each
+// notification's payload then goes to note with that schema. Neither
+// may block: PostgreSQL keeps every notification until all listeners
+// have read it (see feed).
+func (s *Store) listenChannel(ctx context.Context, channel string, listening func(pid uint32, schema string), note func(payload, schema string)) {
 	cfg := s.pool.Config().ConnConfig
 	wait := listenRetryMin
 	for {
-		listened, _ := s.listenOnce(ctx, cfg.Copy(), f)
+		listened := s.listenOnce(ctx, cfg.Copy(), channel, listening, note)
 		if ctx.Err() != nil {
 			return
 		}
@@ -110,12 +126,13 @@ func (s *Store) listen(ctx context.Context, f *feed) {
 	}
 }
 
-// listenOnce connects, listens and feeds f until the connection fails or
-// ctx ends. It reports whether it got as far as listening.
-func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, f *feed) (listened bool, err error) {
+// listenOnce connects, listens on channel and passes notifications on
+// until the connection fails or ctx ends. It reports whether it got as
+// far as listening.
+func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, channel string, listening func(pid uint32, schema string), note func(payload, schema string)) (listened bool) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return false, err
+		return false
 	}
 	defer func() {
 		// A bounded, clean goodbye; a dead connection is just closed.
@@ -125,16 +142,12 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, f *feed) (l
 	}()
 	var schema string
 	if err := conn.QueryRow(ctx, sqlRecordsSchema, recordsTable).Scan(&schema); err != nil {
-		return false, err
+		return false
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+changesChannel); err != nil {
-		return false, err
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		return false
 	}
-	if s.listenHook != nil {
-		s.listenHook(conn.PgConn().PID())
-	}
-	// Anything may have changed before this connection listened.
-	f.add(watchedKinds...)
+	listening(conn.PgConn().PID(), schema)
 
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenPingInterval)
@@ -143,19 +156,19 @@ func (s *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig, f *feed) (l
 		cancel()
 		switch {
 		case err == nil:
-			f.add(changedKinds(n.Payload, schema)...)
+			note(n.Payload, schema)
 		case ctx.Err() != nil:
-			return true, ctx.Err()
+			return true
 		case timedOut && !conn.IsClosed():
 			// Quiet for a while: make sure the connection still works.
 			pctx, cancel := context.WithTimeout(ctx, listenPingTimeout)
 			err := conn.Ping(pctx)
 			cancel()
 			if err != nil {
-				return true, err
+				return true
 			}
 		default:
-			return true, err
+			return true
 		}
 	}
 }
