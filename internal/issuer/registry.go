@@ -18,6 +18,7 @@ import (
 
 	"github.com/dpsd/dpsd/api/admin"
 	"github.com/dpsd/dpsd/api/dps"
+	"github.com/dpsd/dpsd/internal/certs"
 	"github.com/dpsd/dpsd/internal/store"
 )
 
@@ -77,27 +78,14 @@ func (r *Registry) Authority(ctx context.Context, name string) (*Authority, erro
 // parseAuthority reads a CA's certificates and key; with a non-zero now it
 // also refuses one that is expired.
 func parseAuthority(name, certsPEM, keyPEM string, now time.Time) (*Authority, error) {
-	var certs []*x509.Certificate
-	rest := []byte(certsPEM)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, dps.Errorf(dps.CodeInvalidArgument, "A certificate of the issuing CA cannot be read: %v", err)
-		}
-		certs = append(certs, c)
+	chain, err := certs.ParseChain([]byte(certsPEM))
+	if err != nil {
+		return nil, dps.Errorf(dps.CodeInvalidArgument, "A certificate of the issuing CA cannot be read: %v", err)
 	}
-	if len(certs) == 0 {
+	if len(chain) == 0 {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "certificates must hold the CA certificate in PEM.")
 	}
-	ca := certs[0]
+	ca := chain[0]
 	if !ca.BasicConstraintsValid || !ca.IsCA {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "The first certificate (%s) is not a CA certificate.", ca.Subject)
 	}
@@ -107,8 +95,8 @@ func parseAuthority(name, certsPEM, keyPEM string, now time.Time) (*Authority, e
 	if !now.IsZero() && !now.Before(ca.NotAfter) {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "The CA certificate (%s) expired on %s.", ca.Subject, ca.NotAfter.UTC().Format(time.RFC3339))
 	}
-	for i, c := range certs[1:] {
-		if err := certs[i].CheckSignatureFrom(c); err != nil {
+	for i, c := range chain[1:] {
+		if err := chain[i].CheckSignatureFrom(c); err != nil {
 			return nil, dps.Errorf(dps.CodeInvalidArgument, "Certificate %d (%s) did not sign the one before it: %v", i+2, c.Subject, err)
 		}
 	}
@@ -121,7 +109,7 @@ func parseAuthority(name, certsPEM, keyPEM string, now time.Time) (*Authority, e
 	if !ok {
 		return nil, dps.Errorf(dps.CodeInvalidArgument, "The private key cannot sign.")
 	}
-	return &Authority{Name: name, Cert: ca, Chain: certs[1:], Key: key}, nil
+	return &Authority{Name: name, Cert: ca, Chain: chain[1:], Key: key}, nil
 }
 
 // Put stores the issuing CA name: certsPEM (the CA first, then its chain)
