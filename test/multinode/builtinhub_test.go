@@ -193,43 +193,7 @@ func (hc *hubCluster) feedbackReceiver(t *testing.T, n *node) <-chan map[string]
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), liveWait)
 	defer cancel()
-	conn, err := goamqp.Dial(ctx, "amqps://"+n.info.AMQPAddr, &goamqp.ConnOptions{
-		HostName: hc.host, TLSConfig: &tls.Config{RootCAs: hc.roots, ServerName: hc.host}, SASLType: goamqp.SASLTypeAnonymous(),
-	})
-	if err != nil {
-		t.Fatalf("service AMQP on %s: %v", n.name, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	sess, err := conn.NewSession(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cbsOut, err := sess.NewSender(ctx, "$cbs", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cbsIn, err := sess.NewReceiver(ctx, "$cbs", &goamqp.ReceiverOptions{TargetAddress: "cbs-reply"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := sas.New(hc.host, "iothubowner", hc.ownerKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &goamqp.Message{Value: tok}
-	reply := "cbs-reply"
-	m.Properties = &goamqp.MessageProperties{MessageID: "put-1", ReplyTo: &reply}
-	m.ApplicationProperties = map[string]any{"operation": "put-token", "name": hc.host, "type": "servicebus.windows.net:sastoken"}
-	if err := cbsOut.Send(ctx, m, nil); err != nil {
-		t.Fatal(err)
-	}
-	ans, err := cbsIn.Receive(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, _ := ans.ApplicationProperties["status-code"].(int32); code != 200 && code != 202 {
-		t.Fatalf("service put-token on %s: %v", n.name, ans.ApplicationProperties)
-	}
+	sess := hc.serviceSession(t, ctx, n, hc.host, hc.host, "service")
 	r, err := sess.NewReceiver(ctx, "/messages/serviceBound/feedback", nil)
 	if err != nil {
 		t.Fatalf("feedback link on %s: %v", n.name, err)
@@ -252,6 +216,52 @@ func (hc *hubCluster) feedbackReceiver(t *testing.T, n *node) <-chan map[string]
 		}
 	}()
 	return out
+}
+
+// serviceSession opens an AMQP session to the hub on node n as a service
+// client: anonymous SASL, then a put-token on $cbs signed for
+// tokenResource by the hub's iothubowner policy and named name. what
+// names the client in failures.
+func (hc *hubCluster) serviceSession(t *testing.T, ctx context.Context, n *node, tokenResource, name, what string) *goamqp.Session {
+	t.Helper()
+	conn, err := goamqp.Dial(ctx, "amqps://"+n.info.AMQPAddr, &goamqp.ConnOptions{
+		HostName: hc.host, TLSConfig: &tls.Config{RootCAs: hc.roots, ServerName: hc.host}, SASLType: goamqp.SASLTypeAnonymous(),
+	})
+	if err != nil {
+		t.Fatalf("%s AMQP on %s: %v", what, n.name, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sess, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cbsOut, err := sess.NewSender(ctx, "$cbs", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cbsIn, err := sess.NewReceiver(ctx, "$cbs", &goamqp.ReceiverOptions{TargetAddress: "cbs-reply"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.New(tokenResource, "iothubowner", hc.ownerKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &goamqp.Message{Value: tok}
+	reply := "cbs-reply"
+	m.Properties = &goamqp.MessageProperties{MessageID: "put-1", ReplyTo: &reply}
+	m.ApplicationProperties = map[string]any{"operation": "put-token", "name": name, "type": "servicebus.windows.net:sastoken"}
+	if err := cbsOut.Send(ctx, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := cbsIn.Receive(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := ans.ApplicationProperties["status-code"].(int32); code != 200 && code != 202 {
+		t.Fatalf("%s put-token on %s: %v", what, n.name, ans.ApplicationProperties)
+	}
+	return sess
 }
 
 func nextFeedback(t *testing.T, fb <-chan map[string]string, what string) map[string]string {

@@ -2,7 +2,6 @@ package multinode
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -15,7 +14,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/dpsd/dpsd/internal/eventhub"
-	"github.com/dpsd/dpsd/internal/sas"
 )
 
 // eventReader opens a receiver on partition p of the hub's Event
@@ -25,44 +23,8 @@ func (hc *hubCluster) eventReader(t *testing.T, n *node, p int, filter string) *
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), liveWait)
 	defer cancel()
-	conn, err := goamqp.Dial(ctx, "amqps://"+n.info.AMQPAddr, &goamqp.ConnOptions{
-		HostName: hc.host, TLSConfig: &tls.Config{RootCAs: hc.roots, ServerName: hc.host}, SASLType: goamqp.SASLTypeAnonymous(),
-	})
-	if err != nil {
-		t.Fatalf("Event Hubs AMQP on %s: %v", n.name, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	sess, err := conn.NewSession(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cbsOut, err := sess.NewSender(ctx, "$cbs", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cbsIn, err := sess.NewReceiver(ctx, "$cbs", &goamqp.ReceiverOptions{TargetAddress: "cbs-reply"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	audience := "sb://" + hc.host + "/" + hc.name
-	tok, err := sas.New(url.QueryEscape(audience), "iothubowner", hc.ownerKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &goamqp.Message{Value: tok}
-	reply := "cbs-reply"
-	m.Properties = &goamqp.MessageProperties{MessageID: "put-1", ReplyTo: &reply}
-	m.ApplicationProperties = map[string]any{"operation": "put-token", "name": audience, "type": "servicebus.windows.net:sastoken"}
-	if err := cbsOut.Send(ctx, m, nil); err != nil {
-		t.Fatal(err)
-	}
-	ans, err := cbsIn.Receive(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, _ := ans.ApplicationProperties["status-code"].(int32); code != 200 && code != 202 {
-		t.Fatalf("Event Hubs put-token on %s: %v", n.name, ans.ApplicationProperties)
-	}
+	sess := hc.serviceSession(t, ctx, n, url.QueryEscape(audience), audience, "Event Hubs")
 	r, err := sess.NewReceiver(ctx, fmt.Sprintf("%s/ConsumerGroups/$Default/Partitions/%d", hc.name, p),
 		&goamqp.ReceiverOptions{Credit: 100, Filters: []goamqp.LinkFilter{goamqp.NewSelectorFilter(filter)}})
 	if err != nil {
