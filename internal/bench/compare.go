@@ -6,12 +6,16 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"time"
 )
 
 // Comparison is the outcome of alternating rounds against a target and
 // against the floor (package floor), with the same load.
 type Comparison struct {
 	Target, Floor []*Result // one per round, in order
+	// FloorCPU is the CPU time (user and system) the floor's process used
+	// over all its rounds, when the caller knows it.
+	FloorCPU time.Duration
 }
 
 // Compare runs rounds rounds, each a run against target then one against
@@ -62,6 +66,19 @@ func (c *Comparison) Failed() int {
 	return n
 }
 
+// FloorCPUPerRegistration is FloorCPU spread over the floor's
+// registrations, or 0 when either is unknown.
+func (c *Comparison) FloorCPUPerRegistration() time.Duration {
+	n := 0
+	for _, r := range c.Floor {
+		n += r.Succeeded + r.Failed
+	}
+	if n == 0 || c.FloorCPU <= 0 {
+		return 0
+	}
+	return c.FloorCPU / time.Duration(n)
+}
+
 // Median returns the round of side whose throughput is the median.
 func Median(side []*Result) *Result {
 	if len(side) == 0 {
@@ -107,4 +124,7 @@ func (c *Comparison) Print(w io.Writer) {
 		p99 = float64(t.Latency.P99) / float64(f.Latency.P99)
 	}
 	fmt.Fprintf(w, "dpsd / floor: %.2f of the throughput, %.2f× the p99 (%s, %d rounds)\n", c.Ratio(), p99, t.Transport, len(c.Target))
+	if cpu := c.FloorCPUPerRegistration(); cpu > 0 {
+		fmt.Fprintf(w, "floor process CPU: %d µs per registration\n", cpu.Microseconds())
+	}
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -62,11 +61,13 @@ Load goes only to loopback addresses (127.0.0.0/8, ::1) unless
 --allow-remote is given.
 
 With --floor, the same load also goes to a do-nothing provisioning service
-started in this process: dpsd's own transports, with the target's CA and
-host name, answering every device of the group "assigned" after checking
-its SAS token, storing nothing. The runs alternate, --rounds of each, and
-the report gives both and their ratio: what dpsd costs over the protocol
-itself on this machine. It needs the target's --data-dir (for its CA).`,
+that this command starts as a process of its own, as a server is: dpsd's
+own transports, with the target's CA and host name, answering every device
+of the group "assigned" after checking its SAS token, storing nothing. The
+runs alternate, --rounds of each, and the report gives both, their ratio
+(what dpsd costs over the protocol itself on this machine) and the floor
+process's CPU time per registration. It needs the target's --data-dir (for
+its CA).`,
 		Example: `  dpsd bench --data-dir ./dpsd-data --setup --registrations 2000 --concurrency 50 --transport https
   dpsd bench --data-dir ./dpsd-data --setup --csr --registrations 200 --transport mqtt
   dpsd bench --data-dir ./dpsd-data --setup --tpm tcp:127.0.0.1:2321 --tpm tcp:127.0.0.1:2331 --registrations 10`,
@@ -195,18 +196,37 @@ itself on this machine. It needs the target's --data-dir (for its CA).`,
 	f.StringVar(&payload, "payload", "", "custom JSON payload every device sends")
 	f.DurationVar(&timeout, "timeout", time.Minute, "give up on one registration after this long")
 	f.DurationVar(&maxPollWait, "max-poll-wait", 0, "poll sooner than the service's Retry-After, at most after this long (0: honour Retry-After)")
-	f.BoolVar(&withFloor, "floor", false, "also run the load against a do-nothing service in this process, alternating, and report the ratio")
+	f.BoolVar(&withFloor, "floor", false, "also run the load against a do-nothing service in a process of its own, alternating, and report the ratio")
 	f.IntVar(&rounds, "rounds", 3, "with --floor: rounds against each")
 	f.StringSliceVar(&tpmAddrs, "tpm", nil, "attest with this TPM instead of a group key (repeatable, one device per TPM): a device file or unix:PATH / tcp:HOST:PORT of a software TPM (swtpm); --setup enrolls each; https, amqp and amqp-ws")
 	f.BoolVar(&csr, "csr", false, "every device sends a certificate signing request and must receive an issued certificate; --setup names --issuing-ca in the enrollments")
 	f.StringVar(&issuer, "issuing-ca", "local", "with --csr --setup: the issuing CA the enrollments name")
 	f.StringP("output", "o", formatTable, "output format: table or json")
+	cmd.AddCommand(newFloorServeCmd())
 	cmd.PreRun = func(*cobra.Command, []string) {
 		if o.IDPrefix == "" {
 			o.IDPrefix = "bench-" + strconv.FormatInt(time.Now().Unix(), 36) + "-"
 		}
 	}
 	return cmd
+}
+
+// floorServeCmd names the hidden command --floor runs its floor with.
+const floorServeCmd = "floor-serve"
+
+// newFloorServeCmd is the child side of --floor: a process of its own, as
+// a real server is, that takes its options on standard input and serves
+// until that ends.
+func newFloorServeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    floorServeCmd,
+		Short:  "Serve the do-nothing provisioning service of bench --floor (started by it)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return floor.ServeProcess(cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
 }
 
 // benchService is the service API client --setup creates the benchmark's
@@ -283,23 +303,26 @@ func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, da
 	if len(hubs) > 0 {
 		hub = hubs[0]
 	}
-	fl, err := floor.Start(floor.Options{
-		IP: ip,
-		TLS: &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			ClientAuth:   tls.RequestClientCert,
-			NextProtos:   []string{"http/1.1"},
-			Certificates: []tls.Certificate{cert},
-		},
-		IDScope:   t.idScope,
-		GroupKey:  key,
-		Hub:       hub,
-		PollFirst: false,
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--floor runs the floor as a process of this program: %w", err)
+	}
+	fl, err := floor.StartProcess(cmd.Context(), exe, []string{"bench", floorServeCmd}, floor.ProcessOptions{
+		IP:          ip,
+		Certificate: cert,
+		IDScope:     t.idScope,
+		GroupKey:    key,
+		Hub:         hub,
 	})
 	if err != nil {
 		return err
 	}
-	defer fl.Close()
+	floorCPU := time.Duration(-1)
+	defer func() {
+		if floorCPU < 0 {
+			_, _ = fl.Close()
+		}
+	}()
 	fo := o
 	switch o.Transport {
 	case bench.MQTT:
@@ -313,12 +336,19 @@ func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, da
 	if err != nil {
 		return err
 	}
+	if floorCPU, err = fl.Close(); err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	c.FloorCPU = floorCPU
 	if asJSON {
 		target, fl := make([]any, len(c.Target)), make([]any, len(c.Floor))
 		for i := range c.Target {
 			target[i], fl[i] = benchJSON(c.Target[i]), benchJSON(c.Floor[i])
 		}
-		err = writeJSON(cmd.OutOrStdout(), map[string]any{"dpsd": target, "floor": fl, "ratio": c.Ratio()})
+		err = writeJSON(cmd.OutOrStdout(), map[string]any{
+			"dpsd": target, "floor": fl, "ratio": c.Ratio(),
+			"floorCpuPerRegistrationUs": c.FloorCPUPerRegistration().Microseconds(),
+		})
 	} else {
 		c.Print(cmd.OutOrStdout())
 	}
