@@ -77,6 +77,7 @@ type Option func(*options)
 
 type options struct {
 	noIndex bool
+	linger  time.Duration // how long a batch may wait for company; see writer.run
 }
 
 // WithoutIndex opens the database without the in-memory index of ids, so
@@ -95,7 +96,7 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *Store, err error
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path")
 	}
-	var o options
+	o := options{linger: maxLinger}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -199,7 +200,7 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *Store, err error
 	if indexed {
 		s.idx = newKeyIndex(s.rdb)
 	}
-	s.w, err = startWriter(ctx, conn, s.idx)
+	s.w, err = startWriter(ctx, conn, s.idx, o.linger)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %s: %w", abs, err)
 	}
