@@ -202,7 +202,6 @@ its CA).`,
 	f.BoolVar(&csr, "csr", false, "every device sends a certificate signing request and must receive an issued certificate; --setup names --issuing-ca in the enrollments")
 	f.StringVar(&issuer, "issuing-ca", "local", "with --csr --setup: the issuing CA the enrollments name")
 	f.StringP("output", "o", formatTable, "output format: table or json")
-	cmd.AddCommand(newFloorServeCmd())
 	cmd.PreRun = func(*cobra.Command, []string) {
 		if o.IDPrefix == "" {
 			o.IDPrefix = "bench-" + strconv.FormatInt(time.Now().Unix(), 36) + "-"
@@ -211,8 +210,11 @@ its CA).`,
 	return cmd
 }
 
-// floorServeCmd names the hidden command --floor runs its floor with.
-const floorServeCmd = "floor-serve"
+// floorServeCmd names the hidden command that bench --floor runs its floor
+// with. It sits at the top level, not under bench, so that bench stays a
+// command without subcommands (whose unknown arguments are errors of
+// their own).
+const floorServeCmd = "bench-floor"
 
 // newFloorServeCmd is the child side of --floor: a process of its own, as
 // a real server is, that takes its options on standard input and serves
@@ -307,7 +309,7 @@ func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, da
 	if err != nil {
 		return fmt.Errorf("--floor runs the floor as a process of this program: %w", err)
 	}
-	fl, err := floor.StartProcess(cmd.Context(), exe, []string{"bench", floorServeCmd}, floor.ProcessOptions{
+	fl, err := floor.StartProcess(cmd.Context(), exe, []string{floorServeCmd}, floor.ProcessOptions{
 		IP:          ip,
 		Certificate: cert,
 		IDScope:     t.idScope,

@@ -77,7 +77,7 @@ type Process struct {
 }
 
 // StartProcess runs name with args (an executable whose command calls
-// ServeProcess, such as "dpsd bench floor-serve"), hands it opt and waits
+// ServeProcess, such as "dpsd bench-floor"), hands it opt and waits
 // until it listens. The child ends when Close closes its standard input,
 // and so also when this process dies.
 func StartProcess(ctx context.Context, name string, args []string, opt ProcessOptions) (*Process, error) {
