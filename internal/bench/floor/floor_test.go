@@ -18,11 +18,14 @@ import (
 	"github.com/dpsd/dpsd/internal/localca"
 )
 
-// TestFloorAnswersLikeDPSD registers a device of the floor's group over
-// every transport with dpsd's device client and checks that it is
-// assigned, and that a wrong key is refused as dpsd refuses it.
-func TestFloorAnswersLikeDPSD(t *testing.T) {
-	const host = "floor.test"
+// host and groupKey are the floor's in these tests.
+const host = "floor.test"
+
+var groupKey = []byte("0123456789abcdef0123456789abcdef")
+
+// testCA is a CA of the test's own and a server certificate for host.
+func testCA(t *testing.T) (*localca.CA, tls.Certificate) {
+	t.Helper()
 	ca, err := localca.LoadOrCreate(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +34,14 @@ func TestFloorAnswersLikeDPSD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	groupKey := []byte("0123456789abcdef0123456789abcdef")
+	return ca, cert
+}
+
+// TestFloorAnswersLikeDPSD registers a device of the floor's group over
+// every transport with dpsd's device client and checks that it is
+// assigned, and that a wrong key is refused as dpsd refuses it.
+func TestFloorAnswersLikeDPSD(t *testing.T) {
+	ca, cert := testCA(t)
 	for _, pollFirst := range []bool{false, true} {
 		s, err := Start(Options{
 			IP:        "127.0.9.90",
@@ -95,16 +105,7 @@ func TestMain(m *testing.M) {
 // it serves a device of its group, reports the CPU it used, and is gone
 // once Close returns.
 func TestProcess(t *testing.T) {
-	const host = "floor.test"
-	ca, err := localca.LoadOrCreate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.ServerCertificate("server", []string{host})
-	if err != nil {
-		t.Fatal(err)
-	}
-	groupKey := []byte("0123456789abcdef0123456789abcdef")
+	ca, cert := testCA(t)
 	t.Setenv(childEnv, "1")
 	p, err := StartProcess(t.Context(), os.Args[0], nil, ProcessOptions{
 		IP: "127.0.9.90", Certificate: cert, IDScope: "0ne00F10013", GroupKey: groupKey, Hub: "floor-hub.example",
