@@ -77,7 +77,7 @@ type Option func(*options)
 
 type options struct {
 	noIndex bool
-	linger  time.Duration // how long a batch may wait for company; see writer.run
+	linger  time.Duration // how long a batch may wait for company; see writer.gather
 }
 
 // WithoutIndex opens the database without the in-memory index of ids, so

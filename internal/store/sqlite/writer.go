@@ -19,12 +19,11 @@ import (
 // latency a write waits behind others in its batch.
 const maxBatch = 256
 
-// maxLinger bounds how long a batch waits for company (see run). A
-// durable commit costs this machine's writer a fixed few hundred
-// microseconds of CPU (the fsync, the WAL frames of the pages the batch
-// touched) whatever the batch holds, so under load fuller batches leave
-// more CPU for everything else; a millisecond is small beside the
-// commit's own latency and the network's.
+// maxLinger bounds how long a batch waits for company (see gather). A
+// durable commit costs the writer a fixed part of its CPU (the fsync, the
+// WAL frames of the pages the batch touched) whatever the batch holds, so
+// under load fuller batches leave more CPU for everything else; a
+// millisecond is small beside the commit's own latency and the network's.
 const maxLinger = time.Millisecond
 
 // Life cycle of an op: the caller queues it; exactly one of the writer
@@ -62,7 +61,7 @@ type writer struct {
 	conn   *sql.Conn
 	ops    chan *op
 	idx    *keyIndex     // kept up to date with every batch; nil if none
-	linger time.Duration // at most maxLinger but for tests
+	linger time.Duration // maxLinger, or another in tests
 
 	commits atomic.Int64 // batches committed, for tests
 
