@@ -319,9 +319,9 @@ func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, da
 	if err != nil {
 		return err
 	}
-	floorCPU := time.Duration(-1)
+	closed := false
 	defer func() {
-		if floorCPU < 0 {
+		if !closed {
 			_, _ = fl.Close()
 		}
 	}()
@@ -338,10 +338,10 @@ func runFloorComparison(cmd *cobra.Command, o bench.Options, t *deviceTarget, da
 	if err != nil {
 		return err
 	}
-	if floorCPU, err = fl.Close(); err != nil {
+	closed = true
+	if c.FloorCPU, err = fl.Close(); err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
-	c.FloorCPU = floorCPU
 	if asJSON {
 		target, fl := make([]any, len(c.Target)), make([]any, len(c.Floor))
 		for i := range c.Target {
